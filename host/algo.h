@@ -1,0 +1,78 @@
+/* The algorithms behind condconv_forward. Each one says whether it applies
+ * to a layer and shape (NOT_SUPPORTED with the reason when not), prepares
+ * its state for a shape (descriptors, sub-algorithm choice, workspace size),
+ * and runs asynchronously on the context's stream with no allocation and no
+ * synchronisation. Routing is done before `run` by the caller, so every
+ * algorithm receives alpha [N][E] on the device. */
+#ifndef CONDCONV_HOST_ALGO_H
+#define CONDCONV_HOST_ALGO_H
+
+#include <stddef.h>
+
+#include "condconv.h"
+#include "cudnn_conv.h"
+#include "layer.h"
+#include "scratch.h"
+
+typedef struct cc_algo_state {
+    condconv_algo algo;
+    condconv_math math;
+    size_t workspace_bytes; /* this algorithm's part of the workspace */
+    cc_cudnn_conv conv;     /* cudnn_grouped, mixture */
+    int has_conv;
+    /* Input copied through cc_launch_gather_planes first (asymmetric padding
+     * for cuDNN, or subsampling for a strided 1x1 GEMM). */
+    int gather;
+    int gather_h, gather_w, gather_stride_h, gather_stride_w, gather_pad_top, gather_pad_left;
+    /* Byte offsets of the pieces within this algorithm's workspace. */
+    size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
+} cc_algo_state;
+
+typedef struct cc_forward_buffers {
+    const float *x;
+    float *y;
+    const float *alpha; /* [N][E], already computed */
+    unsigned char *workspace; /* the algorithm's part, state.workspace_bytes long */
+} cc_forward_buffers;
+
+typedef struct cc_algo_ops {
+    condconv_algo id;
+    condconv_status (*check)(const struct condconv_layer *layer, const cc_geometry *geom, const char *func);
+    condconv_status (*prepare)(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math,
+                               condconv_algo_select select, cc_scratch *scratch, cc_algo_state *state,
+                               const char *func);
+    condconv_status (*run)(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
+                           const cc_forward_buffers *buffers, const char *func);
+} cc_algo_ops;
+
+/* The table of algorithms, or NULL for AUTO / an invalid value. */
+const cc_algo_ops *cc_algo_lookup(condconv_algo algo);
+
+void cc_algo_state_destroy(cc_algo_state *state);
+
+/* Pieces the algorithms share. */
+size_t cc_align256(size_t bytes);
+/* Fails with NOT_SUPPORTED unless every count fits the int that cuDNN,
+ * cuBLAS and the kernels take. */
+condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc_geometry *geom, long long batch_channels_in,
+                                    long long batch_channels_out, const char *algo, const char *func);
+/* Sets up state->gather for asymmetric padding (1 if the input must be padded
+ * into the workspace because cuDNN only pads symmetrically). */
+void cc_plan_gather_for_padding(const cc_geometry *geom, cc_algo_state *state);
+/* Runs the gather of the input into the workspace if the state asks for it;
+ * *x_used is the input the convolution should read. */
+condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
+                              const cc_forward_buffers *buffers, const float **x_used, const char *func);
+/* Per-sample filters and biases [N][...] into the workspace. */
+condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_geometry *geom,
+                                 const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func);
+/* In-place bias [N][Cout] (if biases != NULL) and activation over y. */
+condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom, float *y,
+                                       const float *biases, const char *func);
+
+extern const cc_algo_ops cc_algo_cudnn_grouped;
+extern const cc_algo_ops cc_algo_gemm_batched;
+extern const cc_algo_ops cc_algo_depthwise_fused;
+extern const cc_algo_ops cc_algo_mixture;
+
+#endif

@@ -1,0 +1,117 @@
+/* The algorithm table and the steps several algorithms share: gathering the
+ * input (padding/subsampling), aggregating per-sample filters, the bias and
+ * activation epilogue. */
+#include <limits.h>
+#include <string.h>
+
+#include "algo.h"
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+#include "nvtx.h"
+
+#include "aggregate.h"
+#include "epilogue.h"
+#include "gather.h"
+
+const cc_algo_ops *cc_algo_lookup(condconv_algo algo)
+{
+    switch (algo) {
+    case CONDCONV_ALGO_CUDNN_GROUPED: return &cc_algo_cudnn_grouped;
+    case CONDCONV_ALGO_GEMM_BATCHED: return &cc_algo_gemm_batched;
+    case CONDCONV_ALGO_DEPTHWISE_FUSED: return &cc_algo_depthwise_fused;
+    case CONDCONV_ALGO_MIXTURE: return &cc_algo_mixture;
+    case CONDCONV_ALGO_AUTO:
+    case CONDCONV_ALGO_COUNT: break;
+    }
+    return NULL;
+}
+
+const char *condconv_algo_name(condconv_algo algo)
+{
+    switch (algo) {
+    case CONDCONV_ALGO_AUTO: return "auto";
+    case CONDCONV_ALGO_CUDNN_GROUPED: return "cudnn_grouped";
+    case CONDCONV_ALGO_GEMM_BATCHED: return "gemm_batched";
+    case CONDCONV_ALGO_DEPTHWISE_FUSED: return "depthwise_fused";
+    case CONDCONV_ALGO_MIXTURE: return "mixture";
+    case CONDCONV_ALGO_COUNT: break;
+    }
+    return NULL;
+}
+
+void cc_algo_state_destroy(cc_algo_state *state)
+{
+    if (state->has_conv) cc_cudnn_conv_destroy(&state->conv);
+    memset(state, 0, sizeof *state);
+}
+
+size_t cc_align256(size_t bytes) { return (bytes + 255u) & ~(size_t)255u; }
+
+condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc_geometry *geom,
+                                    long long batch_channels_in, long long batch_channels_out, const char *algo,
+                                    const char *func)
+{
+    (void)layer;
+    if (geom->x_elems > INT_MAX || geom->y_elems > INT_MAX || batch_channels_in > INT_MAX ||
+        batch_channels_out > INT_MAX)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                       "%s: %s needs tensors of fewer than 2^31 elements and N*channels < 2^31 (input has %llu "
+                       "elements, output %llu)", func, algo, (unsigned long long)geom->x_elems,
+                       (unsigned long long)geom->y_elems);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+void cc_plan_gather_for_padding(const cc_geometry *geom, cc_algo_state *state)
+{
+    state->gather = geom->pad_top != geom->pad_bottom || geom->pad_left != geom->pad_right;
+    if (!state->gather) return;
+    state->gather_h = geom->h + geom->pad_top + geom->pad_bottom;
+    state->gather_w = geom->w + geom->pad_left + geom->pad_right;
+    state->gather_stride_h = state->gather_stride_w = 1;
+    state->gather_pad_top = geom->pad_top;
+    state->gather_pad_left = geom->pad_left;
+}
+
+condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
+                              const cc_forward_buffers *buffers, const float **x_used, const char *func)
+{
+    *x_used = buffers->x;
+    if (!state->gather) return CONDCONV_STATUS_SUCCESS;
+    float *dst = (float *)(void *)(buffers->workspace + state->off_gather);
+    CC_NVTX_PUSH("condconv.gather");
+    const cudaError_t err = cc_launch_gather_planes(
+        buffers->x, dst, (long long)geom->n * layer->weights->info.in_channels, geom->h, geom->w, state->gather_h,
+        state->gather_w, state->gather_stride_h, state->gather_stride_w, state->gather_pad_top,
+        state->gather_pad_left, layer->ctx->stream);
+    CC_NVTX_POP();
+    CC_TRY(cc_cuda_status(err, "cc_launch_gather_planes", func));
+    *x_used = dst;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_geometry *geom,
+                                 const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
+{
+    const cc_weights *w = layer->weights;
+    CC_NVTX_PUSH("condconv.aggregate");
+    const cudaError_t err = cc_launch_aggregate(
+        w->dev_experts, w->dev_expert_bias, buffers->alpha, (float *)(void *)(buffers->workspace + state->off_filters),
+        w->dev_expert_bias ? (float *)(void *)(buffers->workspace + state->off_biases) : NULL,
+        (long long)w->sizes.filter_elems, w->info.out_channels, geom->n, w->info.num_experts, layer->ctx->stream);
+    CC_NVTX_POP();
+    return cc_cuda_status(err, "cc_launch_aggregate", func);
+}
+
+condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom, float *y,
+                                       const float *biases, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    if (biases == NULL && info->activation == CONDCONV_ACTIVATION_NONE) return CONDCONV_STATUS_SUCCESS;
+    CC_NVTX_PUSH("condconv.epilogue");
+    const cudaError_t err =
+        cc_launch_bias_activation(y, biases, (long long)geom->n * info->out_channels,
+                                  (long long)geom->out_h * geom->out_w, (int)info->activation, layer->ctx->stream);
+    CC_NVTX_POP();
+    return cc_cuda_status(err, "cc_launch_bias_activation", func);
+}

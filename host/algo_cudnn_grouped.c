@@ -1,0 +1,83 @@
+/* cudnn_grouped — the design card's path: aggregate every sample's filters
+ * into the workspace, then one cuDNN convolution that treats the batch as
+ * groups: x viewed as 1 x (N*Cin) x H x W, filters (N*Cout) x (Cin/g) x kh x kw,
+ * N*g groups, y viewed as 1 x (N*Cout) x Ho x Wo (the same bytes as
+ * N x Cout x Ho x Wo). Bias + ReLU fused into cuDNN when it accepts it,
+ * otherwise one epilogue kernel. Applies to every layer. */
+#include "algo.h"
+#include "context.h"
+#include "error.h"
+#include "nvtx.h"
+
+static condconv_status grouped_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    CC_TRY(cc_check_int_limits(layer, geom, (long long)geom->n * info->in_channels,
+                               (long long)geom->n * info->out_channels, "cudnn_grouped", func));
+    if ((double)geom->n * (double)layer->weights->sizes.filter_elems > 2147483647.0)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                       "%s: cudnn_grouped needs N * |W| < 2^31 per-sample filter elements (N=%d, |W|=%llu)", func,
+                       geom->n, (unsigned long long)layer->weights->sizes.filter_elems);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status grouped_prepare(const struct condconv_layer *layer, const cc_geometry *geom,
+                                       condconv_math math, condconv_algo_select select, cc_scratch *scratch,
+                                       cc_algo_state *state, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    const int n = geom->n;
+    state->algo = CONDCONV_ALGO_CUDNN_GROUPED;
+    state->math = math;
+    cc_plan_gather_for_padding(geom, state);
+    cc_conv_shape shape = {0};
+    shape.n = 1;
+    shape.c = n * info->in_channels;
+    shape.h = state->gather ? state->gather_h : geom->h;
+    shape.w = state->gather ? state->gather_w : geom->w;
+    shape.k = n * info->out_channels;
+    shape.r = info->kernel_h;
+    shape.s = info->kernel_w;
+    shape.groups = n * info->groups;
+    shape.pad_h = state->gather ? 0 : geom->pad_top;
+    shape.pad_w = state->gather ? 0 : geom->pad_left;
+    shape.stride_h = info->stride_h;
+    shape.stride_w = info->stride_w;
+    shape.dilation_h = info->dilation_h;
+    shape.dilation_w = info->dilation_w;
+    shape.out_h = geom->out_h;
+    shape.out_w = geom->out_w;
+    const int want_fused = info->has_bias && info->activation == CONDCONV_ACTIVATION_RELU;
+    CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, want_fused, scratch, &state->conv, func));
+    state->has_conv = 1;
+
+    const size_t gather_bytes = state->gather ? sizeof(float) * (size_t)shape.c * shape.h * shape.w : 0;
+    const size_t filter_bytes = sizeof(float) * (size_t)n * (size_t)layer->weights->sizes.filter_elems;
+    const size_t bias_bytes = info->has_bias ? sizeof(float) * (size_t)n * info->out_channels : 0;
+    state->off_gather = 0;
+    state->off_filters = cc_align256(gather_bytes);
+    state->off_biases = state->off_filters + cc_align256(filter_bytes);
+    state->off_conv_workspace = state->off_biases + cc_align256(bias_bytes);
+    state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status grouped_run(const struct condconv_layer *layer, const cc_geometry *geom,
+                                   const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
+{
+    const float *filters = (const float *)(const void *)(buffers->workspace + state->off_filters);
+    const float *biases =
+        layer->weights->info.has_bias ? (const float *)(const void *)(buffers->workspace + state->off_biases) : NULL;
+    CC_TRY(cc_run_aggregate(layer, geom, state, buffers, func));
+    const float *x;
+    CC_TRY(cc_run_gather(layer, geom, state, buffers, &x, func));
+    CC_NVTX_PUSH("condconv.conv");
+    const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, filters, biases, buffers->y,
+                                                 buffers->workspace + state->off_conv_workspace, func);
+    CC_NVTX_POP();
+    CC_TRY(st);
+    if (state->conv.fused_bias_relu) return CONDCONV_STATUS_SUCCESS;
+    return cc_run_bias_activation(layer, geom, buffers->y, biases, func);
+}
+
+const cc_algo_ops cc_algo_cudnn_grouped = {CONDCONV_ALGO_CUDNN_GROUPED, grouped_check, grouped_prepare, grouped_run};

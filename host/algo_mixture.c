@@ -1,0 +1,86 @@
+/* mixture — the paper's mixture-of-experts formulation: one static cuDNN
+ * convolution with E*Cout filters (the experts, ordered [g][E][Cout/g] so a
+ * grouped conv sees each group's filters together) into z, then
+ * y = act(sum_e alpha_e (z_e + b_e)) in one epilogue kernel. E times the
+ * MACs of the convolution, but cuDNN's dense kernels and no per-sample
+ * filters; the workspace holds z, N*E*Cout*Ho*Wo floats. */
+#include <limits.h>
+
+#include "algo.h"
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+#include "nvtx.h"
+
+#include "epilogue.h"
+
+static condconv_status mixture_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    const double z_elems = (double)geom->y_elems * info->num_experts;
+    if (z_elems > (double)INT_MAX || (double)info->out_channels * info->num_experts > (double)INT_MAX)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                       "%s: mixture needs E * (output elements) < 2^31 (E=%d, output %llu elements)", func,
+                       info->num_experts, (unsigned long long)geom->y_elems);
+    return cc_check_int_limits(layer, geom, info->in_channels, (long long)info->num_experts * info->out_channels,
+                               "mixture", func);
+}
+
+static condconv_status mixture_prepare(const struct condconv_layer *layer, const cc_geometry *geom,
+                                       condconv_math math, condconv_algo_select select, cc_scratch *scratch,
+                                       cc_algo_state *state, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    state->algo = CONDCONV_ALGO_MIXTURE;
+    state->math = math;
+    cc_plan_gather_for_padding(geom, state);
+    cc_conv_shape shape = {0};
+    shape.n = geom->n;
+    shape.c = info->in_channels;
+    shape.h = state->gather ? state->gather_h : geom->h;
+    shape.w = state->gather ? state->gather_w : geom->w;
+    shape.k = info->num_experts * info->out_channels;
+    shape.r = info->kernel_h;
+    shape.s = info->kernel_w;
+    shape.groups = info->groups;
+    shape.pad_h = state->gather ? 0 : geom->pad_top;
+    shape.pad_w = state->gather ? 0 : geom->pad_left;
+    shape.stride_h = info->stride_h;
+    shape.stride_w = info->stride_w;
+    shape.dilation_h = info->dilation_h;
+    shape.dilation_w = info->dilation_w;
+    shape.out_h = geom->out_h;
+    shape.out_w = geom->out_w;
+    CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, 0, scratch, &state->conv, func));
+    state->has_conv = 1;
+    const size_t gather_bytes = state->gather ? sizeof(float) * (size_t)shape.n * shape.c * shape.h * shape.w : 0;
+    const size_t z_bytes = sizeof(float) * (size_t)geom->y_elems * (size_t)info->num_experts;
+    state->off_gather = 0;
+    state->off_z = cc_align256(gather_bytes);
+    state->off_conv_workspace = state->off_z + cc_align256(z_bytes);
+    state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status mixture_run(const struct condconv_layer *layer, const cc_geometry *geom,
+                                   const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    float *z = (float *)(void *)(buffers->workspace + state->off_z);
+    const float *x;
+    CC_TRY(cc_run_gather(layer, geom, state, buffers, &x, func));
+    CC_NVTX_PUSH("condconv.conv");
+    const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, layer->weights->dev_experts_grouped,
+                                                 NULL, z, buffers->workspace + state->off_conv_workspace, func);
+    CC_NVTX_POP();
+    CC_TRY(st);
+    CC_NVTX_PUSH("condconv.epilogue");
+    const cudaError_t err = cc_launch_mixture_combine(z, buffers->alpha, layer->weights->dev_expert_bias, buffers->y,
+                                                      geom->n, info->out_channels, info->groups, info->num_experts,
+                                                      (long long)geom->out_h * geom->out_w, (int)info->activation,
+                                                      layer->ctx->stream);
+    CC_NVTX_POP();
+    return cc_cuda_status(err, "cc_launch_mixture_combine", func);
+}
+
+const cc_algo_ops cc_algo_mixture = {CONDCONV_ALGO_MIXTURE, mixture_check, mixture_prepare, mixture_run};

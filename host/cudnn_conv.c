@@ -1,0 +1,167 @@
+/* cuDNN convolution setup and execution for the algorithms built on cuDNN.
+ * The legacy cudnnConvolution* API (deprecated in cuDNN 9, still shipped) is
+ * used because it expresses grouped convolution, Find/Get algorithm choice
+ * and fused bias + ReLU directly; moving to the graph API is future work. */
+#include "cudnn_conv.h"
+
+#include <string.h>
+
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+
+/* Algorithms needing more workspace than this are not considered. */
+#define CC_CUDNN_MAX_WORKSPACE ((size_t)1 << 30)
+
+void cc_cudnn_conv_destroy(cc_cudnn_conv *conv)
+{
+    if (conv->x_desc) (void)cudnnDestroyTensorDescriptor(conv->x_desc);
+    if (conv->y_desc) (void)cudnnDestroyTensorDescriptor(conv->y_desc);
+    if (conv->bias_desc) (void)cudnnDestroyTensorDescriptor(conv->bias_desc);
+    if (conv->w_desc) (void)cudnnDestroyFilterDescriptor(conv->w_desc);
+    if (conv->conv_desc) (void)cudnnDestroyConvolutionDescriptor(conv->conv_desc);
+    if (conv->relu_desc) (void)cudnnDestroyActivationDescriptor(conv->relu_desc);
+    memset(conv, 0, sizeof *conv);
+}
+
+/* Strict f32 accepts only FMA kernels: cuDNN's DEFAULT math permits TF32 on
+ * Ampere and later, which would silently cost ~3 decimal digits. */
+static int math_allowed(condconv_math math, cudnnMathType_t t)
+{
+    return math == CONDCONV_MATH_TF32 || t == CUDNN_FMA_MATH;
+}
+
+static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math math, cc_cudnn_conv *conv,
+                                       const char *func)
+{
+    CC_CUDNN_TRY(cudnnCreateTensorDescriptor(&conv->x_desc), func);
+    CC_CUDNN_TRY(cudnnCreateTensorDescriptor(&conv->y_desc), func);
+    CC_CUDNN_TRY(cudnnCreateFilterDescriptor(&conv->w_desc), func);
+    CC_CUDNN_TRY(cudnnCreateConvolutionDescriptor(&conv->conv_desc), func);
+    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->n, s->c, s->h, s->w),
+                 func);
+    CC_CUDNN_TRY(cudnnSetFilter4dDescriptor(conv->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->k, s->c / s->groups,
+                                            s->r, s->s),
+                 func);
+    CC_CUDNN_TRY(cudnnSetConvolution2dDescriptor(conv->conv_desc, s->pad_h, s->pad_w, s->stride_h, s->stride_w,
+                                                 s->dilation_h, s->dilation_w, CUDNN_CROSS_CORRELATION,
+                                                 CUDNN_DATA_FLOAT),
+                 func);
+    CC_CUDNN_TRY(cudnnSetConvolutionGroupCount(conv->conv_desc, s->groups), func);
+    CC_CUDNN_TRY(cudnnSetConvolutionMathType(conv->conv_desc,
+                                             math == CONDCONV_MATH_TF32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
+                 func);
+    int on, oc, oh, ow;
+    CC_CUDNN_TRY(cudnnGetConvolution2dForwardOutputDim(conv->conv_desc, conv->x_desc, conv->w_desc, &on, &oc, &oh, &ow),
+                 func);
+    if (on != s->n || oc != s->k || oh != s->out_h || ow != s->out_w)
+        return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR,
+                       "%s: cuDNN computes output %dx%dx%dx%d where condconv expects %dx%dx%dx%d", func, on, oc, oh,
+                       ow, s->n, s->k, s->out_h, s->out_w);
+    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->n, s->k, s->out_h,
+                                            s->out_w),
+                 func);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_shape *s, condconv_math math,
+                                        condconv_algo_select select, cc_scratch *scratch, cc_cudnn_conv *conv,
+                                        const char *func)
+{
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int returned = 0;
+    CC_CUDNN_TRY(cudnnGetConvolutionForwardAlgorithm_v7(ctx->cudnn, conv->x_desc, conv->w_desc, conv->conv_desc,
+                                                        conv->y_desc, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned,
+                                                        perf),
+                 func);
+    conv->measured_ms = -1.0f;
+    if (select == CONDCONV_SELECT_MEASURE) {
+        size_t max_ws = 0;
+        for (int i = 0; i < returned; ++i)
+            if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= CC_CUDNN_MAX_WORKSPACE &&
+                perf[i].memory > max_ws)
+                max_ws = perf[i].memory;
+        void *x, *w, *y, *ws;
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s,
+                              &w, func));
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y,
+                              func));
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, max_ws, &ws, func));
+        CC_CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(ctx->cudnn, conv->x_desc, x, conv->w_desc, w,
+                                                            conv->conv_desc, conv->y_desc, y,
+                                                            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf, ws,
+                                                            max_ws),
+                     func);
+    }
+    /* Both lists are sorted best first (measured time, or cuDNN's estimate). */
+    for (int i = 0; i < returned; ++i) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CC_CUDNN_MAX_WORKSPACE ||
+            !math_allowed(math, perf[i].mathType))
+            continue;
+        conv->algo = perf[i].algo;
+        conv->workspace_bytes = perf[i].memory;
+        if (select == CONDCONV_SELECT_MEASURE) conv->measured_ms = perf[i].time;
+        CC_CUDNN_TRY(cudnnSetConvolutionMathType(conv->conv_desc, perf[i].mathType), func);
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                   "%s: cuDNN offers no forward algorithm for %dx%dx%dx%d, filters %dx%dx%dx%d, groups %d%s", func,
+                   s->n, s->c, s->h, s->w, s->k, s->c / s->groups, s->r, s->s, s->groups,
+                   math == CONDCONV_MATH_F32 ? " without TF32" : "");
+}
+
+/* Keeps the fused bias + ReLU only if cuDNN runs it with the chosen algorithm. */
+static condconv_status try_fused_bias_relu(condconv_context_t ctx, const cc_conv_shape *s, cc_scratch *scratch,
+                                           cc_cudnn_conv *conv, const char *func)
+{
+    CC_CUDNN_TRY(cudnnCreateTensorDescriptor(&conv->bias_desc), func);
+    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->bias_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, s->k, 1, 1), func);
+    CC_CUDNN_TRY(cudnnCreateActivationDescriptor(&conv->relu_desc), func);
+    CC_CUDNN_TRY(cudnnSetActivationDescriptor(conv->relu_desc, CUDNN_ACTIVATION_RELU, CUDNN_PROPAGATE_NAN, 0.0), func);
+    void *x, *w, *y, *b, *ws;
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s, &w,
+                          func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)s->k, &b, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, conv->workspace_bytes, &ws, func));
+    conv->fused_bias_relu = 1;
+    condconv_status st = cc_cudnn_conv_run(ctx, conv, x, w, b, y, ws, func);
+    if (st == CONDCONV_STATUS_CUDNN_ERROR) {
+        conv->fused_bias_relu = 0; /* not for this algorithm: bias and ReLU go to the epilogue */
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    return st;
+}
+
+condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
+                                     condconv_algo_select select, int want_bias_relu, cc_scratch *scratch,
+                                     cc_cudnn_conv *conv, const char *func)
+{
+    memset(conv, 0, sizeof *conv);
+    condconv_status st = set_descriptors(shape, math, conv, func);
+    if (st == CONDCONV_STATUS_SUCCESS) st = choose_algorithm(ctx, shape, math, select, scratch, conv, func);
+    if (st == CONDCONV_STATUS_SUCCESS && want_bias_relu) st = try_fused_bias_relu(ctx, shape, scratch, conv, func);
+    if (st != CONDCONV_STATUS_SUCCESS) cc_cudnn_conv_destroy(conv);
+    return st;
+}
+
+condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const float *x, const float *w,
+                                  const float *bias, float *y, void *workspace, const char *func)
+{
+    const float one = 1.0f, zero = 0.0f;
+    if (conv->fused_bias_relu) {
+        /* z = y with alpha2 = 0: cuDNN's documented way to have no residual. */
+        CC_CUDNN_TRY(cudnnConvolutionBiasActivationForward(ctx->cudnn, &one, conv->x_desc, x, conv->w_desc, w,
+                                                           conv->conv_desc, conv->algo, workspace,
+                                                           conv->workspace_bytes, &zero, conv->y_desc, y,
+                                                           conv->bias_desc, bias, conv->relu_desc, conv->y_desc, y),
+                     func);
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    CC_CUDNN_TRY(cudnnConvolutionForward(ctx->cudnn, &one, conv->x_desc, x, conv->w_desc, w, conv->conv_desc,
+                                         conv->algo, workspace, conv->workspace_bytes, &zero, conv->y_desc, y),
+                 func);
+    return CONDCONV_STATUS_SUCCESS;
+}

@@ -1,0 +1,45 @@
+/* One cuDNN convolution: descriptors, the forward algorithm chosen once (by
+ * cudnnFind on scratch buffers, or cudnnGet's heuristic), its workspace size,
+ * and an optional fused bias + ReLU. Shared by the batch-as-groups algorithm
+ * and the mixture-of-experts algorithm. */
+#ifndef CONDCONV_HOST_CUDNN_CONV_H
+#define CONDCONV_HOST_CUDNN_CONV_H
+
+#include <cudnn.h>
+
+#include "condconv.h"
+#include "scratch.h"
+
+typedef struct cc_conv_shape {
+    int n, c, h, w;       /* input */
+    int k, r, s;          /* filters: k x (c / groups) x r x s */
+    int groups;
+    int pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
+    int out_h, out_w;     /* what the caller expects; checked against cuDNN */
+} cc_conv_shape;
+
+typedef struct cc_cudnn_conv {
+    cudnnTensorDescriptor_t x_desc, y_desc, bias_desc;
+    cudnnFilterDescriptor_t w_desc;
+    cudnnConvolutionDescriptor_t conv_desc;
+    cudnnActivationDescriptor_t relu_desc;
+    cudnnConvolutionFwdAlgo_t algo;
+    size_t workspace_bytes;
+    int fused_bias_relu; /* run as cudnnConvolutionBiasActivationForward with a [1][k][1][1] bias */
+    float measured_ms;   /* cudnnFind's time for the chosen algorithm, < 0 when not measured */
+} cc_cudnn_conv;
+
+/* Creates the descriptors and chooses the algorithm. want_bias_relu asks
+ * for the fused bias + ReLU call; it is kept only if cuDNN accepts it for the
+ * chosen algorithm (tried once on scratch memory). */
+condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
+                                     condconv_algo_select select, int want_bias_relu, cc_scratch *scratch,
+                                     cc_cudnn_conv *conv, const char *func);
+
+/* y = conv(x, w), or y = relu(conv(x, w) + bias) when fused_bias_relu. */
+condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const float *x, const float *w,
+                                  const float *bias, float *y, void *workspace, const char *func);
+
+void cc_cudnn_conv_destroy(cc_cudnn_conv *conv);
+
+#endif

@@ -1,0 +1,111 @@
+/* The public GPU entry points: prepare, workspace query, plan info, forward,
+ * routing only. Argument checks happen here, before anything is launched,
+ * so a bad call writes nothing. */
+#include <stdint.h>
+
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+#include "layer.h"
+#include "nvtx.h"
+#include "plan.h"
+
+#include "routing.h"
+
+condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo)
+{
+    static const char func[] = "condconv_layer_set_algo";
+    CC_CHECK_NOT_NULL(layer, func);
+    if ((int)algo < 0 || algo >= CONDCONV_ALGO_COUNT)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: unknown algorithm %d", func, (int)algo);
+    layer->requested = algo;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status plan_for(condconv_layer_t layer, int n, int h, int w, cc_plan **plan, const char *func)
+{
+    CC_CHECK_NOT_NULL(layer, func);
+    cc_geometry geom = {0};
+    CC_TRY(cc_geometry_make(&layer->weights->info, n, h, w, &geom, func));
+    return cc_plan_get(layer, n, h, w, plan, func);
+}
+
+condconv_status condconv_prepare(condconv_layer_t layer, int n, int h, int w)
+{
+    cc_plan *plan;
+    return plan_for(layer, n, h, w, &plan, "condconv_prepare");
+}
+
+condconv_status condconv_get_workspace_size(condconv_layer_t layer, int n, int h, int w, size_t *bytes)
+{
+    static const char func[] = "condconv_get_workspace_size";
+    CC_CHECK_NOT_NULL(bytes, func);
+    cc_plan *plan;
+    CC_TRY(plan_for(layer, n, h, w, &plan, func));
+    *bytes = plan->workspace_bytes;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_get_plan_info(condconv_layer_t layer, int n, int h, int w, condconv_plan_info *info)
+{
+    static const char func[] = "condconv_get_plan_info";
+    CC_CHECK_NOT_NULL(info, func);
+    cc_plan *plan;
+    CC_TRY(plan_for(layer, n, h, w, &plan, func));
+    *info = plan->info;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static int ranges_overlap(const void *a, uint64_t a_bytes, const void *b, uint64_t b_bytes)
+{
+    const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
+                                 const void *routing_in, void *routing_out, void *workspace, size_t workspace_bytes)
+{
+    static const char func[] = "condconv_forward";
+    cc_geometry geom = {0};
+    CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, &geom, func));
+    CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    if (ranges_overlap(x, geom.x_elems * sizeof(float), y, geom.y_elems * sizeof(float)))
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: x and y overlap; the forward cannot run in place", func);
+    cc_plan *plan;
+    CC_TRY(cc_plan_get(layer, n, h, w, &plan, func));
+    if (workspace_bytes < plan->workspace_bytes)
+        return cc_fail(CONDCONV_STATUS_WORKSPACE_TOO_SMALL,
+                       "%s: workspace of %zu bytes given, %zu needed for N=%d, H=%d, W=%d (condconv_get_workspace_size)",
+                       func, workspace_bytes, plan->workspace_bytes, n, h, w);
+    if (plan->workspace_bytes > 0 && workspace == NULL)
+        return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: workspace is NULL but %zu bytes are needed", func,
+                       plan->workspace_bytes);
+    if ((uintptr_t)workspace % CONDCONV_WORKSPACE_ALIGNMENT != 0)
+        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: workspace %p is not %d-byte aligned", func, workspace,
+                       CONDCONV_WORKSPACE_ALIGNMENT);
+    CC_TRY(cc_context_set_device(layer->ctx, func));
+    return cc_plan_execute(layer, plan, x, y, routing_in, routing_out, workspace, func);
+}
+
+condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, const void *x, void *routing_out)
+{
+    static const char func[] = "condconv_route";
+    CC_CHECK_NOT_NULL(layer, func);
+    CC_CHECK_NOT_NULL(x, func);
+    CC_CHECK_NOT_NULL(routing_out, func);
+    const cc_weights *wt = layer->weights;
+    const condconv_layer_info *info = &wt->info;
+    if (info->routing == CONDCONV_ROUTING_EXTERNAL)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: the layer uses external routing and has no routing function",
+                       func);
+    cc_geometry geom = {0};
+    CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
+    CC_TRY(cc_context_set_device(layer->ctx, func));
+    CC_NVTX_PUSH("condconv.route");
+    const cudaError_t err = cc_launch_routing(x, wt->dev_routing_weight_t, wt->dev_routing_bias, routing_out, n,
+                                              info->in_channels, (long long)h * w, info->num_experts,
+                                              info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature,
+                                              layer->ctx->stream);
+    CC_NVTX_POP();
+    return cc_cuda_status(err, "cc_launch_routing", func);
+}

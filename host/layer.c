@@ -1,0 +1,232 @@
+/* Layer lifetime: copies of the parameters on the host and the device,
+ * shared between layers by reference count. */
+#include "layer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+
+static float *copy_floats(const void *src, uint64_t count)
+{
+    if (count == 0) return NULL;
+    float *dst = malloc((size_t)count * sizeof(float));
+    if (dst != NULL) memcpy(dst, src, (size_t)count * sizeof(float));
+    return dst;
+}
+
+static size_t align_up(size_t bytes) { return (bytes + 255u) & ~(size_t)255u; }
+
+static void free_weights_memory(cc_weights *w)
+{
+    if (w->dev_block) {
+        int current = -1;
+        /* Free on the device that owns the memory; a failure here has nowhere to go. */
+        if (cudaGetDevice(&current) == cudaSuccess && current != w->device) (void)cudaSetDevice(w->device);
+        (void)cudaFree(w->dev_block);
+        if (current >= 0 && current != w->device) (void)cudaSetDevice(current);
+    }
+    free(w->experts);
+    free(w->expert_bias);
+    free(w->routing_weight);
+    free(w->routing_bias);
+    free(w);
+}
+
+/* Experts [E][g][Cout/g][rest] -> [g][E][Cout/g][rest]. */
+static void group_major_experts(const cc_weights *w, float *dst)
+{
+    const condconv_layer_info *info = &w->info;
+    const size_t g = (size_t)info->groups, E = (size_t)info->num_experts;
+    const size_t group_block = (size_t)w->sizes.filter_elems / g; /* (Cout/g) * Cin/g * kh * kw */
+    for (size_t gi = 0; gi < g; ++gi)
+        for (size_t e = 0; e < E; ++e)
+            memcpy(dst + (gi * E + e) * group_block, w->experts + (e * g + gi) * group_block,
+                   group_block * sizeof(float));
+}
+
+static condconv_status upload_weights(cc_weights *w, const char *func)
+{
+    const condconv_layer_info *info = &w->info;
+    const size_t E = (size_t)info->num_experts, C = (size_t)info->in_channels;
+    const size_t experts_bytes = (size_t)w->sizes.experts_elems * sizeof(float);
+    const size_t grouped_bytes = info->groups > 1 ? experts_bytes : 0;
+    const size_t bias_bytes = (size_t)w->sizes.bias_elems * sizeof(float);
+    const size_t rw_bytes = (size_t)w->sizes.routing_weight_elems * sizeof(float);
+    const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
+    const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) +
+                         align_up(rw_bytes) + align_up(rb_bytes);
+    if (total < experts_bytes)
+        return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the device copy of the parameters overflows size_t", func);
+    CC_CUDA_TRY(cudaMalloc(&w->dev_block, total), func);
+
+    /* Stage everything in one host buffer so that one copy uploads it. */
+    unsigned char *staging = calloc(1, total);
+    if (staging == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+    size_t offset = 0;
+    const size_t experts_at = offset;
+    memcpy(staging + offset, w->experts, experts_bytes);
+    offset += align_up(experts_bytes);
+    const size_t grouped_at = grouped_bytes ? offset : experts_at;
+    if (grouped_bytes) group_major_experts(w, (float *)(void *)(staging + offset));
+    offset += align_up(grouped_bytes);
+    const size_t bias_at = offset;
+    if (bias_bytes) memcpy(staging + offset, w->expert_bias, bias_bytes);
+    offset += align_up(bias_bytes);
+    const size_t rw_at = offset;
+    if (rw_bytes) {
+        float *t = (float *)(void *)(staging + offset);
+        for (size_t e = 0; e < E; ++e)
+            for (size_t c = 0; c < C; ++c) t[c * E + e] = w->routing_weight[e * C + c];
+    }
+    offset += align_up(rw_bytes);
+    const size_t rb_at = offset;
+    if (rb_bytes) memcpy(staging + offset, w->routing_bias, rb_bytes);
+
+    condconv_status s = cc_cuda_status(cudaMemcpy(w->dev_block, staging, total, cudaMemcpyHostToDevice),
+                                       "cudaMemcpy(parameters)", func);
+    free(staging);
+    if (s != CONDCONV_STATUS_SUCCESS) return s;
+    const unsigned char *base = w->dev_block;
+    w->dev_experts = (const float *)(const void *)(base + experts_at);
+    w->dev_experts_grouped = (const float *)(const void *)(base + grouped_at);
+    w->dev_expert_bias = bias_bytes ? (const float *)(const void *)(base + bias_at) : NULL;
+    w->dev_routing_weight_t = rw_bytes ? (const float *)(const void *)(base + rw_at) : NULL;
+    w->dev_routing_bias = rb_bytes ? (const float *)(const void *)(base + rb_at) : NULL;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status check_params(const condconv_layer_info *info, const condconv_params *params, const char *func)
+{
+    if (params->experts == NULL)
+        return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: params->experts is NULL", func);
+    if (info->has_bias && params->expert_bias == NULL)
+        return cc_fail(CONDCONV_STATUS_NULL_POINTER,
+                       "%s: the descriptor says the experts have biases but params->expert_bias is NULL", func);
+    if (info->routing != CONDCONV_ROUTING_EXTERNAL && params->routing_weight == NULL)
+        return cc_fail(CONDCONV_STATUS_NULL_POINTER,
+                       "%s: params->routing_weight is NULL; it is required unless routing is external", func);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_layer_create(condconv_context_t context, condconv_layer_desc_t desc,
+                                      const condconv_params *params, condconv_layer_t *layer)
+{
+    static const char func[] = "condconv_layer_create";
+    CC_CHECK_NOT_NULL(context, func);
+    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_NOT_NULL(params, func);
+    CC_CHECK_NOT_NULL(layer, func);
+    const condconv_layer_info *info = &desc->info;
+    CC_TRY(cc_layer_info_validate(info, func));
+    if (info->dtype != CONDCONV_DTYPE_F32)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_DTYPE_F32 layers are supported so far",
+                       func);
+    if (info->layout != CONDCONV_LAYOUT_NCHW)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_LAYOUT_NCHW layers are supported so far",
+                       func);
+    CC_TRY(check_params(info, params, func));
+    cc_param_sizes sizes;
+    CC_TRY(cc_param_sizes_make(info, &sizes, func));
+
+    cc_weights *w = calloc(1, sizeof *w);
+    struct condconv_layer *l = calloc(1, sizeof *l);
+    if (w == NULL || l == NULL) {
+        free(w);
+        free(l);
+        return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+    }
+    atomic_init(&w->refs, 1);
+    w->info = *info;
+    w->sizes = sizes;
+    w->device = context->device;
+    w->experts = copy_floats(params->experts, sizes.experts_elems);
+    w->expert_bias = copy_floats(params->expert_bias, sizes.bias_elems);
+    w->routing_weight = copy_floats(params->routing_weight, sizes.routing_weight_elems);
+    if (sizes.routing_bias_elems) {
+        w->routing_bias = params->routing_bias ? copy_floats(params->routing_bias, sizes.routing_bias_elems)
+                                               : calloc((size_t)sizes.routing_bias_elems, sizeof(float));
+    }
+    condconv_status s = CONDCONV_STATUS_SUCCESS;
+    if (w->experts == NULL || (sizes.bias_elems && w->expert_bias == NULL) ||
+        (sizes.routing_weight_elems && w->routing_weight == NULL) ||
+        (sizes.routing_bias_elems && w->routing_bias == NULL))
+        s = cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory for %llu parameters", func,
+                    (unsigned long long)(sizes.experts_elems + sizes.bias_elems + sizes.routing_weight_elems));
+    if (s == CONDCONV_STATUS_SUCCESS && context->device != CONDCONV_DEVICE_CPU) {
+        s = cc_context_set_device(context, func);
+        if (s == CONDCONV_STATUS_SUCCESS) s = upload_weights(w, func);
+    }
+    if (s != CONDCONV_STATUS_SUCCESS) {
+        free_weights_memory(w);
+        free(l);
+        return s;
+    }
+    l->ctx = context;
+    l->weights = w;
+    l->requested = CONDCONV_ALGO_AUTO;
+    *layer = l;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_layer_create_shared(condconv_context_t context, condconv_layer_t source,
+                                             condconv_layer_t *layer)
+{
+    static const char func[] = "condconv_layer_create_shared";
+    CC_CHECK_NOT_NULL(context, func);
+    CC_CHECK_NOT_NULL(source, func);
+    CC_CHECK_NOT_NULL(layer, func);
+    if (context->device != source->weights->device)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE,
+                       "%s: the source layer's parameters live on device %d, the context is on device %d", func,
+                       source->weights->device, context->device);
+    struct condconv_layer *l = calloc(1, sizeof *l);
+    if (l == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+    atomic_fetch_add(&source->weights->refs, 1);
+    l->ctx = context;
+    l->weights = source->weights;
+    l->requested = source->requested;
+    *layer = l;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_layer_destroy(condconv_layer_t layer)
+{
+    if (layer == NULL) return CONDCONV_STATUS_SUCCESS;
+    cc_layer_release_plans(layer);
+    if (atomic_fetch_sub(&layer->weights->refs, 1) == 1) free_weights_memory(layer->weights);
+    free(layer);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_layer_get_desc(condconv_layer_t layer, condconv_layer_desc_t desc)
+{
+    CC_CHECK_NOT_NULL(layer, "condconv_layer_get_desc");
+    CC_CHECK_NOT_NULL(desc, "condconv_layer_get_desc");
+    desc->info = layer->weights->info;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+cc_host_params cc_layer_host_params(const struct condconv_layer *layer)
+{
+    const cc_weights *w = layer->weights;
+    cc_host_params p = {w->experts, w->expert_bias, w->routing_weight, w->routing_bias};
+    return p;
+}
+
+condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
+                                       const void *y, const void *routing_in, cc_geometry *geom, const char *func)
+{
+    CC_CHECK_NOT_NULL(layer, func);
+    CC_CHECK_NOT_NULL(x, func);
+    CC_CHECK_NOT_NULL(y, func);
+    const condconv_layer_info *info = &layer->weights->info;
+    CC_TRY(cc_geometry_make(info, n, h, w, geom, func));
+    if (info->routing == CONDCONV_ROUTING_EXTERNAL && routing_in == NULL)
+        return cc_fail(CONDCONV_STATUS_MISSING_ROUTING,
+                       "%s: the layer uses external routing, so routing_in (alpha [N=%d][E=%d]) is required", func, n,
+                       info->num_experts);
+    return CONDCONV_STATUS_SUCCESS;
+}

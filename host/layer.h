@@ -1,0 +1,54 @@
+/* The layer: parameters (host copy always, device copy on a GPU context),
+ * shared by reference count between layers created with
+ * condconv_layer_create_shared, and this layer's own cache of plans. */
+#ifndef CONDCONV_HOST_LAYER_H
+#define CONDCONV_HOST_LAYER_H
+
+#include <stdatomic.h>
+
+#include "condconv.h"
+#include "layer_desc.h"
+#include "reference.h"
+
+struct cc_plan;
+
+typedef struct cc_weights {
+    atomic_int refs;
+    condconv_layer_info info;
+    cc_param_sizes sizes;
+    int device; /* where the device copy lives, or CONDCONV_DEVICE_CPU */
+    /* Host copy, f32. routing_bias is zeros when the caller gave none. */
+    float *experts;        /* [E][Cout][Cin/g][kh][kw] */
+    float *expert_bias;    /* [E][Cout] or NULL */
+    float *routing_weight; /* [E][Cin] or NULL with external routing */
+    float *routing_bias;   /* [E] or NULL with external routing */
+    /* Device copy: one allocation, carved in 256-byte aligned pieces. */
+    void *dev_block;
+    const float *dev_experts;          /* [E][Cout][Cin/g][kh][kw] */
+    const float *dev_experts_grouped;  /* [g][E][Cout/g][Cin/g][kh][kw]: filters of a static conv with E*Cout
+                                          outputs, in the order a grouped conv wants (= dev_experts if g == 1) */
+    const float *dev_expert_bias;      /* [E][Cout] or NULL */
+    const float *dev_routing_weight_t; /* [Cin][E]: transposed, so a warp reads one channel's E weights at once */
+    const float *dev_routing_bias;     /* [E] */
+} cc_weights;
+
+struct condconv_layer {
+    condconv_context_t ctx;
+    cc_weights *weights;
+    condconv_algo requested;
+    struct cc_plan **plans;
+    int plan_count, plan_capacity;
+};
+
+/* The layer's parameters as the reference wants them. */
+cc_host_params cc_layer_host_params(const struct condconv_layer *layer);
+
+/* Checks the arguments every forward shares (layer, x, y, shape, routing
+ * weights for external routing) and computes the geometry. */
+condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
+                                       const void *y, const void *routing_in, cc_geometry *geom, const char *func);
+
+/* Frees the plans of a layer (plan.c). */
+void cc_layer_release_plans(struct condconv_layer *layer);
+
+#endif

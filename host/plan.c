@@ -1,0 +1,279 @@
+/* Plan creation (algorithm applicability, choice by measurement or rule,
+ * workspace layout), the per-layer plan cache, and plan execution. */
+#include "plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+#include "nvtx.h"
+#include "scratch.h"
+
+#include "routing.h"
+
+/* AUTO ignores candidates whose workspace exceeds this (the mixture's
+ * E-times-wider intermediate at large batch); forcing one still works. */
+#define CC_AUTO_MAX_WORKSPACE ((size_t)1 << 30)
+#define CC_MEASURE_WARMUP 2
+#define CC_MEASURE_REPS 7
+
+cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
+{
+    for (int i = 0; i < layer->plan_count; ++i) {
+        cc_plan *p = layer->plans[i];
+        if (p->n == n && p->h == h && p->w == w && p->math == layer->ctx->math && p->requested == layer->requested)
+            return p;
+    }
+    return NULL;
+}
+
+static void plan_destroy(cc_plan *plan)
+{
+    if (plan == NULL) return;
+    cc_algo_state_destroy(&plan->state);
+    free(plan);
+}
+
+void cc_layer_release_plans(struct condconv_layer *layer)
+{
+    for (int i = 0; i < layer->plan_count; ++i) plan_destroy(layer->plans[i]);
+    free(layer->plans);
+    layer->plans = NULL;
+    layer->plan_count = layer->plan_capacity = 0;
+}
+
+condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const float *x, float *y,
+                                const float *routing_in, float *routing_out, void *workspace, const char *func)
+{
+    const cc_weights *w = layer->weights;
+    const condconv_layer_info *info = &w->info;
+    const cudaStream_t stream = layer->ctx->stream;
+    const float *alpha;
+    CC_NVTX_PUSH("condconv.forward");
+    condconv_status st = CONDCONV_STATUS_SUCCESS;
+    if (info->routing == CONDCONV_ROUTING_EXTERNAL) {
+        alpha = routing_in;
+        if (routing_out != NULL && routing_out != routing_in)
+            st = cc_cuda_status(cudaMemcpyAsync(routing_out, routing_in, sizeof(float) * (size_t)plan->geom.alpha_elems,
+                                                cudaMemcpyDeviceToDevice, stream),
+                                "cudaMemcpyAsync(routing_out)", func);
+    } else {
+        float *dst = routing_out != NULL ? routing_out : (float *)workspace;
+        CC_NVTX_PUSH("condconv.route");
+        const cudaError_t err = cc_launch_routing(x, w->dev_routing_weight_t, w->dev_routing_bias, dst, plan->n,
+                                                  info->in_channels, (long long)plan->h * plan->w, info->num_experts,
+                                                  info->routing == CONDCONV_ROUTING_SOFTMAX,
+                                                  1.0f / info->temperature, stream);
+        CC_NVTX_POP();
+        st = cc_cuda_status(err, "cc_launch_routing", func);
+        alpha = dst;
+    }
+    if (st == CONDCONV_STATUS_SUCCESS) {
+        const cc_forward_buffers buffers = {x, y, alpha, (unsigned char *)workspace + plan->alpha_bytes};
+        st = cc_algo_lookup(plan->state.algo)->run(layer, &plan->geom, &plan->state, &buffers, func);
+    }
+    CC_NVTX_POP();
+    return st;
+}
+
+static int compare_floats(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median over CC_MEASURE_REPS event-timed forwards, after a warm-up. */
+static condconv_status time_plan(const struct condconv_layer *layer, const cc_plan *plan, cc_scratch *scratch,
+                                 float *median_us, const char *func)
+{
+    void *x, *y, *alpha, *ws;
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)plan->geom.x_elems, &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)plan->geom.y_elems, &y, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)plan->geom.alpha_elems, &alpha, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, plan->workspace_bytes, &ws, func));
+    cudaEvent_t start = NULL, stop = NULL;
+    float times[CC_MEASURE_REPS];
+    condconv_status st = cc_cuda_status(cudaEventCreate(&start), "cudaEventCreate", func);
+    if (st == CONDCONV_STATUS_SUCCESS) st = cc_cuda_status(cudaEventCreate(&stop), "cudaEventCreate", func);
+    for (int r = 0; st == CONDCONV_STATUS_SUCCESS && r < CC_MEASURE_WARMUP + CC_MEASURE_REPS; ++r) {
+        st = cc_cuda_status(cudaEventRecord(start, layer->ctx->stream), "cudaEventRecord", func);
+        if (st == CONDCONV_STATUS_SUCCESS) st = cc_plan_execute(layer, plan, x, y, alpha, NULL, ws, func);
+        if (st == CONDCONV_STATUS_SUCCESS)
+            st = cc_cuda_status(cudaEventRecord(stop, layer->ctx->stream), "cudaEventRecord", func);
+        if (st == CONDCONV_STATUS_SUCCESS) st = cc_cuda_status(cudaEventSynchronize(stop), "cudaEventSynchronize", func);
+        float ms = 0.0f;
+        if (st == CONDCONV_STATUS_SUCCESS)
+            st = cc_cuda_status(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime", func);
+        if (r >= CC_MEASURE_WARMUP) times[r - CC_MEASURE_WARMUP] = ms;
+    }
+    if (start) (void)cudaEventDestroy(start);
+    if (stop) (void)cudaEventDestroy(stop);
+    if (st != CONDCONV_STATUS_SUCCESS) return st;
+    qsort(times, CC_MEASURE_REPS, sizeof times[0], compare_floats);
+    *median_us = times[CC_MEASURE_REPS / 2] * 1000.0f;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+/* The rule used without measuring: the custom kernels where they apply
+ * (they avoid per-sample filters in memory, or turn 1x1 into one GEMM),
+ * else the batch-as-groups path, which applies to everything. */
+static condconv_algo heuristic_choice(const int applicable[CONDCONV_ALGO_COUNT], const char **why)
+{
+    if (applicable[CONDCONV_ALGO_DEPTHWISE_FUSED]) {
+        *why = "heuristic: depthwise layer, filters mixed inside the kernel";
+        return CONDCONV_ALGO_DEPTHWISE_FUSED;
+    }
+    if (applicable[CONDCONV_ALGO_GEMM_BATCHED]) {
+        *why = "heuristic: 1x1 layer, one strided-batched GEMM";
+        return CONDCONV_ALGO_GEMM_BATCHED;
+    }
+    *why = "heuristic: general layer, cuDNN with the batch as groups";
+    return CONDCONV_ALGO_CUDNN_GROUPED;
+}
+
+static condconv_status check_not_capturing(condconv_context_t ctx, const char *func)
+{
+    enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    const cudaError_t err = cudaStreamIsCapturing(ctx->stream, &capture);
+    if (err == cudaErrorStreamCaptureImplicit || capture != cudaStreamCaptureStatusNone) {
+        if (err != cudaSuccess) (void)cudaGetLastError();
+        return cc_fail(CONDCONV_STATUS_NOT_PREPARED,
+                       "%s: this input shape has no plan and the stream is being captured into a CUDA graph; call "
+                       "condconv_prepare for it before capturing", func);
+    }
+    return cc_cuda_status(err, "cudaStreamIsCapturing", func);
+}
+
+/* Prepares every applicable candidate, times each, keeps the fastest. */
+static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
+                                           const char *func)
+{
+    cc_algo_state states[CONDCONV_ALGO_COUNT];
+    memset(states, 0, sizeof states);
+    condconv_plan_info *info = &plan->info;
+    condconv_status st = CONDCONV_STATUS_SUCCESS;
+    int best = -1;
+    for (int a = 1; a < CONDCONV_ALGO_COUNT && st == CONDCONV_STATUS_SUCCESS; ++a) {
+        if (!info->applicable[a]) continue;
+        st = cc_algo_lookup((condconv_algo)a)->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_MEASURE, scratch,
+                                                       &states[a], func);
+        if (st == CONDCONV_STATUS_NOT_SUPPORTED) { /* e.g. cuDNN has no kernel for it */
+            info->applicable[a] = 0;
+            st = CONDCONV_STATUS_SUCCESS;
+            continue;
+        }
+        if (st != CONDCONV_STATUS_SUCCESS) break;
+        if (plan->alpha_bytes + states[a].workspace_bytes > CC_AUTO_MAX_WORKSPACE) {
+            cc_algo_state_destroy(&states[a]);
+            continue;
+        }
+        cc_plan trial = *plan;
+        trial.state = states[a];
+        trial.workspace_bytes = plan->alpha_bytes + states[a].workspace_bytes;
+        st = time_plan(layer, &trial, scratch, &info->measured_us[a], func);
+        if (st == CONDCONV_STATUS_SUCCESS && (best < 0 || info->measured_us[a] < info->measured_us[best])) best = a;
+    }
+    if (st == CONDCONV_STATUS_SUCCESS && best < 0)
+        st = cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: no algorithm applies to this layer and shape", func);
+    for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
+        if (a != best || st != CONDCONV_STATUS_SUCCESS) cc_algo_state_destroy(&states[a]);
+    if (st != CONDCONV_STATUS_SUCCESS) return st;
+    plan->state = states[best];
+    int len = snprintf(info->reason, sizeof info->reason, "measured:");
+    for (int a = 1; a < CONDCONV_ALGO_COUNT && len > 0 && (size_t)len < sizeof info->reason; ++a)
+        if (info->measured_us[a] >= 0.0f)
+            len += snprintf(info->reason + len, sizeof info->reason - (size_t)len, " %s%s %.1f us",
+                            a == best ? "*" : "", condconv_algo_name((condconv_algo)a), (double)info->measured_us[a]);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+/* The rule's choice, falling back to the always-applicable batch-as-groups
+ * path if the chosen algorithm turns out not to support the shape. */
+static condconv_status choose_by_rule(struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
+                                      const char *func)
+{
+    const char *why = "";
+    const condconv_algo choice = heuristic_choice(plan->info.applicable, &why);
+    condconv_status st = cc_algo_lookup(choice)->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC,
+                                                        scratch, &plan->state, func);
+    if (st == CONDCONV_STATUS_NOT_SUPPORTED && choice != CONDCONV_ALGO_CUDNN_GROUPED) {
+        why = "heuristic: fallback to cuDNN with the batch as groups";
+        st = cc_algo_lookup(CONDCONV_ALGO_CUDNN_GROUPED)->prepare(layer, &plan->geom, plan->math,
+                                                                   CONDCONV_SELECT_HEURISTIC, scratch, &plan->state,
+                                                                   func);
+    }
+    if (st == CONDCONV_STATUS_SUCCESS) snprintf(plan->info.reason, sizeof plan->info.reason, "%s", why);
+    return st;
+}
+
+static condconv_status plan_create(struct condconv_layer *layer, int n, int h, int w, cc_plan **out,
+                                   const char *func)
+{
+    condconv_context_t ctx = layer->ctx;
+    const condconv_layer_info *info = &layer->weights->info;
+    cc_geometry geom = {0};
+    CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
+    CC_TRY(check_not_capturing(ctx, func));
+    CC_TRY(cc_context_gpu_begin(ctx, func));
+    if (layer->plan_count == layer->plan_capacity) {
+        const int cap = layer->plan_capacity ? 2 * layer->plan_capacity : 4;
+        cc_plan **grown = realloc(layer->plans, sizeof *grown * (size_t)cap);
+        if (grown == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+        layer->plans = grown;
+        layer->plan_capacity = cap;
+    }
+    cc_plan *plan = calloc(1, sizeof *plan);
+    if (plan == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+    plan->n = n;
+    plan->h = h;
+    plan->w = w;
+    plan->math = ctx->math;
+    plan->requested = layer->requested;
+    plan->geom = geom;
+    plan->alpha_bytes = cc_align256(sizeof(float) * (size_t)geom.alpha_elems);
+    condconv_plan_info *pi = &plan->info;
+    pi->requested = layer->requested;
+    pi->select = ctx->select;
+    pi->math = ctx->math;
+    for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) pi->measured_us[a] = -1.0f;
+    for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
+        pi->applicable[a] = cc_algo_lookup((condconv_algo)a)->check(layer, &geom, func) == CONDCONV_STATUS_SUCCESS;
+
+    cc_scratch scratch = {0};
+    scratch.stream = ctx->stream;
+    condconv_status st;
+    if (layer->requested != CONDCONV_ALGO_AUTO) {
+        const cc_algo_ops *ops = cc_algo_lookup(layer->requested);
+        st = ops->check(layer, &geom, func); /* again, for its message */
+        if (st == CONDCONV_STATUS_SUCCESS)
+            st = ops->prepare(layer, &geom, plan->math, ctx->select, &scratch, &plan->state, func);
+        if (st == CONDCONV_STATUS_SUCCESS)
+            snprintf(pi->reason, sizeof pi->reason, "forced by condconv_layer_set_algo");
+    } else if (ctx->select == CONDCONV_SELECT_HEURISTIC) {
+        st = choose_by_rule(layer, plan, &scratch, func);
+    } else {
+        st = choose_by_measuring(layer, plan, &scratch, func);
+    }
+    cc_scratch_free(&scratch);
+    if (st != CONDCONV_STATUS_SUCCESS) {
+        plan_destroy(plan);
+        return st;
+    }
+    plan->workspace_bytes = plan->alpha_bytes + plan->state.workspace_bytes;
+    pi->algo = plan->state.algo;
+    pi->workspace_bytes = plan->workspace_bytes;
+    layer->plans[layer->plan_count++] = plan;
+    *out = plan;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_plan_get(struct condconv_layer *layer, int n, int h, int w, cc_plan **plan, const char *func)
+{
+    CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    *plan = cc_plan_lookup(layer, n, h, w);
+    if (*plan != NULL) return CONDCONV_STATUS_SUCCESS;
+    return plan_create(layer, n, h, w, plan, func);
+}

@@ -1,0 +1,35 @@
+/* Plans: what a layer runs for one input shape. Made once per
+ * (N, H, W, math, requested algorithm) by condconv_prepare (or implicitly by
+ * the first forward outside a graph capture), cached in the layer, and
+ * executed by condconv_forward without allocation or synchronisation. */
+#ifndef CONDCONV_HOST_PLAN_H
+#define CONDCONV_HOST_PLAN_H
+
+#include "algo.h"
+#include "condconv.h"
+#include "layer.h"
+
+typedef struct cc_plan {
+    int n, h, w;
+    condconv_math math;
+    condconv_algo requested;
+    cc_geometry geom;
+    cc_algo_state state;
+    size_t alpha_bytes;     /* the workspace starts with alpha [N][E], 256-aligned */
+    size_t workspace_bytes; /* alpha_bytes + state.workspace_bytes */
+    condconv_plan_info info;
+} cc_plan;
+
+/* The cached plan for this shape under the layer's current settings, or NULL. */
+cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w);
+
+/* Looks the plan up, creating it if needed. Fails with NOT_PREPARED if it
+ * would have to be created while the context's stream is capturing. */
+condconv_status cc_plan_get(struct condconv_layer *layer, int n, int h, int w, cc_plan **plan, const char *func);
+
+/* Routing (or the copy of external weights) then the algorithm, on the
+ * context's stream. The workspace is at least plan->workspace_bytes. */
+condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const float *x, float *y,
+                                const float *routing_in, float *routing_out, void *workspace, const char *func);
+
+#endif

@@ -1,0 +1,384 @@
+/*
+ * condconv — Conditionally Parameterized Convolutions (CondConv, Yang et al.,
+ * NeurIPS 2019) and Dynamic Convolution for C inference servers.
+ *
+ * A CondConv layer gives every sample b its own kernel
+ *     W_b = sum_e alpha_be * W_e        (E expert kernels)
+ * with routing weights alpha_b = sigmoid(FC(GlobalAvgPool(x_b))) (CondConv),
+ * softmax(FC(GAP(x_b)) / tau) (Dynamic Convolution), or given by the caller
+ * (one routing function shared by several layers, as in EfficientNet-CondConv).
+ *
+ * API discipline follows cuDNN: opaque handles, descriptors that are created,
+ * set, queried and destroyed, a status code from every call, caller-owned
+ * device memory and a workspace-size query, algorithms that can be found by
+ * measurement, chosen by heuristic or forced. The library never prints, never
+ * exits and never aborts; on failure it leaves outputs untouched and a
+ * readable message is available from condconv_last_error() on that thread.
+ *
+ * Tensors are dense and row-major. With CONDCONV_LAYOUT_NCHW:
+ *   input  x [N][Cin][H][W]      output y [N][Cout][Ho][Wo]
+ *   routing weights alpha [N][E]
+ * Parameters use the layout of PyTorch and timm, so trained weights drop in:
+ *   experts        [E][Cout][Cin/groups][kh][kw]
+ *   expert biases  [E][Cout]
+ *   routing FC     weight [E][Cin], bias [E]
+ */
+#ifndef CONDCONV_H
+#define CONDCONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define CONDCONV_API
+#elif defined(__GNUC__)
+#define CONDCONV_API __attribute__((visibility("default")))
+#else
+#define CONDCONV_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CONDCONV_VERSION_MAJOR 0
+#define CONDCONV_VERSION_MINOR 1
+#define CONDCONV_VERSION_PATCH 0
+#define CONDCONV_VERSION (CONDCONV_VERSION_MAJOR * 10000 + CONDCONV_VERSION_MINOR * 100 + CONDCONV_VERSION_PATCH)
+
+/* Largest number of experts a layer may have. */
+#define CONDCONV_MAX_EXPERTS 128
+
+/* Pass as the device of condconv_context_create for a context that only runs
+ * the CPU reference path (no CUDA device needed). */
+#define CONDCONV_DEVICE_CPU (-1)
+
+/* Alignment, in bytes, the forward expects of its workspace pointer. */
+#define CONDCONV_WORKSPACE_ALIGNMENT 256
+
+/* ------------------------------------------------------------------------ */
+/* Status                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef enum condconv_status {
+    CONDCONV_STATUS_SUCCESS = 0,
+    CONDCONV_STATUS_NULL_POINTER = 1,        /* a required pointer was NULL */
+    CONDCONV_STATUS_BAD_SIZE = 2,            /* a size or count was zero or negative */
+    CONDCONV_STATUS_BAD_GROUPS = 3,          /* channels not divisible by groups */
+    CONDCONV_STATUS_BAD_EXPERTS = 4,         /* E < 1 or E > CONDCONV_MAX_EXPERTS */
+    CONDCONV_STATUS_EMPTY_OUTPUT = 5,        /* the output height or width would be <= 0 */
+    CONDCONV_STATUS_SIZE_OVERFLOW = 6,       /* an element or byte count overflows */
+    CONDCONV_STATUS_MISSING_ROUTING = 7,     /* external routing without routing weights */
+    CONDCONV_STATUS_WORKSPACE_TOO_SMALL = 8, /* workspace smaller than queried */
+    CONDCONV_STATUS_BAD_VALUE = 9,           /* an enum, real or option out of range */
+    CONDCONV_STATUS_MISALIGNED = 10,         /* a pointer lacks the alignment required */
+    CONDCONV_STATUS_NOT_SUPPORTED = 11,      /* valid, but not supported by this algorithm/build */
+    CONDCONV_STATUS_NOT_PREPARED = 12,       /* shape never prepared and the stream is capturing */
+    CONDCONV_STATUS_ALLOC_FAILED = 13,       /* host or device allocation failed */
+    CONDCONV_STATUS_NO_DEVICE = 14,          /* no CUDA device, or a CPU context used for GPU work */
+    CONDCONV_STATUS_CUDA_ERROR = 15,         /* a CUDA runtime call failed */
+    CONDCONV_STATUS_CUDNN_ERROR = 16,        /* a cuDNN call failed */
+    CONDCONV_STATUS_CUBLAS_ERROR = 17,       /* a cuBLAS call failed */
+    CONDCONV_STATUS_IO_ERROR = 18,           /* a file could not be opened or read */
+    CONDCONV_STATUS_BAD_FILE = 19,           /* a weight file is malformed */
+    CONDCONV_STATUS_TENSOR_NOT_FOUND = 20,   /* a named tensor is absent from a weight file */
+    CONDCONV_STATUS_TENSOR_MISMATCH = 21,    /* a tensor's shape or type does not fit the layer */
+    CONDCONV_STATUS_INTERNAL_ERROR = 22      /* a bug in condconv; please report it */
+} condconv_status;
+
+/* Name of a status, e.g. "CONDCONV_STATUS_BAD_GROUPS". Never NULL. */
+CONDCONV_API const char *condconv_status_string(condconv_status status);
+
+/* Detail of the last failure on the calling thread: what was wrong, with the
+ * offending values. Valid until the next failing call on this thread; "" if
+ * no call on this thread has failed. Never NULL. */
+CONDCONV_API const char *condconv_last_error(void);
+
+/* Version of the library at run time (CONDCONV_VERSION at build time). */
+CONDCONV_API int condconv_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Enumerations                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef enum condconv_routing {
+    CONDCONV_ROUTING_SIGMOID = 0,  /* CondConv: sigmoid(FC(GAP(x))) */
+    CONDCONV_ROUTING_SOFTMAX = 1,  /* Dynamic Convolution: softmax(FC(GAP(x)) / temperature) */
+    CONDCONV_ROUTING_EXTERNAL = 2  /* the caller passes alpha [N][E] to each forward */
+} condconv_routing;
+
+typedef enum condconv_activation {
+    CONDCONV_ACTIVATION_NONE = 0,
+    CONDCONV_ACTIVATION_RELU = 1,
+    CONDCONV_ACTIVATION_SILU = 2 /* x * sigmoid(x), a.k.a. swish */
+} condconv_activation;
+
+typedef enum condconv_dtype {
+    CONDCONV_DTYPE_F32 = 0,
+    CONDCONV_DTYPE_F16 = 1, /* reserved: not yet supported */
+    CONDCONV_DTYPE_BF16 = 2 /* reserved: not yet supported */
+} condconv_dtype;
+
+typedef enum condconv_layout {
+    CONDCONV_LAYOUT_NCHW = 0,
+    CONDCONV_LAYOUT_NHWC = 1 /* reserved: not yet supported */
+} condconv_layout;
+
+typedef enum condconv_padding_mode {
+    CONDCONV_PADDING_EXPLICIT = 0, /* pad_h rows above and below, pad_w columns left and right */
+    CONDCONV_PADDING_SAME = 1      /* TensorFlow/timm "same": Ho = ceil(H / stride), the odd
+                                      padding row/column goes below/right; depends on H, W */
+} condconv_padding_mode;
+
+/* How the convolution of a CondConv layer is computed on the GPU. */
+typedef enum condconv_algo {
+    CONDCONV_ALGO_AUTO = 0,            /* choose per shape (measured or heuristic) */
+    CONDCONV_ALGO_CUDNN_GROUPED = 1,   /* aggregate per-sample kernels, cuDNN conv with batch as groups */
+    CONDCONV_ALGO_GEMM_BATCHED = 2,    /* 1x1 only: aggregate, then one strided-batched GEMM */
+    CONDCONV_ALGO_DEPTHWISE_FUSED = 3, /* depthwise only: filters mixed inside the conv kernel */
+    CONDCONV_ALGO_MIXTURE = 4,         /* one static conv with E*Cout filters, then sum_e alpha_e y_e */
+    CONDCONV_ALGO_COUNT = 5
+} condconv_algo;
+
+/* Name of an algorithm, e.g. "cudnn_grouped". NULL for an invalid value. */
+CONDCONV_API const char *condconv_algo_name(condconv_algo algo);
+
+/* How CONDCONV_ALGO_AUTO chooses when a shape is prepared. */
+typedef enum condconv_algo_select {
+    CONDCONV_SELECT_MEASURE = 0,  /* time every applicable algorithm once (like cudnnFind) */
+    CONDCONV_SELECT_HEURISTIC = 1 /* no measuring: a fast rule (like cudnnGet) */
+} condconv_algo_select;
+
+/* Arithmetic the GPU may use for f32 data. */
+typedef enum condconv_math {
+    CONDCONV_MATH_F32 = 0, /* strict fp32 FMA; no TF32 anywhere (default) */
+    CONDCONV_MATH_TF32 = 1 /* cuDNN and cuBLAS may use TF32 tensor cores */
+} condconv_math;
+
+/* ------------------------------------------------------------------------ */
+/* Context: one CUDA device and stream, the library handles, options         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct condconv_context *condconv_context_t;
+
+/* cudaStream_t is a struct CUstream_st *; declared here so that this header
+ * needs no CUDA header. */
+struct CUstream_st;
+
+/* Creates a context on CUDA device `device`, or CPU-only with
+ * CONDCONV_DEVICE_CPU. A GPU context checks that the device exists
+ * (CONDCONV_STATUS_NO_DEVICE otherwise) but creates cuDNN and cuBLAS handles
+ * only when a shape is first prepared. The stream is the legacy default
+ * stream until condconv_context_set_stream is called. One context serves one
+ * host thread at a time; separate contexts are independent. */
+CONDCONV_API condconv_status condconv_context_create(condconv_context_t *context, int device);
+/* Destroys a context. Destroy the layers created on it first. NULL is a no-op. */
+CONDCONV_API condconv_status condconv_context_destroy(condconv_context_t context);
+
+/* The stream is a cudaStream_t; written as struct CUstream_st * so that this
+ * header needs no CUDA header. All GPU work of the context goes on it. */
+CONDCONV_API condconv_status condconv_context_set_stream(condconv_context_t context, struct CUstream_st *stream);
+CONDCONV_API condconv_status condconv_context_get_stream(condconv_context_t context, struct CUstream_st **stream);
+/* CUDA device ordinal, or CONDCONV_DEVICE_CPU. */
+CONDCONV_API condconv_status condconv_context_get_device(condconv_context_t context, int *device);
+/* Math mode for plans prepared after the call (default CONDCONV_MATH_F32). */
+CONDCONV_API condconv_status condconv_context_set_math(condconv_context_t context, condconv_math math);
+CONDCONV_API condconv_status condconv_context_get_math(condconv_context_t context, condconv_math *math);
+/* How AUTO chooses for plans prepared after the call (default MEASURE). */
+CONDCONV_API condconv_status condconv_context_set_algo_select(condconv_context_t context, condconv_algo_select select);
+CONDCONV_API condconv_status condconv_context_get_algo_select(condconv_context_t context, condconv_algo_select *select);
+
+/* Number of CUDA devices usable by this process (0 without a GPU or driver).
+ * Never fails. */
+CONDCONV_API int condconv_device_count(void);
+
+/* ------------------------------------------------------------------------ */
+/* Layer descriptor                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct condconv_layer_desc *condconv_layer_desc_t;
+
+/* Defaults: shape unset (channels 0), stride 1, dilation 1, groups 1,
+ * explicit padding 0, 1 expert with bias, sigmoid routing, temperature 1,
+ * no activation, f32, NCHW. */
+CONDCONV_API condconv_status condconv_layer_desc_create(condconv_layer_desc_t *desc);
+CONDCONV_API condconv_status condconv_layer_desc_destroy(condconv_layer_desc_t desc);
+
+/* Convolution geometry. Depthwise: groups == in_channels. */
+CONDCONV_API condconv_status condconv_layer_desc_set_conv(condconv_layer_desc_t desc, int in_channels,
+                                                          int out_channels, int kernel_h, int kernel_w,
+                                                          int stride_h, int stride_w, int dilation_h,
+                                                          int dilation_w, int groups);
+/* pad_h and pad_w are used by CONDCONV_PADDING_EXPLICIT and must be 0 with SAME. */
+CONDCONV_API condconv_status condconv_layer_desc_set_padding(condconv_layer_desc_t desc,
+                                                             condconv_padding_mode mode, int pad_h, int pad_w);
+CONDCONV_API condconv_status condconv_layer_desc_set_experts(condconv_layer_desc_t desc, int num_experts,
+                                                             int has_bias);
+/* temperature: softmax divides logits by it (> 0, finite); ignored otherwise. */
+CONDCONV_API condconv_status condconv_layer_desc_set_routing(condconv_layer_desc_t desc, condconv_routing mode,
+                                                             float temperature);
+CONDCONV_API condconv_status condconv_layer_desc_set_activation(condconv_layer_desc_t desc,
+                                                                condconv_activation activation);
+CONDCONV_API condconv_status condconv_layer_desc_set_format(condconv_layer_desc_t desc, condconv_dtype dtype,
+                                                            condconv_layout layout);
+
+/* Everything a descriptor holds, for reading back. */
+typedef struct condconv_layer_info {
+    int in_channels, out_channels;
+    int kernel_h, kernel_w;
+    int stride_h, stride_w;
+    int dilation_h, dilation_w;
+    int groups;
+    condconv_padding_mode padding_mode;
+    int pad_h, pad_w;
+    int num_experts;
+    int has_bias;
+    condconv_routing routing;
+    float temperature;
+    condconv_activation activation;
+    condconv_dtype dtype;
+    condconv_layout layout;
+} condconv_layer_info;
+
+CONDCONV_API condconv_status condconv_layer_desc_get_info(condconv_layer_desc_t desc, condconv_layer_info *info);
+
+/* Output size for an H x W input, and the padding actually applied
+ * (top, bottom, left, right; asymmetric only with SAME padding). Any pointer
+ * but desc may be NULL. */
+CONDCONV_API condconv_status condconv_layer_desc_get_output_dims(condconv_layer_desc_t desc, int h, int w,
+                                                                 int *out_h, int *out_w, int pads[4]);
+
+/* ------------------------------------------------------------------------ */
+/* Cost model                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct condconv_cost {
+    int out_h, out_w;
+    /* Multiply-adds per forward of N samples. */
+    uint64_t conv_macs;        /* N * |W| * Ho * Wo, the same as a static convolution */
+    uint64_t aggregation_macs; /* N * E * (|W| + Cout if biased): mixing the experts */
+    uint64_t routing_macs;     /* N * Cin * E (FC); 0 with external routing */
+    uint64_t routing_adds;     /* N * Cin * H * W (global average pool); 0 with external routing */
+    uint64_t epilogue_ops;     /* N * Cout * Ho * Wo bias adds + activations (0 when neither) */
+    /* Parameters of the layer: E*|W| + E*Cout + E*Cin + E (routing only if owned). */
+    uint64_t params;
+    uint64_t expert_params; /* E * |W| */
+    uint64_t bias_params;   /* E * Cout, or 0 */
+    uint64_t routing_params;
+    /* Bytes through device memory, element size of the layer's dtype. */
+    uint64_t min_bytes;         /* x + y + experts + biases + routing params + alpha */
+    uint64_t materialized_bytes; /* min_bytes + 2 * N * (|W| + Cout): per-sample kernels written and read */
+} condconv_cost;
+
+/* Cost of one forward of the layer for an N x Cin x H x W input. */
+CONDCONV_API condconv_status condconv_cost_model(condconv_layer_desc_t desc, int n, int h, int w,
+                                                 condconv_cost *cost);
+
+/* ------------------------------------------------------------------------ */
+/* Layer: descriptor + parameters                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Host pointers to the parameters, in the layer's dtype and the layout of the
+ * file comment. expert_bias is required iff the layer has biases.
+ * routing_weight is required unless routing is external; routing_bias may be
+ * NULL (zeros). The layer copies what it needs; the caller may free these
+ * after condconv_layer_create returns. */
+typedef struct condconv_params {
+    const void *experts;
+    const void *expert_bias;
+    const void *routing_weight;
+    const void *routing_bias;
+} condconv_params;
+
+typedef struct condconv_layer *condconv_layer_t;
+
+/* Creates a layer on a context: keeps a host copy of the parameters (for the
+ * CPU path) and, on a GPU context, a device copy. Synchronous. */
+CONDCONV_API condconv_status condconv_layer_create(condconv_context_t context, condconv_layer_desc_t desc,
+                                                   const condconv_params *params, condconv_layer_t *layer);
+/* Creates a layer on `context` that shares `source`'s parameters (host and
+ * device) but has its own plans: one set of weights for several worker
+ * threads, each with its own context and stream. Both contexts must be on
+ * the same device (or both CPU). Parameters are freed with the last layer. */
+CONDCONV_API condconv_status condconv_layer_create_shared(condconv_context_t context, condconv_layer_t source,
+                                                          condconv_layer_t *layer);
+CONDCONV_API condconv_status condconv_layer_destroy(condconv_layer_t layer);
+/* Copies the layer's descriptor into desc (created by the caller). */
+CONDCONV_API condconv_status condconv_layer_get_desc(condconv_layer_t layer, condconv_layer_desc_t desc);
+
+/* ------------------------------------------------------------------------ */
+/* GPU path: plan (prepare), workspace, forward                              */
+/* ------------------------------------------------------------------------ */
+
+/* Force an algorithm for plans prepared after the call, or AUTO (default). */
+CONDCONV_API condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo);
+
+/* Prepares the layer for N x Cin x H x W inputs on the context's stream:
+ * checks the shape, creates descriptors, chooses the algorithm (measuring
+ * when the context says so) and caches the plan in the layer. May allocate,
+ * synchronise and launch; never call it inside a CUDA graph capture.
+ * Preparing an already prepared shape is cheap and returns SUCCESS. */
+CONDCONV_API condconv_status condconv_prepare(condconv_layer_t layer, int n, int h, int w);
+
+/* Workspace bytes condconv_forward needs at this shape (prepares if needed). */
+CONDCONV_API condconv_status condconv_get_workspace_size(condconv_layer_t layer, int n, int h, int w,
+                                                         size_t *bytes);
+
+/* Why a plan runs what it runs. */
+typedef struct condconv_plan_info {
+    condconv_algo algo;          /* the algorithm this shape runs */
+    condconv_algo requested;     /* what the layer asked for (AUTO unless forced) */
+    condconv_algo_select select; /* how AUTO chose */
+    condconv_math math;
+    size_t workspace_bytes;
+    /* Measured forward time in microseconds per algorithm (index condconv_algo),
+     * < 0 where not applicable or not measured. */
+    float measured_us[CONDCONV_ALGO_COUNT];
+    /* 1 where the algorithm applies to this layer and shape. */
+    int applicable[CONDCONV_ALGO_COUNT];
+    char reason[160]; /* one line, e.g. "measured: gemm_batched 12.3 us < cudnn_grouped 40.1 us" */
+} condconv_plan_info;
+
+/* Describes the plan for this shape (prepares if needed). */
+CONDCONV_API condconv_status condconv_get_plan_info(condconv_layer_t layer, int n, int h, int w,
+                                                    condconv_plan_info *info);
+
+/* Runs the layer on device memory: x [N][Cin][H][W] -> y [N][Cout][Ho][Wo].
+ * routing_in: alpha [N][E] on the device, required with external routing and
+ *   ignored otherwise.
+ * routing_out: optional (NULL) device buffer [N][E] that receives the routing
+ *   weights used (a copy of routing_in with external routing).
+ * workspace: device memory of at least condconv_get_workspace_size bytes,
+ *   CONDCONV_WORKSPACE_ALIGNMENT-aligned (may be NULL when that size is 0).
+ * Asynchronous on the context's stream; no allocation, no host
+ * synchronisation once the shape is prepared, so it can be captured into a
+ * CUDA graph. An unprepared shape is prepared implicitly, unless the stream
+ * is capturing: then CONDCONV_STATUS_NOT_PREPARED. x and y must not overlap. */
+CONDCONV_API condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                              void *y, const void *routing_in, void *routing_out,
+                                              void *workspace, size_t workspace_bytes);
+
+/* Routing only: alpha [N][E] = act(FC(GAP(x))) into routing_out (device).
+ * One kernel, no workspace; not available with external routing. */
+CONDCONV_API condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                            void *routing_out);
+
+/* ------------------------------------------------------------------------ */
+/* CPU reference path (host memory; any context)                             */
+/* ------------------------------------------------------------------------ */
+
+/* The same computation as condconv_forward, on host memory, in plain C with
+ * double accumulation: routing, per-sample kernel and bias aggregation,
+ * direct convolution, bias, activation. Written for obviousness, not speed:
+ * the reference the GPU is validated against and the fallback without a GPU.
+ * Allocates its own scratch memory. */
+CONDCONV_API condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                                  void *y, const void *routing_in, void *routing_out);
+CONDCONV_API condconv_status condconv_route_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                                void *routing_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CONDCONV_H */

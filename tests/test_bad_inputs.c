@@ -1,0 +1,221 @@
+/* Every bad input returns its specific status, sets a message naming what
+ * was wrong, and writes nothing: outputs keep their poison, descriptors
+ * keep their settings. CPU path and context/descriptor/cost-model calls;
+ * the GPU-only cases (workspace size and alignment) are in
+ * test_gpu_bad_inputs.c. */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "test_util.h"
+
+#define Y_N 64
+static float y[Y_N], y_before[Y_N], alpha_out[8], alpha_before[8];
+
+static void poison_outputs(void)
+{
+    tu_fill_nan(y, Y_N);
+    y[0] = 12345.0f; /* not only NaN, so memcmp sees a real pattern */
+    memcpy(y_before, y, sizeof y);
+    for (int i = 0; i < 8; ++i) alpha_out[i] = -777.0f;
+    memcpy(alpha_before, alpha_out, sizeof alpha_out);
+}
+
+/* The call failed with `want`, said something, and wrote nothing. */
+#define EXPECT_REJECTED(call, want, needle)                                                                   \
+    do {                                                                                                      \
+        poison_outputs();                                                                                     \
+        if (EXPECT_STATUS(call, want)) {                                                                      \
+            EXPECT(strstr(condconv_last_error(), needle) != NULL, "message '%s' lacks '%s'",                 \
+                   condconv_last_error(), needle);                                                            \
+            EXPECT(strstr(condconv_last_error(), condconv_status_string(want)) != NULL,                       \
+                   "message '%s' lacks the status name", condconv_last_error());                              \
+        }                                                                                                     \
+        EXPECT(memcmp(y, y_before, sizeof y) == 0, "%s wrote to y", #call);                                   \
+        EXPECT(memcmp(alpha_out, alpha_before, sizeof alpha_out) == 0, "%s wrote to alpha", #call);           \
+    } while (0)
+
+static condconv_layer_desc_t valid_desc(void)
+{
+    condconv_layer_desc_t d;
+    EXPECT_OK(condconv_layer_desc_create(&d));
+    EXPECT_OK(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, 1, 1, 1, 1));
+    EXPECT_OK(condconv_layer_desc_set_experts(d, 2, 1));
+    return d;
+}
+
+static void descriptor_setters(void)
+{
+    condconv_layer_desc_t d = valid_desc();
+    condconv_layer_info before, after;
+    EXPECT_OK(condconv_layer_desc_get_info(d, &before));
+
+    EXPECT_REJECTED(condconv_layer_desc_create(NULL), CONDCONV_STATUS_NULL_POINTER, "desc");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(NULL, 2, 2, 3, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_NULL_POINTER,
+                    "desc");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 0, 2, 3, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
+                    "in_channels=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, -4, 3, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
+                    "out_channels=-4");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 0, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
+                    "kernel_h=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, -1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
+                    "stride_w=-1");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, 1, 0, 1, 1), CONDCONV_STATUS_BAD_SIZE,
+                    "dilation_h=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, 1, 1, 1, 0), CONDCONV_STATUS_BAD_SIZE,
+                    "groups=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 6, 4, 3, 3, 1, 1, 1, 1, 3), CONDCONV_STATUS_BAD_GROUPS,
+                    "groups=3");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 4, 6, 3, 3, 1, 1, 1, 1, 4), CONDCONV_STATUS_BAD_GROUPS,
+                    "out_channels=6");
+    EXPECT_REJECTED(condconv_layer_desc_set_padding(d, CONDCONV_PADDING_EXPLICIT, -1, 0), CONDCONV_STATUS_BAD_SIZE,
+                    "pad_h=-1");
+    EXPECT_REJECTED(condconv_layer_desc_set_padding(d, CONDCONV_PADDING_SAME, 1, 0), CONDCONV_STATUS_BAD_VALUE,
+                    "SAME");
+    EXPECT_REJECTED(condconv_layer_desc_set_padding(d, (condconv_padding_mode)7, 0, 0), CONDCONV_STATUS_BAD_VALUE,
+                    "padding mode 7");
+    EXPECT_REJECTED(condconv_layer_desc_set_experts(d, 0, 1), CONDCONV_STATUS_BAD_EXPERTS, "num_experts=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_experts(d, CONDCONV_MAX_EXPERTS + 1, 1), CONDCONV_STATUS_BAD_EXPERTS,
+                    "num_experts=129");
+    EXPECT_REJECTED(condconv_layer_desc_set_routing(d, CONDCONV_ROUTING_SOFTMAX, 0.0f), CONDCONV_STATUS_BAD_VALUE,
+                    "temperature");
+    EXPECT_REJECTED(condconv_layer_desc_set_routing(d, CONDCONV_ROUTING_SOFTMAX, NAN), CONDCONV_STATUS_BAD_VALUE,
+                    "temperature");
+    EXPECT_REJECTED(condconv_layer_desc_set_routing(d, (condconv_routing)9, 1.0f), CONDCONV_STATUS_BAD_VALUE,
+                    "routing mode 9");
+    EXPECT_REJECTED(condconv_layer_desc_set_activation(d, (condconv_activation)-1), CONDCONV_STATUS_BAD_VALUE,
+                    "activation -1");
+    EXPECT_REJECTED(condconv_layer_desc_set_format(d, (condconv_dtype)5, CONDCONV_LAYOUT_NCHW),
+                    CONDCONV_STATUS_BAD_VALUE, "dtype 5");
+    EXPECT_REJECTED(condconv_layer_desc_set_format(d, CONDCONV_DTYPE_F32, (condconv_layout)3),
+                    CONDCONV_STATUS_BAD_VALUE, "layout 3");
+    EXPECT_REJECTED(condconv_layer_desc_get_info(d, NULL), CONDCONV_STATUS_NULL_POINTER, "info");
+
+    EXPECT_OK(condconv_layer_desc_get_info(d, &after));
+    EXPECT(memcmp(&before, &after, sizeof before) == 0, "failed setters changed the descriptor");
+    condconv_layer_desc_destroy(d);
+}
+
+static void context_calls(void)
+{
+    condconv_context_t ctx = NULL;
+    EXPECT_REJECTED(condconv_context_create(NULL, CONDCONV_DEVICE_CPU), CONDCONV_STATUS_NULL_POINTER, "context");
+    EXPECT_REJECTED(condconv_context_create(&ctx, -5), CONDCONV_STATUS_BAD_VALUE, "device -5");
+    EXPECT(ctx == NULL, "a failed create wrote its output");
+    if (condconv_device_count() == 0) {
+        EXPECT_REJECTED(condconv_context_create(&ctx, 0), CONDCONV_STATUS_NO_DEVICE, "CUDA device");
+        EXPECT(ctx == NULL, "a failed create wrote its output");
+    } else {
+        EXPECT_REJECTED(condconv_context_create(&ctx, condconv_device_count()), CONDCONV_STATUS_NO_DEVICE,
+                        "present");
+    }
+    EXPECT_OK(condconv_context_create(&ctx, CONDCONV_DEVICE_CPU));
+    EXPECT_REJECTED(condconv_context_set_math(ctx, (condconv_math)4), CONDCONV_STATUS_BAD_VALUE, "math mode 4");
+    EXPECT_REJECTED(condconv_context_set_algo_select(ctx, (condconv_algo_select)4), CONDCONV_STATUS_BAD_VALUE,
+                    "selection mode 4");
+    EXPECT_REJECTED(condconv_context_set_stream(ctx, (struct CUstream_st *)0x1000), CONDCONV_STATUS_NO_DEVICE,
+                    "CPU-only");
+    EXPECT_REJECTED(condconv_context_get_math(ctx, NULL), CONDCONV_STATUS_NULL_POINTER, "math");
+    condconv_context_destroy(ctx);
+}
+
+static void layer_and_forward(void)
+{
+    condconv_context_t ctx;
+    EXPECT_OK(condconv_context_create(&ctx, CONDCONV_DEVICE_CPU));
+    condconv_layer_desc_t d = valid_desc();
+    static float experts[2 * 2 * 2 * 9], bias[4], rw[4], rb[2], x[2 * 2 * 4 * 4], alpha_in[4];
+    tu_fill_uniform(experts, sizeof experts / sizeof experts[0], -1, 1);
+    const condconv_params good = {experts, bias, rw, rb};
+    condconv_layer_t layer = NULL;
+
+    EXPECT_REJECTED(condconv_layer_create(NULL, d, &good, &layer), CONDCONV_STATUS_NULL_POINTER, "context");
+    EXPECT_REJECTED(condconv_layer_create(ctx, NULL, &good, &layer), CONDCONV_STATUS_NULL_POINTER, "desc");
+    EXPECT_REJECTED(condconv_layer_create(ctx, d, NULL, &layer), CONDCONV_STATUS_NULL_POINTER, "params");
+    EXPECT_REJECTED(condconv_layer_create(ctx, d, &good, NULL), CONDCONV_STATUS_NULL_POINTER, "layer");
+    const condconv_params no_experts = {NULL, bias, rw, rb};
+    EXPECT_REJECTED(condconv_layer_create(ctx, d, &no_experts, &layer), CONDCONV_STATUS_NULL_POINTER, "experts");
+    const condconv_params no_bias = {experts, NULL, rw, rb};
+    EXPECT_REJECTED(condconv_layer_create(ctx, d, &no_bias, &layer), CONDCONV_STATUS_NULL_POINTER, "expert_bias");
+    const condconv_params no_routing = {experts, bias, NULL, rb};
+    EXPECT_REJECTED(condconv_layer_create(ctx, d, &no_routing, &layer), CONDCONV_STATUS_NULL_POINTER,
+                    "routing_weight");
+    EXPECT(layer == NULL, "a failed create wrote its output");
+
+    condconv_layer_desc_t unset;
+    EXPECT_OK(condconv_layer_desc_create(&unset));
+    EXPECT_REJECTED(condconv_layer_create(ctx, unset, &good, &layer), CONDCONV_STATUS_BAD_SIZE, "never set");
+    /* Byte counts that overflow: 128 experts of 2^30 x 2^30 x 1 x 2^15 weights. */
+    EXPECT_OK(condconv_layer_desc_set_conv(unset, 1 << 30, 1 << 30, 1, 1 << 15, 1, 1, 1, 1, 1));
+    EXPECT_OK(condconv_layer_desc_set_experts(unset, CONDCONV_MAX_EXPERTS, 1));
+    EXPECT_REJECTED(condconv_layer_create(ctx, unset, &good, &layer), CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
+    condconv_cost cost;
+    EXPECT_REJECTED(condconv_cost_model(unset, 1, 1, 1 << 15, &cost), CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
+    EXPECT_OK(condconv_layer_desc_set_format(unset, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW));
+    EXPECT_OK(condconv_layer_desc_set_conv(unset, 2, 2, 1, 1, 1, 1, 1, 1, 1));
+    EXPECT_REJECTED(condconv_layer_create(ctx, unset, &good, &layer), CONDCONV_STATUS_NOT_SUPPORTED, "F32");
+    condconv_layer_desc_destroy(unset);
+
+    EXPECT_OK(condconv_layer_create(ctx, d, &good, &layer));
+    EXPECT_REJECTED(condconv_forward_cpu(NULL, 2, 4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER,
+                    "layer");
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, NULL, y, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER,
+                    "'x'");
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, x, NULL, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER,
+                    "'y'");
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 0, 4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE, "n=0");
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, -4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE,
+                    "h=-4");
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 0, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE, "w=0");
+    /* A 3x3 kernel without padding on a 2x2 input has no output. */
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 2, 2, x, y, NULL, alpha_out), CONDCONV_STATUS_EMPTY_OUTPUT,
+                    "empty output");
+    EXPECT_REJECTED(condconv_layer_desc_get_output_dims(d, 2, 1, NULL, NULL, NULL), CONDCONV_STATUS_EMPTY_OUTPUT,
+                    "empty output");
+    EXPECT_REJECTED(condconv_cost_model(d, 1, 1, 2, &cost), CONDCONV_STATUS_EMPTY_OUTPUT, "empty output");
+    /* N * C * H * W * 4 bytes beyond 2^64. */
+    EXPECT_REJECTED(condconv_forward_cpu(layer, INT_MAX, INT_MAX, INT_MAX, x, y, NULL, alpha_out),
+                    CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
+    EXPECT_REJECTED(condconv_route_cpu(layer, 2, 4, 4, x, NULL), CONDCONV_STATUS_NULL_POINTER, "routing_out");
+    /* GPU entry points on a CPU-only context. */
+    EXPECT_REJECTED(condconv_forward(layer, 2, 4, 4, x, y, NULL, NULL, NULL, 0), CONDCONV_STATUS_NO_DEVICE,
+                    "CPU-only");
+    EXPECT_REJECTED(condconv_prepare(layer, 2, 4, 4), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
+    EXPECT_REJECTED(condconv_route(layer, 2, 4, 4, x, alpha_out), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
+    size_t ws = 99;
+    EXPECT_REJECTED(condconv_get_workspace_size(layer, 2, 4, 4, &ws), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
+    EXPECT(ws == 99, "workspace size written on failure");
+    EXPECT_REJECTED(condconv_layer_set_algo(layer, CONDCONV_ALGO_COUNT), CONDCONV_STATUS_BAD_VALUE, "algorithm 5");
+    condconv_layer_destroy(layer);
+
+    /* External routing: the forward needs routing weights. */
+    EXPECT_OK(condconv_layer_desc_set_routing(d, CONDCONV_ROUTING_EXTERNAL, 1.0f));
+    const condconv_params ext = {experts, bias, NULL, NULL};
+    EXPECT_OK(condconv_layer_create(ctx, d, &ext, &layer));
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_MISSING_ROUTING,
+                    "routing_in");
+    EXPECT_REJECTED(condconv_route_cpu(layer, 2, 4, 4, x, alpha_out), CONDCONV_STATUS_NOT_SUPPORTED,
+                    "external routing");
+    poison_outputs();
+    EXPECT_OK(condconv_forward_cpu(layer, 2, 4, 4, x, y, alpha_in, NULL)); /* and with them it works */
+    condconv_layer_destroy(layer);
+
+    condconv_layer_desc_destroy(d);
+    condconv_context_destroy(ctx);
+}
+
+int main(void)
+{
+    tu_seed_from_env();
+    EXPECT(strcmp(condconv_last_error(), "") == 0, "no message before any failure");
+    EXPECT(strcmp(condconv_status_string(CONDCONV_STATUS_BAD_GROUPS), "CONDCONV_STATUS_BAD_GROUPS") == 0,
+           "status names");
+    EXPECT(strcmp(condconv_status_string((condconv_status)999), "CONDCONV_STATUS_UNKNOWN") == 0, "unknown status");
+    EXPECT(condconv_algo_name((condconv_algo)99) == NULL, "unknown algorithm name");
+    descriptor_setters();
+    context_calls();
+    layer_and_forward();
+    return tu_finish("test_bad_inputs");
+}

@@ -1,0 +1,73 @@
+/* Helpers shared by the test programs: a seeded RNG, random layers,
+ * element-wise comparison that never lets a NaN pass, and expectations that
+ * count failures instead of stopping at the first. Exit codes: 0 pass,
+ * 1 fail, 77 skip (CTest SKIP_RETURN_CODE). */
+#ifndef CONDCONV_TEST_UTIL_H
+#define CONDCONV_TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "condconv.h"
+
+#define TU_SKIP 77
+
+extern int tu_failures;
+
+/* Counts a failure and prints where and why; the test goes on. */
+#define EXPECT(cond, ...)                                                                                     \
+    do {                                                                                                      \
+        if (!(cond)) tu_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                         \
+    } while (0)
+/* A call that must succeed; prints the library's message if it does not. */
+#define EXPECT_OK(call) tu_expect_status(__FILE__, __LINE__, #call, (call), CONDCONV_STATUS_SUCCESS)
+#define EXPECT_STATUS(call, status) tu_expect_status(__FILE__, __LINE__, #call, (call), (status))
+
+void tu_fail(const char *file, int line, const char *cond, const char *fmt, ...);
+int tu_expect_status(const char *file, int line, const char *call, condconv_status got, condconv_status want);
+/* 0 if no failures, else 1; prints a summary line with the test's name. */
+int tu_finish(const char *name);
+
+/* splitmix64 stream; the seed comes from CONDCONV_TEST_SEED if set, else the
+ * clock, and is printed so a failure can be replayed. */
+uint64_t tu_seed_from_env(void);
+void tu_rng_seed(uint64_t seed);
+uint64_t tu_rng_u64(void);
+int tu_rng_int(int lo, int hi); /* inclusive */
+float tu_rng_float(float lo, float hi);
+void tu_fill_uniform(float *p, size_t n, float lo, float hi);
+void tu_fill_nan(float *p, size_t n);
+
+/* A random layer and its parameters, host memory. */
+typedef struct tu_layer_spec {
+    int cin, cout, kh, kw, stride_h, stride_w, dil_h, dil_w, groups;
+    condconv_padding_mode pad_mode;
+    int pad_h, pad_w;
+    int experts, has_bias;
+    condconv_routing routing;
+    float temperature;
+    condconv_activation activation;
+} tu_layer_spec;
+
+typedef struct tu_params {
+    float *experts, *expert_bias, *routing_weight, *routing_bias;
+    size_t experts_n, bias_n, routing_weight_n, routing_bias_n;
+} tu_params;
+
+/* Descriptor for a spec (caller destroys it). Exits the test on failure. */
+condconv_layer_desc_t tu_make_desc(const tu_layer_spec *spec);
+/* Random parameters for a spec, scaled so outputs stay O(1). */
+void tu_make_params(const tu_layer_spec *spec, tu_params *params);
+condconv_params tu_params_view(const tu_params *params);
+void tu_free_params(tu_params *params);
+/* One line describing a spec, for failure messages. */
+const char *tu_spec_string(const tu_layer_spec *spec);
+
+/* Compares got with want element-wise: |got - want| <= atol + rtol * scale_i,
+ * scale_i = |want_i|, or mag[i] when mag is not NULL (the magnitude of the
+ * sum that produced want_i). Prints the first few mismatches. NaN or Inf in
+ * got never passes. Returns the number of mismatches. */
+size_t tu_compare(const char *what, const float *got, const float *want, const float *mag, size_t n, double atol,
+                  double rtol);
+
+#endif
