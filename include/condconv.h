@@ -307,6 +307,33 @@ CONDCONV_API condconv_status condconv_layer_destroy(condconv_layer_t layer);
 CONDCONV_API condconv_status condconv_layer_get_desc(condconv_layer_t layer, condconv_layer_desc_t desc);
 
 /* ------------------------------------------------------------------------ */
+/* Trained weights from safetensors (the format timm and Hugging Face write)  */
+/* ------------------------------------------------------------------------ */
+
+/* Creates a layer from the tensors of a .safetensors file, named as timm
+ * names them:
+ *   <prefix>.weight          experts, [E, Cout*Cin/groups*kh*kw] (timm's
+ *                            CondConv2d) or [E, Cout, Cin/groups, kh, kw]
+ *   <prefix>.bias            expert biases [E, Cout], iff the descriptor has bias
+ *   <routing_prefix>.weight  routing FC [E, Cin]    (not with external routing;
+ *   <routing_prefix>.bias    routing FC bias [E]     routing_prefix may then be NULL)
+ * F32, F16 and BF16 tensors are converted to the layer's dtype. Shapes are
+ * checked against the descriptor (TENSOR_MISMATCH), absent names give
+ * TENSOR_NOT_FOUND, malformed or hostile files BAD_FILE, unreadable ones
+ * IO_ERROR; nothing is created then. */
+CONDCONV_API condconv_status condconv_layer_create_from_safetensors(condconv_context_t context,
+                                                                    condconv_layer_desc_t desc, const char *path,
+                                                                    const char *prefix, const char *routing_prefix,
+                                                                    condconv_layer_t *layer);
+/* The same from a safetensors image already in memory (size bytes). */
+CONDCONV_API condconv_status condconv_layer_create_from_safetensors_memory(condconv_context_t context,
+                                                                           condconv_layer_desc_t desc,
+                                                                           const void *data, size_t size,
+                                                                           const char *prefix,
+                                                                           const char *routing_prefix,
+                                                                           condconv_layer_t *layer);
+
+/* ------------------------------------------------------------------------ */
 /* GPU path: plan (prepare), workspace, forward                              */
 /* ------------------------------------------------------------------------ */
 
