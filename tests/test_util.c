@@ -59,6 +59,13 @@ uint64_t tu_seed_from_env(void)
 
 void tu_rng_seed(uint64_t seed) { tu_state = seed; }
 
+int tu_case_count(int default_cases)
+{
+    const char *env = getenv("CONDCONV_TEST_CASES");
+    const int n = env && *env ? atoi(env) : default_cases;
+    return n > 0 ? n : default_cases;
+}
+
 uint64_t tu_rng_u64(void)
 {
     uint64_t z = (tu_state += 0x9e3779b97f4a7c15ull);
@@ -93,6 +100,44 @@ void tu_fill_nan(float *p, size_t n)
             exit(1);                                                                                          \
         }                                                                                                     \
     } while (0)
+
+tu_layer_spec tu_random_spec(tu_domain domain, int max_per_group, int max_kernel)
+{
+    tu_layer_spec s = {0};
+    const tu_domain kind = domain == TU_ANY ? (tu_domain)tu_rng_int(TU_DENSE, TU_POINTWISE) : domain;
+    s.groups = kind == TU_GROUPED ? tu_rng_int(2, 4) : 1;
+    s.cin = s.groups * tu_rng_int(1, max_per_group);
+    s.cout = s.groups * tu_rng_int(1, max_per_group);
+    if (kind == TU_DEPTHWISE) {
+        s.cin = s.groups = tu_rng_int(1, 4 * max_per_group);
+        s.cout = s.cin * (tu_rng_int(0, 3) == 0 ? 2 : 1); /* channel multiplier 1, sometimes 2 */
+    }
+    if (kind == TU_POINTWISE) {
+        s.kh = s.kw = 1;
+    } else if (tu_rng_int(0, 3) == 0) { /* sometimes non-square */
+        s.kh = tu_rng_int(1, max_kernel);
+        s.kw = tu_rng_int(1, max_kernel);
+    } else {
+        s.kh = s.kw = tu_rng_int(1, max_kernel);
+    }
+    s.stride_h = tu_rng_int(1, 2);
+    s.stride_w = tu_rng_int(0, 3) == 0 ? tu_rng_int(1, 3) : s.stride_h;
+    s.dil_h = s.dil_w = tu_rng_int(0, 3) == 0 ? 2 : 1;
+    if (tu_rng_int(0, 2) == 0) {
+        s.pad_mode = CONDCONV_PADDING_SAME;
+    } else {
+        s.pad_mode = CONDCONV_PADDING_EXPLICIT;
+        s.pad_h = kind == TU_POINTWISE && tu_rng_int(0, 1) ? 0 : tu_rng_int(0, s.kh / 2 + 1);
+        s.pad_w = kind == TU_POINTWISE && tu_rng_int(0, 1) ? 0 : tu_rng_int(0, s.kw / 2 + 1);
+    }
+    static const int experts[] = {1, 2, 3, 4, 5, 8, 16, 32};
+    s.experts = experts[tu_rng_int(0, 7)];
+    s.has_bias = tu_rng_int(0, 1);
+    s.routing = (condconv_routing)tu_rng_int(0, 2);
+    s.temperature = s.routing == CONDCONV_ROUTING_SOFTMAX ? tu_rng_float(0.3f, 30.0f) : 1.0f;
+    s.activation = (condconv_activation)tu_rng_int(0, 2);
+    return s;
+}
 
 condconv_layer_desc_t tu_make_desc(const tu_layer_spec *s)
 {

@@ -32,6 +32,9 @@ int tu_finish(const char *name);
  * clock, and is printed so a failure can be replayed. */
 uint64_t tu_seed_from_env(void);
 void tu_rng_seed(uint64_t seed);
+/* How many random cases to run: CONDCONV_TEST_CASES if set (the device
+ * check lowers it under compute-sanitizer), else `default_cases`. */
+int tu_case_count(int default_cases);
 uint64_t tu_rng_u64(void);
 int tu_rng_int(int lo, int hi); /* inclusive */
 float tu_rng_float(float lo, float hi);
@@ -53,6 +56,12 @@ typedef struct tu_params {
     float *experts, *expert_bias, *routing_weight, *routing_bias;
     size_t experts_n, bias_n, routing_weight_n, routing_bias_n;
 } tu_params;
+
+/* Random specs. TU_ANY mixes dense, grouped, depthwise and pointwise
+ * layers with strides 1-3, dilation 1-2, explicit or "same" padding, E from
+ * 1 to 32, every routing mode and activation; the others pin the kind. */
+typedef enum tu_domain { TU_ANY, TU_DENSE, TU_GROUPED, TU_DEPTHWISE, TU_POINTWISE } tu_domain;
+tu_layer_spec tu_random_spec(tu_domain domain, int max_channels_per_group, int max_kernel);
 
 /* Descriptor for a spec (caller destroys it). Exits the test on failure. */
 condconv_layer_desc_t tu_make_desc(const tu_layer_spec *spec);

@@ -1,0 +1,11 @@
+# GPU tests (label gpu; exit 77 = skipped without a device).
+foreach(algo auto auto_heuristic cudnn_grouped gemm_batched depthwise_fused mixture)
+  condconv_gpu_test(test_gpu_forward ${algo})
+endforeach()
+foreach(algo auto cudnn_grouped gemm_batched mixture)
+  condconv_gpu_test(test_gpu_forward ${algo} tf32)
+endforeach()
+condconv_gpu_test(test_gpu_routing)
+condconv_gpu_test(test_gpu_graph)
+condconv_gpu_test(test_gpu_threads)
+condconv_gpu_test(test_gpu_bad_inputs)

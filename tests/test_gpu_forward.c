@@ -1,0 +1,206 @@
+/* The GPU forward against the CPU reference on random shapes, for one
+ * algorithm (forced) or AUTO, in strict f32 or TF32.
+ *
+ *   test_gpu_forward <auto|auto_heuristic|cudnn_grouped|gemm_batched|depthwise_fused|mixture> [tf32]
+ *
+ * Shapes: odd and even H, W; stride 1-3; explicit and "same" padding;
+ * dilation 1-2; dense, grouped, depthwise (multiplier 1 and 2) and 1x1
+ * layers; kernels 1, 3, 5, 7 and non-square; E from 1 to 32; N from 1 to 64;
+ * sigmoid, softmax (temperature 0.3-30) and external routing; with and
+ * without bias and activation. Outputs and routing weights are poisoned with
+ * NaN before each run and every element is checked.
+ *
+ * Tolerance. Each output is a sum of K = E-mixed Cin/g*kh*kw products; any
+ * order of summation in f32 is within about K * 2^-24 * mag of the exact
+ * value, mag = sum |w_i x_i| + |b| (computed by tu_reference on absolute
+ * values). For the K of these shapes (<= ~1600) and typical (random-walk)
+ * error growth, 1e-5 * mag + 1e-6 leaves room for cuDNN's Winograd/FFT
+ * transforms while being ~50x tighter than TF32 would need: TF32 keeps 10
+ * mantissa bits (unit roundoff 2^-11 = 4.9e-4), so TF32 runs use
+ * 2e-3 * mag + 1e-5, and a strict-f32 run that silently used TF32 fails.
+ * Routing weights are float sums over H*W and Cin: 2e-5 absolute.
+ *
+ * An algorithm forced on a layer it does not apply to must refuse at
+ * prepare with CONDCONV_STATUS_NOT_SUPPORTED; AUTO must only ever choose an
+ * applicable algorithm. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_util.h"
+
+typedef struct mode {
+    condconv_algo algo;
+    condconv_algo_select select;
+    condconv_math math;
+} mode;
+
+static int parse_mode(int argc, char **argv, mode *m)
+{
+    m->select = CONDCONV_SELECT_MEASURE;
+    m->math = argc > 2 && strcmp(argv[2], "tf32") == 0 ? CONDCONV_MATH_TF32 : CONDCONV_MATH_F32;
+    if (argc < 2) return 0;
+    if (strcmp(argv[1], "auto_heuristic") == 0) {
+        m->algo = CONDCONV_ALGO_AUTO;
+        m->select = CONDCONV_SELECT_HEURISTIC;
+        return 1;
+    }
+    for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a)
+        if (strcmp(argv[1], condconv_algo_name((condconv_algo)a)) == 0) {
+            m->algo = (condconv_algo)a;
+            return 1;
+        }
+    return 0;
+}
+
+/* Whether `algo` should run this spec, by the test's own reading of the
+ * algorithms' documented limits. */
+static int expected_applicable(condconv_algo algo, const tu_layer_spec *s, const int pads[4])
+{
+    switch (algo) {
+    case CONDCONV_ALGO_GEMM_BATCHED:
+        return s->kh == 1 && s->kw == 1 && pads[0] == 0 && pads[1] == 0 && pads[2] == 0 && pads[3] == 0;
+    case CONDCONV_ALGO_DEPTHWISE_FUSED: return s->groups == s->cin;
+    default: return 1;
+    }
+}
+
+/* Domains that exercise the algorithm, with some shapes it must refuse. */
+static tu_domain domain_for(condconv_algo algo)
+{
+    const int r = tu_rng_int(0, 3);
+    if (algo == CONDCONV_ALGO_GEMM_BATCHED && r != 0) return TU_POINTWISE;
+    if (algo == CONDCONV_ALGO_DEPTHWISE_FUSED && r != 0) return TU_DEPTHWISE;
+    return TU_ANY;
+}
+
+static int cases_run, cases_refused;
+
+static void run_case(condconv_context_t ctx, const mode *m, int index)
+{
+    static const int kernels[] = {1, 3, 5, 7};
+    tu_layer_spec s = tu_random_spec(domain_for(m->algo), 12, 7);
+    if (s.kh == s.kw && tu_rng_int(0, 1)) s.kh = s.kw = kernels[tu_rng_int(0, 3)];
+    static const int batches[] = {1, 2, 3, 5, 8, 16, 33, 64};
+    int n = batches[tu_rng_int(0, 7)], h = tu_rng_int(1, 24), w = tu_rng_int(1, 24);
+    condconv_layer_desc_t desc = tu_make_desc(&s);
+    int ho, wo, pads[4];
+    if (condconv_layer_desc_get_output_dims(desc, h, w, &ho, &wo, pads) != CONDCONV_STATUS_SUCCESS) {
+        condconv_layer_desc_destroy(desc);
+        return;
+    }
+    /* Keep the double-precision reference affordable: shrink N first. */
+    const double macs_per_sample = (double)s.cout * ho * wo * (s.cin / s.groups) * s.kh * s.kw * 2.0;
+    while (n > 1 && n * macs_per_sample > 4e7) n /= 2;
+
+    tu_params p;
+    tu_make_params(&s, &p);
+    const condconv_params view = tu_params_view(&p);
+    condconv_layer_t layer;
+    if (!EXPECT_OK(condconv_layer_create(ctx, desc, &view, &layer))) goto out_params;
+    EXPECT_OK(condconv_layer_set_algo(layer, m->algo));
+
+    const int applicable = expected_applicable(m->algo, &s, pads);
+    const condconv_status prep = condconv_prepare(layer, n, h, w);
+    if (!applicable) {
+        if (EXPECT_STATUS(prep, CONDCONV_STATUS_NOT_SUPPORTED)) ++cases_refused;
+        goto out_layer;
+    }
+    if (!EXPECT_OK(prep)) {
+        fprintf(stderr, "  case %d: n=%d h=%d w=%d %s\n", index, n, h, w, tu_spec_string(&s));
+        goto out_layer;
+    }
+    condconv_plan_info info;
+    EXPECT_OK(condconv_get_plan_info(layer, n, h, w, &info));
+    EXPECT(info.applicable[info.algo], "plan runs %s, which it calls inapplicable", condconv_algo_name(info.algo));
+    if (m->algo != CONDCONV_ALGO_AUTO)
+        EXPECT(info.algo == m->algo, "forced %s, plan runs %s", condconv_algo_name(m->algo),
+               condconv_algo_name(info.algo));
+    int expected[CONDCONV_ALGO_COUNT] = {0};
+    for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a) expected[a] = expected_applicable((condconv_algo)a, &s, pads);
+    EXPECT(!info.applicable[CONDCONV_ALGO_GEMM_BATCHED] || expected[CONDCONV_ALGO_GEMM_BATCHED],
+           "gemm_batched claims a layer it cannot run");
+    EXPECT(!info.applicable[CONDCONV_ALGO_DEPTHWISE_FUSED] || expected[CONDCONV_ALGO_DEPTHWISE_FUSED],
+           "depthwise_fused claims a layer it cannot run");
+
+    const size_t x_n = (size_t)n * s.cin * h * w, y_n = (size_t)n * s.cout * ho * wo, a_n = (size_t)n * s.experts;
+    float *x = malloc(x_n * sizeof(float)), *y = malloc(y_n * sizeof(float)), *y_ref = malloc(y_n * sizeof(float));
+    float *mag = malloc(y_n * sizeof(float)), *alpha = malloc(a_n * sizeof(float));
+    float *alpha_ref = malloc(a_n * sizeof(float)), *alpha_in = NULL;
+    tu_fill_uniform(x, x_n, -1.0f, 1.0f);
+    if (s.routing == CONDCONV_ROUTING_EXTERNAL) {
+        alpha_in = malloc(a_n * sizeof(float));
+        tu_fill_uniform(alpha_in, a_n, -1.0f, 1.0f);
+    }
+    size_t ws_bytes = 0;
+    EXPECT_OK(condconv_get_workspace_size(layer, n, h, w, &ws_bytes));
+    float *dx = tu_dev_alloc(x_n), *dy = tu_dev_alloc(y_n), *dalpha = tu_dev_alloc(a_n);
+    float *dalpha_in = alpha_in ? tu_dev_alloc(a_n) : NULL;
+    void *dws = tu_dev_alloc_bytes(ws_bytes);
+    tu_to_dev(dx, x, x_n);
+    if (alpha_in) tu_to_dev(dalpha_in, alpha_in, a_n);
+    tu_dev_poison(dy, y_n);
+    tu_dev_poison(dalpha, a_n);
+    struct CUstream_st *stream;
+    EXPECT_OK(condconv_context_get_stream(ctx, &stream));
+    if (EXPECT_OK(condconv_forward(layer, n, h, w, dx, dy, dalpha_in, dalpha, dws, ws_bytes))) {
+        TU_CUDA(cudaStreamSynchronize(stream));
+        tu_to_host(y, dy, y_n);
+        tu_to_host(alpha, dalpha, a_n);
+        if (tu_reference(&s, &p, n, h, w, x, alpha_in, y_ref, mag, alpha_ref) == 0) {
+            const int tf32 = m->math == CONDCONV_MATH_TF32;
+            const size_t bad_y = tu_compare("y", y, y_ref, mag, y_n, tf32 ? 1e-5 : 1e-6, tf32 ? 2e-3 : 1e-5);
+            const size_t bad_a = tu_compare("alpha", alpha, alpha_ref, NULL, a_n, 2e-5, 0.0);
+            if (bad_y || bad_a)
+                tu_fail(__FILE__, __LINE__, "forward", "case %d via %s: n=%d h=%d w=%d %s", index,
+                        condconv_algo_name(info.algo), n, h, w, tu_spec_string(&s));
+            ++cases_run;
+        } else {
+            tu_fail(__FILE__, __LINE__, "reference", "could not compute the reference");
+        }
+    }
+    TU_CUDA(cudaFree(dx));
+    TU_CUDA(cudaFree(dy));
+    TU_CUDA(cudaFree(dalpha));
+    TU_CUDA(cudaFree(dalpha_in));
+    TU_CUDA(cudaFree(dws));
+    free(x);
+    free(y);
+    free(y_ref);
+    free(mag);
+    free(alpha);
+    free(alpha_ref);
+    free(alpha_in);
+out_layer:
+    condconv_layer_destroy(layer);
+out_params:
+    tu_free_params(&p);
+    condconv_layer_desc_destroy(desc);
+}
+
+int main(int argc, char **argv)
+{
+    mode m;
+    if (!parse_mode(argc, argv, &m)) {
+        fprintf(stderr, "usage: %s <auto|auto_heuristic|cudnn_grouped|gemm_batched|depthwise_fused|mixture> [tf32]\n",
+                argv[0]);
+        return 2;
+    }
+    tu_require_gpu("test_gpu_forward");
+    tu_seed_from_env();
+    condconv_context_t ctx;
+    cudaStream_t stream;
+    TU_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_gpu_forward");
+    EXPECT_OK(condconv_context_set_stream(ctx, stream));
+    EXPECT_OK(condconv_context_set_math(ctx, m.math));
+    EXPECT_OK(condconv_context_set_algo_select(ctx, m.select));
+    const int cases = tu_case_count(80);
+    for (int i = 0; i < cases; ++i) run_case(ctx, &m, i);
+    printf("%s%s: %d cases compared, %d refused as not applicable\n", argv[1], argc > 2 ? " tf32" : "", cases_run,
+           cases_refused);
+    EXPECT(cases_run >= cases / 2, "only %d of %d random cases ran", cases_run, cases);
+    EXPECT_OK(condconv_context_destroy(ctx));
+    TU_CUDA(cudaStreamDestroy(stream));
+    return tu_finish("test_gpu_forward");
+}
