@@ -11,6 +11,7 @@
 
 #include "condconv.h"
 #include "cudnn_conv.h"
+#include "gather.h"
 #include "layer.h"
 #include "scratch.h"
 
@@ -20,10 +21,11 @@ typedef struct cc_algo_state {
     size_t workspace_bytes; /* this algorithm's part of the workspace */
     cc_cudnn_conv conv;     /* cudnn_grouped, mixture */
     int has_conv;
-    /* Input copied through cc_launch_gather_planes first (asymmetric padding
-     * for cuDNN, or subsampling for a strided 1x1 GEMM). */
+    /* Input windows gathered into the workspace first (kernels/gather.h):
+     * im2col for a k x k GEMM, subsampling for a strided 1x1 GEMM, or the
+     * asymmetric padding cuDNN cannot express. */
     int gather;
-    int gather_h, gather_w, gather_stride_h, gather_stride_w, gather_pad_top, gather_pad_left;
+    cc_gather_args gather_args; /* planes = N * Cin */
     /* Byte offsets of the pieces within this algorithm's workspace. */
     size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
 } cc_algo_state;
@@ -57,11 +59,12 @@ size_t cc_align256(size_t bytes);
 condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc_geometry *geom, long long batch_channels_in,
                                     long long batch_channels_out, const char *algo, const char *func);
 /* Sets up state->gather for asymmetric padding (1 if the input must be padded
- * into the workspace because cuDNN only pads symmetrically). */
-void cc_plan_gather_for_padding(const cc_geometry *geom, cc_algo_state *state);
+ * into the workspace because cuDNN only pads symmetrically); the padded
+ * input is gather_args.out_h x gather_args.out_w. */
+void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state);
 /* Runs the gather of the input into the workspace if the state asks for it;
  * *x_used is the input the convolution should read. */
-condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
+condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
                               const cc_forward_buffers *buffers, const float **x_used, const char *func);
 /* Per-sample filters and biases [N][...] into the workspace. */
 condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_geometry *geom,

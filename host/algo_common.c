@@ -12,7 +12,6 @@
 
 #include "aggregate.h"
 #include "epilogue.h"
-#include "gather.h"
 
 const cc_algo_ops *cc_algo_lookup(condconv_algo algo)
 {
@@ -62,30 +61,32 @@ condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc
     return CONDCONV_STATUS_SUCCESS;
 }
 
-void cc_plan_gather_for_padding(const cc_geometry *geom, cc_algo_state *state)
+void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state)
 {
     state->gather = geom->pad_top != geom->pad_bottom || geom->pad_left != geom->pad_right;
     if (!state->gather) return;
-    state->gather_h = geom->h + geom->pad_top + geom->pad_bottom;
-    state->gather_w = geom->w + geom->pad_left + geom->pad_right;
-    state->gather_stride_h = state->gather_stride_w = 1;
-    state->gather_pad_top = geom->pad_top;
-    state->gather_pad_left = geom->pad_left;
+    cc_gather_args *a = &state->gather_args;
+    a->planes = (long long)geom->n * layer->weights->info.in_channels;
+    a->h = geom->h;
+    a->w = geom->w;
+    a->kernel_h = a->kernel_w = 1;
+    a->out_h = geom->h + geom->pad_top + geom->pad_bottom;
+    a->out_w = geom->w + geom->pad_left + geom->pad_right;
+    a->stride_h = a->stride_w = a->dilation_h = a->dilation_w = 1;
+    a->pad_top = geom->pad_top;
+    a->pad_left = geom->pad_left;
 }
 
-condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
+condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
                               const cc_forward_buffers *buffers, const float **x_used, const char *func)
 {
     *x_used = buffers->x;
     if (!state->gather) return CONDCONV_STATUS_SUCCESS;
     float *dst = (float *)(void *)(buffers->workspace + state->off_gather);
     CC_NVTX_PUSH("condconv.gather");
-    const cudaError_t err = cc_launch_gather_planes(
-        buffers->x, dst, (long long)geom->n * layer->weights->info.in_channels, geom->h, geom->w, state->gather_h,
-        state->gather_w, state->gather_stride_h, state->gather_stride_w, state->gather_pad_top,
-        state->gather_pad_left, layer->ctx->stream);
+    const cudaError_t err = cc_launch_gather(buffers->x, dst, &state->gather_args, layer->ctx->stream);
     CC_NVTX_POP();
-    CC_TRY(cc_cuda_status(err, "cc_launch_gather_planes", func));
+    CC_TRY(cc_cuda_status(err, "cc_launch_gather", func));
     *x_used = dst;
     return CONDCONV_STATUS_SUCCESS;
 }

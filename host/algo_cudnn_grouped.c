@@ -29,12 +29,12 @@ static condconv_status grouped_prepare(const struct condconv_layer *layer, const
     const int n = geom->n;
     state->algo = CONDCONV_ALGO_CUDNN_GROUPED;
     state->math = math;
-    cc_plan_gather_for_padding(geom, state);
+    cc_plan_gather_for_padding(layer, geom, state);
     cc_conv_shape shape = {0};
     shape.n = 1;
     shape.c = n * info->in_channels;
-    shape.h = state->gather ? state->gather_h : geom->h;
-    shape.w = state->gather ? state->gather_w : geom->w;
+    shape.h = state->gather ? state->gather_args.out_h : geom->h;
+    shape.w = state->gather ? state->gather_args.out_w : geom->w;
     shape.k = n * info->out_channels;
     shape.r = info->kernel_h;
     shape.s = info->kernel_w;
@@ -70,7 +70,7 @@ static condconv_status grouped_run(const struct condconv_layer *layer, const cc_
         layer->weights->info.has_bias ? (const float *)(const void *)(buffers->workspace + state->off_biases) : NULL;
     CC_TRY(cc_run_aggregate(layer, geom, state, buffers, func));
     const float *x;
-    CC_TRY(cc_run_gather(layer, geom, state, buffers, &x, func));
+    CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
     CC_NVTX_PUSH("condconv.conv");
     const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, filters, biases, buffers->y,
                                                  buffers->workspace + state->off_conv_workspace, func);

@@ -1,8 +1,10 @@
-/* gemm_batched — 1x1 convolutions (any stride, no padding) as one
- * strided-batched GEMM: for sample n and group j (batch index b = n*g + j),
- * Y_b [Cout/g][P] = W_b [Cout/g][Cin/g] x X_b [Cin/g][P], P = Ho*Wo. The
- * filters come from the aggregation kernel; a strided 1x1 first subsamples
- * the input into the workspace. TF32 only when the context allows it. */
+/* gemm_batched — the convolution as one strided-batched GEMM over
+ * samples x groups: for sample n and group j (batch index b = n*g + j),
+ *   Y_b [Cout/g][P] = W_b [Cout/g][K] x X_b [K][P],  K = Cin/g*kh*kw, P = Ho*Wo,
+ * with W_b the aggregated per-sample filters (their [Cin/g][kh][kw] order is
+ * already the K order). A 1x1, stride-1, unpadded layer multiplies the input
+ * in place; any other layer first gathers its input windows (im2col) into
+ * the workspace, N*Cin*kh*kw*P floats. TF32 only when the context allows. */
 #include <limits.h>
 
 #include "algo.h"
@@ -11,18 +13,21 @@
 #include "error.h"
 #include "nvtx.h"
 
+static int needs_im2col(const condconv_layer_info *info, const cc_geometry *geom)
+{
+    return info->kernel_h != 1 || info->kernel_w != 1 || info->stride_h != 1 || info->stride_w != 1 ||
+           geom->pad_top || geom->pad_bottom || geom->pad_left || geom->pad_right;
+}
+
 static condconv_status gemm_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
-    if (info->kernel_h != 1 || info->kernel_w != 1)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: gemm_batched needs a 1x1 kernel (this layer is %dx%d)",
-                       func, info->kernel_h, info->kernel_w);
-    if (geom->pad_top || geom->pad_bottom || geom->pad_left || geom->pad_right)
+    const long long p = (long long)geom->out_h * geom->out_w;
+    const long long k = (long long)(info->in_channels / info->groups) * info->kernel_h * info->kernel_w;
+    if (p > INT_MAX || k > INT_MAX || (long long)geom->n * info->groups > INT_MAX)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                       "%s: gemm_batched needs zero padding (padding %d,%d,%d,%d would make border pixels bias-only)",
-                       func, geom->pad_top, geom->pad_bottom, geom->pad_left, geom->pad_right);
-    if ((long long)geom->out_h * geom->out_w > INT_MAX || (long long)geom->n * info->groups > INT_MAX)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: gemm_batched needs Ho*Wo and N*groups below 2^31", func);
+                       "%s: gemm_batched needs Ho*Wo, Cin/g*kh*kw and N*groups below 2^31 (%lld, %lld, %lld)", func, p,
+                       k, (long long)geom->n * info->groups);
     return cc_check_int_limits(layer, geom, (long long)geom->n * info->in_channels,
                                (long long)geom->n * info->out_channels, "gemm_batched", func);
 }
@@ -37,16 +42,26 @@ static condconv_status gemm_prepare(const struct condconv_layer *layer, const cc
     const condconv_layer_info *info = &layer->weights->info;
     state->algo = CONDCONV_ALGO_GEMM_BATCHED;
     state->math = math;
-    state->gather = info->stride_h != 1 || info->stride_w != 1;
+    state->gather = needs_im2col(info, geom);
+    size_t gather_bytes = 0;
     if (state->gather) {
-        state->gather_h = geom->out_h;
-        state->gather_w = geom->out_w;
-        state->gather_stride_h = info->stride_h;
-        state->gather_stride_w = info->stride_w;
-        state->gather_pad_top = state->gather_pad_left = 0;
+        cc_gather_args *a = &state->gather_args;
+        a->planes = (long long)geom->n * info->in_channels;
+        a->h = geom->h;
+        a->w = geom->w;
+        a->kernel_h = info->kernel_h;
+        a->kernel_w = info->kernel_w;
+        a->out_h = geom->out_h;
+        a->out_w = geom->out_w;
+        a->stride_h = info->stride_h;
+        a->stride_w = info->stride_w;
+        a->dilation_h = info->dilation_h;
+        a->dilation_w = info->dilation_w;
+        a->pad_top = geom->pad_top;
+        a->pad_left = geom->pad_left;
+        gather_bytes = sizeof(float) * (size_t)a->planes * (size_t)info->kernel_h * (size_t)info->kernel_w *
+                       (size_t)geom->out_h * (size_t)geom->out_w;
     }
-    const size_t gather_bytes =
-        state->gather ? sizeof(float) * (size_t)geom->n * info->in_channels * geom->out_h * geom->out_w : 0;
     const size_t filter_bytes = sizeof(float) * (size_t)geom->n * (size_t)layer->weights->sizes.filter_elems;
     const size_t bias_bytes = info->has_bias ? sizeof(float) * (size_t)geom->n * info->out_channels : 0;
     state->off_gather = 0;
@@ -64,17 +79,18 @@ static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geo
     const float *biases = info->has_bias ? (const float *)(const void *)(buffers->workspace + state->off_biases) : NULL;
     CC_TRY(cc_run_aggregate(layer, geom, state, buffers, func));
     const float *x;
-    CC_TRY(cc_run_gather(layer, geom, state, buffers, &x, func));
+    CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
 
     const int p = geom->out_h * geom->out_w;
-    const int cin_g = info->in_channels / info->groups, cout_g = info->out_channels / info->groups;
+    const int k = info->in_channels / info->groups * info->kernel_h * info->kernel_w;
+    const int cout_g = info->out_channels / info->groups;
     const float one = 1.0f, zero = 0.0f;
-    /* Row-major Y = W X is column-major Y^T = X^T W^T: A = X_b (P x Cin/g,
-     * ld P), B = W_b (Cin/g x Cout/g, ld Cin/g), C = Y_b (P x Cout/g, ld P). */
+    /* Row-major Y = W X is column-major Y^T = X^T W^T: A = X_b (P x K, ld P),
+     * B = W_b (K x Cout/g, ld K), C = Y_b (P x Cout/g, ld P). */
     CC_NVTX_PUSH("condconv.conv");
     const cublasStatus_t err = cublasGemmStridedBatchedEx(
-        layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, cin_g, &one, x, CUDA_R_32F, p,
-        (long long)cin_g * p, filters, CUDA_R_32F, cin_g, (long long)cout_g * cin_g, &zero, buffers->y, CUDA_R_32F, p,
+        layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, k, &one, x, CUDA_R_32F, p, (long long)k * p,
+        filters, CUDA_R_32F, k, (long long)cout_g * k, &zero, buffers->y, CUDA_R_32F, p,
         (long long)cout_g * p, geom->n * info->groups,
         state->math == CONDCONV_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     CC_NVTX_POP();

@@ -33,12 +33,12 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     const condconv_layer_info *info = &layer->weights->info;
     state->algo = CONDCONV_ALGO_MIXTURE;
     state->math = math;
-    cc_plan_gather_for_padding(geom, state);
+    cc_plan_gather_for_padding(layer, geom, state);
     cc_conv_shape shape = {0};
     shape.n = geom->n;
     shape.c = info->in_channels;
-    shape.h = state->gather ? state->gather_h : geom->h;
-    shape.w = state->gather ? state->gather_w : geom->w;
+    shape.h = state->gather ? state->gather_args.out_h : geom->h;
+    shape.w = state->gather ? state->gather_args.out_w : geom->w;
     shape.k = info->num_experts * info->out_channels;
     shape.r = info->kernel_h;
     shape.s = info->kernel_w;
@@ -68,7 +68,7 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
     const condconv_layer_info *info = &layer->weights->info;
     float *z = (float *)(void *)(buffers->workspace + state->off_z);
     const float *x;
-    CC_TRY(cc_run_gather(layer, geom, state, buffers, &x, func));
+    CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
     CC_NVTX_PUSH("condconv.conv");
     const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, layer->weights->dev_experts_grouped,
                                                  NULL, z, buffers->workspace + state->off_conv_workspace, func);

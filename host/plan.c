@@ -117,20 +117,34 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
     return CONDCONV_STATUS_SUCCESS;
 }
 
-/* The rule used without measuring: the custom kernels where they apply
- * (they avoid per-sample filters in memory, or turn 1x1 into one GEMM),
- * else the batch-as-groups path, which applies to everything. */
-static condconv_algo heuristic_choice(const int applicable[CONDCONV_ALGO_COUNT], const char **why)
+/* The rule used without measuring: the fused depthwise kernel where it
+ * applies (no per-sample filters in memory); one batched GEMM for 1x1
+ * layers; for larger kernels at batch 1, cuDNN (the "grouped" conv is then
+ * an ordinary one), and at larger batches im2col + batched GEMM, which
+ * avoids cuDNN's slow grouped kernels, unless its im2col buffer would exceed
+ * CC_HEURISTIC_MAX_IM2COL. */
+#define CC_HEURISTIC_MAX_IM2COL ((uint64_t)256 << 20)
+
+static condconv_algo heuristic_choice(const struct condconv_layer *layer, const cc_geometry *geom,
+                                      const int applicable[CONDCONV_ALGO_COUNT], const char **why)
 {
+    const condconv_layer_info *info = &layer->weights->info;
     if (applicable[CONDCONV_ALGO_DEPTHWISE_FUSED]) {
         *why = "heuristic: depthwise layer, filters mixed inside the kernel";
         return CONDCONV_ALGO_DEPTHWISE_FUSED;
     }
-    if (applicable[CONDCONV_ALGO_GEMM_BATCHED]) {
+    const uint64_t im2col_bytes = sizeof(float) * geom->x_elems / ((uint64_t)geom->h * (uint64_t)geom->w) *
+                                  (uint64_t)info->kernel_h * (uint64_t)info->kernel_w * (uint64_t)geom->out_h *
+                                  (uint64_t)geom->out_w;
+    if (applicable[CONDCONV_ALGO_GEMM_BATCHED] && info->kernel_h == 1 && info->kernel_w == 1) {
         *why = "heuristic: 1x1 layer, one strided-batched GEMM";
         return CONDCONV_ALGO_GEMM_BATCHED;
     }
-    *why = "heuristic: general layer, cuDNN with the batch as groups";
+    if (applicable[CONDCONV_ALGO_GEMM_BATCHED] && geom->n > 1 && im2col_bytes <= CC_HEURISTIC_MAX_IM2COL) {
+        *why = "heuristic: batch > 1, im2col + strided-batched GEMM";
+        return CONDCONV_ALGO_GEMM_BATCHED;
+    }
+    *why = "heuristic: cuDNN with the batch as groups";
     return CONDCONV_ALGO_CUDNN_GROUPED;
 }
 
@@ -196,7 +210,7 @@ static condconv_status choose_by_rule(struct condconv_layer *layer, cc_plan *pla
                                       const char *func)
 {
     const char *why = "";
-    const condconv_algo choice = heuristic_choice(plan->info.applicable, &why);
+    const condconv_algo choice = heuristic_choice(layer, &plan->geom, plan->info.applicable, &why);
     condconv_status st = cc_algo_lookup(choice)->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC,
                                                         scratch, &plan->state, func);
     if (st == CONDCONV_STATUS_NOT_SUPPORTED && choice != CONDCONV_ALGO_CUDNN_GROUPED) {

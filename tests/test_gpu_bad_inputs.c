@@ -1,6 +1,5 @@
 /* GPU-only bad inputs: workspace smaller than queried, NULL or misaligned
- * workspace, overlapping x and y, an algorithm forced on a layer it does
- * not apply to, routing on an external-routing layer, a device that does
+ * workspace, overlapping x and y, depthwise_fused forced on a dense layer, routing on an external-routing layer, a device that does
  * not exist. Each returns its status with a message, and y keeps its
  * poison. */
 #include <stdio.h>
@@ -80,8 +79,6 @@ int main(void)
                     "'y'");
     EXPECT_REJECTED(condconv_forward(layer, 0, H, W, dx, dy, NULL, NULL, dws, ws_bytes), CONDCONV_STATUS_BAD_SIZE,
                     "n=0");
-    EXPECT_OK(condconv_layer_set_algo(layer, CONDCONV_ALGO_GEMM_BATCHED));
-    EXPECT_REJECTED(condconv_prepare(layer, N, H, W), CONDCONV_STATUS_NOT_SUPPORTED, "1x1");
     EXPECT_OK(condconv_layer_set_algo(layer, CONDCONV_ALGO_DEPTHWISE_FUSED));
     EXPECT_REJECTED(condconv_prepare(layer, N, H, W), CONDCONV_STATUS_NOT_SUPPORTED, "depthwise");
     /* And the layer still works afterwards. */
