@@ -8,7 +8,7 @@
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
-#include "nvtx.h"
+#include "phase_timer.h"
 
 #include "aggregate.h"
 #include "epilogue.h"
@@ -83,9 +83,9 @@ condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_
     *x_used = buffers->x;
     if (!state->gather) return CONDCONV_STATUS_SUCCESS;
     float *dst = (float *)(void *)(buffers->workspace + state->off_gather);
-    CC_NVTX_PUSH("condconv.gather");
+    CC_PHASE_BEGIN(CC_PHASE_GATHER, "condconv.gather", layer->ctx->stream);
     const cudaError_t err = cc_launch_gather(buffers->x, dst, &state->gather_args, layer->ctx->stream);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_GATHER, layer->ctx->stream);
     CC_TRY(cc_cuda_status(err, "cc_launch_gather", func));
     *x_used = dst;
     return CONDCONV_STATUS_SUCCESS;
@@ -95,12 +95,12 @@ condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_ge
                                  const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
 {
     const cc_weights *w = layer->weights;
-    CC_NVTX_PUSH("condconv.aggregate");
+    CC_PHASE_BEGIN(CC_PHASE_AGGREGATE, "condconv.aggregate", layer->ctx->stream);
     const cudaError_t err = cc_launch_aggregate(
         w->dev_experts, w->dev_expert_bias, buffers->alpha, (float *)(void *)(buffers->workspace + state->off_filters),
         w->dev_expert_bias ? (float *)(void *)(buffers->workspace + state->off_biases) : NULL,
         (long long)w->sizes.filter_elems, w->info.out_channels, geom->n, w->info.num_experts, layer->ctx->stream);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_AGGREGATE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_aggregate", func);
 }
 
@@ -109,10 +109,10 @@ condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const
 {
     const condconv_layer_info *info = &layer->weights->info;
     if (biases == NULL && info->activation == CONDCONV_ACTIVATION_NONE) return CONDCONV_STATUS_SUCCESS;
-    CC_NVTX_PUSH("condconv.epilogue");
+    CC_PHASE_BEGIN(CC_PHASE_EPILOGUE, "condconv.epilogue", layer->ctx->stream);
     const cudaError_t err =
         cc_launch_bias_activation(y, biases, (long long)geom->n * info->out_channels,
                                   (long long)geom->out_h * geom->out_w, (int)info->activation, layer->ctx->stream);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_EPILOGUE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_bias_activation", func);
 }

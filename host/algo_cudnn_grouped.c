@@ -7,7 +7,7 @@
 #include "algo.h"
 #include "context.h"
 #include "error.h"
-#include "nvtx.h"
+#include "phase_timer.h"
 
 static condconv_status grouped_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
 {
@@ -71,10 +71,10 @@ static condconv_status grouped_run(const struct condconv_layer *layer, const cc_
     CC_TRY(cc_run_aggregate(layer, geom, state, buffers, func));
     const float *x;
     CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
-    CC_NVTX_PUSH("condconv.conv");
+    CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, filters, biases, buffers->y,
                                                  buffers->workspace + state->off_conv_workspace, func);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(st);
     if (state->conv.fused_bias_relu) return CONDCONV_STATUS_SUCCESS;
     return cc_run_bias_activation(layer, geom, buffers->y, biases, func);

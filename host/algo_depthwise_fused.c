@@ -9,7 +9,7 @@
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
-#include "nvtx.h"
+#include "phase_timer.h"
 
 #include "depthwise_fused.h"
 
@@ -79,9 +79,9 @@ static condconv_status depthwise_run(const struct condconv_layer *layer, const c
     a.x = buffers->x;
     a.y = buffers->y;
     a.alpha = buffers->alpha;
-    CC_NVTX_PUSH("condconv.conv");
+    CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const cudaError_t err = cc_launch_depthwise_fused(&a, layer->ctx->stream);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_depthwise_fused", func);
 }
 

@@ -11,7 +11,7 @@
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
-#include "nvtx.h"
+#include "phase_timer.h"
 
 static int needs_im2col(const condconv_layer_info *info, const cc_geometry *geom)
 {
@@ -87,13 +87,13 @@ static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geo
     const float one = 1.0f, zero = 0.0f;
     /* Row-major Y = W X is column-major Y^T = X^T W^T: A = X_b (P x K, ld P),
      * B = W_b (K x Cout/g, ld K), C = Y_b (P x Cout/g, ld P). */
-    CC_NVTX_PUSH("condconv.conv");
+    CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const cublasStatus_t err = cublasGemmStridedBatchedEx(
         layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, k, &one, x, CUDA_R_32F, p, (long long)k * p,
         filters, CUDA_R_32F, k, (long long)cout_g * k, &zero, buffers->y, CUDA_R_32F, p,
         (long long)cout_g * p, geom->n * info->groups,
         state->math == CONDCONV_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(cc_cublas_status(err, "cublasGemmStridedBatchedEx", func));
     return cc_run_bias_activation(layer, geom, buffers->y, biases, func);
 }

@@ -10,7 +10,7 @@
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
-#include "nvtx.h"
+#include "phase_timer.h"
 
 #include "epilogue.h"
 
@@ -69,17 +69,17 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
     float *z = (float *)(void *)(buffers->workspace + state->off_z);
     const float *x;
     CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
-    CC_NVTX_PUSH("condconv.conv");
+    CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, layer->weights->dev_experts_grouped,
                                                  NULL, z, buffers->workspace + state->off_conv_workspace, func);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(st);
-    CC_NVTX_PUSH("condconv.epilogue");
+    CC_PHASE_BEGIN(CC_PHASE_EPILOGUE, "condconv.epilogue", layer->ctx->stream);
     const cudaError_t err = cc_launch_mixture_combine(z, buffers->alpha, layer->weights->dev_expert_bias, buffers->y,
                                                       geom->n, info->out_channels, info->groups, info->num_experts,
                                                       (long long)geom->out_h * geom->out_w, (int)info->activation,
                                                       layer->ctx->stream);
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_EPILOGUE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_mixture_combine", func);
 }
 

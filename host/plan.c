@@ -9,7 +9,7 @@
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
-#include "nvtx.h"
+#include "phase_timer.h"
 #include "scratch.h"
 
 #include "routing.h"
@@ -52,7 +52,7 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
     const condconv_layer_info *info = &w->info;
     const cudaStream_t stream = layer->ctx->stream;
     const float *alpha;
-    CC_NVTX_PUSH("condconv.forward");
+    CC_PHASE_BEGIN(CC_PHASE_FORWARD, "condconv.forward", stream);
     condconv_status st = CONDCONV_STATUS_SUCCESS;
     if (info->routing == CONDCONV_ROUTING_EXTERNAL) {
         alpha = routing_in;
@@ -62,12 +62,12 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
                                 "cudaMemcpyAsync(routing_out)", func);
     } else {
         float *dst = routing_out != NULL ? routing_out : (float *)workspace;
-        CC_NVTX_PUSH("condconv.route");
+        CC_PHASE_BEGIN(CC_PHASE_ROUTE, "condconv.route", stream);
         const cudaError_t err = cc_launch_routing(x, w->dev_routing_weight_t, w->dev_routing_bias, dst, plan->n,
                                                   info->in_channels, (long long)plan->h * plan->w, info->num_experts,
                                                   info->routing == CONDCONV_ROUTING_SOFTMAX,
                                                   1.0f / info->temperature, stream);
-        CC_NVTX_POP();
+        CC_PHASE_END(CC_PHASE_ROUTE, stream);
         st = cc_cuda_status(err, "cc_launch_routing", func);
         alpha = dst;
     }
@@ -75,7 +75,7 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
         const cc_forward_buffers buffers = {x, y, alpha, (unsigned char *)workspace + plan->alpha_bytes};
         st = cc_algo_lookup(plan->state.algo)->run(layer, &plan->geom, &plan->state, &buffers, func);
     }
-    CC_NVTX_POP();
+    CC_PHASE_END(CC_PHASE_FORWARD, stream);
     return st;
 }
 

@@ -2,7 +2,8 @@
 # Installs what building and testing condconv needs on a fresh Debian/Ubuntu
 # machine, skipping whatever is already there. The CUDA toolkit (nvcc,
 # cuBLAS) and cuDNN are expected to be installed already (see README).
-# Usage: scripts/setup.sh [--ci]   (--ci adds the CI guard-rail tools)
+# Usage: scripts/setup.sh [--ci]   (--ci adds the CI guard-rail tools:
+# clang-format, clang-tidy, cppcheck)
 set -euo pipefail
 
 # Debian package -> a file that shows it is installed.
@@ -13,15 +14,17 @@ packages=(
   "g++:/usr/bin/g++"
   "pkg-config:/usr/bin/pkg-config"
   "libjansson-dev:/usr/include/jansson.h"
+  # The test suite itself: the fuzz test builds with clang + libFuzzer, and
+  # the leak tests run under valgrind.
+  "clang:/usr/bin/clang"
+  "libclang-rt-dev:/usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a"
+  "valgrind:/usr/bin/valgrind"
 )
 if [[ "${1:-}" == "--ci" ]]; then
   packages+=(
-    "clang:/usr/bin/clang"
-    "libclang-rt-dev:/usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a"
     "clang-format:/usr/bin/clang-format"
     "clang-tidy:/usr/bin/clang-tidy"
     "cppcheck:/usr/bin/cppcheck"
-    "valgrind:/usr/bin/valgrind"
   )
 fi
 

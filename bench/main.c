@@ -1,0 +1,828 @@
+/* condconv-bench — CondConv layers on the GPU against the static cuDNN
+ * convolution of the same shape, in one run, on the same inputs and stream.
+ *
+ * With no arguments: the expert-count sweep (E = 1, 2, 4, 8, 16, 32) over the
+ * CondConv layers of EfficientNet-CondConv-B0 at batch 32, f32, every
+ * algorithm forced and AUTO, plus the static convolution. Without a GPU it
+ * says so and runs the CPU reference path on a small layer instead.
+ * `condconv-bench --help` lists the options; bench/README.md explains the
+ * columns and how to profile.
+ *
+ * Build: part of the CMake build (target condconv-bench), installed with
+ * the library. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nvtx3/nvToolsExt.h>
+
+#include "bench.h"
+
+#define MAX_LIST 32
+
+typedef struct options {
+    bench_layer_list layers;
+    int user_layers;
+    int batches[MAX_LIST], batch_count;
+    int experts[MAX_LIST], expert_count;
+    int run_static, run_algo[CONDCONV_ALGO_COUNT];
+    condconv_math maths[2];
+    int math_count;
+    condconv_routing routing;
+    const char *routing_name;
+    int epilogue; /* 0 none, 1 bias, 2 bias-act */
+    condconv_algo_select select;
+    bench_timing timing;
+    int timing_set[5];
+    int plain, graph, phases, ceilings;
+    const char *csv, *json;
+    int device, cpu, quick, list;
+} options;
+
+static const char *const epilogue_names[3] = {"none", "bias", "bias-act"};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: condconv-bench [options]\n"
+            "\n"
+            "With no options: EfficientNet-CondConv-B0's CondConv layers at batch 32, experts 1,2,4,8,16,32, f32,\n"
+            "every algorithm and AUTO against the static cuDNN convolution. Without a GPU: the CPU reference\n"
+            "path on one small layer, with its timing and the cost model.\n"
+            "\n"
+            "What to run:\n"
+            "  --set NAME[,NAME]     layer sets: effnet-cc-b0 (default), mobilenet-v1, resnet50, issue5, all\n"
+            "  --layer C,K,k,s,g,H[,W]  one more layer: cin, cout, kernel, stride, groups, input H (and W);\n"
+            "                        padding ((s-1)+(k-1))/2 as PyTorch/timm; repeatable\n"
+            "  --batch LIST          batch sizes (default 32), e.g. 1,32,128\n"
+            "  --experts LIST        expert counts (default 1,2,4,8,16,32)\n"
+            "  --algo LIST           static,auto,cudnn_grouped,gemm_batched,depthwise_fused,mixture or all (default)\n"
+            "  --math f32|tf32|both  f32: strict FP32 everywhere (default); tf32: cuDNN/cuBLAS may use TF32\n"
+            "  --dtype f32           element type; only f32 is implemented (f16/bf16 are reserved in the API)\n"
+            "  --layout nchw         layout; only NCHW is implemented\n"
+            "  --routing sigmoid|softmax|external   routing function of each layer (default sigmoid: GAP->FC->sigmoid\n"
+            "                        inside the forward, as timm's CondConv; external: alpha given, no routing work)\n"
+            "  --epilogue none|bias|bias-act  none (default, as timm's CondConv2d): the convolution only; bias: plus\n"
+            "                        a per-channel bias; bias-act: plus the layer's activation in its network\n"
+            "                        (SiLU/ReLU/none). The static convolution gets the same epilogue.\n"
+            "  --select measure|heuristic  how AUTO chooses (default measure, like cudnnFind)\n"
+            "  --quick               the device check's short sweep: effnet-cc-b0 + issue5 layers, batch 1,32,128,\n"
+            "                        E = 8, f32, fewer repeats (explicit options still override)\n"
+            "\n"
+            "How to time:\n"
+            "  --warmup N            discarded timed loops first (default 2; quick 1)\n"
+            "  --reps N              timed loops kept: median, p10, p90 (default 15; quick 7)\n"
+            "  --iters N             forwards per timed loop and per CUDA graph (default 20; quick 10)\n"
+            "  --phase-reps N        forwards timed phase by phase (default 10; quick 5)\n"
+            "  --max-row-ms MS       fewer reps (never < 5) when one timing mode of a row would take longer\n"
+            "                        (default 250; quick 100)\n"
+            "  --no-plain, --no-graph, --no-phases, --no-ceilings   skip a measurement\n"
+            "\n"
+            "Output:\n"
+            "  --csv FILE            one row per measurement, with card, driver, CUDA and cuDNN versions\n"
+            "  --json FILE           the same, with the environment and the ceilings\n"
+            "  --device N            CUDA device (default 0)\n"
+            "  --cpu                 the CPU reference path even when a GPU is present\n"
+            "  --list                the built-in layer sets\n"
+            "  -h, --help\n"
+            "\n"
+            "Exit status: 0 when every row ran or is n/a (not applicable, or does not fit in memory), 1 when a\n"
+            "row failed, 2 for a bad command line.\n");
+}
+
+static int parse_int_list(const char *s, int *out, int max, int lo, int hi, const char *what)
+{
+    int n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        const long v = strtol(p, &end, 10);
+        if (end == p || errno != 0 || v < lo || v > hi || (*end != ',' && *end != '\0') || n == max) {
+            fprintf(stderr, "condconv-bench: %s '%s': expected up to %d comma-separated integers in [%d, %d]\n", what,
+                    s, max, lo, hi);
+            return -1;
+        }
+        out[n++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (n == 0) {
+        fprintf(stderr, "condconv-bench: %s: empty list\n", what);
+        return -1;
+    }
+    return n;
+}
+
+static int parse_positive(const char *s, const char *what, int *out)
+{
+    int v[1];
+    if (parse_int_list(s, v, 1, 0, 1000000, what) != 1) return -1;
+    *out = v[0];
+    return 0;
+}
+
+static int parse_algos(const char *s, options *o)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    o->run_static = 0;
+    memset(o->run_algo, 0, sizeof o->run_algo);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (strcmp(tok, "all") == 0) {
+            o->run_static = 1;
+            for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) o->run_algo[a] = 1;
+            continue;
+        }
+        if (strcmp(tok, "static") == 0) {
+            o->run_static = 1;
+            continue;
+        }
+        int found = 0;
+        for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a)
+            if (strcmp(tok, condconv_algo_name((condconv_algo)a)) == 0) {
+                o->run_algo[a] = found = 1;
+            }
+        if (!found) {
+            fprintf(stderr,
+                    "condconv-bench: --algo: unknown '%s' (static, auto, cudnn_grouped, gemm_batched, "
+                    "depthwise_fused, mixture, all)\n",
+                    tok);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->run_static = 1;
+    for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) o->run_algo[a] = 1;
+    o->maths[0] = CONDCONV_MATH_F32;
+    o->math_count = 1;
+    o->routing = CONDCONV_ROUTING_SIGMOID;
+    o->routing_name = "sigmoid";
+    o->select = CONDCONV_SELECT_MEASURE;
+    o->plain = o->graph = o->phases = o->ceilings = 1;
+    int given_sets = 0;
+    char err[BENCH_ERR_LEN];
+    for (int i = 1; i < argc; ++i) {
+        const char *arg = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VALUE()                                                                                                   \
+    do {                                                                                                               \
+        if (val == NULL) {                                                                                             \
+            fprintf(stderr, "condconv-bench: %s needs a value\n", arg);                                                \
+            return -1;                                                                                                 \
+        }                                                                                                              \
+        ++i;                                                                                                           \
+    } while (0)
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(arg, "--set") == 0) {
+            NEED_VALUE();
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", val);
+            for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+                if (bench_add_set(&o->layers, tok, err, sizeof err) != 0) {
+                    fprintf(stderr, "condconv-bench: %s\n", err);
+                    return -1;
+                }
+            given_sets = 1;
+        } else if (strcmp(arg, "--layer") == 0) {
+            NEED_VALUE();
+            bench_layer l;
+            if (bench_parse_layer(val, &l, err, sizeof err) != 0 || bench_add_layer(&o->layers, &l) != 0) {
+                fprintf(stderr, "condconv-bench: %s\n", err);
+                return -1;
+            }
+            given_sets = 1;
+        } else if (strcmp(arg, "--batch") == 0) {
+            NEED_VALUE();
+            if ((o->batch_count = parse_int_list(val, o->batches, MAX_LIST, 1, 65536, "--batch")) < 0) return -1;
+        } else if (strcmp(arg, "--experts") == 0) {
+            NEED_VALUE();
+            if ((o->expert_count = parse_int_list(val, o->experts, MAX_LIST, 1, CONDCONV_MAX_EXPERTS, "--experts")) < 0)
+                return -1;
+        } else if (strcmp(arg, "--algo") == 0) {
+            NEED_VALUE();
+            if (parse_algos(val, o) != 0) return -1;
+        } else if (strcmp(arg, "--math") == 0) {
+            NEED_VALUE();
+            if (strcmp(val, "f32") == 0 || strcmp(val, "fp32") == 0) {
+                o->maths[0] = CONDCONV_MATH_F32;
+                o->math_count = 1;
+            } else if (strcmp(val, "tf32") == 0) {
+                o->maths[0] = CONDCONV_MATH_TF32;
+                o->math_count = 1;
+            } else if (strcmp(val, "both") == 0) {
+                o->maths[0] = CONDCONV_MATH_F32;
+                o->maths[1] = CONDCONV_MATH_TF32;
+                o->math_count = 2;
+            } else {
+                fprintf(stderr, "condconv-bench: --math %s: expected f32, tf32 or both\n", val);
+                return -1;
+            }
+        } else if (strcmp(arg, "--dtype") == 0) {
+            NEED_VALUE();
+            if (strcmp(val, "f32") != 0) {
+                fprintf(stderr,
+                        "condconv-bench: --dtype %s: only f32 is implemented (f16 and bf16 are reserved in the API "
+                        "and not supported yet; --math tf32 uses TF32 tensor cores on f32 data)\n",
+                        val);
+                return -1;
+            }
+        } else if (strcmp(arg, "--layout") == 0) {
+            NEED_VALUE();
+            if (strcmp(val, "nchw") != 0 && strcmp(val, "NCHW") != 0) {
+                fprintf(stderr, "condconv-bench: --layout %s: only nchw is implemented (NHWC is reserved)\n", val);
+                return -1;
+            }
+        } else if (strcmp(arg, "--routing") == 0) {
+            NEED_VALUE();
+            if (strcmp(val, "sigmoid") == 0)
+                o->routing = CONDCONV_ROUTING_SIGMOID;
+            else if (strcmp(val, "softmax") == 0)
+                o->routing = CONDCONV_ROUTING_SOFTMAX;
+            else if (strcmp(val, "external") == 0)
+                o->routing = CONDCONV_ROUTING_EXTERNAL;
+            else {
+                fprintf(stderr, "condconv-bench: --routing %s: expected sigmoid, softmax or external\n", val);
+                return -1;
+            }
+            o->routing_name = val;
+        } else if (strcmp(arg, "--epilogue") == 0) {
+            NEED_VALUE();
+            int found = -1;
+            for (int e = 0; e < 3; ++e)
+                if (strcmp(val, epilogue_names[e]) == 0) found = e;
+            if (found < 0) {
+                fprintf(stderr, "condconv-bench: --epilogue %s: expected none, bias or bias-act\n", val);
+                return -1;
+            }
+            o->epilogue = found;
+        } else if (strcmp(arg, "--select") == 0) {
+            NEED_VALUE();
+            if (strcmp(val, "measure") == 0)
+                o->select = CONDCONV_SELECT_MEASURE;
+            else if (strcmp(val, "heuristic") == 0)
+                o->select = CONDCONV_SELECT_HEURISTIC;
+            else {
+                fprintf(stderr, "condconv-bench: --select %s: expected measure or heuristic\n", val);
+                return -1;
+            }
+        } else if (strcmp(arg, "--warmup") == 0) {
+            NEED_VALUE();
+            if (parse_positive(val, arg, &o->timing.warmup) != 0) return -1;
+            o->timing_set[0] = 1;
+        } else if (strcmp(arg, "--reps") == 0) {
+            NEED_VALUE();
+            if (parse_positive(val, arg, &o->timing.reps) != 0 || o->timing.reps < 1) return -1;
+            o->timing_set[1] = 1;
+        } else if (strcmp(arg, "--iters") == 0) {
+            NEED_VALUE();
+            if (parse_positive(val, arg, &o->timing.iters) != 0 || o->timing.iters < 1) return -1;
+            o->timing_set[2] = 1;
+        } else if (strcmp(arg, "--phase-reps") == 0) {
+            NEED_VALUE();
+            if (parse_positive(val, arg, &o->timing.phase_reps) != 0) return -1;
+            o->timing_set[3] = 1;
+        } else if (strcmp(arg, "--max-row-ms") == 0) {
+            NEED_VALUE();
+            int ms;
+            if (parse_positive(val, arg, &ms) != 0) return -1;
+            o->timing.max_row_ms = ms;
+            o->timing_set[4] = 1;
+        } else if (strcmp(arg, "--no-plain") == 0) {
+            o->plain = 0;
+        } else if (strcmp(arg, "--no-graph") == 0) {
+            o->graph = 0;
+        } else if (strcmp(arg, "--no-phases") == 0) {
+            o->phases = 0;
+        } else if (strcmp(arg, "--no-ceilings") == 0) {
+            o->ceilings = 0;
+        } else if (strcmp(arg, "--csv") == 0) {
+            NEED_VALUE();
+            o->csv = val;
+        } else if (strcmp(arg, "--json") == 0) {
+            NEED_VALUE();
+            o->json = val;
+        } else if (strcmp(arg, "--device") == 0) {
+            NEED_VALUE();
+            if (parse_positive(val, arg, &o->device) != 0) return -1;
+        } else if (strcmp(arg, "--cpu") == 0) {
+            o->cpu = 1;
+        } else if (strcmp(arg, "--quick") == 0) {
+            o->quick = 1;
+        } else if (strcmp(arg, "--list") == 0) {
+            o->list = 1;
+        } else {
+            fprintf(stderr, "condconv-bench: unknown option '%s' (--help lists them)\n", arg);
+            return -1;
+        }
+#undef NEED_VALUE
+    }
+    o->user_layers = given_sets;
+    if (!given_sets) {
+        if (bench_add_set(&o->layers, "effnet-cc-b0", err, sizeof err) != 0 ||
+            (o->quick && bench_add_set(&o->layers, "issue5", err, sizeof err) != 0)) {
+            fprintf(stderr, "condconv-bench: %s\n", err);
+            return -1;
+        }
+    }
+    const bench_timing def = {2, 15, 20, 10, 250.0}, quick = {1, 7, 10, 5, 100.0};
+    const bench_timing *base = o->quick ? &quick : &def;
+    if (!o->timing_set[0]) o->timing.warmup = base->warmup;
+    if (!o->timing_set[1]) o->timing.reps = base->reps;
+    if (!o->timing_set[2]) o->timing.iters = base->iters;
+    if (!o->timing_set[3]) o->timing.phase_reps = base->phase_reps;
+    if (!o->timing_set[4]) o->timing.max_row_ms = base->max_row_ms;
+    return 0;
+}
+
+/* ------------------------------------------------------------- GPU sweep */
+
+/* Rotated input sets: x[i], y[i] (and alpha[i] for external routing),
+ * carved out of one allocation each. */
+typedef struct device_sets {
+    int count;
+    float **x, **y, **alpha;
+    void *x_block, *y_block, *alpha_block;
+} device_sets;
+
+static void sets_free(device_sets *s)
+{
+    if (s->x_block) (void)cudaFree(s->x_block);
+    if (s->y_block) (void)cudaFree(s->y_block);
+    if (s->alpha_block) (void)cudaFree(s->alpha_block);
+    free(s->x);
+    free(s->y);
+    free(s->alpha);
+    memset(s, 0, sizeof *s);
+}
+
+static size_t align256(size_t bytes) { return (bytes + 255u) & ~(size_t)255u; }
+
+static int carve(void **block, float ***ptrs, int count, size_t elems, char *err, size_t err_len)
+{
+    const size_t stride = align256(sizeof(float) * elems);
+    *ptrs = malloc(sizeof(float *) * (size_t)count);
+    if (*ptrs == NULL) {
+        snprintf(err, err_len, "out of host memory");
+        return -1;
+    }
+    const cudaError_t e = cudaMalloc(block, stride * (size_t)count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(err, err_len, "%d input sets of %.1f MiB do not fit in device memory (%s)", count,
+                 (double)stride / 1048576.0, cudaGetErrorString(e));
+        return -1;
+    }
+    for (int i = 0; i < count; ++i) (*ptrs)[i] = (float *)(void *)((unsigned char *)*block + stride * (size_t)i);
+    return 0;
+}
+
+/* Uploads uniform values in [lo, hi) into set 0 and copies them to the others. */
+static int fill_sets(float **ptrs, int count, size_t elems, float lo, float hi, char *err, size_t err_len)
+{
+    float *host = malloc(sizeof(float) * elems);
+    if (host == NULL) {
+        snprintf(err, err_len, "out of host memory");
+        return -1;
+    }
+    uint32_t state = 777u;
+    bench_fill_uniform(host, elems, lo, hi, &state);
+    cudaError_t e = cudaMemcpy(ptrs[0], host, sizeof(float) * elems, cudaMemcpyHostToDevice);
+    free(host);
+    for (int i = 1; i < count && e == cudaSuccess; ++i)
+        e = cudaMemcpy(ptrs[i], ptrs[0], sizeof(float) * elems, cudaMemcpyDeviceToDevice);
+    if (e != cudaSuccess) {
+        snprintf(err, err_len, "filling inputs: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    return 0;
+}
+
+static int sets_alloc(device_sets *s, int count, size_t x_elems, size_t y_elems, size_t alpha_elems, char *err,
+                      size_t err_len)
+{
+    memset(s, 0, sizeof *s);
+    s->count = count;
+    if (carve(&s->x_block, &s->x, count, x_elems, err, err_len) != 0 ||
+        carve(&s->y_block, &s->y, count, y_elems, err, err_len) != 0 ||
+        (alpha_elems > 0 && carve(&s->alpha_block, &s->alpha, count, alpha_elems, err, err_len) != 0) ||
+        fill_sets(s->x, count, x_elems, -1.0f, 1.0f, err, err_len) != 0 ||
+        (alpha_elems > 0 && fill_sets(s->alpha, count, alpha_elems, 0.0f, 1.0f, err, err_len) != 0) ||
+        cudaMemset(s->y_block, 0, align256(sizeof(float) * y_elems) * (size_t)count) != cudaSuccess ||
+        /* The copies above ran on the legacy stream, which the bench's non-blocking stream does not wait for. */
+        cudaDeviceSynchronize() != cudaSuccess) {
+        if (err[0] == '\0') snprintf(err, err_len, "filling inputs: %s", cudaGetErrorString(cudaGetLastError()));
+        sets_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct cc_launch {
+    condconv_layer_t layer;
+    int n, h, w;
+    const device_sets *sets;
+    int external;
+    void *workspace;
+    size_t workspace_bytes;
+} cc_launch;
+
+static int launch_condconv(void *arg, int set, char *err, size_t err_len)
+{
+    const cc_launch *a = arg;
+    const condconv_status st =
+        condconv_forward(a->layer, a->n, a->h, a->w, a->sets->x[set], a->sets->y[set],
+                         a->external ? a->sets->alpha[set] : NULL, NULL, a->workspace, a->workspace_bytes);
+    if (st == CONDCONV_STATUS_SUCCESS) return 0;
+    snprintf(err, err_len, "%s", condconv_last_error());
+    return -1;
+}
+
+typedef struct gpu_run {
+    const options *o;
+    bench_report *report;
+    cudaStream_t stream;
+    condconv_context_t ctx;
+    cc_phase_timer timer;
+    size_t l2_bytes;
+    void *workspace;
+    size_t workspace_cap;
+    int failures;
+} gpu_run;
+
+/* The library's message without its "CONDCONV_STATUS_X: condconv_prepare: " prefix. */
+static const char *short_message(const char *msg)
+{
+    const char *p = strstr(msg, ": ");
+    if (p && strncmp(msg, "CONDCONV_STATUS_", 16) == 0) msg = p + 2;
+    p = strstr(msg, ": ");
+    if (p && strncmp(msg, "condconv_", 9) == 0) msg = p + 2;
+    return msg;
+}
+
+static void set_status(bench_row *row, const char *status, const char *note)
+{
+    snprintf(row->status, sizeof row->status, "%s", status);
+    row->ok = strcmp(status, "ok") == 0;
+    if (note) snprintf(row->note, sizeof row->note, "%s", note);
+}
+
+/* Plain, graph and phase timing of one row. A failing graph capture leaves
+ * the row valid with a note; a failing plain run fails the row. */
+static void measure(gpu_run *g, bench_row *row, bench_launch_fn fn, void *arg, int sets)
+{
+    const options *o = g->o;
+    char err[BENCH_ERR_LEN] = "";
+    if (o->plain &&
+        bench_time_plain(g->stream, fn, arg, sets, &o->timing, &row->plain, &row->host_us, err, sizeof err) != 0) {
+        set_status(row, "error", err);
+        (void)cudaStreamSynchronize(g->stream);
+        (void)cudaGetLastError();
+        return;
+    }
+    set_status(row, "ok", NULL);
+    if (o->graph && bench_time_graph(g->stream, fn, arg, sets, &o->timing, &row->graph, err, sizeof err) != 0) {
+        const size_t len = strlen(row->note);
+        snprintf(row->note + len, sizeof row->note - len, "%sgraph: %s", len ? "; " : "", err);
+        memset(&row->graph, 0, sizeof row->graph);
+        (void)cudaGetLastError();
+    }
+    if (o->phases && bench_time_phases(g->stream, fn, arg, sets, o->timing.phase_reps, &g->timer, row->phase_us, err,
+                                       sizeof err) != 0) {
+        const size_t len = strlen(row->note);
+        snprintf(row->note + len, sizeof row->note - len, "%sphases: %s", len ? "; " : "", err);
+        (void)cudaGetLastError();
+    }
+}
+
+static int ensure_workspace(gpu_run *g, size_t bytes, char *err, size_t err_len)
+{
+    if (bytes <= g->workspace_cap) return 0;
+    if (g->workspace) (void)cudaFree(g->workspace);
+    g->workspace = NULL;
+    g->workspace_cap = 0;
+    const cudaError_t e = cudaMalloc(&g->workspace, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(err, err_len, "a workspace of %.1f MiB does not fit in device memory", (double)bytes / 1048576.0);
+        return -1;
+    }
+    g->workspace_cap = bytes;
+    return 0;
+}
+
+static void add_row(gpu_run *g, const bench_row *row)
+{
+    if (strcmp(row->status, "error") == 0) ++g->failures;
+    if (bench_report_add(g->report, row) != 0) ++g->failures;
+}
+
+static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_math math, const device_sets *sets,
+                       double *plain_us, double *graph_us)
+{
+    const options *o = g->o;
+    bench_row row;
+    bench_row_init(&row, l, batch, 0, math, "static");
+    row.sets = sets->count;
+    char err[BENCH_ERR_LEN] = "";
+    bench_static *s = NULL;
+    const int has_bias = o->epilogue > 0;
+    const condconv_activation act = o->epilogue == 2 ? l->act : CONDCONV_ACTIVATION_NONE;
+    char range[128];
+    snprintf(range, sizeof range, "bench %s n%d %s static", l->name, batch, bench_math_name(math));
+    nvtxRangePushA(range);
+    if (bench_static_create(&s, l, batch, math, has_bias, act, g->stream, err, sizeof err) != 0) {
+        set_status(&row, "error", err);
+    } else {
+        bench_static_bind(s, sets->x, sets->y);
+        snprintf(row.algo_run, sizeof row.algo_run, "%s", bench_static_algo(s));
+        row.workspace_bytes = bench_static_workspace(s);
+        measure(g, &row, bench_static_launch, s, sets->count);
+        if (row.ok && has_bias) snprintf(row.note, sizeof row.note, "conv + the library's bias/act epilogue kernel");
+    }
+    nvtxRangePop();
+    bench_static_destroy(s);
+    const int ho = bench_layer_out(l, l->h), wo = bench_layer_out(l, l->w);
+    const uint64_t w_elems = (uint64_t)l->cout * (uint64_t)(l->cin / l->groups) * (uint64_t)l->k * (uint64_t)l->k;
+    row.macs = (uint64_t)batch * w_elems * (uint64_t)ho * (uint64_t)wo;
+    row.bytes = sizeof(float) * ((uint64_t)batch * (uint64_t)l->cin * (uint64_t)l->h * (uint64_t)l->w +
+                                 (uint64_t)batch * (uint64_t)l->cout * (uint64_t)ho * (uint64_t)wo + w_elems +
+                                 (has_bias ? (uint64_t)l->cout : 0u));
+    if (row.ok) {
+        *plain_us = row.plain.n ? row.plain.median : NAN;
+        *graph_us = row.graph.n ? row.graph.median : NAN;
+    }
+    row.static_plain_us = *plain_us;
+    row.static_graph_us = *graph_us;
+    add_row(g, &row);
+}
+
+/* All requested algorithms for one layer, batch and expert count. */
+static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int experts, condconv_math math,
+                          const device_sets *sets, double static_plain, double static_graph)
+{
+    const options *o = g->o;
+    const int has_bias = o->epilogue > 0;
+    const condconv_activation act = o->epilogue == 2 ? l->act : CONDCONV_ACTIVATION_NONE;
+    const int external = o->routing == CONDCONV_ROUTING_EXTERNAL;
+    condconv_layer_desc_t desc = NULL;
+    condconv_layer_t layer = NULL;
+    bench_params params;
+    memset(&params, 0, sizeof params);
+    condconv_cost cost;
+    memset(&cost, 0, sizeof cost);
+    char setup_error[BENCH_NOTE_LEN] = "";
+    const char *setup_status = "error";
+    condconv_status st = bench_make_desc(l, experts, has_bias, o->routing, act, &desc);
+    if (st == CONDCONV_STATUS_SUCCESS) st = condconv_cost_model(desc, batch, l->h, l->w, &cost);
+    if (st != CONDCONV_STATUS_SUCCESS) {
+        snprintf(setup_error, sizeof setup_error, "%s", condconv_last_error());
+    } else if (bench_params_make(l, experts, has_bias, !external, &params) != 0) {
+        snprintf(setup_error, sizeof setup_error, "out of host memory");
+    } else {
+        const condconv_params view = bench_params_view(&params);
+        st = condconv_layer_create(g->ctx, desc, &view, &layer);
+        if (st != CONDCONV_STATUS_SUCCESS) {
+            snprintf(setup_error, sizeof setup_error, "%s", short_message(condconv_last_error()));
+            if (st == CONDCONV_STATUS_ALLOC_FAILED) setup_status = "n/a";
+        }
+    }
+    bench_params_free(&params);
+
+    for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) {
+        if (!o->run_algo[a]) continue;
+        const condconv_algo algo = (condconv_algo)a;
+        bench_row row;
+        bench_row_init(&row, l, batch, experts, math, condconv_algo_name(algo));
+        row.sets = sets->count;
+        row.static_plain_us = static_plain;
+        row.static_graph_us = static_graph;
+        row.macs = cost.conv_macs + cost.aggregation_macs + cost.routing_macs;
+        row.bytes = cost.min_bytes;
+        if (layer == NULL) {
+            set_status(&row, setup_status, setup_error);
+            add_row(g, &row);
+            continue;
+        }
+        char range[160];
+        snprintf(range, sizeof range, "bench %s n%d E%d %s %s", l->name, batch, experts, bench_math_name(math),
+                 row.method);
+        nvtxRangePushA(range);
+        (void)condconv_layer_set_algo(layer, algo);
+        condconv_plan_info info;
+        memset(&info, 0, sizeof info);
+        st = condconv_prepare(layer, batch, l->h, l->w);
+        if (st == CONDCONV_STATUS_SUCCESS) st = condconv_get_plan_info(layer, batch, l->h, l->w, &info);
+        char err[BENCH_ERR_LEN] = "";
+        if (st == CONDCONV_STATUS_NOT_SUPPORTED || st == CONDCONV_STATUS_ALLOC_FAILED ||
+            (st != CONDCONV_STATUS_SUCCESS && strstr(condconv_last_error(), "out of memory") != NULL)) {
+            set_status(&row, "n/a", short_message(condconv_last_error()));
+            (void)cudaGetLastError(); /* an allocation failure is not sticky */
+        } else if (st != CONDCONV_STATUS_SUCCESS) {
+            set_status(&row, "error", condconv_last_error());
+        } else if (ensure_workspace(g, info.workspace_bytes, err, sizeof err) != 0) {
+            set_status(&row, "n/a", err);
+        } else {
+            snprintf(row.algo_run, sizeof row.algo_run, "%s", condconv_algo_name(info.algo));
+            row.workspace_bytes = info.workspace_bytes;
+            cc_launch arg = {layer, batch, l->h, l->w, sets, external, g->workspace, g->workspace_cap};
+            measure(g, &row, launch_condconv, &arg, sets->count);
+            if (row.ok && algo == CONDCONV_ALGO_AUTO) {
+                const size_t len = strlen(row.note);
+                snprintf(row.note + len, sizeof row.note - len, "%s%s", len ? "; " : "", info.reason);
+            }
+            if (row.ok && algo == CONDCONV_ALGO_MIXTURE) {
+                const size_t len = strlen(row.note);
+                snprintf(row.note + len, sizeof row.note - len, "%sexecutes E x the conv MACs", len ? "; " : "");
+            }
+        }
+        nvtxRangePop();
+        add_row(g, &row);
+    }
+    (void)condconv_layer_destroy(layer);
+    (void)condconv_layer_desc_destroy(desc);
+}
+
+static void layer_batch(gpu_run *g, const bench_layer *l, int batch, condconv_math math)
+{
+    const options *o = g->o;
+    bench_print_group_header(l, batch, math, epilogue_names[o->epilogue]);
+    const int ho = bench_layer_out(l, l->h), wo = bench_layer_out(l, l->w);
+    const size_t x_elems = (size_t)batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w;
+    const size_t y_elems = (size_t)batch * (size_t)l->cout * (size_t)ho * (size_t)wo;
+    int max_e = 1;
+    for (int e = 0; e < o->expert_count; ++e)
+        if (o->experts[e] > max_e) max_e = o->experts[e];
+    const size_t alpha_elems = o->routing == CONDCONV_ROUTING_EXTERNAL ? (size_t)batch * (size_t)max_e : 0;
+    size_t free_bytes = 0, total_bytes = 0;
+    (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+    const size_t set_bytes = align256(sizeof(float) * x_elems) + align256(sizeof(float) * y_elems) +
+                             (alpha_elems ? align256(sizeof(float) * alpha_elems) : 0);
+    const int count = bench_rotation_sets(set_bytes, g->l2_bytes, free_bytes / 4);
+    device_sets sets;
+    char err[BENCH_ERR_LEN] = "";
+    if (sets_alloc(&sets, count, x_elems, y_elems, alpha_elems, err, sizeof err) != 0) {
+        bench_row row;
+        bench_row_init(&row, l, batch, 0, math, "inputs");
+        set_status(&row, "n/a", err);
+        add_row(g, &row);
+        return;
+    }
+    double static_plain = NAN, static_graph = NAN;
+    if (o->run_static) static_row(g, l, batch, math, &sets, &static_plain, &static_graph);
+    for (int e = 0; e < o->expert_count; ++e)
+        condconv_rows(g, l, batch, o->experts[e], math, &sets, static_plain, static_graph);
+    sets_free(&sets);
+}
+
+static int run_gpu(const options *o, bench_report *report)
+{
+    gpu_run g;
+    memset(&g, 0, sizeof g);
+    g.o = o;
+    g.report = report;
+    g.l2_bytes = report->env.l2_bytes;
+    char err[BENCH_ERR_LEN] = "";
+    if (cudaSetDevice(o->device) != cudaSuccess || cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking) != 0) {
+        fprintf(stderr, "condconv-bench: cannot use CUDA device %d: %s\n", o->device,
+                cudaGetErrorString(cudaGetLastError()));
+        return 1;
+    }
+    if (condconv_context_create(&g.ctx, o->device) != CONDCONV_STATUS_SUCCESS ||
+        condconv_context_set_stream(g.ctx, g.stream) != CONDCONV_STATUS_SUCCESS ||
+        condconv_context_set_algo_select(g.ctx, o->select) != CONDCONV_STATUS_SUCCESS) {
+        fprintf(stderr, "condconv-bench: %s\n", condconv_last_error());
+        return 1;
+    }
+    if (bench_phase_timer_create(&g.timer) != 0) {
+        fprintf(stderr, "condconv-bench: cannot create the phase events\n");
+        return 1;
+    }
+    if (o->ceilings) {
+        size_t free_bytes = 0, total_bytes = 0;
+        (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+        if (bench_measure_ceilings(g.stream, free_bytes, &report->ceilings, err, sizeof err) != 0) {
+            fprintf(stderr, "condconv-bench: measuring the ceilings failed: %s\n", err);
+            (void)cudaGetLastError();
+            memset(&report->ceilings, 0, sizeof report->ceilings);
+        }
+    }
+    bench_print_ceilings(&report->ceilings);
+    for (int m = 0; m < o->math_count; ++m) {
+        if (condconv_context_set_math(g.ctx, o->maths[m]) != CONDCONV_STATUS_SUCCESS) {
+            fprintf(stderr, "condconv-bench: %s\n", condconv_last_error());
+            ++g.failures;
+            continue;
+        }
+        for (int i = 0; i < o->layers.count; ++i)
+            for (int b = 0; b < o->batch_count; ++b) layer_batch(&g, &o->layers.items[i], o->batches[b], o->maths[m]);
+    }
+    if (g.workspace) (void)cudaFree(g.workspace);
+    bench_phase_timer_destroy(&g.timer);
+    (void)condconv_context_destroy(g.ctx);
+    bench_baselines_shutdown();
+    (void)cudaStreamDestroy(g.stream);
+    return g.failures;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    if (parse_args(argc, argv, &o) != 0) {
+        bench_layer_list_free(&o.layers);
+        return 2;
+    }
+    if (o.list) {
+        bench_list_sets(stdout);
+        bench_layer_list_free(&o.layers);
+        return 0;
+    }
+    const int devices = o.cpu ? 0 : condconv_device_count();
+    bench_report report;
+    memset(&report, 0, sizeof report);
+    report.dtype = "f32";
+    report.layout = "nchw";
+    report.routing = o.routing_name;
+    report.epilogue = epilogue_names[o.epilogue];
+    report.select = o.select == CONDCONV_SELECT_MEASURE ? "measure" : "heuristic";
+    bench_env_collect(&report.env, o.device, devices > 0, argc, argv);
+    if (o.csv && bench_csv_open(&report, o.csv) != 0) {
+        fprintf(stderr, "condconv-bench: cannot write %s: %s\n", o.csv, strerror(errno));
+        bench_layer_list_free(&o.layers);
+        return 2;
+    }
+    int failures;
+    if (devices > 0) {
+        if (o.batch_count == 0) {
+            if (o.quick) {
+                o.batches[0] = 1;
+                o.batches[1] = 32;
+                o.batches[2] = 128;
+                o.batch_count = 3;
+            } else {
+                o.batches[0] = 32;
+                o.batch_count = 1;
+            }
+        }
+        if (o.expert_count == 0) {
+            static const int sweep[] = {1, 2, 4, 8, 16, 32};
+            if (o.quick) {
+                o.experts[0] = 8;
+                o.expert_count = 1;
+            } else {
+                memcpy(o.experts, sweep, sizeof sweep);
+                o.expert_count = 6;
+            }
+        }
+        bench_print_env(&report);
+        failures = run_gpu(&o, &report);
+    } else {
+        if (!o.cpu)
+            printf("condconv-bench: no CUDA device found (condconv_device_count() == 0), so no GPU timing can be "
+                   "measured here.\nRunning the CPU reference path (condconv_forward_cpu: plain C, double "
+                   "accumulation) on a small layer instead,\nwith its timing and the cost model. These are CPU "
+                   "numbers, not GPU results.\n\n");
+        if (!o.user_layers) {
+            /* The small default: EfficientNet-CC-B0's 1x1 112 -> 672 at 14x14. */
+            bench_layer_list_free(&o.layers);
+            bench_layer l;
+            char err[BENCH_ERR_LEN];
+            if (bench_parse_layer("112,672,1,1,1,14", &l, err, sizeof err) != 0 || bench_add_layer(&o.layers, &l) != 0)
+                return 1;
+            snprintf(o.layers.items[0].set, sizeof o.layers.items[0].set, "issue5");
+            snprintf(o.layers.items[0].role, sizeof o.layers.items[0].role, "EfficientNet-CC-B0 expand");
+            o.layers.items[0].act = CONDCONV_ACTIVATION_SILU;
+        }
+        if (o.batch_count == 0) {
+            o.batches[0] = 1;
+            o.batch_count = 1;
+        }
+        if (o.expert_count == 0) {
+            o.experts[0] = 8;
+            o.expert_count = 1;
+        }
+        bench_print_env(&report);
+        bench_cpu_options cpu = {&o.layers, o.batches, o.batch_count, o.experts, o.expert_count, 2.0};
+        failures = bench_run_cpu(&report, &cpu) != 0;
+    }
+    bench_csv_close(&report);
+    if (o.json && bench_json_write(&report, o.json) != 0) {
+        fprintf(stderr, "condconv-bench: cannot write %s\n", o.json);
+        ++failures;
+    }
+    if (o.csv) printf("\nCSV: %s\n", o.csv);
+    if (o.json) printf("JSON: %s\n", o.json);
+    if (failures) fprintf(stderr, "condconv-bench: %d row(s) or step(s) failed; see the notes above\n", failures);
+    bench_report_free(&report);
+    bench_layer_list_free(&o.layers);
+    return failures ? 1 : 0;
+}

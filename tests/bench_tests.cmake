@@ -1,0 +1,16 @@
+# Benchmark-area tests (label cpu): the paper's cost table from the cost
+# model, and condconv-bench's CPU path (it must work, and say so, without a GPU).
+condconv_cpu_test(test_paper_cost_table)
+
+if(CONDCONV_BUILD_BENCH AND EXISTS ${CMAKE_SOURCE_DIR}/bench/CMakeLists.txt)
+  # --cpu runs the reference path whether or not a GPU is present; the CSV and
+  # JSON writers run too. bench/ is added after tests/, so the target is named
+  # through a generator expression, resolved at generation time.
+  add_test(NAME test_bench_cpu
+    COMMAND $<TARGET_FILE:condconv-bench> --cpu --batch 1 --experts 2 --layer 16,24,3,1,1,8,8
+            --csv ${CMAKE_CURRENT_BINARY_DIR}/bench_cpu.csv --json ${CMAKE_CURRENT_BINARY_DIR}/bench_cpu.json)
+  set_tests_properties(test_bench_cpu PROPERTIES LABELS cpu)
+  # Bad command lines are refused with exit status 2 and a message.
+  add_test(NAME test_bench_bad_args COMMAND $<TARGET_FILE:condconv-bench> --dtype f16)
+  set_tests_properties(test_bench_bad_args PROPERTIES LABELS cpu WILL_FAIL TRUE)
+endif()

@@ -1,0 +1,149 @@
+/* Every GPU algorithm against timm: each golden file of tests/data
+ * (scripts/make_golden.py) is loaded through the library's safetensors
+ * loader onto a GPU context and run with AUTO and with each algorithm
+ * forced (cudnn_grouped, gemm_batched, depthwise_fused, mixture), with the
+ * layer's sigmoid routing and with timm's routing weights passed in. An
+ * algorithm that does not apply to a layer (gemm_batched: 1x1 without
+ * padding only; depthwise_fused: groups == Cin only) must refuse at
+ * prepare with CONDCONV_STATUS_NOT_SUPPORTED; one that applies must run.
+ *
+ *   test_golden_gpu [data-dir]     (default: the source tree's tests/data)
+ *
+ * Tolerance, strict f32 (the context's default math; no TF32). Against the
+ * exact result a strict-f32 GPU output is within 1e-5 * mag + 1e-6 (the
+ * bound test_gpu_forward checks, room for cuDNN's transforms), and timm's
+ * own f32 output within (K + E + 2) * 2^-24 * mag <= 1e-5 * mag for these
+ * layers (see test_golden_cpu.c). Against each other: 2e-5 * mag + 2e-6,
+ * mag = sum |alpha W x| + |b| from the CPU reference on absolute values.
+ * Routing weights: the GPU's float GAP and FC are within 2e-5 of exact
+ * (test_gpu_forward's bound), timm's within 1e-6: 2.1e-5 absolute. With
+ * external routing the routing weights returned must be timm's, exactly. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "golden_util.h"
+#include "gpu_util.h"
+
+#ifndef CONDCONV_GOLDEN_DIR
+#define CONDCONV_GOLDEN_DIR "tests/data"
+#endif
+
+#define Y_ATOL     2e-6
+#define Y_RTOL     2e-5
+#define ALPHA_ATOL 2.1e-5
+
+static int runs, refusals;
+
+static int expected_applicable(condconv_algo algo, const tu_layer_spec *s, const int pads[4])
+{
+    switch (algo) {
+    case CONDCONV_ALGO_GEMM_BATCHED:
+        return s->kh == 1 && s->kw == 1 && pads[0] == 0 && pads[1] == 0 && pads[2] == 0 && pads[3] == 0;
+    case CONDCONV_ALGO_DEPTHWISE_FUSED: return s->groups == s->cin;
+    default: return 1;
+    }
+}
+
+static void run_algo(condconv_context_t ctx, const golden *g, condconv_layer_t layer, condconv_routing routing,
+                     condconv_algo algo, const int pads[4])
+{
+    const char *algo_name = condconv_algo_name(algo);
+    const char *routing_name = routing == CONDCONV_ROUTING_EXTERNAL ? "external" : "sigmoid";
+    EXPECT_OK(condconv_layer_set_algo(layer, algo));
+    const condconv_status prep = condconv_prepare(layer, g->n, g->h, g->w);
+    if (algo != CONDCONV_ALGO_AUTO && !expected_applicable(algo, &g->spec, pads)) {
+        EXPECT(prep == CONDCONV_STATUS_NOT_SUPPORTED, "%s %s %s: prepare returned %s, expected NOT_SUPPORTED (%s)",
+               g->name, routing_name, algo_name, condconv_status_string(prep), condconv_last_error());
+        ++refusals;
+        return;
+    }
+    if (!EXPECT_OK(prep)) {
+        fprintf(stderr, "  %s %s %s\n", g->name, routing_name, algo_name);
+        return;
+    }
+    condconv_plan_info info;
+    EXPECT_OK(condconv_get_plan_info(layer, g->n, g->h, g->w, &info));
+    if (algo != CONDCONV_ALGO_AUTO)
+        EXPECT(info.algo == algo, "%s: forced %s, the plan runs %s", g->name, algo_name, condconv_algo_name(info.algo));
+    size_t ws_bytes = 0;
+    EXPECT_OK(condconv_get_workspace_size(layer, g->n, g->h, g->w, &ws_bytes));
+    float *dx = tu_dev_alloc(g->x_n), *dy = tu_dev_alloc(g->y_n), *dalpha = tu_dev_alloc(g->a_n);
+    float *dalpha_in = routing == CONDCONV_ROUTING_EXTERNAL ? tu_dev_alloc(g->a_n) : NULL;
+    void *dws = tu_dev_alloc_bytes(ws_bytes);
+    float *y = malloc(g->y_n * sizeof(float)), *alpha = malloc(g->a_n * sizeof(float));
+    tu_to_dev(dx, g->x, g->x_n);
+    if (dalpha_in) tu_to_dev(dalpha_in, g->alpha, g->a_n);
+    tu_dev_poison(dy, g->y_n);
+    tu_dev_poison(dalpha, g->a_n);
+    struct CUstream_st *stream;
+    EXPECT_OK(condconv_context_get_stream(ctx, &stream));
+    if (EXPECT_OK(condconv_forward(layer, g->n, g->h, g->w, dx, dy, dalpha_in, dalpha, dws, ws_bytes))) {
+        TU_CUDA(cudaStreamSynchronize(stream));
+        tu_to_host(y, dy, g->y_n);
+        tu_to_host(alpha, dalpha, g->a_n);
+        const size_t bad_y = tu_compare("y", y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL);
+        const size_t bad_a = tu_compare("alpha", alpha, g->alpha, NULL, g->a_n, dalpha_in ? 0.0 : ALPHA_ATOL, 0.0);
+        EXPECT(bad_y == 0 && bad_a == 0, "%s (%s params), %s routing, %s (plan: %s): differs from timm", g->name,
+               g->param_dtype, routing_name, algo_name, condconv_algo_name(info.algo));
+        ++runs;
+    }
+    TU_CUDA(cudaFree(dx));
+    TU_CUDA(cudaFree(dy));
+    TU_CUDA(cudaFree(dalpha));
+    TU_CUDA(cudaFree(dalpha_in));
+    TU_CUDA(cudaFree(dws));
+    free(y);
+    free(alpha);
+}
+
+static void run_case(condconv_context_t ctx, const golden *g)
+{
+    static const condconv_routing routings[] = {CONDCONV_ROUTING_SIGMOID, CONDCONV_ROUTING_EXTERNAL};
+    for (int r = 0; r < 2; ++r) {
+        condconv_layer_desc_t desc = golden_desc(g, routings[r]);
+        int ho = 0, wo = 0, pads[4] = {0};
+        EXPECT_OK(condconv_layer_desc_get_output_dims(desc, g->h, g->w, &ho, &wo, pads));
+        condconv_layer_t layer;
+        const char *routing_prefix = routings[r] == CONDCONV_ROUTING_EXTERNAL ? NULL : "routing_fn";
+        if (ho == g->out_h && wo == g->out_w &&
+            EXPECT_OK(condconv_layer_create_from_safetensors(ctx, desc, g->path, "conv", routing_prefix, &layer))) {
+            run_algo(ctx, g, layer, routings[r], CONDCONV_ALGO_AUTO, pads);
+            for (int a = CONDCONV_ALGO_CUDNN_GROUPED; a <= CONDCONV_ALGO_MIXTURE; ++a)
+                run_algo(ctx, g, layer, routings[r], (condconv_algo)a, pads);
+            condconv_layer_destroy(layer);
+        } else {
+            EXPECT(ho == g->out_h && wo == g->out_w, "%s: the library gives a %dx%d output, timm %dx%d", g->name, ho,
+                   wo, g->out_h, g->out_w);
+        }
+        condconv_layer_desc_destroy(desc);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    tu_require_gpu("test_golden_gpu");
+    const char *dir = argc > 1 ? argv[1] : CONDCONV_GOLDEN_DIR;
+    char **paths;
+    const int count = golden_list(dir, &paths);
+    EXPECT(count >= 10, "only %d golden files in %s", count, dir);
+    cudaStream_t stream;
+    TU_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    condconv_context_t ctx;
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_golden_gpu");
+    EXPECT_OK(condconv_context_set_stream(ctx, stream));
+    for (int i = 0; i < count; ++i) {
+        golden g;
+        if (golden_load(paths[i], &g) == 0)
+            run_case(ctx, &g);
+        else
+            tu_fail(__FILE__, __LINE__, "golden_load", "cannot read %s", paths[i]);
+        golden_free(&g);
+    }
+    EXPECT_OK(condconv_context_destroy(ctx));
+    TU_CUDA(cudaStreamDestroy(stream));
+    golden_free_list(paths, count);
+    printf("%d golden files: %d runs compared with timm, %d refusals of inapplicable algorithms\n", count, runs,
+           refusals);
+    return tu_finish("test_golden_gpu");
+}
