@@ -33,7 +33,7 @@ typedef struct cc_algo_state {
 typedef struct cc_forward_buffers {
     const float *x;
     float *y;
-    const float *alpha; /* [N][E], already computed */
+    const float *alpha;       /* [N][E], already computed */
     unsigned char *workspace; /* the algorithm's part, state.workspace_bytes long */
 } cc_forward_buffers;
 
@@ -56,8 +56,9 @@ void cc_algo_state_destroy(cc_algo_state *state);
 size_t cc_align256(size_t bytes);
 /* Fails with NOT_SUPPORTED unless every count fits the int that cuDNN,
  * cuBLAS and the kernels take. */
-condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc_geometry *geom, long long batch_channels_in,
-                                    long long batch_channels_out, const char *algo, const char *func);
+condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc_geometry *geom,
+                                    long long batch_channels_in, long long batch_channels_out, const char *algo,
+                                    const char *func);
 /* Sets up state->gather for asymmetric padding (1 if the input must be padded
  * into the workspace because cuDNN only pads symmetrically); the padded
  * input is gather_args.out_h x gather_args.out_w. */

@@ -56,8 +56,8 @@ condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc
         batch_channels_out > INT_MAX)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: %s needs tensors of fewer than 2^31 elements and N*channels < 2^31 (input has %llu "
-                       "elements, output %llu)", func, algo, (unsigned long long)geom->x_elems,
-                       (unsigned long long)geom->y_elems);
+                       "elements, output %llu)",
+                       func, algo, (unsigned long long)geom->x_elems, (unsigned long long)geom->y_elems);
     return CONDCONV_STATUS_SUCCESS;
 }
 

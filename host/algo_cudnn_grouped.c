@@ -21,9 +21,9 @@ static condconv_status grouped_check(const struct condconv_layer *layer, const c
     return CONDCONV_STATUS_SUCCESS;
 }
 
-static condconv_status grouped_prepare(const struct condconv_layer *layer, const cc_geometry *geom,
-                                       condconv_math math, condconv_algo_select select, cc_scratch *scratch,
-                                       cc_algo_state *state, const char *func)
+static condconv_status grouped_prepare(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math,
+                                       condconv_algo_select select, cc_scratch *scratch, cc_algo_state *state,
+                                       const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
     const int n = geom->n;

@@ -50,8 +50,9 @@ static condconv_status depthwise_check(const struct condconv_layer *layer, const
     if (cc_depthwise_fused_smem_bytes(&a) > CC_DEPTHWISE_MAX_SMEM || cc_depthwise_fused_tiles(&a) > 65535)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: depthwise_fused cannot tile a %dx%d kernel with dilation %dx%d and stride %dx%d over a "
-                       "%dx%d output", func, info->kernel_h, info->kernel_w, info->dilation_h, info->dilation_w,
-                       info->stride_h, info->stride_w, geom->out_h, geom->out_w);
+                       "%dx%d output",
+                       func, info->kernel_h, info->kernel_w, info->dilation_h, info->dilation_w, info->stride_h,
+                       info->stride_w, geom->out_h, geom->out_w);
     return cc_check_int_limits(layer, geom, (long long)geom->n * info->in_channels,
                                (long long)geom->n * info->out_channels, "depthwise_fused", func);
 }

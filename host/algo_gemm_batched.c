@@ -15,8 +15,8 @@
 
 static int needs_im2col(const condconv_layer_info *info, const cc_geometry *geom)
 {
-    return info->kernel_h != 1 || info->kernel_w != 1 || info->stride_h != 1 || info->stride_w != 1 ||
-           geom->pad_top || geom->pad_bottom || geom->pad_left || geom->pad_right;
+    return info->kernel_h != 1 || info->kernel_w != 1 || info->stride_h != 1 || info->stride_w != 1 || geom->pad_top ||
+           geom->pad_bottom || geom->pad_left || geom->pad_right;
 }
 
 static condconv_status gemm_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
@@ -71,8 +71,8 @@ static condconv_status gemm_prepare(const struct condconv_layer *layer, const cc
     return CONDCONV_STATUS_SUCCESS;
 }
 
-static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geometry *geom,
-                                const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
+static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
+                                const cc_forward_buffers *buffers, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
     const float *filters = (const float *)(const void *)(buffers->workspace + state->off_filters);
@@ -89,10 +89,10 @@ static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geo
      * B = W_b (K x Cout/g, ld K), C = Y_b (P x Cout/g, ld P). */
     CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const cublasStatus_t err = cublasGemmStridedBatchedEx(
-        layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, k, &one, x, CUDA_R_32F, p, (long long)k * p,
-        filters, CUDA_R_32F, k, (long long)cout_g * k, &zero, buffers->y, CUDA_R_32F, p,
-        (long long)cout_g * p, geom->n * info->groups,
-        state->math == CONDCONV_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, k, &one, x, CUDA_R_32F, p, (long long)k * p, filters,
+        CUDA_R_32F, k, (long long)cout_g * k, &zero, buffers->y, CUDA_R_32F, p, (long long)cout_g * p,
+        geom->n * info->groups, state->math == CONDCONV_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT);
     CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(cc_cublas_status(err, "cublasGemmStridedBatchedEx", func));
     return cc_run_bias_activation(layer, geom, buffers->y, biases, func);

@@ -26,9 +26,9 @@ static condconv_status mixture_check(const struct condconv_layer *layer, const c
                                "mixture", func);
 }
 
-static condconv_status mixture_prepare(const struct condconv_layer *layer, const cc_geometry *geom,
-                                       condconv_math math, condconv_algo_select select, cc_scratch *scratch,
-                                       cc_algo_state *state, const char *func)
+static condconv_status mixture_prepare(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math,
+                                       condconv_algo_select select, cc_scratch *scratch, cc_algo_state *state,
+                                       const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
     state->algo = CONDCONV_ALGO_MIXTURE;
@@ -70,15 +70,14 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
     const float *x;
     CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
     CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
-    const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, layer->weights->dev_experts_grouped,
-                                                 NULL, z, buffers->workspace + state->off_conv_workspace, func);
+    const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, layer->weights->dev_experts_grouped, NULL,
+                                                 z, buffers->workspace + state->off_conv_workspace, func);
     CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(st);
     CC_PHASE_BEGIN(CC_PHASE_EPILOGUE, "condconv.epilogue", layer->ctx->stream);
-    const cudaError_t err = cc_launch_mixture_combine(z, buffers->alpha, layer->weights->dev_expert_bias, buffers->y,
-                                                      geom->n, info->out_channels, info->groups, info->num_experts,
-                                                      (long long)geom->out_h * geom->out_w, (int)info->activation,
-                                                      layer->ctx->stream);
+    const cudaError_t err = cc_launch_mixture_combine(
+        z, buffers->alpha, layer->weights->dev_expert_bias, buffers->y, geom->n, info->out_channels, info->groups,
+        info->num_experts, (long long)geom->out_h * geom->out_w, (int)info->activation, layer->ctx->stream);
     CC_PHASE_END(CC_PHASE_EPILOGUE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_mixture_combine", func);
 }

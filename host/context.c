@@ -81,7 +81,8 @@ condconv_status cc_context_require_gpu(condconv_context_t ctx, const char *func)
     if (ctx->device == CONDCONV_DEVICE_CPU)
         return cc_fail(CONDCONV_STATUS_NO_DEVICE,
                        "%s: the layer's context is CPU-only (CONDCONV_DEVICE_CPU); use condconv_forward_cpu or a GPU "
-                       "context", func);
+                       "context",
+                       func);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -110,8 +111,7 @@ condconv_status cc_context_gpu_begin(condconv_context_t ctx, const char *func)
 {
     CC_TRY(cc_context_set_device(ctx, func));
     if (ctx->cudnn && ctx->cublas) return CONDCONV_STATUS_SUCCESS;
-    if (ctx->cublas_workspace == NULL)
-        CC_CUDA_TRY(cudaMalloc(&ctx->cublas_workspace, CC_CUBLAS_WORKSPACE_BYTES), func);
+    if (ctx->cublas_workspace == NULL) CC_CUDA_TRY(cudaMalloc(&ctx->cublas_workspace, CC_CUBLAS_WORKSPACE_BYTES), func);
     if (ctx->cudnn == NULL) CC_CUDNN_TRY(cudnnCreate(&ctx->cudnn), func);
     if (ctx->cublas == NULL) CC_CUBLAS_TRY(cublasCreate(&ctx->cublas), func);
     return bind_stream(ctx, func);

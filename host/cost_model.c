@@ -29,7 +29,8 @@ condconv_status condconv_cost_model(condconv_layer_desc_t desc, int n, int h, in
     c.routing_params = ps.routing_weight_elems + ps.routing_bias_elems;
     c.params = c.expert_params + c.bias_params + c.routing_params;
 
-    uint64_t agg_elems, epilogue_pixels, min_elems, materialized_extra;
+    /* Zero, not indeterminate, when the && chain below stops at an overflow. */
+    uint64_t agg_elems = 0, epilogue_pixels = 0, min_elems = 0, materialized_extra = 0;
     int ok = cc_mul4_u64(N, ps.filter_elems, out_pixels, 1, &c.conv_macs) &&
              cc_mul4_u64(N, E, per_sample_filter, 1, &agg_elems) &&
              cc_mul4_u64(N, (uint64_t)info->out_channels, out_pixels, 1, &epilogue_pixels) &&

@@ -14,8 +14,8 @@ condconv_status cc_cudnn_status(cudnnStatus_t err, const char *call, const char 
 condconv_status cc_cublas_status(cublasStatus_t err, const char *call, const char *func);
 
 /* Return from the enclosing function on failure; the message names `call`. */
-#define CC_CUDA_TRY(call, func) CC_TRY(cc_cuda_status((call), #call, func))
-#define CC_CUDNN_TRY(call, func) CC_TRY(cc_cudnn_status((call), #call, func))
+#define CC_CUDA_TRY(call, func)   CC_TRY(cc_cuda_status((call), #call, func))
+#define CC_CUDNN_TRY(call, func)  CC_TRY(cc_cudnn_status((call), #call, func))
 #define CC_CUBLAS_TRY(call, func) CC_TRY(cc_cublas_status((call), #call, func))
 
 #endif

@@ -56,11 +56,11 @@ static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math mat
                  func);
     if (on != s->n || oc != s->k || oh != s->out_h || ow != s->out_w)
         return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR,
-                       "%s: cuDNN computes output %dx%dx%dx%d where condconv expects %dx%dx%dx%d", func, on, oc, oh,
-                       ow, s->n, s->k, s->out_h, s->out_w);
-    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->n, s->k, s->out_h,
-                                            s->out_w),
-                 func);
+                       "%s: cuDNN computes output %dx%dx%dx%d where condconv expects %dx%dx%dx%d", func, on, oc, oh, ow,
+                       s->n, s->k, s->out_h, s->out_w);
+    CC_CUDNN_TRY(
+        cudnnSetTensor4dDescriptor(conv->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->n, s->k, s->out_h, s->out_w),
+        func);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -85,13 +85,12 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
         CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
         CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s,
                               &w, func));
-        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y,
-                              func));
+        CC_TRY(
+            cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y, func));
         CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, max_ws, &ws, func));
-        CC_CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(ctx->cudnn, conv->x_desc, x, conv->w_desc, w,
-                                                            conv->conv_desc, conv->y_desc, y,
-                                                            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf, ws,
-                                                            max_ws),
+        CC_CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(
+                         ctx->cudnn, conv->x_desc, x, conv->w_desc, w, conv->conv_desc, conv->y_desc, y,
+                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf, ws, max_ws),
                      func);
     }
     /* Both lists are sorted best first (measured time, or cuDNN's estimate). */

@@ -11,11 +11,11 @@
 #include "scratch.h"
 
 typedef struct cc_conv_shape {
-    int n, c, h, w;       /* input */
-    int k, r, s;          /* filters: k x (c / groups) x r x s */
+    int n, c, h, w; /* input */
+    int k, r, s;    /* filters: k x (c / groups) x r x s */
     int groups;
     int pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
-    int out_h, out_w;     /* what the caller expects; checked against cuDNN */
+    int out_h, out_w; /* what the caller expects; checked against cuDNN */
 } cc_conv_shape;
 
 typedef struct cc_cudnn_conv {

@@ -40,13 +40,12 @@ const char *condconv_last_error(void) { return cc_last_message; }
 
 int condconv_version(void) { return CONDCONV_VERSION; }
 
-condconv_status cc_fail(condconv_status status, const char *fmt, ...)
+void cc_record_error(condconv_status status, const char *fmt, ...)
 {
     int prefix = snprintf(cc_last_message, sizeof cc_last_message, "%s: ", condconv_status_string(status));
-    if (prefix < 0 || (size_t)prefix >= sizeof cc_last_message) return status;
+    if (prefix < 0 || (size_t)prefix >= sizeof cc_last_message) return;
     va_list args;
     va_start(args, fmt);
     vsnprintf(cc_last_message + prefix, sizeof cc_last_message - (size_t)prefix, fmt, args);
     va_end(args);
-    return status;
 }

@@ -15,20 +15,27 @@
 #define CC_PRINTF(fmt_index, first_arg)
 #endif
 
-/* Records "<status name>: <message>" for condconv_last_error and returns status. */
-condconv_status cc_fail(condconv_status status, const char *fmt, ...) CC_PRINTF(2, 3);
+/* Records "<status name>: <message>" for condconv_last_error. */
+void cc_record_error(condconv_status status, const char *fmt, ...) CC_PRINTF(2, 3);
+
+/* Records the message and evaluates to `status`, which is evaluated twice:
+ * pass a constant or a variable. A macro rather than a function in error.c,
+ * so that whoever reads the caller, static analysis included, sees that a
+ * failure comes back as the status it was given, and never follows a failed
+ * check as though it had succeeded. */
+#define cc_fail(status, ...) (cc_record_error((status), __VA_ARGS__), (status))
 
 /* Propagates a failure: the callee already set the message. */
-#define CC_TRY(expr)                                                                                           \
-    do {                                                                                                       \
-        condconv_status cc_try_status_ = (expr);                                                               \
-        if (cc_try_status_ != CONDCONV_STATUS_SUCCESS) return cc_try_status_;                                  \
+#define CC_TRY(expr)                                                                                                   \
+    do {                                                                                                               \
+        condconv_status cc_try_status_ = (expr);                                                                       \
+        if (cc_try_status_ != CONDCONV_STATUS_SUCCESS) return cc_try_status_;                                          \
     } while (0)
 
 /* Returns CONDCONV_STATUS_NULL_POINTER naming the argument when it is NULL. */
-#define CC_CHECK_NOT_NULL(ptr, func)                                                                           \
-    do {                                                                                                       \
-        if ((ptr) == NULL) return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: argument '%s' is NULL", func, #ptr); \
+#define CC_CHECK_NOT_NULL(ptr, func)                                                                                   \
+    do {                                                                                                               \
+        if ((ptr) == NULL) return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: argument '%s' is NULL", func, #ptr);      \
     } while (0)
 
 #endif

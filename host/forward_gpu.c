@@ -74,9 +74,10 @@ condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, co
     cc_plan *plan;
     CC_TRY(cc_plan_get(layer, n, h, w, &plan, func));
     if (workspace_bytes < plan->workspace_bytes)
-        return cc_fail(CONDCONV_STATUS_WORKSPACE_TOO_SMALL,
-                       "%s: workspace of %zu bytes given, %zu needed for N=%d, H=%d, W=%d (condconv_get_workspace_size)",
-                       func, workspace_bytes, plan->workspace_bytes, n, h, w);
+        return cc_fail(
+            CONDCONV_STATUS_WORKSPACE_TOO_SMALL,
+            "%s: workspace of %zu bytes given, %zu needed for N=%d, H=%d, W=%d (condconv_get_workspace_size)", func,
+            workspace_bytes, plan->workspace_bytes, n, h, w);
     if (plan->workspace_bytes > 0 && workspace == NULL)
         return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: workspace is NULL but %zu bytes are needed", func,
                        plan->workspace_bytes);
@@ -102,10 +103,9 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(cc_context_set_device(layer->ctx, func));
     CC_NVTX_PUSH("condconv.route");
-    const cudaError_t err = cc_launch_routing(x, wt->dev_routing_weight_t, wt->dev_routing_bias, routing_out, n,
-                                              info->in_channels, (long long)h * w, info->num_experts,
-                                              info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature,
-                                              layer->ctx->stream);
+    const cudaError_t err = cc_launch_routing(
+        x, wt->dev_routing_weight_t, wt->dev_routing_bias, routing_out, n, info->in_channels, (long long)h * w,
+        info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature, layer->ctx->stream);
     CC_NVTX_POP();
     return cc_cuda_status(err, "cc_launch_routing", func);
 }

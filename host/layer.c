@@ -56,8 +56,8 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t bias_bytes = (size_t)w->sizes.bias_elems * sizeof(float);
     const size_t rw_bytes = (size_t)w->sizes.routing_weight_elems * sizeof(float);
     const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
-    const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) +
-                         align_up(rw_bytes) + align_up(rb_bytes);
+    const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) + align_up(rw_bytes) +
+                         align_up(rb_bytes);
     if (total < experts_bytes)
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the device copy of the parameters overflows size_t", func);
     CC_CUDA_TRY(cudaMalloc(&w->dev_block, total), func);
@@ -100,8 +100,7 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
 
 static condconv_status check_params(const condconv_layer_info *info, const condconv_params *params, const char *func)
 {
-    if (params->experts == NULL)
-        return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: params->experts is NULL", func);
+    if (params->experts == NULL) return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: params->experts is NULL", func);
     if (info->has_bias && params->expert_bias == NULL)
         return cc_fail(CONDCONV_STATUS_NULL_POINTER,
                        "%s: the descriptor says the experts have biases but params->expert_bias is NULL", func);
@@ -122,8 +121,7 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
     const condconv_layer_info *info = &desc->info;
     CC_TRY(cc_layer_info_validate(info, func));
     if (info->dtype != CONDCONV_DTYPE_F32)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_DTYPE_F32 layers are supported so far",
-                       func);
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_DTYPE_F32 layers are supported so far", func);
     if (info->layout != CONDCONV_LAYOUT_NCHW)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_LAYOUT_NCHW layers are supported so far",
                        func);
@@ -154,7 +152,7 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
         (sizes.routing_weight_elems && w->routing_weight == NULL) ||
         (sizes.routing_bias_elems && w->routing_bias == NULL))
         s = cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory for %llu parameters", func,
-                    (unsigned long long)(sizes.experts_elems + sizes.bias_elems + sizes.routing_weight_elems));
+                    (unsigned long long)sizes.experts_elems + sizes.bias_elems + sizes.routing_weight_elems);
     if (s == CONDCONV_STATUS_SUCCESS && context->device != CONDCONV_DEVICE_CPU) {
         s = cc_context_set_device(context, func);
         if (s == CONDCONV_STATUS_SUCCESS) s = upload_weights(w, func);

@@ -57,8 +57,8 @@ static condconv_status check_conv(int in_channels, int out_channels, int kernel_
         return cc_fail(CONDCONV_STATUS_BAD_SIZE, "%s: stride must be positive (stride_h=%d, stride_w=%d)", func,
                        stride_h, stride_w);
     if (dilation_h <= 0 || dilation_w <= 0)
-        return cc_fail(CONDCONV_STATUS_BAD_SIZE, "%s: dilation must be positive (dilation_h=%d, dilation_w=%d)",
-                       func, dilation_h, dilation_w);
+        return cc_fail(CONDCONV_STATUS_BAD_SIZE, "%s: dilation must be positive (dilation_h=%d, dilation_w=%d)", func,
+                       dilation_h, dilation_w);
     if (groups <= 0) return cc_fail(CONDCONV_STATUS_BAD_SIZE, "%s: groups must be positive (groups=%d)", func, groups);
     if (in_channels % groups != 0 || out_channels % groups != 0)
         return cc_fail(CONDCONV_STATUS_BAD_GROUPS,
@@ -73,8 +73,8 @@ condconv_status condconv_layer_desc_set_conv(condconv_layer_desc_t desc, int in_
 {
     static const char func[] = "condconv_layer_desc_set_conv";
     CC_CHECK_NOT_NULL(desc, func);
-    CC_TRY(check_conv(in_channels, out_channels, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
-                      groups, func));
+    CC_TRY(check_conv(in_channels, out_channels, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, groups,
+                      func));
     condconv_layer_info *info = &desc->info;
     info->in_channels = in_channels;
     info->out_channels = out_channels;
@@ -177,8 +177,7 @@ static condconv_status check_format(condconv_dtype dtype, condconv_layout layout
     return CONDCONV_STATUS_SUCCESS;
 }
 
-condconv_status condconv_layer_desc_set_format(condconv_layer_desc_t desc, condconv_dtype dtype,
-                                               condconv_layout layout)
+condconv_status condconv_layer_desc_set_format(condconv_layer_desc_t desc, condconv_dtype dtype, condconv_layout layout)
 {
     static const char func[] = "condconv_layer_desc_set_format";
     CC_CHECK_NOT_NULL(desc, func);
@@ -199,8 +198,10 @@ condconv_status condconv_layer_desc_get_info(condconv_layer_desc_t desc, condcon
 condconv_status cc_layer_info_validate(const condconv_layer_info *info, const char *func)
 {
     if (info->in_channels == 0 && info->out_channels == 0)
-        return cc_fail(CONDCONV_STATUS_BAD_SIZE, "%s: the descriptor's convolution shape was never set "
-                                                 "(call condconv_layer_desc_set_conv)", func);
+        return cc_fail(CONDCONV_STATUS_BAD_SIZE,
+                       "%s: the descriptor's convolution shape was never set "
+                       "(call condconv_layer_desc_set_conv)",
+                       func);
     CC_TRY(check_conv(info->in_channels, info->out_channels, info->kernel_h, info->kernel_w, info->stride_h,
                       info->stride_w, info->dilation_h, info->dilation_w, info->groups, func));
     CC_TRY(check_padding(info->padding_mode, info->pad_h, info->pad_w, func));
@@ -229,9 +230,8 @@ condconv_status cc_param_sizes_make(const condconv_layer_info *info, cc_param_si
                      (uint64_t)info->kernel_h, (uint64_t)info->kernel_w, &s.filter_elems) ||
         !cc_mul_u64(E, s.filter_elems, &s.experts_elems))
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW,
-                       "%s: E=%d experts of %d x %d x %d x %d weights overflow a 64-bit count", func,
-                       info->num_experts, info->out_channels, info->in_channels / info->groups, info->kernel_h,
-                       info->kernel_w);
+                       "%s: E=%d experts of %d x %d x %d x %d weights overflow a 64-bit count", func, info->num_experts,
+                       info->out_channels, info->in_channels / info->groups, info->kernel_h, info->kernel_w);
     CC_TRY(check_bytes(s.experts_elems, es, "the expert kernels", func));
     s.bias_elems = info->has_bias ? E * (uint64_t)info->out_channels : 0;
     if (info->routing != CONDCONV_ROUTING_EXTERNAL) {
@@ -272,8 +272,8 @@ condconv_status cc_geometry_make(const condconv_layer_info *info, int n, int h, 
     axis_geometry(info, w, info->kernel_w, info->stride_w, info->dilation_w, info->pad_w, &ow, &pl, &pr);
     if (oh <= 0 || ow <= 0)
         return cc_fail(CONDCONV_STATUS_EMPTY_OUTPUT,
-                       "%s: a %dx%d input with kernel %dx%d, dilation %dx%d, padding %dx%d gives an empty output",
-                       func, h, w, info->kernel_h, info->kernel_w, info->dilation_h, info->dilation_w, info->pad_h,
+                       "%s: a %dx%d input with kernel %dx%d, dilation %dx%d, padding %dx%d gives an empty output", func,
+                       h, w, info->kernel_h, info->kernel_w, info->dilation_h, info->dilation_w, info->pad_h,
                        info->pad_w);
     if (oh > INT32_MAX || ow > INT32_MAX || pb > INT32_MAX || pr > INT32_MAX)
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: output size %lldx%lld does not fit an int", func,
@@ -290,8 +290,8 @@ condconv_status cc_geometry_make(const condconv_layer_info *info, int n, int h, 
     g.pad_right = (int)pr;
     const size_t es = cc_dtype_size(info->dtype);
     if (!cc_mul4_u64((uint64_t)n, (uint64_t)info->in_channels, (uint64_t)h, (uint64_t)w, &g.x_elems))
-        return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the input %d x %d x %d x %d overflows a 64-bit count",
-                       func, n, info->in_channels, h, w);
+        return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the input %d x %d x %d x %d overflows a 64-bit count", func,
+                       n, info->in_channels, h, w);
     CC_TRY(check_bytes(g.x_elems, es, "the input", func));
     if (!cc_mul4_u64((uint64_t)n, (uint64_t)info->out_channels, (uint64_t)oh, (uint64_t)ow, &g.y_elems))
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the output %d x %d x %lld x %lld overflows a 64-bit count",

@@ -15,9 +15,9 @@ struct condconv_layer_desc {
 /* Element counts of one layer's parameters; all checked against overflow of
  * the byte counts in the layer's dtype. */
 typedef struct cc_param_sizes {
-    uint64_t filter_elems;  /* |W| = Cout * Cin/groups * kh * kw */
-    uint64_t experts_elems; /* E * |W| */
-    uint64_t bias_elems;    /* E * Cout, or 0 without bias */
+    uint64_t filter_elems;         /* |W| = Cout * Cin/groups * kh * kw */
+    uint64_t experts_elems;        /* E * |W| */
+    uint64_t bias_elems;           /* E * Cout, or 0 without bias */
     uint64_t routing_weight_elems; /* E * Cin, or 0 with external routing */
     uint64_t routing_bias_elems;   /* E, or 0 with external routing */
 } cc_param_sizes;

@@ -9,10 +9,10 @@
 #if defined(CONDCONV_WITH_NVTX) && CONDCONV_WITH_NVTX
 #include <nvtx3/nvToolsExt.h>
 #define CC_NVTX_PUSH(name) ((void)nvtxRangePushA(name))
-#define CC_NVTX_POP() ((void)nvtxRangePop())
+#define CC_NVTX_POP()      ((void)nvtxRangePop())
 #else
 #define CC_NVTX_PUSH(name) ((void)0)
-#define CC_NVTX_POP() ((void)0)
+#define CC_NVTX_POP()      ((void)0)
 #endif
 
 #endif

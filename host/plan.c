@@ -17,8 +17,8 @@
 /* AUTO ignores candidates whose workspace exceeds this (the mixture's
  * E-times-wider intermediate at large batch); forcing one still works. */
 #define CC_AUTO_MAX_WORKSPACE ((size_t)1 << 30)
-#define CC_MEASURE_WARMUP 2
-#define CC_MEASURE_REPS 7
+#define CC_MEASURE_WARMUP     2
+#define CC_MEASURE_REPS       7
 
 cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
 {
@@ -63,10 +63,10 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
     } else {
         float *dst = routing_out != NULL ? routing_out : (float *)workspace;
         CC_PHASE_BEGIN(CC_PHASE_ROUTE, "condconv.route", stream);
-        const cudaError_t err = cc_launch_routing(x, w->dev_routing_weight_t, w->dev_routing_bias, dst, plan->n,
-                                                  info->in_channels, (long long)plan->h * plan->w, info->num_experts,
-                                                  info->routing == CONDCONV_ROUTING_SOFTMAX,
-                                                  1.0f / info->temperature, stream);
+        const cudaError_t err =
+            cc_launch_routing(x, w->dev_routing_weight_t, w->dev_routing_bias, dst, plan->n, info->in_channels,
+                              (long long)plan->h * plan->w, info->num_experts,
+                              info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature, stream);
         CC_PHASE_END(CC_PHASE_ROUTE, stream);
         st = cc_cuda_status(err, "cc_launch_routing", func);
         alpha = dst;
@@ -103,7 +103,8 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
         if (st == CONDCONV_STATUS_SUCCESS) st = cc_plan_execute(layer, plan, x, y, alpha, NULL, ws, func);
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cuda_status(cudaEventRecord(stop, layer->ctx->stream), "cudaEventRecord", func);
-        if (st == CONDCONV_STATUS_SUCCESS) st = cc_cuda_status(cudaEventSynchronize(stop), "cudaEventSynchronize", func);
+        if (st == CONDCONV_STATUS_SUCCESS)
+            st = cc_cuda_status(cudaEventSynchronize(stop), "cudaEventSynchronize", func);
         float ms = 0.0f;
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cuda_status(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime", func);
@@ -156,7 +157,8 @@ static condconv_status check_not_capturing(condconv_context_t ctx, const char *f
         if (err != cudaSuccess) (void)cudaGetLastError();
         return cc_fail(CONDCONV_STATUS_NOT_PREPARED,
                        "%s: this input shape has no plan and the stream is being captured into a CUDA graph; call "
-                       "condconv_prepare for it before capturing", func);
+                       "condconv_prepare for it before capturing",
+                       func);
     }
     return cc_cuda_status(err, "cudaStreamIsCapturing", func);
 }
@@ -172,8 +174,8 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
     int best = -1;
     for (int a = 1; a < CONDCONV_ALGO_COUNT && st == CONDCONV_STATUS_SUCCESS; ++a) {
         if (!info->applicable[a]) continue;
-        st = cc_algo_lookup((condconv_algo)a)->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_MEASURE, scratch,
-                                                       &states[a], func);
+        st = cc_algo_lookup((condconv_algo)a)
+                 ->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_MEASURE, scratch, &states[a], func);
         if (st == CONDCONV_STATUS_NOT_SUPPORTED) { /* e.g. cuDNN has no kernel for it */
             info->applicable[a] = 0;
             st = CONDCONV_STATUS_SUCCESS;
@@ -212,19 +214,17 @@ static condconv_status choose_by_rule(struct condconv_layer *layer, cc_plan *pla
     const char *why = "";
     const condconv_algo choice = heuristic_choice(layer, &plan->geom, plan->info.applicable, &why);
     condconv_status st = cc_algo_lookup(choice)->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC,
-                                                        scratch, &plan->state, func);
+                                                         scratch, &plan->state, func);
     if (st == CONDCONV_STATUS_NOT_SUPPORTED && choice != CONDCONV_ALGO_CUDNN_GROUPED) {
         why = "heuristic: fallback to cuDNN with the batch as groups";
-        st = cc_algo_lookup(CONDCONV_ALGO_CUDNN_GROUPED)->prepare(layer, &plan->geom, plan->math,
-                                                                   CONDCONV_SELECT_HEURISTIC, scratch, &plan->state,
-                                                                   func);
+        st = cc_algo_lookup(CONDCONV_ALGO_CUDNN_GROUPED)
+                 ->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC, scratch, &plan->state, func);
     }
     if (st == CONDCONV_STATUS_SUCCESS) snprintf(plan->info.reason, sizeof plan->info.reason, "%s", why);
     return st;
 }
 
-static condconv_status plan_create(struct condconv_layer *layer, int n, int h, int w, cc_plan **out,
-                                   const char *func)
+static condconv_status plan_create(struct condconv_layer *layer, int n, int h, int w, cc_plan **out, const char *func)
 {
     condconv_context_t ctx = layer->ctx;
     const condconv_layer_info *info = &layer->weights->info;
@@ -234,6 +234,7 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
     CC_TRY(cc_context_gpu_begin(ctx, func));
     if (layer->plan_count == layer->plan_capacity) {
         const int cap = layer->plan_capacity ? 2 * layer->plan_capacity : 4;
+        /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers, sized by the pointer, as meant */
         cc_plan **grown = realloc(layer->plans, sizeof *grown * (size_t)cap);
         if (grown == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
         layer->plans = grown;
@@ -264,8 +265,7 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
         st = ops->check(layer, &geom, func); /* again, for its message */
         if (st == CONDCONV_STATUS_SUCCESS)
             st = ops->prepare(layer, &geom, plan->math, ctx->select, &scratch, &plan->state, func);
-        if (st == CONDCONV_STATUS_SUCCESS)
-            snprintf(pi->reason, sizeof pi->reason, "forced by condconv_layer_set_algo");
+        if (st == CONDCONV_STATUS_SUCCESS) snprintf(pi->reason, sizeof pi->reason, "forced by condconv_layer_set_algo");
     } else if (ctx->select == CONDCONV_SELECT_HEURISTIC) {
         st = choose_by_rule(layer, plan, &scratch, func);
     } else {

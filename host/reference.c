@@ -22,7 +22,7 @@ void cc_reference_route(const condconv_layer_info *info, const cc_host_params *p
 {
     const int C = info->in_channels, E = info->num_experts;
     const size_t hw = (size_t)geom->h * (size_t)geom->w;
-    double logits[CONDCONV_MAX_EXPERTS];
+    double logits[CONDCONV_MAX_EXPERTS] = {0};
     for (int n = 0; n < geom->n; ++n) {
         for (int e = 0; e < E; ++e) logits[e] = params->routing_bias ? params->routing_bias[e] : 0.0;
         for (int c = 0; c < C; ++c) {
@@ -30,7 +30,8 @@ void cc_reference_route(const condconv_layer_info *info, const cc_host_params *p
             double sum = 0.0;
             for (size_t i = 0; i < hw; ++i) sum += plane[i];
             const double mean = sum / (double)hw;
-            for (int e = 0; e < E; ++e) logits[e] += (double)params->routing_weight[(size_t)e * (size_t)C + (size_t)c] * mean;
+            for (int e = 0; e < E; ++e)
+                logits[e] += (double)params->routing_weight[(size_t)e * (size_t)C + (size_t)c] * mean;
         }
         double *a = alpha + (size_t)n * (size_t)E;
         if (info->routing == CONDCONV_ROUTING_SOFTMAX) {
@@ -80,11 +81,15 @@ void cc_reference_conv_sample(const condconv_layer_info *info, const cc_geometry
                     for (int ky = 0; ky < KH; ++ky) {
                         const long iy = (long)oy * info->stride_h - geom->pad_top + (long)ky * info->dilation_h;
                         if (iy < 0 || iy >= geom->h) continue;
+                        /* Where row ky of the filter and row iy of the input begin. */
+                        const size_t w_row =
+                            (((size_t)o * (size_t)cin_g + (size_t)i) * (size_t)KH + (size_t)ky) * (size_t)KW;
+                        const size_t x_row = ((size_t)c * (size_t)geom->h + (size_t)iy) * (size_t)geom->w;
                         for (int kx = 0; kx < KW; ++kx) {
                             const long ix = (long)ox * info->stride_w - geom->pad_left + (long)kx * info->dilation_w;
                             if (ix < 0 || ix >= geom->w) continue;
-                            const double wv = filter[(((size_t)o * (size_t)cin_g + (size_t)i) * (size_t)KH + (size_t)ky) * (size_t)KW + (size_t)kx];
-                            const double xv = x[((size_t)c * (size_t)geom->h + (size_t)iy) * (size_t)geom->w + (size_t)ix];
+                            const double wv = filter[w_row + (size_t)kx];
+                            const double xv = x[x_row + (size_t)ix];
                             sum += wv * xv;
                         }
                     }
@@ -103,9 +108,10 @@ condconv_status cc_reference_forward(const condconv_layer_info *info, const cc_h
     const int E = info->num_experts;
     const size_t filter_elems = (size_t)info->out_channels * (size_t)(info->in_channels / info->groups) *
                                 (size_t)info->kernel_h * (size_t)info->kernel_w;
-    double *alpha = malloc(sizeof(double) * (size_t)geom->n * (size_t)E);
-    double *filter = malloc(sizeof(double) * filter_elems);
-    double *bias = malloc(sizeof(double) * (size_t)info->out_channels);
+    /* Zeroed: no path, however the sizes relate, reads an indeterminate value. */
+    double *alpha = calloc((size_t)geom->n * (size_t)E, sizeof(double));
+    double *filter = calloc(filter_elems, sizeof(double));
+    double *bias = calloc((size_t)info->out_channels, sizeof(double));
     if (alpha == NULL || filter == NULL || bias == NULL) {
         free(alpha);
         free(filter);

@@ -55,7 +55,7 @@ void cc_st_printable(const char *name, char *out, size_t out_size)
     }
     for (size_t i = 0; i < keep; ++i) {
         const unsigned char c = (unsigned char)name[i];
-        out[i] = (c < 0x20u || c == 0x7Fu) ? '?' : (char)c;
+        out[i] = (char)((c < 0x20u || c == 0x7Fu) ? '?' : c);
     }
     if (cut) {
         memcpy(out + keep, "...", 3);
@@ -276,6 +276,10 @@ static condconv_status parse_metadata(const json_t *entry, parse_state *ps)
     if (!json_is_object(entry))
         return cc_fail(CONDCONV_STATUS_BAD_FILE, "%s: %s: \"__metadata__\" is %s, not an object", ps->func, ps->source,
                        json_type_name(entry));
+    /* Unreachable while the header is loaded with JSON_REJECT_DUPLICATES; without
+     * this check a second "__metadata__" would leak the first one's table. */
+    if (ps->out.meta != NULL)
+        return cc_fail(CONDCONV_STATUS_BAD_FILE, "%s: %s: \"__metadata__\" appears twice", ps->func, ps->source);
     const size_t n = json_object_size(entry);
     ps->out.meta = calloc(n ? n : 1, sizeof *ps->out.meta);
     if (ps->out.meta == NULL)
@@ -310,12 +314,13 @@ static int by_begin(const void *a, const void *b)
 static condconv_status check_overlap(const parse_state *ps)
 {
     const cc_st_file *f = &ps->out;
+    /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers, sized by the pointer, as meant */
     const cc_st_tensor **order = malloc((f->count ? f->count : 1) * sizeof *order);
     if (order == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: %s: out of host memory", ps->func, ps->source);
     size_t n = 0;
     for (size_t i = 0; i < f->count; ++i)
         if (f->tensors[i].end > f->tensors[i].begin) order[n++] = &f->tensors[i];
-    qsort(order, n, sizeof *order, by_begin);
+    qsort(order, n, sizeof *order, by_begin); /* NOLINT(bugprone-sizeof-expression): as above */
     condconv_status s = CONDCONV_STATUS_SUCCESS;
     for (size_t i = 1; i < n && s == CONDCONV_STATUS_SUCCESS; ++i) {
         const cc_st_tensor *a = order[i - 1], *b = order[i];

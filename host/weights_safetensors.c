@@ -21,16 +21,13 @@ typedef struct layer_tensors {
  * holds one layer). malloc'd; NULL when out of memory. */
 static char *tensor_name(const char *prefix, const char *suffix)
 {
-    const size_t p = strlen(prefix), s = strlen(suffix);
-    char *name = malloc(p + s + 2);
+    const size_t size = strlen(prefix) + strlen(suffix) + 2;
+    char *name = malloc(size);
     if (name == NULL) return NULL;
-    if (p == 0) {
-        memcpy(name, suffix, s + 1);
-    } else {
-        memcpy(name, prefix, p);
-        name[p] = '.';
-        memcpy(name + p + 1, suffix, s + 1);
-    }
+    if (*prefix == '\0')
+        snprintf(name, size, "%s", suffix);
+    else
+        snprintf(name, size, "%s.%s", prefix, suffix);
     return name;
 }
 

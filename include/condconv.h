@@ -44,7 +44,7 @@ extern "C" {
 #define CONDCONV_VERSION_MAJOR 0
 #define CONDCONV_VERSION_MINOR 1
 #define CONDCONV_VERSION_PATCH 0
-#define CONDCONV_VERSION (CONDCONV_VERSION_MAJOR * 10000 + CONDCONV_VERSION_MINOR * 100 + CONDCONV_VERSION_PATCH)
+#define CONDCONV_VERSION       (CONDCONV_VERSION_MAJOR * 10000 + CONDCONV_VERSION_MINOR * 100 + CONDCONV_VERSION_PATCH)
 
 /* Largest number of experts a layer may have. */
 #define CONDCONV_MAX_EXPERTS 128
@@ -102,9 +102,9 @@ CONDCONV_API int condconv_version(void);
 /* ------------------------------------------------------------------------ */
 
 typedef enum condconv_routing {
-    CONDCONV_ROUTING_SIGMOID = 0,  /* CondConv: sigmoid(FC(GAP(x))) */
-    CONDCONV_ROUTING_SOFTMAX = 1,  /* Dynamic Convolution: softmax(FC(GAP(x)) / temperature) */
-    CONDCONV_ROUTING_EXTERNAL = 2  /* the caller passes alpha [N][E] to each forward */
+    CONDCONV_ROUTING_SIGMOID = 0, /* CondConv: sigmoid(FC(GAP(x))) */
+    CONDCONV_ROUTING_SOFTMAX = 1, /* Dynamic Convolution: softmax(FC(GAP(x)) / temperature) */
+    CONDCONV_ROUTING_EXTERNAL = 2 /* the caller passes alpha [N][E] to each forward */
 } condconv_routing;
 
 typedef enum condconv_activation {
@@ -205,15 +205,13 @@ CONDCONV_API condconv_status condconv_layer_desc_create(condconv_layer_desc_t *d
 CONDCONV_API condconv_status condconv_layer_desc_destroy(condconv_layer_desc_t desc);
 
 /* Convolution geometry. Depthwise: groups == in_channels. */
-CONDCONV_API condconv_status condconv_layer_desc_set_conv(condconv_layer_desc_t desc, int in_channels,
-                                                          int out_channels, int kernel_h, int kernel_w,
-                                                          int stride_h, int stride_w, int dilation_h,
-                                                          int dilation_w, int groups);
+CONDCONV_API condconv_status condconv_layer_desc_set_conv(condconv_layer_desc_t desc, int in_channels, int out_channels,
+                                                          int kernel_h, int kernel_w, int stride_h, int stride_w,
+                                                          int dilation_h, int dilation_w, int groups);
 /* pad_h and pad_w are used by CONDCONV_PADDING_EXPLICIT and must be 0 with SAME. */
-CONDCONV_API condconv_status condconv_layer_desc_set_padding(condconv_layer_desc_t desc,
-                                                             condconv_padding_mode mode, int pad_h, int pad_w);
-CONDCONV_API condconv_status condconv_layer_desc_set_experts(condconv_layer_desc_t desc, int num_experts,
-                                                             int has_bias);
+CONDCONV_API condconv_status condconv_layer_desc_set_padding(condconv_layer_desc_t desc, condconv_padding_mode mode,
+                                                             int pad_h, int pad_w);
+CONDCONV_API condconv_status condconv_layer_desc_set_experts(condconv_layer_desc_t desc, int num_experts, int has_bias);
 /* temperature: softmax divides logits by it (> 0, finite); ignored otherwise. */
 CONDCONV_API condconv_status condconv_layer_desc_set_routing(condconv_layer_desc_t desc, condconv_routing mode,
                                                              float temperature);
@@ -245,8 +243,8 @@ CONDCONV_API condconv_status condconv_layer_desc_get_info(condconv_layer_desc_t 
 /* Output size for an H x W input, and the padding actually applied
  * (top, bottom, left, right; asymmetric only with SAME padding). Any pointer
  * but desc may be NULL. */
-CONDCONV_API condconv_status condconv_layer_desc_get_output_dims(condconv_layer_desc_t desc, int h, int w,
-                                                                 int *out_h, int *out_w, int pads[4]);
+CONDCONV_API condconv_status condconv_layer_desc_get_output_dims(condconv_layer_desc_t desc, int h, int w, int *out_h,
+                                                                 int *out_w, int pads[4]);
 
 /* ------------------------------------------------------------------------ */
 /* Cost model                                                               */
@@ -266,13 +264,12 @@ typedef struct condconv_cost {
     uint64_t bias_params;   /* E * Cout, or 0 */
     uint64_t routing_params;
     /* Bytes through device memory, element size of the layer's dtype. */
-    uint64_t min_bytes;         /* x + y + experts + biases + routing params + alpha */
+    uint64_t min_bytes;          /* x + y + experts + biases + routing params + alpha */
     uint64_t materialized_bytes; /* min_bytes + 2 * N * (|W| + Cout): per-sample kernels written and read */
 } condconv_cost;
 
 /* Cost of one forward of the layer for an N x Cin x H x W input. */
-CONDCONV_API condconv_status condconv_cost_model(condconv_layer_desc_t desc, int n, int h, int w,
-                                                 condconv_cost *cost);
+CONDCONV_API condconv_status condconv_cost_model(condconv_layer_desc_t desc, int n, int h, int w, condconv_cost *cost);
 
 /* ------------------------------------------------------------------------ */
 /* Layer: descriptor + parameters                                           */
@@ -327,9 +324,8 @@ CONDCONV_API condconv_status condconv_layer_create_from_safetensors(condconv_con
                                                                     condconv_layer_t *layer);
 /* The same from a safetensors image already in memory (size bytes). */
 CONDCONV_API condconv_status condconv_layer_create_from_safetensors_memory(condconv_context_t context,
-                                                                           condconv_layer_desc_t desc,
-                                                                           const void *data, size_t size,
-                                                                           const char *prefix,
+                                                                           condconv_layer_desc_t desc, const void *data,
+                                                                           size_t size, const char *prefix,
                                                                            const char *routing_prefix,
                                                                            condconv_layer_t *layer);
 
@@ -348,8 +344,7 @@ CONDCONV_API condconv_status condconv_layer_set_algo(condconv_layer_t layer, con
 CONDCONV_API condconv_status condconv_prepare(condconv_layer_t layer, int n, int h, int w);
 
 /* Workspace bytes condconv_forward needs at this shape (prepares if needed). */
-CONDCONV_API condconv_status condconv_get_workspace_size(condconv_layer_t layer, int n, int h, int w,
-                                                         size_t *bytes);
+CONDCONV_API condconv_status condconv_get_workspace_size(condconv_layer_t layer, int n, int h, int w, size_t *bytes);
 
 /* Why a plan runs what it runs. */
 typedef struct condconv_plan_info {
@@ -381,9 +376,9 @@ CONDCONV_API condconv_status condconv_get_plan_info(condconv_layer_t layer, int 
  * synchronisation once the shape is prepared, so it can be captured into a
  * CUDA graph. An unprepared shape is prepared implicitly, unless the stream
  * is capturing: then CONDCONV_STATUS_NOT_PREPARED. x and y must not overlap. */
-CONDCONV_API condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x,
-                                              void *y, const void *routing_in, void *routing_out,
-                                              void *workspace, size_t workspace_bytes);
+CONDCONV_API condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
+                                              const void *routing_in, void *routing_out, void *workspace,
+                                              size_t workspace_bytes);
 
 /* Routing only: alpha [N][E] = act(FC(GAP(x))) into routing_out (device).
  * One kernel, no workspace; not available with external routing. */
@@ -399,8 +394,8 @@ CONDCONV_API condconv_status condconv_route(condconv_layer_t layer, int n, int h
  * direct convolution, bias, activation. Written for obviousness, not speed:
  * the reference the GPU is validated against and the fallback without a GPU.
  * Allocates its own scratch memory. */
-CONDCONV_API condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
-                                                  void *y, const void *routing_in, void *routing_out);
+CONDCONV_API condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
+                                                  const void *routing_in, void *routing_out);
 CONDCONV_API condconv_status condconv_route_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
                                                 void *routing_out);
 

@@ -46,9 +46,9 @@ __device__ __forceinline__ void zero(float &v) { v = 0.f; }
 
 template <int kVec>
 __global__ void __launch_bounds__(kThreads)
-aggregate_kernel(const float *__restrict__ experts, const float *__restrict__ bias, const float *__restrict__ alpha,
-                 float *__restrict__ filters, float *__restrict__ biases, long long filter_elems, int cout, int n,
-                 int e_count, unsigned int weight_blocks)
+    aggregate_kernel(const float *__restrict__ experts, const float *__restrict__ bias, const float *__restrict__ alpha,
+                     float *__restrict__ filters, float *__restrict__ biases, long long filter_elems, int cout, int n,
+                     int e_count, unsigned int weight_blocks)
 {
     using V = typename vec_t<kVec>::type;
     extern __shared__ float alpha_s[]; // [kSamples][E]
@@ -99,9 +99,9 @@ aggregate_kernel(const float *__restrict__ experts, const float *__restrict__ bi
 
 } // namespace
 
-extern "C" cudaError_t cc_launch_aggregate(const float *experts, const float *bias, const float *alpha,
-                                           float *filters, float *biases, long long filter_elems, int cout, int n,
-                                           int e, cudaStream_t stream)
+extern "C" cudaError_t cc_launch_aggregate(const float *experts, const float *bias, const float *alpha, float *filters,
+                                           float *biases, long long filter_elems, int cout, int n, int e,
+                                           cudaStream_t stream)
 {
     if (filter_elems <= 0 || cout <= 0 || n <= 0 || e <= 0) return cudaErrorInvalidValue;
     const bool vec4 = filter_elems % 4 == 0 && cc_aligned16(experts) && cc_aligned16(filters);
@@ -114,10 +114,10 @@ extern "C" cudaError_t cc_launch_aggregate(const float *experts, const float *bi
     const dim3 grid(weight_blocks + bias_blocks, chunks > 65535u ? 65535u : chunks);
     const size_t smem = sizeof(float) * kSamples * (size_t)e;
     if (vec4)
-        aggregate_kernel<4><<<grid, kThreads, smem, stream>>>(experts, bias, alpha, filters, biases, filter_elems,
-                                                              cout, n, e, weight_blocks);
+        aggregate_kernel<4><<<grid, kThreads, smem, stream>>>(experts, bias, alpha, filters, biases, filter_elems, cout,
+                                                              n, e, weight_blocks);
     else
-        aggregate_kernel<1><<<grid, kThreads, smem, stream>>>(experts, bias, alpha, filters, biases, filter_elems,
-                                                              cout, n, e, weight_blocks);
+        aggregate_kernel<1><<<grid, kThreads, smem, stream>>>(experts, bias, alpha, filters, biases, filter_elems, cout,
+                                                              n, e, weight_blocks);
     return cudaGetLastError();
 }

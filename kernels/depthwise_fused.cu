@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kTile *kTile) depthwise_fused_kernel(const cc_
     extern __shared__ float smem[];
     const int kh = kK ? kK : a.kernel_h, kw = kK ? kK : a.kernel_w;
     const int taps = kh * kw;
-    float *filt = smem;            // [taps] then the bias
+    float *filt = smem;             // [taps] then the bias
     float *patch = smem + taps + 1; // [in_h][in_w]
     const tile_dims d = patch_dims(kTile, a.kernel_h, a.kernel_w, a.stride_h, a.stride_w, a.dilation_h, a.dilation_w);
 

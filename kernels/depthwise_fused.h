@@ -25,7 +25,7 @@ typedef struct cc_depthwise_args {
 } cc_depthwise_args;
 
 /* Largest dynamic shared memory the kernel may ask for (no opt-in needed). */
-#define CC_DEPTHWISE_MAX_SMEM (48u * 1024u)
+#define CC_DEPTHWISE_MAX_SMEM ((size_t)48 * 1024)
 
 /* Shared memory one block needs, and the number of output tiles per plane;
  * the shape is supported iff smem <= CC_DEPTHWISE_MAX_SMEM and tiles <= 65535. */

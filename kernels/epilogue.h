@@ -18,8 +18,8 @@ cudaError_t cc_launch_bias_activation(float *y, const float *bias, long long pla
  * filters ordered [g][E][Cout/g]) -> y [N][Cout][plane]:
  *   y[n][o][p] = act(sum_e alpha[n][e] * (z[n][g][e][o % Cg][p] + bias[e][o])),
  * bias [E][Cout] may be NULL. */
-cudaError_t cc_launch_mixture_combine(const float *z, const float *alpha, const float *bias, float *y, int n,
-                                      int cout, int groups, int e, long long plane, int act, cudaStream_t stream);
+cudaError_t cc_launch_mixture_combine(const float *z, const float *alpha, const float *bias, float *y, int n, int cout,
+                                      int groups, int e, long long plane, int act, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -24,8 +24,8 @@ __global__ void gather_kernel(const float *__restrict__ x, float *__restrict__ o
         const long long p = rest / a.kernel_h;
         const long long sy = (long long)oy * a.stride_h - a.pad_top + (long long)ky * a.dilation_h;
         const long long sx = (long long)ox * a.stride_w - a.pad_left + (long long)kx * a.dilation_w;
-        out[i] = (sy >= 0 && sy < a.h && sx >= 0 && sx < a.w) ? __ldg(x + ((size_t)p * a.h + (size_t)sy) * a.w + sx)
-                                                                : 0.0f;
+        out[i] =
+            (sy >= 0 && sy < a.h && sx >= 0 && sx < a.w) ? __ldg(x + ((size_t)p * a.h + (size_t)sy) * a.w + sx) : 0.0f;
     }
 }
 
@@ -34,8 +34,8 @@ __global__ void gather_kernel(const float *__restrict__ x, float *__restrict__ o
 extern "C" cudaError_t cc_launch_gather(const float *x, float *out, const cc_gather_args *args, cudaStream_t stream)
 {
     const cc_gather_args a = *args;
-    if (a.planes <= 0 || a.h <= 0 || a.w <= 0 || a.kernel_h <= 0 || a.kernel_w <= 0 || a.out_h <= 0 ||
-        a.out_w <= 0 || a.stride_h <= 0 || a.stride_w <= 0 || a.dilation_h <= 0 || a.dilation_w <= 0)
+    if (a.planes <= 0 || a.h <= 0 || a.w <= 0 || a.kernel_h <= 0 || a.kernel_w <= 0 || a.out_h <= 0 || a.out_w <= 0 ||
+        a.stride_h <= 0 || a.stride_w <= 0 || a.dilation_h <= 0 || a.dilation_w <= 0)
         return cudaErrorInvalidValue;
     const long long total = a.planes * a.kernel_h * a.kernel_w * a.out_h * a.out_w;
     gather_kernel<<<cc_grid_1d(total, 256, 1u << 16), 256, 0, stream>>>(x, out, total, a);

@@ -39,9 +39,9 @@ __device__ __forceinline__ float plane_sum(const float *__restrict__ plane, long
 
 template <bool kVec4>
 __global__ void __launch_bounds__(kWarps * 32)
-routing_kernel(const float *__restrict__ x, const float *__restrict__ weight_t, const float *__restrict__ bias,
-               float *__restrict__ alpha, int channels, long long hw, int experts, int softmax,
-               float inv_temperature)
+    routing_kernel(const float *__restrict__ x, const float *__restrict__ weight_t, const float *__restrict__ bias,
+                   float *__restrict__ alpha, int channels, long long hw, int experts, int softmax,
+                   float inv_temperature)
 {
     __shared__ float partial[kWarps][CC_ROUTING_MAX_EXPERTS];
     __shared__ float logits[CC_ROUTING_MAX_EXPERTS];

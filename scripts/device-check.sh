@@ -114,6 +114,9 @@ if [[ -s "$OUT/bench.csv" ]]; then
     tar -czf "$OUT/plots.tar.gz" -C "$OUT" plots && rm -rf "$OUT/plots"
 fi
 
+# 5. the aggregation kernel's variants (bench/dev), if time is left.
+step aggregate_dev 60 "$build/bench/aggregate_dev"
+
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
 note "== done with $(left)s of the budget left"
 echo

@@ -2,8 +2,8 @@
 # Installs what building and testing condconv needs on a fresh Debian/Ubuntu
 # machine, skipping whatever is already there. The CUDA toolkit (nvcc,
 # cuBLAS) and cuDNN are expected to be installed already (see README).
-# Usage: scripts/setup.sh [--ci]   (--ci adds the CI guard-rail tools:
-# clang-format, clang-tidy, cppcheck)
+# Usage: scripts/setup.sh [--ci]   (--ci adds the tools of the CI guard
+# rails, scripts/ci-guards.sh: clang-format, clang-tidy, cppcheck, git)
 set -euo pipefail
 
 # Debian package -> a file that shows it is installed.
@@ -25,6 +25,7 @@ if [[ "${1:-}" == "--ci" ]]; then
     "clang-format:/usr/bin/clang-format"
     "clang-tidy:/usr/bin/clang-tidy"
     "cppcheck:/usr/bin/cppcheck"
+    "git:/usr/bin/git"
   )
 fi
 

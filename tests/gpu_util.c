@@ -71,7 +71,8 @@ int tu_reference(const tu_layer_spec *spec, const tu_params *params, int n, int 
     } else {
         failed = 1;
     }
-    if (!failed && alpha_ref) for (size_t i = 0; i < alpha_n; ++i) alpha_ref[i] = alpha[i];
+    if (!failed && alpha_ref)
+        for (size_t i = 0; i < alpha_n; ++i) alpha_ref[i] = alpha[i];
     if (!failed && mag) {
         /* |x|, |W|, |b| with the alpha actually used (made non-negative) as external routing. */
         tu_layer_spec abs_spec = *spec;
@@ -85,7 +86,8 @@ int tu_reference(const tu_layer_spec *spec, const tu_params *params, int n, int 
         float *ab = abs_copy(params->expert_bias, params->bias_n), *aa = abs_copy(alpha, alpha_n);
         const condconv_params abs_view = {aw, ab, NULL, NULL};
         condconv_layer_t abs_layer;
-        if (!failed && ax && aw && aa && condconv_layer_create(ctx, abs_desc, &abs_view, &abs_layer) == CONDCONV_STATUS_SUCCESS) {
+        if (!failed && ax && aw && aa &&
+            condconv_layer_create(ctx, abs_desc, &abs_view, &abs_layer) == CONDCONV_STATUS_SUCCESS) {
             failed |= condconv_forward_cpu(abs_layer, n, h, w, ax, mag, aa, NULL) != CONDCONV_STATUS_SUCCESS;
             condconv_layer_destroy(abs_layer);
         } else {

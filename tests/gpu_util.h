@@ -17,7 +17,7 @@ void tu_require_gpu(const char *test_name);
 #define TU_CUDA(call) tu_cuda_check((call), #call, __FILE__, __LINE__)
 void tu_cuda_check(cudaError_t err, const char *call, const char *file, int line);
 
-float *tu_dev_alloc(size_t count);         /* count floats, 256-byte aligned */
+float *tu_dev_alloc(size_t count); /* count floats, 256-byte aligned */
 void *tu_dev_alloc_bytes(size_t bytes);
 void tu_to_dev(float *dst, const float *src, size_t count);
 void tu_to_host(float *dst, const float *src, size_t count);

@@ -16,24 +16,24 @@ static float y[Y_N], y_before[Y_N], alpha_out[8], alpha_before[8];
 static void poison_outputs(void)
 {
     tu_fill_nan(y, Y_N);
-    y[0] = 12345.0f; /* not only NaN, so memcmp sees a real pattern */
+    y[0] = 12345.0f; /* not only NaN, so tu_same_bytes sees a real pattern */
     memcpy(y_before, y, sizeof y);
     for (int i = 0; i < 8; ++i) alpha_out[i] = -777.0f;
     memcpy(alpha_before, alpha_out, sizeof alpha_out);
 }
 
 /* The call failed with `want`, said something, and wrote nothing. */
-#define EXPECT_REJECTED(call, want, needle)                                                                   \
-    do {                                                                                                      \
-        poison_outputs();                                                                                     \
-        if (EXPECT_STATUS(call, want)) {                                                                      \
-            EXPECT(strstr(condconv_last_error(), needle) != NULL, "message '%s' lacks '%s'",                 \
-                   condconv_last_error(), needle);                                                            \
-            EXPECT(strstr(condconv_last_error(), condconv_status_string(want)) != NULL,                       \
-                   "message '%s' lacks the status name", condconv_last_error());                              \
-        }                                                                                                     \
-        EXPECT(memcmp(y, y_before, sizeof y) == 0, "%s wrote to y", #call);                                   \
-        EXPECT(memcmp(alpha_out, alpha_before, sizeof alpha_out) == 0, "%s wrote to alpha", #call);           \
+#define EXPECT_REJECTED(call, want, needle)                                                                            \
+    do {                                                                                                               \
+        poison_outputs();                                                                                              \
+        if (EXPECT_STATUS(call, want)) {                                                                               \
+            EXPECT(strstr(condconv_last_error(), needle) != NULL, "message '%s' lacks '%s'", condconv_last_error(),    \
+                   needle);                                                                                            \
+            EXPECT(strstr(condconv_last_error(), condconv_status_string(want)) != NULL,                                \
+                   "message '%s' lacks the status name", condconv_last_error());                                       \
+        }                                                                                                              \
+        EXPECT(tu_same_bytes(y, y_before, sizeof y), "%s wrote to y", #call);                                          \
+        EXPECT(tu_same_bytes(alpha_out, alpha_before, sizeof alpha_out), "%s wrote to alpha", #call);                  \
     } while (0)
 
 static condconv_layer_desc_t valid_desc(void)
@@ -58,22 +58,18 @@ static void descriptor_setters(void)
                     "in_channels=0");
     EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, -4, 3, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
                     "out_channels=-4");
-    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 0, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
-                    "kernel_h=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 0, 3, 1, 1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE, "kernel_h=0");
     EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, -1, 1, 1, 1), CONDCONV_STATUS_BAD_SIZE,
                     "stride_w=-1");
     EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, 1, 0, 1, 1), CONDCONV_STATUS_BAD_SIZE,
                     "dilation_h=0");
-    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, 1, 1, 1, 0), CONDCONV_STATUS_BAD_SIZE,
-                    "groups=0");
-    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 6, 4, 3, 3, 1, 1, 1, 1, 3), CONDCONV_STATUS_BAD_GROUPS,
-                    "groups=3");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 2, 2, 3, 3, 1, 1, 1, 1, 0), CONDCONV_STATUS_BAD_SIZE, "groups=0");
+    EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 6, 4, 3, 3, 1, 1, 1, 1, 3), CONDCONV_STATUS_BAD_GROUPS, "groups=3");
     EXPECT_REJECTED(condconv_layer_desc_set_conv(d, 4, 6, 3, 3, 1, 1, 1, 1, 4), CONDCONV_STATUS_BAD_GROUPS,
                     "out_channels=6");
     EXPECT_REJECTED(condconv_layer_desc_set_padding(d, CONDCONV_PADDING_EXPLICIT, -1, 0), CONDCONV_STATUS_BAD_SIZE,
                     "pad_h=-1");
-    EXPECT_REJECTED(condconv_layer_desc_set_padding(d, CONDCONV_PADDING_SAME, 1, 0), CONDCONV_STATUS_BAD_VALUE,
-                    "SAME");
+    EXPECT_REJECTED(condconv_layer_desc_set_padding(d, CONDCONV_PADDING_SAME, 1, 0), CONDCONV_STATUS_BAD_VALUE, "SAME");
     EXPECT_REJECTED(condconv_layer_desc_set_padding(d, (condconv_padding_mode)7, 0, 0), CONDCONV_STATUS_BAD_VALUE,
                     "padding mode 7");
     EXPECT_REJECTED(condconv_layer_desc_set_experts(d, 0, 1), CONDCONV_STATUS_BAD_EXPERTS, "num_experts=0");
@@ -94,7 +90,7 @@ static void descriptor_setters(void)
     EXPECT_REJECTED(condconv_layer_desc_get_info(d, NULL), CONDCONV_STATUS_NULL_POINTER, "info");
 
     EXPECT_OK(condconv_layer_desc_get_info(d, &after));
-    EXPECT(memcmp(&before, &after, sizeof before) == 0, "failed setters changed the descriptor");
+    EXPECT(tu_same_bytes(&before, &after, sizeof before), "failed setters changed the descriptor");
     condconv_layer_desc_destroy(d);
 }
 
@@ -108,8 +104,7 @@ static void context_calls(void)
         EXPECT_REJECTED(condconv_context_create(&ctx, 0), CONDCONV_STATUS_NO_DEVICE, "CUDA device");
         EXPECT(ctx == NULL, "a failed create wrote its output");
     } else {
-        EXPECT_REJECTED(condconv_context_create(&ctx, condconv_device_count()), CONDCONV_STATUS_NO_DEVICE,
-                        "present");
+        EXPECT_REJECTED(condconv_context_create(&ctx, condconv_device_count()), CONDCONV_STATUS_NO_DEVICE, "present");
     }
     EXPECT_OK(condconv_context_create(&ctx, CONDCONV_DEVICE_CPU));
     EXPECT_REJECTED(condconv_context_set_math(ctx, (condconv_math)4), CONDCONV_STATUS_BAD_VALUE, "math mode 4");
@@ -140,8 +135,7 @@ static void layer_and_forward(void)
     const condconv_params no_bias = {experts, NULL, rw, rb};
     EXPECT_REJECTED(condconv_layer_create(ctx, d, &no_bias, &layer), CONDCONV_STATUS_NULL_POINTER, "expert_bias");
     const condconv_params no_routing = {experts, bias, NULL, rb};
-    EXPECT_REJECTED(condconv_layer_create(ctx, d, &no_routing, &layer), CONDCONV_STATUS_NULL_POINTER,
-                    "routing_weight");
+    EXPECT_REJECTED(condconv_layer_create(ctx, d, &no_routing, &layer), CONDCONV_STATUS_NULL_POINTER, "routing_weight");
     EXPECT(layer == NULL, "a failed create wrote its output");
 
     condconv_layer_desc_t unset;
@@ -159,15 +153,13 @@ static void layer_and_forward(void)
     condconv_layer_desc_destroy(unset);
 
     EXPECT_OK(condconv_layer_create(ctx, d, &good, &layer));
-    EXPECT_REJECTED(condconv_forward_cpu(NULL, 2, 4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER,
-                    "layer");
+    EXPECT_REJECTED(condconv_forward_cpu(NULL, 2, 4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER, "layer");
     EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, NULL, y, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER,
                     "'x'");
     EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, x, NULL, NULL, alpha_out), CONDCONV_STATUS_NULL_POINTER,
                     "'y'");
     EXPECT_REJECTED(condconv_forward_cpu(layer, 0, 4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE, "n=0");
-    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, -4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE,
-                    "h=-4");
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, -4, 4, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE, "h=-4");
     EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 0, x, y, NULL, alpha_out), CONDCONV_STATUS_BAD_SIZE, "w=0");
     /* A 3x3 kernel without padding on a 2x2 input has no output. */
     EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 2, 2, x, y, NULL, alpha_out), CONDCONV_STATUS_EMPTY_OUTPUT,
@@ -180,8 +172,7 @@ static void layer_and_forward(void)
                     CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
     EXPECT_REJECTED(condconv_route_cpu(layer, 2, 4, 4, x, NULL), CONDCONV_STATUS_NULL_POINTER, "routing_out");
     /* GPU entry points on a CPU-only context. */
-    EXPECT_REJECTED(condconv_forward(layer, 2, 4, 4, x, y, NULL, NULL, NULL, 0), CONDCONV_STATUS_NO_DEVICE,
-                    "CPU-only");
+    EXPECT_REJECTED(condconv_forward(layer, 2, 4, 4, x, y, NULL, NULL, NULL, 0), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
     EXPECT_REJECTED(condconv_prepare(layer, 2, 4, 4), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
     EXPECT_REJECTED(condconv_route(layer, 2, 4, 4, x, alpha_out), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
     size_t ws = 99;

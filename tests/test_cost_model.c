@@ -4,8 +4,8 @@
 
 #include "test_util.h"
 
-#define EXPECT_U64(got, want) EXPECT((got) == (want), "%s = %llu, want %llu", #got, (unsigned long long)(got), \
-                                     (unsigned long long)(want))
+#define EXPECT_U64(got, want)                                                                                          \
+    EXPECT((got) == (want), "%s = %llu, want %llu", #got, (unsigned long long)(got), (unsigned long long)(want))
 
 static condconv_layer_desc_t make(int cin, int cout, int k, int stride, int groups, condconv_padding_mode pad_mode,
                                   int pad, int experts, int bias, condconv_routing routing, condconv_activation act)
@@ -23,12 +23,12 @@ static condconv_layer_desc_t make(int cin, int cout, int k, int stride, int grou
 int main(void)
 {
     condconv_cost c;
-    {   /* EfficientNet-CC-B0 expand 1x1 112->672 at 14x14, E = 8, biases, sigmoid, N = 1.
-         * |W| = 672*112 = 75264; conv 75264*196 = 14751744; aggregation 8*(75264+672) = 607488;
-         * FC 112*8 = 896; pool 112*196 = 21952; epilogue 672*196 = 131712;
-         * params 8*75264 + 8*672 + 8*112 + 8 = 602112 + 5376 + 904 = 608392;
-         * bytes 4*(x 21952 + y 131712 + params 608392 + alpha 8) = 3048256;
-         * materialised adds 2*(75264+672)*4 = 607488 -> 3655744. */
+    { /* EfficientNet-CC-B0 expand 1x1 112->672 at 14x14, E = 8, biases, sigmoid, N = 1.
+       * |W| = 672*112 = 75264; conv 75264*196 = 14751744; aggregation 8*(75264+672) = 607488;
+       * FC 112*8 = 896; pool 112*196 = 21952; epilogue 672*196 = 131712;
+       * params 8*75264 + 8*672 + 8*112 + 8 = 602112 + 5376 + 904 = 608392;
+       * bytes 4*(x 21952 + y 131712 + params 608392 + alpha 8) = 3048256;
+       * materialised adds 2*(75264+672)*4 = 607488 -> 3655744. */
         condconv_layer_desc_t d = make(112, 672, 1, 1, 1, CONDCONV_PADDING_EXPLICIT, 0, 8, 1, CONDCONV_ROUTING_SIGMOID,
                                        CONDCONV_ACTIVATION_NONE);
         EXPECT_OK(condconv_cost_model(d, 1, 14, 14, &c));
@@ -46,12 +46,12 @@ int main(void)
         EXPECT_U64(c.materialized_bytes, 3655744u);
         condconv_layer_desc_destroy(d);
     }
-    {   /* Depthwise 5x5, 672 channels, stride 2, "same", 14 -> 7, E = 4, no bias,
-         * external routing, ReLU, N = 2. |W| = 672*25 = 16800;
-         * conv 2*16800*49 = 1646400; aggregation 2*4*16800 = 134400; no routing;
-         * epilogue 2*672*49 = 65856; params 4*16800 = 67200;
-         * bytes 4*(x 263424 + y 65856 + 67200 + alpha 8) = 1585952;
-         * materialised + 2*2*16800*4 = 268800 -> 1854752. */
+    { /* Depthwise 5x5, 672 channels, stride 2, "same", 14 -> 7, E = 4, no bias,
+       * external routing, ReLU, N = 2. |W| = 672*25 = 16800;
+       * conv 2*16800*49 = 1646400; aggregation 2*4*16800 = 134400; no routing;
+       * epilogue 2*672*49 = 65856; params 4*16800 = 67200;
+       * bytes 4*(x 263424 + y 65856 + 67200 + alpha 8) = 1585952;
+       * materialised + 2*2*16800*4 = 268800 -> 1854752. */
         condconv_layer_desc_t d = make(672, 672, 5, 2, 672, CONDCONV_PADDING_SAME, 0, 4, 0, CONDCONV_ROUTING_EXTERNAL,
                                        CONDCONV_ACTIVATION_RELU);
         EXPECT_OK(condconv_cost_model(d, 2, 14, 14, &c));
@@ -67,11 +67,11 @@ int main(void)
         EXPECT_U64(c.materialized_bytes, 1854752u);
         condconv_layer_desc_destroy(d);
     }
-    {   /* Grouped 3x3 64 -> 128, 4 groups, pad 1, E = 2, biases, softmax, N = 3,
-         * 9x11. |W| = 128*16*9 = 18432; conv 3*18432*99 = 5474304;
-         * aggregation 3*2*(18432+128) = 111360; FC 3*64*2 = 384;
-         * pool 3*64*99 = 19008; epilogue 3*128*99 = 38016;
-         * params 36864 + 256 + 128 + 2 = 37250. */
+    { /* Grouped 3x3 64 -> 128, 4 groups, pad 1, E = 2, biases, softmax, N = 3,
+       * 9x11. |W| = 128*16*9 = 18432; conv 3*18432*99 = 5474304;
+       * aggregation 3*2*(18432+128) = 111360; FC 3*64*2 = 384;
+       * pool 3*64*99 = 19008; epilogue 3*128*99 = 38016;
+       * params 36864 + 256 + 128 + 2 = 37250. */
         condconv_layer_desc_t d = make(64, 128, 3, 1, 4, CONDCONV_PADDING_EXPLICIT, 1, 2, 1, CONDCONV_ROUTING_SOFTMAX,
                                        CONDCONV_ACTIVATION_SILU);
         EXPECT_OK(condconv_cost_model(d, 3, 9, 11, &c));

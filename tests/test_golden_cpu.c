@@ -40,7 +40,8 @@ static double worst_fraction(const float *got, const float *want, const float *m
 {
     double worst = 0.0;
     for (size_t i = 0; i < n; ++i) {
-        const double f = fabs((double)got[i] - (double)want[i]) / (atol + rtol * (mag ? mag[i] : fabs(want[i])));
+        const double f =
+            fabs((double)got[i] - (double)want[i]) / (atol + rtol * (mag ? mag[i] : fabs((double)want[i])));
         if (!(f <= worst)) worst = f; /* NaN sticks */
     }
     return worst;

@@ -88,7 +88,8 @@ static void run_case(condconv_context_t ctx, const mode *m, int index)
         return;
     }
     /* Keep the double-precision reference affordable: shrink N first. */
-    const double macs_per_sample = (double)s.cout * ho * wo * (s.cin / s.groups) * s.kh * s.kw * 2.0;
+    const int cin_per_group = s.cin / s.groups;
+    const double macs_per_sample = (double)s.cout * ho * wo * cin_per_group * s.kh * s.kw * 2.0;
     while (n > 1 && n * macs_per_sample > 4e7) n /= 2;
 
     tu_params p;

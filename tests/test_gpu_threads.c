@@ -51,7 +51,8 @@ static void *work(void *arg)
         pthread_mutex_unlock(&rng_lock);
         TU_CUDA(cudaMemcpyAsync(dx, x, x_n * sizeof(float), cudaMemcpyHostToDevice, stream));
         TU_CUDA(cudaMemsetAsync(dy, 0xff, y_n * sizeof(float), stream));
-        if (condconv_forward(layer, wk->n, wk->h, wk->w, dx, dy, NULL, NULL, dws, ws_bytes) != CONDCONV_STATUS_SUCCESS) {
+        if (condconv_forward(layer, wk->n, wk->h, wk->w, dx, dy, NULL, NULL, dws, ws_bytes) !=
+            CONDCONV_STATUS_SUCCESS) {
             fprintf(stderr, "worker forward: %s\n", condconv_last_error());
             ++fails;
             break;

@@ -15,8 +15,8 @@
 static const float fc_weight[] = {1, 2, 0.5f, -1, 0, 0};
 static const float fc_bias[] = {0.1f, -0.2f, 0.3f};
 /* [N=2][C=2][2x2]: channel means (1.5, -0.5) and (0, 0). */
-static const float x[] = {1, 2, 1, 2, -1, 0, -1, 0, /* sample 0 */
-                          3, -3, 1, -1, 0, 0, 0, 0 /* sample 1 */};
+static const float x[] = {1, 2,  1, 2,  -1, 0, -1, 0, /* sample 0 */
+                          3, -3, 1, -1, 0,  0, 0,  0 /* sample 1 */};
 
 static condconv_layer_t make_layer(condconv_context_t ctx, condconv_routing mode, float temperature,
                                    const float *weight, const float *bias)
@@ -44,8 +44,8 @@ int main(void)
 
     condconv_layer_t sig = make_layer(ctx, CONDCONV_ROUTING_SIGMOID, 1.0f, fc_weight, fc_bias);
     EXPECT_OK(condconv_route_cpu(sig, 2, 2, 2, x, alpha));
-    const float want_sigmoid[] = {0.6456563062f, 0.7407748992f, 0.5744425168f, (float)sigmoid(0.1),
-                                  (float)sigmoid(-0.2), (float)sigmoid(0.3)};
+    const float want_sigmoid[] = {0.6456563062f,       0.7407748992f,        0.5744425168f,
+                                  (float)sigmoid(0.1), (float)sigmoid(-0.2), (float)sigmoid(0.3)};
     EXPECT(tu_compare("sigmoid", alpha, want_sigmoid, NULL, 6, 1e-7, 1e-6) == 0, "sigmoid routing");
     EXPECT_OK(condconv_forward_cpu(sig, 2, 2, 2, x, y, NULL, from_forward));
     EXPECT(tu_compare("forward alpha", from_forward, alpha, NULL, 6, 0, 0) == 0, "forward reports its routing");
@@ -56,7 +56,7 @@ int main(void)
     const float want_softmax0[] = {0.3212303696f, 0.4022840890f, 0.2764855414f};
     EXPECT(tu_compare("softmax", alpha, want_softmax0, NULL, 3, 1e-7, 1e-6) == 0, "softmax routing, tau = 2");
     for (int n = 0; n < 2; ++n) {
-        const double sum = (double)alpha[3 * n] + alpha[3 * n + 1] + alpha[3 * n + 2];
+        const double sum = (double)alpha[3 * (size_t)n] + alpha[3 * (size_t)n + 1] + alpha[3 * (size_t)n + 2];
         EXPECT(fabs(sum - 1.0) < 1e-6, "softmax row %d sums to %.9f", n, sum);
     }
     condconv_layer_destroy(soft);
@@ -65,9 +65,10 @@ int main(void)
     const float huge_weight[] = {1000, 0, -1000, 0, 0, 1000};
     condconv_layer_t big = make_layer(ctx, CONDCONV_ROUTING_SOFTMAX, 0.5f, huge_weight, NULL);
     EXPECT_OK(condconv_route_cpu(big, 2, 2, 2, x, alpha));
-    for (int i = 0; i < 6; ++i) EXPECT(isfinite(alpha[i]), "softmax of huge logits alpha[%d] = %g", i, (double)alpha[i]);
-    EXPECT(fabs(alpha[0] - 1.0f) < 1e-6, "the largest logit takes all the weight (%g)", (double)alpha[0]);
-    EXPECT(fabs(alpha[3] + alpha[4] + alpha[5] - 1.0f) < 1e-6 && fabs(alpha[3] - 1.0f / 3.0f) < 1e-6,
+    for (int i = 0; i < 6; ++i)
+        EXPECT(isfinite(alpha[i]), "softmax of huge logits alpha[%d] = %g", i, (double)alpha[i]);
+    EXPECT(fabsf(alpha[0] - 1.0f) < 1e-6, "the largest logit takes all the weight (%g)", (double)alpha[0]);
+    EXPECT(fabsf(alpha[3] + alpha[4] + alpha[5] - 1.0f) < 1e-6 && fabsf(alpha[3] - 1.0f / 3.0f) < 1e-6,
            "equal logits share equally (%g %g %g)", (double)alpha[3], (double)alpha[4], (double)alpha[5]);
     condconv_layer_destroy(big);
 

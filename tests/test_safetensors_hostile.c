@@ -137,7 +137,7 @@ static unsigned bf16_bits(float v)
 static size_t encode(const char *dtype, unsigned char *out)
 {
     const float *parts[4] = {experts, expert_bias, routing_weight, routing_bias};
-    const size_t counts[4] = {N_EXPERTS, N_BIAS, N_RW, N_RB};
+    const size_t counts[4] = {(size_t)N_EXPERTS, (size_t)N_BIAS, (size_t)N_RW, N_RB};
     size_t at = 0;
     for (int p = 0; p < 4; ++p)
         for (size_t i = 0; i < counts[p]; ++i) {
@@ -158,7 +158,7 @@ static size_t encode(const char *dtype, unsigned char *out)
 static void standard_specs(spec s[4], const char *dtype)
 {
     const spec std[4] = {
-        {"conv.weight", dtype, 2, {E, COUT * CIN * KH * KW}, 0, 0},
+        {"conv.weight", dtype, 2, {E, (long long)COUT * CIN * KH * KW}, 0, 0},
         {"conv.bias", dtype, 2, {E, COUT}, 0, 0},
         {"routing_fn.weight", dtype, 2, {E, CIN}, 0, 0},
         {"routing_fn.bias", dtype, 1, {E}, 0, 0},
@@ -371,7 +371,7 @@ static void test_layer_mismatch(void)
     expect_refused("bias shape", standard_image(s, 4, NULL), desc_std, "routing_fn", CONDCONV_STATUS_TENSOR_MISMATCH,
                    "'conv.bias'");
     standard_specs(s, "F32");
-    s[2].rank = 1, s[2].dims[0] = E * CIN;
+    s[2].rank = 1, s[2].dims[0] = (long long)E * CIN;
     expect_refused("routing weight shape", standard_image(s, 4, NULL), desc_std, "routing_fn",
                    CONDCONV_STATUS_TENSOR_MISMATCH, "'routing_fn.weight'");
     standard_specs(s, "F32");
@@ -447,7 +447,7 @@ static void expect_same_as_arrays(const char *what, condconv_layer_t layer, int 
     EXPECT_OK(condconv_forward_cpu(layer, N, H, W, x, y, NULL, a));
     EXPECT_OK(condconv_forward_cpu(want_layer, N, H, W, x, y_want, NULL, a_want));
     EXPECT(tu_compare(what, y, y_want, NULL, sizeof y / sizeof y[0], 0.0, 0.0) == 0, "%s: outputs differ", what);
-    EXPECT(tu_compare(what, a, a_want, NULL, N * E, 0.0, 0.0) == 0, "%s: routing weights differ", what);
+    EXPECT(tu_compare(what, a, a_want, NULL, (size_t)N * E, 0.0, 0.0) == 0, "%s: routing weights differ", what);
     condconv_layer_destroy(want_layer);
 }
 
@@ -489,7 +489,8 @@ static void test_round_trip(void)
     lay_out(more, 6);
     char header[4096];
     header_of(more, 6, NULL, header, sizeof header);
-    strcat(header, "      ");
+    const size_t header_len = strlen(header);
+    snprintf(header + header_len, sizeof header - header_len, "%s", "      ");
     static unsigned char data[4 * (N_EXPERTS + N_BIAS + N_RW + N_RB) + 4];
     encode("F32", data);
     load_and_compare("extra tensors", image(header, data, sizeof data), 0);
@@ -516,10 +517,11 @@ static void test_conversion(void)
     const float bf_want[] = {1.0f, -3.0f, 0x1p-133f, 0x1.FEp127f, INFINITY, 0x1.56p-2f};
     enum { NH = sizeof half / sizeof half[0], NB = sizeof bf / sizeof bf[0] };
     unsigned char data[2 * (NH + NB + 1)];
-    for (int i = 0; i < NH; ++i) data[2 * i] = (unsigned char)half[i], data[2 * i + 1] = (unsigned char)(half[i] >> 8);
-    for (int i = 0; i < NB; ++i)
+    for (size_t i = 0; i < NH; ++i)
+        data[2 * i] = (unsigned char)half[i], data[2 * i + 1] = (unsigned char)(half[i] >> 8);
+    for (size_t i = 0; i < NB; ++i)
         data[2 * (NH + i)] = (unsigned char)bf[i], data[2 * (NH + i) + 1] = (unsigned char)(bf[i] >> 8);
-    data[2 * (NH + NB)] = 0x00, data[2 * (NH + NB) + 1] = 0x7E; /* F16 NaN */
+    data[sizeof data - 2] = 0x00, data[sizeof data - 1] = 0x7E; /* F16 NaN, the last element */
     char header[512];
     snprintf(header, sizeof header,
              "{\"__metadata__\":{\"k\":\"v\"},\"h\":{\"dtype\":\"F16\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
@@ -542,11 +544,11 @@ static void test_conversion(void)
         EXPECT(nan->rank == 0 && nan->elems == 1, "a rank-0 tensor has one element");
         EXPECT_OK(cc_st_to_f32(h, got, "test"));
         for (int i = 0; i < NH; ++i)
-            EXPECT(memcmp(&got[i], &half_want[i], sizeof(float)) == 0, "F16 0x%04x -> %a, expected %a", half[i],
+            EXPECT(tu_same_bytes(&got[i], &half_want[i], sizeof(float)), "F16 0x%04x -> %a, expected %a", half[i],
                    (double)got[i], (double)half_want[i]);
         EXPECT_OK(cc_st_to_f32(bt, got, "test"));
         for (int i = 0; i < NB; ++i)
-            EXPECT(memcmp(&got[i], &bf_want[i], sizeof(float)) == 0, "BF16 0x%04x -> %a, expected %a", bf[i],
+            EXPECT(tu_same_bytes(&got[i], &bf_want[i], sizeof(float)), "BF16 0x%04x -> %a, expected %a", bf[i],
                    (double)got[i], (double)bf_want[i]);
         EXPECT_OK(cc_st_to_f32(nan, got, "test"));
         EXPECT(isnan(got[0]), "F16 0x7e00 -> %g, expected NaN", (double)got[0]);

@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,8 +63,8 @@ void tu_rng_seed(uint64_t seed) { tu_state = seed; }
 int tu_case_count(int default_cases)
 {
     const char *env = getenv("CONDCONV_TEST_CASES");
-    const int n = env && *env ? atoi(env) : default_cases;
-    return n > 0 ? n : default_cases;
+    const long n = env && *env ? strtol(env, NULL, 10) : 0;
+    return n > 0 && n <= INT_MAX ? (int)n : default_cases;
 }
 
 uint64_t tu_rng_u64(void)
@@ -87,18 +88,20 @@ void tu_fill_uniform(float *p, size_t n, float lo, float hi)
     for (size_t i = 0; i < n; ++i) p[i] = tu_rng_float(lo, hi);
 }
 
+int tu_same_bytes(const void *a, const void *b, size_t n) { return memcmp(a, b, n) == 0; }
+
 void tu_fill_nan(float *p, size_t n)
 {
     for (size_t i = 0; i < n; ++i) p[i] = NAN;
 }
 
-#define TU_REQUIRE(call)                                                                                      \
-    do {                                                                                                      \
-        condconv_status s_ = (call);                                                                          \
-        if (s_ != CONDCONV_STATUS_SUCCESS) {                                                                  \
-            fprintf(stderr, "FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, condconv_last_error());     \
-            exit(1);                                                                                          \
-        }                                                                                                     \
+#define TU_REQUIRE(call)                                                                                               \
+    do {                                                                                                               \
+        condconv_status s_ = (call);                                                                                   \
+        if (s_ != CONDCONV_STATUS_SUCCESS) {                                                                           \
+            fprintf(stderr, "FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, condconv_last_error());                \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
     } while (0)
 
 tu_layer_spec tu_random_spec(tu_domain domain, int max_per_group, int max_kernel)

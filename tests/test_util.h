@@ -15,12 +15,12 @@
 extern int tu_failures;
 
 /* Counts a failure and prints where and why; the test goes on. */
-#define EXPECT(cond, ...)                                                                                     \
-    do {                                                                                                      \
-        if (!(cond)) tu_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                         \
+#define EXPECT(cond, ...)                                                                                              \
+    do {                                                                                                               \
+        if (!(cond)) tu_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                                                  \
     } while (0)
 /* A call that must succeed; prints the library's message if it does not. */
-#define EXPECT_OK(call) tu_expect_status(__FILE__, __LINE__, #call, (call), CONDCONV_STATUS_SUCCESS)
+#define EXPECT_OK(call)             tu_expect_status(__FILE__, __LINE__, #call, (call), CONDCONV_STATUS_SUCCESS)
 #define EXPECT_STATUS(call, status) tu_expect_status(__FILE__, __LINE__, #call, (call), (status))
 
 void tu_fail(const char *file, int line, const char *cond, const char *fmt, ...);
@@ -40,6 +40,10 @@ int tu_rng_int(int lo, int hi); /* inclusive */
 float tu_rng_float(float lo, float hi);
 void tu_fill_uniform(float *p, size_t n, float lo, float hi);
 void tu_fill_nan(float *p, size_t n);
+/* Bit-for-bit equality of n bytes, for "wrote nothing" and exact-conversion
+ * checks: a NaN poison must still be the same NaN and -0 must stay -0, which
+ * == on the values cannot tell. */
+int tu_same_bytes(const void *a, const void *b, size_t n);
 
 /* A random layer and its parameters, host memory. */
 typedef struct tu_layer_spec {
@@ -61,7 +65,7 @@ typedef struct tu_params {
  * layers with strides 1-3, dilation 1-2, explicit or "same" padding, E from
  * 1 to 32, every routing mode and activation; the others pin the kind. */
 typedef enum tu_domain { TU_ANY, TU_DENSE, TU_GROUPED, TU_DEPTHWISE, TU_POINTWISE } tu_domain;
-tu_layer_spec tu_random_spec(tu_domain domain, int max_channels_per_group, int max_kernel);
+tu_layer_spec tu_random_spec(tu_domain domain, int max_per_group, int max_kernel);
 
 /* Descriptor for a spec (caller destroys it). Exits the test on failure. */
 condconv_layer_desc_t tu_make_desc(const tu_layer_spec *spec);

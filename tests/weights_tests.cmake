@@ -37,11 +37,13 @@ set(fuzz_libs $<TARGET_FILE:condconv_static> $<TARGET_FILE:CUDA::cublas> $<TARGE
               ${CUDNN_LIBRARY} ${JANSSON_LIBRARY})
 list(JOIN fuzz_cflags "\" \"" fuzz_cflags_sh)
 list(JOIN fuzz_libs "\" \"" fuzz_libs_sh)
+list(JOIN CONDCONV_C_WARNING_FLAGS "\" \"" fuzz_warnings_sh)
 file(GENERATE OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/fuzz/fuzz.env CONTENT
 "# Written by CMake (tests/weights_tests.cmake) for tests/fuzz/run_fuzz.sh.
 FUZZ_SRC=\"${PROJECT_SOURCE_DIR}\"
 FUZZ_CFLAGS=(\"${fuzz_cflags_sh}\")
 FUZZ_LIBS=(\"${fuzz_libs_sh}\")
+FUZZ_WARNINGS=(\"${fuzz_warnings_sh}\")
 ")
 add_test(NAME test_fuzz_safetensors
   COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${CMAKE_BINARY_DIR} 100000)

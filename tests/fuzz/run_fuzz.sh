@@ -9,7 +9,9 @@
 # runs: executions (default 100000); -1 runs until a libFuzzer option such
 # as -max_total_time=3600 stops it. <build-dir> is a configured condconv
 # build with the library built (CTest passes its own); include and library
-# paths come from <build-dir>/tests/fuzz/fuzz.env, written by CMake.
+# paths come from <build-dir>/tests/fuzz/fuzz.env, written by CMake, and so
+# do the build's warning flags (-Werror with CONDCONV_WERROR=ON).
+# FUZZ_BUILD_ONLY=1 builds the target and stops (CI's warnings guard).
 # Exit 77 (skipped) when clang or its libFuzzer runtime is missing.
 set -euo pipefail
 build=$(cd "$1" && pwd)
@@ -18,7 +20,7 @@ shift $(($# < 2 ? $# : 2))
 env_file=$build/tests/fuzz/fuzz.env
 [[ -f $env_file ]] || { echo "run_fuzz: $env_file not found: configure the build first" >&2; exit 1; }
 # shellcheck source=/dev/null
-source "$env_file" # FUZZ_SRC, FUZZ_CFLAGS, FUZZ_LIBS
+source "$env_file" # FUZZ_SRC, FUZZ_CFLAGS, FUZZ_LIBS, FUZZ_WARNINGS
 
 cc=${FUZZ_CC:-clang}
 work=${FUZZ_WORK:-$build/tests/fuzz/work} # FUZZ_WORK: keep a long campaign apart from CTest's
@@ -43,7 +45,7 @@ sources=(host/safetensors.c host/weights_safetensors.c host/layer.c host/layer_d
          host/forward_cpu.c host/reference.c tests/fuzz/fuzz_safetensors.c)
 # shellcheck disable=SC2054 # the commas belong to -fsanitize=
 flags=(-std=c11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined
-       -fno-sanitize-recover=all "${FUZZ_CFLAGS[@]}")
+       -fno-sanitize-recover=all ${FUZZ_WARNINGS[@]+"${FUZZ_WARNINGS[@]}"} "${FUZZ_CFLAGS[@]}")
 objects=()
 for src in "${sources[@]}"; do
   obj=$work/obj/$(basename "${src%.c}").o
@@ -56,6 +58,10 @@ for lib in "${FUZZ_LIBS[@]}"; do
 done
 "$cc" -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all "${objects[@]}" "${FUZZ_LIBS[@]}" \
   -lstdc++ -lm -ldl -lpthread "${rpaths[@]}" -o "$work/fuzz_safetensors"
+if [[ ${FUZZ_BUILD_ONLY:-0} == 1 ]]; then
+  echo "run_fuzz: built $work/fuzz_safetensors (FUZZ_BUILD_ONLY=1: not run)"
+  exit 0
+fi
 
 rm -rf "$work/corpus"
 cp -r "$FUZZ_SRC/tests/fuzz/corpus" "$work/corpus"

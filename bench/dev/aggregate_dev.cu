@@ -1,0 +1,224 @@
+// Kernel-development driver for batched per-sample aggregation (llm.c's
+// dev/cuda habit): a CPU reference, exploratory variants, and a driver that
+// validates every variant against the reference before it times it.
+//
+//   filters[n][j] = sum_e alpha[n][e] * experts[e][j]   (j < |W|, n < N)
+//
+// Build (from the repository root, on a GPU machine):
+//   nvcc -O3 -arch=sm_90 -std=c++17 -Ikernels bench/dev/aggregate_dev.cu kernels/aggregate.cu -o aggregate_dev
+// Run: ./aggregate_dev            (validates, then times each variant on the
+//                                  EfficientNet-CondConv-B0 1x1 shapes)
+//
+// Variants:
+//   1  one thread per output element (n, j), scalar: reads the experts N times
+//      from L2 -- the naive fused layout of where-the-time-goes.md.
+//   2  one thread per 4 weights (16-byte loads) and one sample: experts still
+//      re-read per sample, but vectorised.
+//   3  the library's kernel (kernels/aggregate.cu): 4 weights x 8 samples per
+//      thread, alpha staged in shared memory; experts read ceil(N/8) times.
+//   4  as 3 with 16 samples per thread: half the expert reads again, twice
+//      the registers -- worth it only when L2 bandwidth, not the N*|W| writes,
+//      limits. The library keeps whichever of 3 and 4 wins on the card.
+// The floor: N*|W| floats written once plus E*|W| read once (from HBM), at the
+// device-to-device copy bandwidth the bench measures.
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregate.h"
+
+#define CHECK(call)                                                                                                    \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess) {                                                                                       \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));                     \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+// ---------------------------------------------------------------------------
+// CPU reference
+
+static void aggregate_cpu(const float *experts, const float *alpha, float *filters, long long w, int n, int e)
+{
+    for (int s = 0; s < n; ++s)
+        for (long long j = 0; j < w; ++j) {
+            double acc = 0.0;
+            for (int k = 0; k < e; ++k) acc += (double)alpha[s * e + k] * experts[k * w + j];
+            filters[s * w + j] = (float)acc;
+        }
+}
+
+// ---------------------------------------------------------------------------
+// GPU kernels
+
+__global__ void aggregate_naive(const float *experts, const float *alpha, float *filters, long long w, int n, int e)
+{
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= w * n) return;
+    const int s = (int)(i / w);
+    const long long j = i - (long long)s * w;
+    float acc = 0.0f;
+    for (int k = 0; k < e; ++k) acc = fmaf(alpha[s * e + k], experts[k * w + j], acc);
+    filters[i] = acc;
+}
+
+__global__ void aggregate_vec4_one_sample(const float4 *experts, const float *alpha, float4 *filters, long long w4,
+                                          int n, int e)
+{
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= w4 * n) return;
+    const int s = (int)(i / w4);
+    const long long j = i - (long long)s * w4;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int k = 0; k < e; ++k) {
+        const float a = __ldg(alpha + s * e + k);
+        const float4 v = __ldg(experts + k * w4 + j);
+        acc.x = fmaf(a, v.x, acc.x);
+        acc.y = fmaf(a, v.y, acc.y);
+        acc.z = fmaf(a, v.z, acc.z);
+        acc.w = fmaf(a, v.w, acc.w);
+    }
+    filters[i] = acc;
+}
+
+template <int kSamples>
+__global__ void aggregate_vec4_samples(const float4 *experts, const float *alpha, float4 *filters, long long w4, int n,
+                                       int e)
+{
+    extern __shared__ float alpha_s[];
+    const int n0 = blockIdx.y * kSamples;
+    for (int i = threadIdx.x; i < kSamples * e; i += blockDim.x)
+        alpha_s[i] = (n0 + i / e < n) ? alpha[(size_t)n0 * e + i] : 0.0f;
+    __syncthreads();
+    const long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= w4) return;
+    float4 acc[kSamples];
+#pragma unroll
+    for (int s = 0; s < kSamples; ++s) acc[s] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int k = 0; k < e; ++k) {
+        const float4 v = __ldg(experts + k * w4 + j);
+#pragma unroll
+        for (int s = 0; s < kSamples; ++s) {
+            const float a = alpha_s[s * e + k];
+            acc[s].x = fmaf(a, v.x, acc[s].x);
+            acc[s].y = fmaf(a, v.y, acc[s].y);
+            acc[s].z = fmaf(a, v.z, acc[s].z);
+            acc[s].w = fmaf(a, v.w, acc[s].w);
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < kSamples; ++s)
+        if (n0 + s < n) filters[(size_t)(n0 + s) * w4 + j] = acc[s];
+}
+
+// ---------------------------------------------------------------------------
+// Launchers
+
+static void launch(int variant, const float *experts, const float *alpha, float *filters, long long w, int n, int e,
+                   int block)
+{
+    const long long w4 = w / 4;
+    switch (variant) {
+    case 1:
+        aggregate_naive<<<(unsigned)((w * n + block - 1) / block), block>>>(experts, alpha, filters, w, n, e);
+        break;
+    case 2:
+        aggregate_vec4_one_sample<<<(unsigned)((w4 * n + block - 1) / block), block>>>((const float4 *)experts, alpha,
+                                                                                       (float4 *)filters, w4, n, e);
+        break;
+    case 3: CHECK(cc_launch_aggregate(experts, NULL, alpha, filters, NULL, w, 1, n, e, 0)); break;
+    case 4: {
+        const dim3 grid((unsigned)((w4 + block - 1) / block), (unsigned)((n + 15) / 16));
+        aggregate_vec4_samples<16>
+            <<<grid, block, sizeof(float) * 16 * e>>>((const float4 *)experts, alpha, (float4 *)filters, w4, n, e);
+        break;
+    }
+    }
+    CHECK(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------
+// Driver: validate every variant, then time it.
+
+int main(void)
+{
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        printf("aggregate_dev: no CUDA device\n");
+        return 77;
+    }
+    // |W| of EfficientNet-CondConv-B0's 1x1 layers: 112x672, 672x112, 1152x192, 1152x320.
+    const long long widths[] = {112 * 672, 672 * 112, 1152 * 192, 1152 * 320};
+    const int batches[] = {1, 32, 128}, e = 8, variants = 4;
+    const int blocks[] = {128, 256, 512};
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; ++wi)
+        for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; ++bi) {
+            const long long w = widths[wi];
+            const int n = batches[bi];
+            float *h_exp = (float *)malloc(sizeof(float) * w * e), *h_alpha = (float *)malloc(sizeof(float) * n * e);
+            float *h_ref = (float *)malloc(sizeof(float) * w * n), *h_out = (float *)malloc(sizeof(float) * w * n);
+            for (long long i = 0; i < w * e; ++i) h_exp[i] = (float)rand() / RAND_MAX * 2.0f - 1.0f;
+            for (int i = 0; i < n * e; ++i) h_alpha[i] = (float)rand() / RAND_MAX;
+            aggregate_cpu(h_exp, h_alpha, h_ref, w, n, e);
+            float *d_exp, *d_alpha, *d_out;
+            CHECK(cudaMalloc(&d_exp, sizeof(float) * w * e));
+            CHECK(cudaMalloc(&d_alpha, sizeof(float) * n * e));
+            CHECK(cudaMalloc(&d_out, sizeof(float) * w * n));
+            CHECK(cudaMemcpy(d_exp, h_exp, sizeof(float) * w * e, cudaMemcpyHostToDevice));
+            CHECK(cudaMemcpy(d_alpha, h_alpha, sizeof(float) * n * e, cudaMemcpyHostToDevice));
+            const double bytes = 4.0 * (double)w * (n + e);
+            for (int v = 1; v <= variants; ++v)
+                for (size_t k = 0; k < sizeof blocks / sizeof blocks[0]; ++k) {
+                    if (v == 3 && k > 0) continue;                         // the library picks its own block size
+                    CHECK(cudaMemset(d_out, 0xff, sizeof(float) * w * n)); // NaN poison
+                    launch(v, d_exp, d_alpha, d_out, w, n, e, blocks[k]);
+                    CHECK(cudaMemcpy(h_out, d_out, sizeof(float) * w * n, cudaMemcpyDeviceToHost));
+                    long long bad = 0;
+                    for (long long i = 0; i < w * n; ++i) {
+                        const float d = fabsf(h_out[i] - h_ref[i]);
+                        if (!(d <= 1e-5f + 1e-5f * fabsf(h_ref[i]))) {
+                            if (bad < 3) fprintf(stderr, "  v%d [%lld]: %g vs %g\n", v, i, h_out[i], h_ref[i]);
+                            ++bad;
+                        }
+                    }
+                    if (bad) {
+                        printf("variant %d block %d: %lld mismatches, not timed\n", v, blocks[k], bad);
+                        continue;
+                    }
+                    cudaEvent_t a, b;
+                    CHECK(cudaEventCreate(&a));
+                    CHECK(cudaEventCreate(&b));
+                    for (int r = 0; r < 3; ++r) launch(v, d_exp, d_alpha, d_out, w, n, e, blocks[k]);
+                    float times[21];
+                    for (int r = 0; r < 21; ++r) {
+                        CHECK(cudaEventRecord(a));
+                        launch(v, d_exp, d_alpha, d_out, w, n, e, blocks[k]);
+                        CHECK(cudaEventRecord(b));
+                        CHECK(cudaEventSynchronize(b));
+                        CHECK(cudaEventElapsedTime(&times[r], a, b));
+                    }
+                    for (int i = 1; i < 21; ++i) // insertion sort for the median
+                        for (int j = i; j > 0 && times[j] < times[j - 1]; --j) {
+                            const float t = times[j];
+                            times[j] = times[j - 1];
+                            times[j - 1] = t;
+                        }
+                    const double us = times[10] * 1e3;
+                    printf("|W|=%7lld N=%3d E=%d variant %d block %3d: %8.2f us  %7.1f GB/s (floor bytes)\n", w, n, e,
+                           v, blocks[k], us, bytes / us * 1e-3);
+                    CHECK(cudaEventDestroy(a));
+                    CHECK(cudaEventDestroy(b));
+                }
+            CHECK(cudaFree(d_exp));
+            CHECK(cudaFree(d_alpha));
+            CHECK(cudaFree(d_out));
+            free(h_exp);
+            free(h_alpha);
+            free(h_ref);
+            free(h_out);
+        }
+    return 0;
+}

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The guard rails CI runs after scripts/test.sh (.ci/run). Each guard is a
+# labelled section of the log ("==== guard: NAME ===="); a summary table
+# closes the run, and any failed guard fails it.
+#
+#   werror    the whole tree (library, kernels, tests, bench, examples, the
+#             fuzz target) built with CONDCONV_WERROR=ON: host C with -Wall
+#             -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wconversion,
+#             nvcc with -Werror all-warnings
+#   asan      a second build, CONDCONV_SANITIZE=ON (host C with
+#             AddressSanitizer + UBSan, halting at the first finding), and
+#             the `cpu` tests in it
+#   valgrind  every `cpu` test program (found with `ctest --show-only`, so a
+#             new test is covered without editing this file) and the
+#             example's CPU path under valgrind memcheck: a definite leak or
+#             an invalid access fails
+#   format    clang-format --dry-run --Werror over the C, header and CUDA
+#             files git tracks
+#   tidy      clang-tidy (.clang-tidy) over host/*.c and tests/*.c and the
+#             project's headers, with compile_commands.json of the werror build
+#   cppcheck  cppcheck over host/, include/ and tests/
+#
+# Usage: scripts/ci-guards.sh [GUARD...]   (default: all six, in that order)
+# Environment: GUARDS_BUILD_PREFIX (default build: builds go to build-werror
+# and build-asan), JOBS (default 2, CI's cores).
+# Tools come from Debian packages: scripts/setup.sh --ci installs missing
+# ones; a tool still missing after that fails the run with its name.
+
+# shellcheck disable=SC2317 # the guard_* functions are called as "guard_$name"
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+root=$PWD
+jobs=${JOBS:-2}
+prefix=${GUARDS_BUILD_PREFIX:-build}
+werror_dir=$root/$prefix-werror
+asan_dir=$root/$prefix-asan
+all_guards=(werror asan valgrind format tidy cppcheck)
+guards=("$@")
+((${#guards[@]})) || guards=("${all_guards[@]}")
+for g in "${guards[@]}"; do
+  [[ " ${all_guards[*]} " == *" $g "* ]] || { echo "ci-guards: unknown guard '$g' (one of: ${all_guards[*]})" >&2; exit 2; }
+done
+
+run_start=$(date +%s)
+echo "==== ci-guards: set-up ===="
+scripts/setup.sh --ci || { echo "ci-guards: FAILED: scripts/setup.sh --ci could not install the CI tools" >&2; exit 1; }
+export PATH=$PATH:/usr/local/cuda/bin
+# Tool -> the Debian package that provides it.
+required=(cmake:cmake gcc:gcc git:git clang:clang clang-format:clang-format clang-tidy:clang-tidy
+          cppcheck:cppcheck valgrind:valgrind nvcc:"the CUDA toolkit")
+missing=0
+for entry in "${required[@]}"; do
+  tool=${entry%%:*} pkg=${entry#*:}
+  if ! command -v "$tool" >/dev/null; then
+    echo "ci-guards: FAILED: '$tool' is not installed after scripts/setup.sh --ci (install $pkg)" >&2
+    missing=1
+  fi
+done
+((missing == 0)) || exit 1
+for tool in gcc clang-format clang-tidy cppcheck valgrind; do
+  printf '  %-13s %s\n' "$tool" "$("$tool" --version 2>&1 | head -n1)"
+done
+
+# --- builds ------------------------------------------------------------------
+configure_and_build() { # dir, cmake args...
+  local dir=$1
+  shift
+  mkdir -p "$dir"
+  cmake -S "$root" -B "$dir" "$@" >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; return 1; }
+  cmake --build "$dir" -j"$jobs"
+}
+werror_built=0
+build_werror() {
+  ((werror_built)) && return 0
+  configure_and_build "$werror_dir" -DCMAKE_BUILD_TYPE=Release -DCONDCONV_WERROR=ON -DCONDCONV_SANITIZE=OFF &&
+    werror_built=1
+}
+
+# --- the guards --------------------------------------------------------------
+guard_werror() {
+  build_werror || return 1
+  # The fuzz target is compiled by run_fuzz.sh (clang), outside CMake, with
+  # the same warning flags; build it without running it.
+  local rc=0
+  FUZZ_BUILD_ONLY=1 FUZZ_WORK="$werror_dir/tests/fuzz/werror" tests/fuzz/run_fuzz.sh "$werror_dir" || rc=$?
+  ((rc == 0)) || { echo "ci-guards: the fuzz target did not build with -Werror (exit $rc)"; return 1; }
+}
+
+guard_asan() {
+  configure_and_build "$asan_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONDCONV_SANITIZE=ON -DCONDCONV_WERROR=OFF ||
+    return 1
+  # The sanitizers are really in: a test program loads libasan and libubsan.
+  if ! ldd "$asan_dir/tests/test_reference_cases" | grep -q libasan ||
+    ! ldd "$asan_dir/tests/test_reference_cases" | grep -q libubsan; then
+    echo "ci-guards: $asan_dir/tests/test_reference_cases is not linked with ASan and UBSan"
+    return 1
+  fi
+  # Left out, because they cannot run under ASan:
+  #  test_install           installs the library and builds programs outside the tree without
+  #                         sanitizers; an uninstrumented program cannot load an ASan library
+  #  test_fuzz_safetensors  builds its own clang libFuzzer+ASan+UBSan target, which cannot link
+  #                         the gcc-ASan static library of this build (it runs in scripts/test.sh)
+  #  *_valgrind             valgrind and ASan cannot share a process (the valgrind guard runs them)
+  local exclude='^(test_install|test_fuzz_safetensors|.*_valgrind)$'
+  local rc=0
+  (
+    cd "$asan_dir" &&
+      ASAN_OPTIONS=abort_on_error=1:halt_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+      UBSAN_OPTIONS=abort_on_error=1:halt_on_error=1:print_stacktrace=1 \
+        ctest -L cpu -E "$exclude" -j"$jobs" --output-on-failure --no-tests=error
+  ) || rc=1
+  # A WILL_FAIL test passes on any non-zero exit: make sure no sanitizer spoke anyway.
+  if grep -nE "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$asan_dir/Testing/Temporary/LastTest.log"; then
+    echo "ci-guards: a sanitizer reported an error (above; full output in $asan_dir/Testing/Temporary/LastTest.log)"
+    rc=1
+  fi
+  return "$rc"
+}
+
+guard_valgrind() {
+  build_werror || return 1
+  local list=$werror_dir/valgrind/tests.txt logs=$werror_dir/valgrind
+  rm -rf "$logs" && mkdir -p "$logs"
+  (cd "$werror_dir" && ctest -L cpu --show-only=json-v1 >"$logs/tests.json") || return 1
+  cmake -DJSON="$logs/tests.json" -DOUT="$list" -P scripts/ctest-commands.cmake || return 1
+  local -a names=() workdirs=() will_fail=() commands=()
+  local sep=$'\x1f' name wf wd cmd
+  while IFS= read -r line; do
+    IFS=$sep read -r -a fields <<<"$line"
+    name=${fields[0]} wf=${fields[1]} wd=${fields[2]} cmd=${fields[3]}
+    # Already run under valgrind by CTest: run them as they are, below.
+    if [[ $(basename "$cmd") == valgrind ]]; then
+      echo "  $name: already a valgrind test; run by CTest below"
+      continue
+    fi
+    # Script-driven tests (install, fuzz) run programs of their own.
+    if [[ ! -x $cmd ]] || [[ $(head -c4 "$cmd" | od -An -c | tr -d ' ') != '177ELF' ]]; then
+      echo "  $name: skipped, $(basename "$cmd") is a script, not a test program"
+      continue
+    fi
+    names+=("$name") workdirs+=("$wd") will_fail+=("$wf")
+    commands+=("$(printf '%q ' "${fields[@]:3}")")
+  done <"$list"
+  ((${#names[@]})) || { echo "ci-guards: no cpu test program found to run under valgrind"; return 1; }
+
+  # The tests' random cases are fewer here (CONDCONV_TEST_CASES): valgrind
+  # is ~50x slower, and the paths are the same.
+  local vg=(valgrind --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99
+            --suppressions="$root/tests/valgrind-cuda-libs.supp")
+  run_one() { # index -> exit status 0 (pass) or 1
+    local i=$1 log=$logs/${names[$1]}.log rc=0 ok=0
+    (cd "${workdirs[$i]:-$werror_dir}" && eval "CONDCONV_TEST_CASES=3 $(printf '%q ' "${vg[@]}") ${commands[$i]}") \
+      >"$log" 2>&1 || rc=$?
+    if ((rc == 99)); then
+      ok=0
+    elif ((will_fail[i])); then
+      ((rc != 0)) && ok=1
+    else
+      ((rc == 0)) && ok=1
+    fi
+    if ((ok)); then
+      echo "  valgrind: ${names[$i]} passed (exit $rc)"
+    else
+      echo "  valgrind: ${names[$i]} FAILED (exit $rc; 99 = memcheck found an error); the end of $log:"
+      tail -n 40 "$log" | sed 's/^/    /'
+      return 1
+    fi
+  }
+  local failed=0 i running=0
+  for i in "${!names[@]}"; do
+    run_one "$i" &
+    running=$((running + 1))
+    if ((running >= jobs)); then
+      wait -n || failed=1
+      running=$((running - 1))
+    fi
+  done
+  while ((running > 0)); do
+    wait -n || failed=1
+    running=$((running - 1))
+  done
+  # The tests that were valgrind tests already (hostile safetensors files, the
+  # example's shutdown), with their own stricter settings.
+  (cd "$werror_dir" && ctest -L cpu -R '_valgrind$' -j"$jobs" --output-on-failure --no-tests=error) || failed=1
+  return "$failed"
+}
+
+guard_format() {
+  git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { echo "ci-guards: not a git checkout"; return 1; }
+  local files
+  files=$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' | wc -l)
+  echo "  checking $files files"
+  git ls-files -z '*.c' '*.h' '*.cu' '*.cuh' | xargs -0 clang-format --dry-run --Werror ||
+    { echo "ci-guards: unformatted files (above); fix with: clang-format -i FILE"; return 1; }
+}
+
+guard_tidy() {
+  build_werror || return 1
+  git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { echo "ci-guards: not a git checkout"; return 1; }
+  # Top-level files only: tests/fuzz/ is built by run_fuzz.sh, not CMake,
+  # so it has no entry in compile_commands.json. Headers come in through
+  # HeaderFilterRegex.
+  local out=$werror_dir/clang-tidy.log rc=0
+  git ls-files -z ':(glob)host/*.c' ':(glob)tests/*.c' |
+    xargs -0 -n1 -P"$jobs" clang-tidy -p "$werror_dir" --quiet --warnings-as-errors='*' >"$out" 2>&1 || rc=1
+  grep -vE '^[0-9]+ warnings? (and [0-9]+ errors? )?generated\.$|^Suppressed [0-9]+ warnings|^Use -header-filter|^$' \
+    "$out" || true
+  ((rc == 0)) || { echo "ci-guards: clang-tidy findings (above): fix them, or NOLINT(check) with a reason"; return 1; }
+  echo "  clang-tidy: $(git ls-files ':(glob)host/*.c' ':(glob)tests/*.c' | wc -l) files, no findings"
+}
+
+guard_cppcheck() {
+  # --library=posix: the code calls fstat/fileno/strerror_r; without it
+  # cppcheck cannot see a FILE* leak through them.
+  cppcheck --enable=warning,performance,portability --error-exitcode=1 --inline-suppr --std=c11 --library=posix \
+    -j"$jobs" -q -I include -I host -I kernels -I tests host include tests ||
+    { echo "ci-guards: cppcheck findings (above): fix them, or suppress inline with a reason"; return 1; }
+  echo "  cppcheck: host/ include/ tests/, no findings"
+}
+
+# --- run them ----------------------------------------------------------------
+declare -A result seconds
+for g in "${guards[@]}"; do
+  echo
+  echo "==== guard: $g ===="
+  start=$(date +%s)
+  if "guard_$g"; then result[$g]=PASS; else result[$g]=FAIL; fi
+  seconds[$g]=$(($(date +%s) - start))
+  echo "==== guard: $g: ${result[$g]} (${seconds[$g]} s) ===="
+done
+
+echo
+echo "==== ci-guards: summary ===="
+printf '%-10s %-6s %8s\n' guard result seconds
+status=0
+for g in "${guards[@]}"; do
+  printf '%-10s %-6s %8s\n' "$g" "${result[$g]}" "${seconds[$g]}"
+  [[ ${result[$g]} == PASS ]] || status=1
+done
+printf '%-10s %-6s %8s\n' total "$( ((status)) && echo FAIL || echo PASS)" "$(($(date +%s) - run_start))"
+exit $status
