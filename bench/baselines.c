@@ -54,31 +54,6 @@ static const char *fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
     }
 }
 
-#define CUDNN_TRY(call)                                                                                                \
-    do {                                                                                                               \
-        const cudnnStatus_t s_ = (call);                                                                               \
-        if (s_ != CUDNN_STATUS_SUCCESS) {                                                                              \
-            snprintf(err, err_len, "%s: %s", #call, cudnnGetErrorString(s_));                                          \
-            goto fail;                                                                                                 \
-        }                                                                                                              \
-    } while (0)
-#define CUDA_TRY(call)                                                                                                 \
-    do {                                                                                                               \
-        const cudaError_t e_ = (call);                                                                                 \
-        if (e_ != cudaSuccess) {                                                                                       \
-            snprintf(err, err_len, "%s: %s", #call, cudaGetErrorString(e_));                                           \
-            goto fail;                                                                                                 \
-        }                                                                                                              \
-    } while (0)
-#define CUBLAS_TRY(call)                                                                                               \
-    do {                                                                                                               \
-        const cublasStatus_t b_ = (call);                                                                              \
-        if (b_ != CUBLAS_STATUS_SUCCESS) {                                                                             \
-            snprintf(err, err_len, "%s: cuBLAS status %d", #call, (int)b_);                                            \
-            goto fail;                                                                                                 \
-        }                                                                                                              \
-    } while (0)
-
 /* One cuDNN handle for the whole run (the bench is single-threaded). */
 static cudnnHandle_t shared_cudnn;
 

@@ -211,4 +211,31 @@ typedef struct bench_cpu_options {
 
 int bench_run_cpu(bench_report *report, const bench_cpu_options *opts);
 
+/* Error exits of the bench's CUDA/cuDNN/cuBLAS calls: the message goes to
+ * err (err_len bytes, both in scope) and control to the function's `fail:`. */
+#define CUDNN_TRY(call)                                                                                                \
+    do {                                                                                                               \
+        const cudnnStatus_t s_ = (call);                                                                               \
+        if (s_ != CUDNN_STATUS_SUCCESS) {                                                                              \
+            snprintf(err, err_len, "%s: %s", #call, cudnnGetErrorString(s_));                                          \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+#define CUDA_TRY(call)                                                                                                 \
+    do {                                                                                                               \
+        const cudaError_t e_ = (call);                                                                                 \
+        if (e_ != cudaSuccess) {                                                                                       \
+            snprintf(err, err_len, "%s: %s", #call, cudaGetErrorString(e_));                                           \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+#define CUBLAS_TRY(call)                                                                                               \
+    do {                                                                                                               \
+        const cublasStatus_t b_ = (call);                                                                              \
+        if (b_ != CUBLAS_STATUS_SUCCESS) {                                                                             \
+            snprintf(err, err_len, "%s: cuBLAS status %d", #call, (int)b_);                                            \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+
 #endif

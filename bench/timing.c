@@ -71,15 +71,6 @@ int bench_rotation_sets(size_t set_bytes, size_t l2_bytes, size_t max_bytes)
     return (int)want;
 }
 
-#define CUDA_TRY(call)                                                                                                 \
-    do {                                                                                                               \
-        const cudaError_t e_ = (call);                                                                                 \
-        if (e_ != cudaSuccess) {                                                                                       \
-            snprintf(err, err_len, "%s: %s", #call, cudaGetErrorString(e_));                                           \
-            goto fail;                                                                                                 \
-        }                                                                                                              \
-    } while (0)
-
 /* Fewer reps when a row would overrun its budget; never fewer than 5. */
 static int budget_reps(int reps, double loop_ms, double max_ms)
 {

@@ -63,6 +63,11 @@ condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc
  * into the workspace because cuDNN only pads symmetrically); the padded
  * input is gather_args.out_h x gather_args.out_w. */
 void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state);
+/* The cuDNN convolution of the layer's geometry, reading the padded input
+ * when the state gathers one (pads then 0): everything but the batch,
+ * channel, filter and group counts, which differ between algorithms. */
+cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geometry *geom,
+                                const cc_algo_state *state);
 /* Runs the gather of the input into the workspace if the state asks for it;
  * *x_used is the input the convolution should read. */
 condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,

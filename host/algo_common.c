@@ -77,6 +77,25 @@ void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geo
     a->pad_left = geom->pad_left;
 }
 
+cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    cc_conv_shape shape = {0};
+    shape.h = state->gather ? state->gather_args.out_h : geom->h;
+    shape.w = state->gather ? state->gather_args.out_w : geom->w;
+    shape.r = info->kernel_h;
+    shape.s = info->kernel_w;
+    shape.pad_h = state->gather ? 0 : geom->pad_top;
+    shape.pad_w = state->gather ? 0 : geom->pad_left;
+    shape.stride_h = info->stride_h;
+    shape.stride_w = info->stride_w;
+    shape.dilation_h = info->dilation_h;
+    shape.dilation_w = info->dilation_w;
+    shape.out_h = geom->out_h;
+    shape.out_w = geom->out_w;
+    return shape;
+}
+
 condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
                               const cc_forward_buffers *buffers, const float **x_used, const char *func)
 {

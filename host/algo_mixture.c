@@ -34,23 +34,12 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     state->algo = CONDCONV_ALGO_MIXTURE;
     state->math = math;
     cc_plan_gather_for_padding(layer, geom, state);
-    cc_conv_shape shape = {0};
+    /* A static conv over the real batch with E*Cout filters. */
+    cc_conv_shape shape = cc_conv_shape_for(layer, geom, state);
     shape.n = geom->n;
     shape.c = info->in_channels;
-    shape.h = state->gather ? state->gather_args.out_h : geom->h;
-    shape.w = state->gather ? state->gather_args.out_w : geom->w;
     shape.k = info->num_experts * info->out_channels;
-    shape.r = info->kernel_h;
-    shape.s = info->kernel_w;
     shape.groups = info->groups;
-    shape.pad_h = state->gather ? 0 : geom->pad_top;
-    shape.pad_w = state->gather ? 0 : geom->pad_left;
-    shape.stride_h = info->stride_h;
-    shape.stride_w = info->stride_w;
-    shape.dilation_h = info->dilation_h;
-    shape.dilation_w = info->dilation_w;
-    shape.out_h = geom->out_h;
-    shape.out_w = geom->out_w;
     CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, 0, scratch, &state->conv, func));
     state->has_conv = 1;
     const size_t gather_bytes = state->gather ? sizeof(float) * (size_t)shape.n * shape.c * shape.h * shape.w : 0;

@@ -6,6 +6,10 @@
 condconv_status cc_cuda_status(cudaError_t err, const char *call, const char *func)
 {
     if (err == cudaSuccess) return CONDCONV_STATUS_SUCCESS;
+    /* Reset the runtime's last-error state, or a later launch check
+     * (cudaGetLastError after a kernel launch) would report this failure
+     * again as its own. Sticky errors stay sticky regardless. */
+    (void)cudaGetLastError();
     if (err == cudaErrorMemoryAllocation)
         return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: %s: out of device memory", func, call);
     if (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver)

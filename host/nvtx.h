@@ -1,6 +1,6 @@
 /* NVTX ranges that name the phases of a forward in nsys and ncu
- * (condconv.forward > condconv.route, condconv.aggregate, condconv.conv,
- * condconv.epilogue). NVTX3 is header-only; with no profiler attached a
+ * (condconv.forward > condconv.route, condconv.aggregate, condconv.gather,
+ * condconv.conv, condconv.epilogue). NVTX3 is header-only; with no profiler attached a
  * push/pop costs a few nanoseconds. Build with -DCONDCONV_NVTX=OFF to
  * compile them out. */
 #ifndef CONDCONV_HOST_NVTX_H

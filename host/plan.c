@@ -181,6 +181,11 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
             st = CONDCONV_STATUS_SUCCESS;
             continue;
         }
+        if (st == CONDCONV_STATUS_ALLOC_FAILED) { /* does not fit in device memory now; others may */
+            cc_algo_state_destroy(&states[a]);
+            st = CONDCONV_STATUS_SUCCESS;
+            continue;
+        }
         if (st != CONDCONV_STATUS_SUCCESS) break;
         if (plan->alpha_bytes + states[a].workspace_bytes > CC_AUTO_MAX_WORKSPACE) {
             cc_algo_state_destroy(&states[a]);
@@ -190,6 +195,12 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
         trial.state = states[a];
         trial.workspace_bytes = plan->alpha_bytes + states[a].workspace_bytes;
         st = time_plan(layer, &trial, scratch, &info->measured_us[a], func);
+        if (st == CONDCONV_STATUS_ALLOC_FAILED) { /* its scratch did not fit: not a candidate */
+            info->measured_us[a] = -1.0f;
+            cc_algo_state_destroy(&states[a]);
+            st = CONDCONV_STATUS_SUCCESS;
+            continue;
+        }
         if (st == CONDCONV_STATUS_SUCCESS && (best < 0 || info->measured_us[a] < info->measured_us[best])) best = a;
     }
     if (st == CONDCONV_STATUS_SUCCESS && best < 0)

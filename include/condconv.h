@@ -313,7 +313,9 @@ CONDCONV_API condconv_status condconv_layer_get_desc(condconv_layer_t layer, con
  *                            CondConv2d) or [E, Cout, Cin/groups, kh, kw]
  *   <prefix>.bias            expert biases [E, Cout], iff the descriptor has bias
  *   <routing_prefix>.weight  routing FC [E, Cin]    (not with external routing;
- *   <routing_prefix>.bias    routing FC bias [E]     routing_prefix may then be NULL)
+ *   <routing_prefix>.bias    routing FC bias [E]     routing_prefix may then be NULL;
+ *                                                   an absent bias means zeros, as
+ *                                                   nn.Linear(bias=False))
  * F32, F16 and BF16 tensors are converted to the layer's dtype. Shapes are
  * checked against the descriptor (TENSOR_MISMATCH), absent names give
  * TENSOR_NOT_FOUND, malformed or hostile files BAD_FILE, unreadable ones

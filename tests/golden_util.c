@@ -219,3 +219,21 @@ condconv_layer_desc_t golden_desc(const golden *g, condconv_routing routing)
     s.routing = routing;
     return tu_make_desc(&s);
 }
+
+int golden_check_all(const char *dir, int min_files, condconv_context_t ctx,
+                     void (*check)(condconv_context_t ctx, const golden *g))
+{
+    char **paths;
+    const int count = golden_list(dir, &paths);
+    EXPECT(count >= min_files, "only %d golden files in %s", count, dir);
+    for (int i = 0; i < count; ++i) {
+        golden g;
+        if (golden_load(paths[i], &g) == 0)
+            check(ctx, &g);
+        else
+            tu_fail(__FILE__, __LINE__, "golden_load", "cannot read %s", paths[i]);
+        golden_free(&g);
+    }
+    golden_free_list(paths, count);
+    return count;
+}

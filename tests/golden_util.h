@@ -34,6 +34,11 @@ void golden_free_list(char **paths, int count);
 int golden_load(const char *path, golden *g);
 void golden_free(golden *g);
 
+/* Loads every golden file of dir (at least `min_files` expected) and calls
+ * check(ctx, g) for each; returns how many files there were. */
+int golden_check_all(const char *dir, int min_files, condconv_context_t ctx,
+                     void (*check)(condconv_context_t ctx, const golden *g));
+
 /* A descriptor for the file's layer with the given routing (the caller
  * destroys it). */
 condconv_layer_desc_t golden_desc(const golden *g, condconv_routing routing);

@@ -124,25 +124,14 @@ int main(int argc, char **argv)
 {
     tu_require_gpu("test_golden_gpu");
     const char *dir = argc > 1 ? argv[1] : CONDCONV_GOLDEN_DIR;
-    char **paths;
-    const int count = golden_list(dir, &paths);
-    EXPECT(count >= 10, "only %d golden files in %s", count, dir);
     cudaStream_t stream;
     TU_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     condconv_context_t ctx;
     if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_golden_gpu");
     EXPECT_OK(condconv_context_set_stream(ctx, stream));
-    for (int i = 0; i < count; ++i) {
-        golden g;
-        if (golden_load(paths[i], &g) == 0)
-            run_case(ctx, &g);
-        else
-            tu_fail(__FILE__, __LINE__, "golden_load", "cannot read %s", paths[i]);
-        golden_free(&g);
-    }
+    const int count = golden_check_all(dir, 10, ctx, run_case);
     EXPECT_OK(condconv_context_destroy(ctx));
     TU_CUDA(cudaStreamDestroy(stream));
-    golden_free_list(paths, count);
     printf("%d golden files: %d runs compared with timm, %d refusals of inapplicable algorithms\n", count, runs,
            refusals);
     return tu_finish("test_golden_gpu");

@@ -40,15 +40,10 @@ int main(void)
     EXPECT(ctx == NULL, "failed create wrote the context");
     EXPECT_OK(condconv_context_create(&ctx, 0));
 
-    tu_layer_spec s = {0};
-    s.cin = s.cout = 4;
-    s.kh = s.kw = 3;
-    s.stride_h = s.stride_w = s.dil_h = s.dil_w = s.groups = 1;
+    tu_layer_spec s = tu_basic_spec(4, 4, 3, 3);
     s.pad_h = s.pad_w = 1;
-    s.experts = 3;
     s.has_bias = 1;
     s.routing = CONDCONV_ROUTING_SIGMOID;
-    s.temperature = 1.0f;
     tu_params p;
     tu_make_params(&s, &p);
     condconv_layer_desc_t desc = tu_make_desc(&s);

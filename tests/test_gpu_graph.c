@@ -11,12 +11,9 @@
 
 static tu_layer_spec layer_for(condconv_algo algo)
 {
-    tu_layer_spec s = {0};
-    s.stride_h = s.stride_w = s.dil_h = s.dil_w = s.groups = 1;
-    s.experts = 4;
+    tu_layer_spec s = tu_basic_spec(0, 0, 1, 4); /* channels set below */
     s.has_bias = 1;
     s.routing = CONDCONV_ROUTING_SIGMOID;
-    s.temperature = 1.0f;
     s.activation = CONDCONV_ACTIVATION_SILU;
     if (algo == CONDCONV_ALGO_GEMM_BATCHED) {
         s.cin = 24;

@@ -12,12 +12,7 @@
 static void check(condconv_context_t ctx, int n, int c, int h, int w, int experts, condconv_routing routing,
                   float temperature)
 {
-    tu_layer_spec s = {0};
-    s.cin = c;
-    s.cout = 1;
-    s.kh = s.kw = 1;
-    s.stride_h = s.stride_w = s.dil_h = s.dil_w = s.groups = 1;
-    s.experts = experts;
+    tu_layer_spec s = tu_basic_spec(c, 1, 1, experts);
     s.routing = routing;
     s.temperature = temperature;
     tu_params p;

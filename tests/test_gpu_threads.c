@@ -81,16 +81,10 @@ int main(void)
 {
     tu_require_gpu("test_gpu_threads");
     tu_seed_from_env();
-    tu_layer_spec s = {0};
-    s.cin = 32;
-    s.cout = 48;
-    s.kh = s.kw = 3;
-    s.stride_h = s.stride_w = s.dil_h = s.dil_w = s.groups = 1;
+    tu_layer_spec s = tu_basic_spec(32, 48, 3, 8);
     s.pad_h = s.pad_w = 1;
-    s.experts = 8;
     s.has_bias = 1;
     s.routing = CONDCONV_ROUTING_SIGMOID;
-    s.temperature = 1.0f;
     s.activation = CONDCONV_ACTIVATION_SILU;
     tu_params p;
     tu_make_params(&s, &p);

@@ -8,20 +8,6 @@
 
 #include "test_util.h"
 
-static tu_layer_spec base_spec(int cin, int cout, int k, int experts)
-{
-    tu_layer_spec s = {0};
-    s.cin = cin;
-    s.cout = cout;
-    s.kh = s.kw = k;
-    s.stride_h = s.stride_w = s.dil_h = s.dil_w = s.groups = 1;
-    s.pad_mode = CONDCONV_PADDING_EXPLICIT;
-    s.experts = experts;
-    s.routing = CONDCONV_ROUTING_EXTERNAL;
-    s.temperature = 1.0f;
-    return s;
-}
-
 /* Runs one layer on the CPU with external alpha and compares with want. */
 static void run_case(const char *name, const tu_layer_spec *s, const float *experts, const float *bias,
                      const float *alpha, int n, int h, int w, const float *x, const float *want, size_t want_n)
@@ -58,7 +44,7 @@ int main(void)
     { /* 1x1, Cin 2 -> Cout 1, E = 2 with biases, alpha = (2, 3):
        * W = 2*[1,0] + 3*[0,2] = [2,6]; b = 2*0.5 + 3*(-1) = -2;
        * y = 2*[1,2] + 6*[3,4] - 2 = [18, 26]. */
-        tu_layer_spec s = base_spec(2, 1, 1, 2);
+        tu_layer_spec s = tu_basic_spec(2, 1, 1, 2);
         s.has_bias = 1;
         const float experts[] = {1, 0, 0, 2}, bias[] = {0.5f, -1.0f}, alpha[] = {2, 3};
         const float x[] = {1, 2, 3, 4}, want[] = {18, 26};
@@ -67,7 +53,7 @@ int main(void)
     { /* 3x3 ones, stride 2, pad 1 on the 4x4 grid 1..16 -> 2x2:
        * (0,0) 1+2+5+6 = 14; (0,1) 2+3+4+6+7+8 = 30;
        * (1,0) 5+6+9+10+13+14 = 57; (1,1) 6+7+8+10+11+12+14+15+16 = 99. */
-        tu_layer_spec s = base_spec(1, 1, 3, 1);
+        tu_layer_spec s = tu_basic_spec(1, 1, 3, 1);
         s.stride_h = s.stride_w = 2;
         s.pad_h = s.pad_w = 1;
         float w[9], x[16];
@@ -78,7 +64,7 @@ int main(void)
     }
     { /* 3x3 with weights 1..9, dilation 2, on the 5x5 grid 1..25 -> 1x1:
        * taps at rows/cols 0,2,4: 1*1+2*3+3*5 + 4*11+5*13+6*15 + 7*21+8*23+9*25 = 22+199+556 = 777. */
-        tu_layer_spec s = base_spec(1, 1, 3, 1);
+        tu_layer_spec s = tu_basic_spec(1, 1, 3, 1);
         s.dil_h = s.dil_w = 2;
         float w[9], x[25];
         iota(w, 9);
@@ -88,14 +74,14 @@ int main(void)
     }
     { /* groups 2: Cin 4 -> Cout 2, 1x1; out0 sees in0,in1 with (1,10),
        * out1 sees in2,in3 with (100,1000); x = (1,2,3,4): y = (21, 4300). */
-        tu_layer_spec s = base_spec(4, 2, 1, 1);
+        tu_layer_spec s = tu_basic_spec(4, 2, 1, 1);
         s.groups = 2;
         const float w[] = {1, 10, 100, 1000}, x[] = {1, 2, 3, 4}, want[] = {21, 4300};
         run_case("groups2", &s, w, NULL, &one, 1, 1, 1, x, want, 2);
     }
     { /* depthwise 3x3, pad 1, 2 channels on 3x3: channel 0 box sums of 1..9
        * with zero padding; channel 1 has only a centre tap of 2 on ones. */
-        tu_layer_spec s = base_spec(2, 2, 3, 1);
+        tu_layer_spec s = tu_basic_spec(2, 2, 3, 1);
         s.groups = 2;
         s.pad_h = s.pad_w = 1;
         float w[18] = {0}, x[18];
@@ -108,7 +94,7 @@ int main(void)
     }
     { /* "same", even kernel 2x2, stride 1, on 3x3: total padding 1 goes
        * below/right: y(r,c) = sum of x over rows r..r+1, cols c..c+1. */
-        tu_layer_spec s = base_spec(1, 1, 2, 1);
+        tu_layer_spec s = tu_basic_spec(1, 1, 2, 1);
         s.pad_mode = CONDCONV_PADDING_SAME;
         float w[4], x[9];
         ones(w, 4);
@@ -120,7 +106,7 @@ int main(void)
        * (2-1)*2 + 3 - 4 = 1, all of it below/right (TF rule):
        * (0,0) rows 0-2 cols 0-2 = 54; (0,1) rows 0-2 cols 2-3 = 45;
        * (1,0) rows 2-3 cols 0-2 = 72; (1,1) rows 2-3 cols 2-3 = 54. */
-        tu_layer_spec s = base_spec(1, 1, 3, 1);
+        tu_layer_spec s = tu_basic_spec(1, 1, 3, 1);
         s.stride_h = s.stride_w = 2;
         s.pad_mode = CONDCONV_PADDING_SAME;
         float w[9], x[16];
@@ -138,7 +124,7 @@ int main(void)
                                 {5, 2, 7, 4, 2, 2},
                                 {1, 2, 6, 3, 0, 0}};
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
-            tu_layer_spec s = base_spec(1, 1, cases[i][0], 1);
+            tu_layer_spec s = tu_basic_spec(1, 1, cases[i][0], 1);
             s.stride_h = s.stride_w = cases[i][1];
             s.pad_mode = CONDCONV_PADDING_SAME;
             condconv_layer_desc_t d = tu_make_desc(&s);
@@ -154,14 +140,14 @@ int main(void)
         const float x[] = {-2.0f, -0.5f, 0.0f, 1.5f};
         const float relu[] = {0, 0, 0, 1.5f};
         const float silu[] = {-0.2384058440442351f, -0.1887703343990727f, 0.0f, 1.2263617142904655f};
-        tu_layer_spec s = base_spec(1, 1, 1, 1);
+        tu_layer_spec s = tu_basic_spec(1, 1, 1, 1);
         s.activation = CONDCONV_ACTIVATION_RELU;
         run_case("relu", &s, &one, NULL, &one, 1, 2, 2, x, relu, 4);
         s.activation = CONDCONV_ACTIVATION_SILU;
         run_case("silu", &s, &one, NULL, &one, 1, 2, 2, x, silu, 4);
     }
     { /* A NaN input reaches exactly the outputs whose window holds it, through ReLU too. */
-        tu_layer_spec s = base_spec(1, 1, 1, 1);
+        tu_layer_spec s = tu_basic_spec(1, 1, 1, 1);
         s.activation = CONDCONV_ACTIVATION_RELU;
         condconv_context_t ctx;
         EXPECT_OK(condconv_context_create(&ctx, CONDCONV_DEVICE_CPU));

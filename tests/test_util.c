@@ -104,6 +104,20 @@ void tu_fill_nan(float *p, size_t n)
         }                                                                                                              \
     } while (0)
 
+tu_layer_spec tu_basic_spec(int cin, int cout, int k, int experts)
+{
+    tu_layer_spec s = {0};
+    s.cin = cin;
+    s.cout = cout;
+    s.kh = s.kw = k;
+    s.stride_h = s.stride_w = s.dil_h = s.dil_w = s.groups = 1;
+    s.pad_mode = CONDCONV_PADDING_EXPLICIT;
+    s.experts = experts;
+    s.routing = CONDCONV_ROUTING_EXTERNAL;
+    s.temperature = 1.0f;
+    return s;
+}
+
 tu_layer_spec tu_random_spec(tu_domain domain, int max_per_group, int max_kernel)
 {
     tu_layer_spec s = {0};

@@ -61,6 +61,10 @@ typedef struct tu_params {
     size_t experts_n, bias_n, routing_weight_n, routing_bias_n;
 } tu_params;
 
+/* A dense k x k layer: stride, dilation and groups 1, explicit padding 0,
+ * no bias, external routing, no activation; tests change what they need. */
+tu_layer_spec tu_basic_spec(int cin, int cout, int k, int experts);
+
 /* Random specs. TU_ANY mixes dense, grouped, depthwise and pointwise
  * layers with strides 1-3, dilation 1-2, explicit or "same" padding, E from
  * 1 to 32, every routing mode and activation; the others pin the kind. */
