@@ -63,6 +63,14 @@ condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc
  * into the workspace because cuDNN only pads symmetrically); the padded
  * input is gather_args.out_h x gather_args.out_w. */
 void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state);
+/* Bytes of the gathered input (planes x taps x window positions floats), 0
+ * when the state gathers nothing. */
+size_t cc_gather_bytes(const cc_algo_state *state);
+/* Workspace of the algorithms that aggregate per-sample filters:
+ * [gathered input][filters N*|W|][biases N*Cout], 256-byte aligned pieces.
+ * Sets off_gather, off_filters and off_biases; returns the end offset. */
+size_t cc_layout_aggregated_workspace(const struct condconv_layer *layer, const cc_geometry *geom,
+                                      cc_algo_state *state);
 /* The cuDNN convolution of the layer's geometry, reading the padded input
  * when the state gathers one (pads then 0): everything but the batch,
  * channel, filter and group counts, which differ between algorithms. */

@@ -77,6 +77,25 @@ void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geo
     a->pad_left = geom->pad_left;
 }
 
+size_t cc_gather_bytes(const cc_algo_state *state)
+{
+    if (!state->gather) return 0;
+    const cc_gather_args *a = &state->gather_args;
+    return sizeof(float) * (size_t)a->planes * (size_t)a->kernel_h * (size_t)a->kernel_w * (size_t)a->out_h *
+           (size_t)a->out_w;
+}
+
+size_t cc_layout_aggregated_workspace(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    const size_t filter_bytes = sizeof(float) * (size_t)geom->n * (size_t)layer->weights->sizes.filter_elems;
+    const size_t bias_bytes = info->has_bias ? sizeof(float) * (size_t)geom->n * (size_t)info->out_channels : 0;
+    state->off_gather = 0;
+    state->off_filters = cc_align256(cc_gather_bytes(state));
+    state->off_biases = state->off_filters + cc_align256(filter_bytes);
+    return state->off_biases + cc_align256(bias_bytes);
+}
+
 cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state)
 {
     const condconv_layer_info *info = &layer->weights->info;

@@ -40,13 +40,7 @@ static condconv_status grouped_prepare(const struct condconv_layer *layer, const
     CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, want_fused, scratch, &state->conv, func));
     state->has_conv = 1;
 
-    const size_t gather_bytes = state->gather ? sizeof(float) * (size_t)shape.c * shape.h * shape.w : 0;
-    const size_t filter_bytes = sizeof(float) * (size_t)n * (size_t)layer->weights->sizes.filter_elems;
-    const size_t bias_bytes = info->has_bias ? sizeof(float) * (size_t)n * info->out_channels : 0;
-    state->off_gather = 0;
-    state->off_filters = cc_align256(gather_bytes);
-    state->off_biases = state->off_filters + cc_align256(filter_bytes);
-    state->off_conv_workspace = state->off_biases + cc_align256(bias_bytes);
+    state->off_conv_workspace = cc_layout_aggregated_workspace(layer, geom, state);
     state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;
     return CONDCONV_STATUS_SUCCESS;
 }

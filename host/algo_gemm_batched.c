@@ -43,7 +43,6 @@ static condconv_status gemm_prepare(const struct condconv_layer *layer, const cc
     state->algo = CONDCONV_ALGO_GEMM_BATCHED;
     state->math = math;
     state->gather = needs_im2col(info, geom);
-    size_t gather_bytes = 0;
     if (state->gather) {
         cc_gather_args *a = &state->gather_args;
         a->planes = (long long)geom->n * info->in_channels;
@@ -59,15 +58,8 @@ static condconv_status gemm_prepare(const struct condconv_layer *layer, const cc
         a->dilation_w = info->dilation_w;
         a->pad_top = geom->pad_top;
         a->pad_left = geom->pad_left;
-        gather_bytes = sizeof(float) * (size_t)a->planes * (size_t)info->kernel_h * (size_t)info->kernel_w *
-                       (size_t)geom->out_h * (size_t)geom->out_w;
     }
-    const size_t filter_bytes = sizeof(float) * (size_t)geom->n * (size_t)layer->weights->sizes.filter_elems;
-    const size_t bias_bytes = info->has_bias ? sizeof(float) * (size_t)geom->n * info->out_channels : 0;
-    state->off_gather = 0;
-    state->off_filters = cc_align256(gather_bytes);
-    state->off_biases = state->off_filters + cc_align256(filter_bytes);
-    state->workspace_bytes = state->off_biases + cc_align256(bias_bytes);
+    state->workspace_bytes = cc_layout_aggregated_workspace(layer, geom, state);
     return CONDCONV_STATUS_SUCCESS;
 }
 

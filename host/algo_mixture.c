@@ -42,10 +42,10 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     shape.groups = info->groups;
     CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, 0, scratch, &state->conv, func));
     state->has_conv = 1;
-    const size_t gather_bytes = state->gather ? sizeof(float) * (size_t)shape.n * shape.c * shape.h * shape.w : 0;
+
     const size_t z_bytes = sizeof(float) * (size_t)geom->y_elems * (size_t)info->num_experts;
     state->off_gather = 0;
-    state->off_z = cc_align256(gather_bytes);
+    state->off_z = cc_align256(cc_gather_bytes(state));
     state->off_conv_workspace = state->off_z + cc_align256(z_bytes);
     state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;
     return CONDCONV_STATUS_SUCCESS;
