@@ -16,6 +16,8 @@
 # The GPU machine has no package registry: if it lacks Jansson, carry the
 # .deps folder made by scripts/fetch-device-deps.sh.
 set -uo pipefail
+# The GPU machine may not have the toolkit on PATH.
+[[ -d /usr/local/cuda/bin ]] && export PATH=/usr/local/cuda/bin:$PATH
 cd "$(dirname "$0")/.."
 root=$PWD
 OUT=${OUT:-$root/out}
@@ -60,6 +62,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
   sed 's/^/gpu: /' | tee -a "$summary"
 note "nvcc: $(nvcc --version | tail -n 1)"
 
+finish() {
+  tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+  note "== done with $(left)s of the budget left"
+  echo
+  echo "---- bench (tail) ----"
+  tar -xzOf "$OUT/logs.tar.gz" logs/bench.log 2>/dev/null | tail -n 60
+  [[ -s "$OUT/merged.md" ]] && { echo "---- condconv vs timm vs static ----"; head -n 60 "$OUT/merged.md"; }
+  echo "---- summary ----"
+  cat "$summary"
+}
+
 # Jansson: the machine's own, or the carried Debian packages.
 cmake_extra=()
 if [[ ! -e /usr/include/jansson.h ]]; then
@@ -67,6 +80,7 @@ if [[ ! -e /usr/include/jansson.h ]]; then
     mkdir -p .deps/root
     for deb in .deps/debs/*.deb; do dpkg -x "$deb" .deps/root; done
     cmake_extra+=("-DCMAKE_PREFIX_PATH=$root/.deps/root/usr")
+    export CMAKE_PREFIX_PATH=$root/.deps/root/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
     export LD_LIBRARY_PATH=$root/.deps/root/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
     note "jansson: unpacked the carried packages into .deps/root"
   else
@@ -74,54 +88,64 @@ if [[ ! -e /usr/include/jansson.h ]]; then
   fi
 fi
 
-step configure 120 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${cmake_extra[@]}" ||
-  { note "configure failed: stopping"; }
-step build 240 cmake --build "$build" -j"$jobs" || note "build failed"
+# 1. build. Nothing else can run without it.
+if ! step configure 90 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${cmake_extra[@]}"; then
+  note "configure failed: stopping"
+  finish
+  exit 1
+fi
+if ! step build 180 cmake --build "$build" -j"$jobs"; then
+  note "build failed: stopping"
+  finish
+  exit 1
+fi
 
-# 2. every test; GPU tests four at a time (they share the GPU).
-step ctest 300 ctest --test-dir "$build" --output-on-failure -j4
+# 2. every test once, without sanitizer; GPU tests four at a time.
+step ctest 120 ctest --test-dir "$build" --output-on-failure -j4 --timeout 100
 grep -E "tests passed|Skipped|Failed|\*\*\*" "$OUT/logs/ctest.log" | sed 's/^/    /' | tee -a "$summary"
 
-# 3. compute-sanitizer on the GPU tests, few random cases each: memcheck on
-#    every algorithm, racecheck on the kernels with shared memory,
-#    initcheck on the whole forward.
-export CONDCONV_TEST_CASES=4
-t=$build/tests
-san() { compute-sanitizer --tool "$1" --error-exitcode 1 --print-limit 20 "${@:2}"; }
-for algo in cudnn_grouped gemm_batched depthwise_fused mixture; do
-  step "memcheck.$algo" 90 san memcheck "$t/test_gpu_forward" "$algo"
-done
-step memcheck.routing 60 san memcheck "$t/test_gpu_routing"
-step memcheck.graph 60 san memcheck "$t/test_gpu_graph"
-step memcheck.bad_inputs 60 san memcheck "$t/test_gpu_bad_inputs"
-step memcheck.golden 90 san memcheck "$t/test_golden_gpu"
-step memcheck.example 90 san memcheck --leak-check full "$build/examples/condconv_server" \
-  tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --workers 2 --requests 16 --verify
-step racecheck.routing 90 san racecheck "$t/test_gpu_routing"
-step racecheck.depthwise 90 san racecheck "$t/test_gpu_forward" depthwise_fused
-step racecheck.aggregate 90 san racecheck "$t/test_gpu_forward" gemm_batched
-step initcheck.forward 90 san initcheck "$t/test_gpu_forward" auto
-unset CONDCONV_TEST_CASES
-
-# 4. benchmark, timm side by side, merged table, plots.
-step bench 300 "$build/bench/condconv-bench" --quick --csv "$OUT/bench.csv" --json "$OUT/bench.json"
+# 3. benchmark, timm side by side, merged table, plots.
+step bench 170 "$build/bench/condconv-bench" --quick --csv "$OUT/bench.csv" --json "$OUT/bench.json"
 cp "$OUT/logs/bench.log" "$OUT/logs/bench-table.txt" 2>/dev/null
 if [[ -s "$OUT/bench.csv" ]]; then
-  step peer_timm 200 python3 bench/peer_timm.py --from-csv "$OUT/bench.csv" --csv "$OUT/peer.csv"
+  step peer_timm 100 python3 bench/peer_timm.py --from-csv "$OUT/bench.csv" --csv "$OUT/peer.csv"
   [[ -s "$OUT/peer.csv" ]] &&
-    step merge 30 python3 bench/merge_peer.py "$OUT/bench.csv" "$OUT/peer.csv" --out "$OUT/merged.csv" --md "$OUT/merged.md"
-  step plot 60 python3 bench/plot.py "$OUT/bench.csv" --out "$OUT/plots" --mode both &&
+    step merge 20 python3 bench/merge_peer.py "$OUT/bench.csv" "$OUT/peer.csv" --out "$OUT/merged.csv" --md "$OUT/merged.md"
+  step plot 40 python3 bench/plot.py "$OUT/bench.csv" --out "$OUT/plots" --mode both &&
     tar -czf "$OUT/plots.tar.gz" -C "$OUT" plots && rm -rf "$OUT/plots"
 fi
 
-# 5. the aggregation kernel's variants (bench/dev), if time is left.
-step aggregate_dev 60 "$build/bench/aggregate_dev"
+# 4. ncu: duration, DRAM throughput, occupancy, registers, spills of each
+#    custom kernel on two shapes (EffNet-CC-B0's 1152->192 1x1 at 7x7 and a
+#    5x5 depthwise at 14x14), so kernels can be tuned later without a GPU.
+step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+  --kernel-name-base function --kernel-name 'regex:routing|aggregate|depthwise|bias_activation|mixture_combine|gather' \
+  --launch-count 40 --log-file "$OUT/logs/ncu.csv" \
+  "$build/bench/condconv-bench" --layer 1152,192,1,1,1,7 --layer 672,672,5,1,672,14 --batch 32 \
+  --experts 8 --algo cudnn_grouped,gemm_batched,depthwise_fused,mixture --warmup 1 --reps 1 --iters 1 \
+  --no-graph --no-phases --no-ceilings
 
-tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
-note "== done with $(left)s of the budget left"
-echo
-echo "---- bench (tail) ----"
-tar -xzOf "$OUT/logs.tar.gz" logs/bench.log 2>/dev/null | tail -n 60
-[[ -s "$OUT/merged.md" ]] && { echo "---- condconv vs timm vs static ----"; head -n 60 "$OUT/merged.md"; }
-echo "---- summary ----"
-cat "$summary"
+# 5. the aggregation kernel's variants (bench/dev).
+step aggregate_dev 40 "$build/bench/aggregate_dev"
+
+# 6. compute-sanitizer with whatever time is left, few random cases each:
+#    memcheck on every algorithm, racecheck on the kernels with shared
+#    memory, initcheck on the whole forward.
+export CONDCONV_TEST_CASES=4
+t=$build/tests
+san() { compute-sanitizer --tool "$1" --error-exitcode 1 --print-limit 20 "${@:2}"; }
+step memcheck.routing 40 san memcheck "$t/test_gpu_routing"
+for algo in cudnn_grouped gemm_batched depthwise_fused mixture; do
+  step "memcheck.$algo" 50 san memcheck "$t/test_gpu_forward" "$algo"
+done
+step racecheck.depthwise 50 san racecheck "$t/test_gpu_forward" depthwise_fused
+step racecheck.routing 40 san racecheck "$t/test_gpu_routing"
+step racecheck.aggregate 50 san racecheck "$t/test_gpu_forward" gemm_batched
+step initcheck.forward 50 san initcheck "$t/test_gpu_forward" auto
+step memcheck.graph 40 san memcheck "$t/test_gpu_graph"
+step memcheck.bad_inputs 40 san memcheck "$t/test_gpu_bad_inputs"
+step memcheck.golden 50 san memcheck "$t/test_golden_gpu"
+step memcheck.example 50 san memcheck --leak-check full "$build/examples/condconv_server" \
+  tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --workers 2 --requests 16 --verify
+unset CONDCONV_TEST_CASES
+finish
