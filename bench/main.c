@@ -457,6 +457,7 @@ typedef struct gpu_run {
     void *workspace;
     size_t workspace_cap;
     int failures;
+    double start_us; /* when the run began: each row's progress line on stderr says how long it has taken */
 } gpu_run;
 
 /* The library's message without its "CONDCONV_STATUS_X: condconv_prepare: " prefix. */
@@ -490,6 +491,14 @@ static void measure(gpu_run *g, bench_row *row, bench_launch_fn fn, void *arg, i
         return;
     }
     set_status(row, "ok", NULL);
+    /* A forward slower than the whole row's budget is timed plainly only: a
+     * graph of it (and the phase timings) would add seconds and say nothing new. */
+    if (o->timing.max_row_ms > 0.0 && row->plain.median > 1000.0 * o->timing.max_row_ms) {
+        const size_t len = strlen(row->note);
+        snprintf(row->note + len, sizeof row->note - len, "%sslower than --max-row-ms: graph and phases not timed",
+                 len ? "; " : "");
+        return;
+    }
     if (o->graph && bench_time_graph(g->stream, fn, arg, sets, &o->timing, &row->graph, err, sizeof err) != 0) {
         const size_t len = strlen(row->note);
         snprintf(row->note + len, sizeof row->note - len, "%sgraph: %s", len ? "; " : "", err);
@@ -522,6 +531,9 @@ static int ensure_workspace(gpu_run *g, size_t bytes, char *err, size_t err_len)
 
 static void add_row(gpu_run *g, const bench_row *row)
 {
+    /* Progress on stderr, with the wall time: where a long run spends it. */
+    fprintf(stderr, "[%8.1f s] %s n%d E%d %s %s: %s\n", (bench_now_us() - g->start_us) * 1e-6, row->layer->name,
+            row->batch, row->experts, bench_math_name(row->math), row->method, row->status);
     if (strcmp(row->status, "error") == 0) ++g->failures;
     if (bench_report_add(g->report, row) != 0) ++g->failures;
 }
@@ -691,6 +703,7 @@ static int run_gpu(const options *o, bench_report *report)
     g.o = o;
     g.report = report;
     g.l2_bytes = report->env.l2_bytes;
+    g.start_us = bench_now_us();
     char err[BENCH_ERR_LEN] = "";
     if (cudaSetDevice(o->device) != cudaSuccess || cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking) != 0) {
         fprintf(stderr, "condconv-bench: cannot use CUDA device %d: %s\n", o->device,

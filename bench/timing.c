@@ -84,7 +84,7 @@ int bench_time_plain(cudaStream_t stream, bench_launch_fn fn, void *arg, int set
                      bench_stats *stats, double *host_us, char *err, size_t err_len)
 {
     cudaEvent_t start = NULL, stop = NULL;
-    int reps = timing->reps, kept = 0, set = 0, rc = -1;
+    int reps = timing->reps, kept = 0, set = 0, rc = -1, iters = timing->iters;
     double *times = malloc(sizeof(double) * (size_t)(reps > 0 ? reps : 1));
     double host_total = 0.0;
     if (times == NULL) {
@@ -96,7 +96,7 @@ int bench_time_plain(cudaStream_t stream, bench_launch_fn fn, void *arg, int set
     for (int r = 0; r < timing->warmup + reps; ++r) {
         CUDA_TRY(cudaEventRecord(start, stream));
         const double t0 = bench_now_us();
-        for (int j = 0; j < timing->iters; ++j) {
+        for (int j = 0; j < iters; ++j) {
             if (fn(arg, set, err, err_len) != 0) goto fail;
             set = (set + 1) % sets;
         }
@@ -105,14 +105,24 @@ int bench_time_plain(cudaStream_t stream, bench_launch_fn fn, void *arg, int set
         CUDA_TRY(cudaEventSynchronize(stop));
         float ms = 0.0f;
         CUDA_TRY(cudaEventElapsedTime(&ms, start, stop));
-        if (r == 0) reps = budget_reps(reps, (double)ms, timing->max_row_ms);
         if (r >= timing->warmup) {
-            times[kept++] = (double)ms * 1000.0 / timing->iters;
+            times[kept++] = (double)ms * 1000.0 / iters;
             host_total += t1 - t0;
+        }
+        if (r == 0) {
+            /* A forward so slow that even 5 loops overrun the row's budget
+             * (cuDNN with thousands of groups can take tens of ms): fewer
+             * forwards per loop, then fewer loops. */
+            const double per_forward = (double)ms / iters;
+            if (timing->max_row_ms > 0.0 && 5.0 * (double)ms > timing->max_row_ms && iters > 1) {
+                const int fit = (int)(timing->max_row_ms / (5.0 * per_forward));
+                iters = fit < 1 ? 1 : (fit < iters ? fit : iters);
+            }
+            reps = budget_reps(reps, per_forward * iters, timing->max_row_ms);
         }
     }
     bench_stats_from(times, kept, stats);
-    *host_us = kept > 0 ? host_total / ((double)kept * timing->iters) : NAN;
+    *host_us = kept > 0 ? host_total / ((double)kept * iters) : NAN;
     rc = 0;
 fail:
     if (start) (void)cudaEventDestroy(start);

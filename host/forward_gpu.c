@@ -7,10 +7,8 @@
 #include "cuda_status.h"
 #include "error.h"
 #include "layer.h"
-#include "nvtx.h"
 #include "plan.h"
 
-#include "routing.h"
 
 condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo)
 {
@@ -102,10 +100,8 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(cc_context_set_device(layer->ctx, func));
-    CC_NVTX_PUSH("condconv.route");
-    const cudaError_t err = cc_launch_routing(
-        x, wt->dev_routing_weight_t, wt->dev_routing_bias, routing_out, n, info->in_channels, (long long)h * w,
-        info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature, layer->ctx->stream);
-    CC_NVTX_POP();
-    return cc_cuda_status(err, "cc_launch_routing", func);
+    /* A prepared shape routes with its plan's split over blocks; any other
+     * with one block per sample (no buffers needed, so nothing allocated). */
+    const cc_plan *plan = cc_plan_lookup(layer, n, h, w);
+    return cc_plan_route(layer, plan, n, h, w, x, routing_out, func);
 }

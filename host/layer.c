@@ -85,8 +85,20 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t rb_at = offset;
     if (rb_bytes) memcpy(staging + offset, w->routing_bias, rb_bytes);
 
-    condconv_status s = cc_cuda_status(cudaMemcpy(w->dev_block, staging, total, cudaMemcpyHostToDevice),
-                                       "cudaMemcpy(parameters)", func);
+    /* condconv_layer_create is synchronous: the parameters must be on the device
+     * before it returns, whatever stream the first forward runs on. A pageable
+     * cudaMemcpy may return before its DMA lands, so copy on a private
+     * non-blocking stream and wait for that stream alone (never the whole device:
+     * other workers may be running forwards). */
+    cudaStream_t upload = NULL;
+    condconv_status s =
+        cc_cuda_status(cudaStreamCreateWithFlags(&upload, cudaStreamNonBlocking), "cudaStreamCreateWithFlags", func);
+    if (s == CONDCONV_STATUS_SUCCESS)
+        s = cc_cuda_status(cudaMemcpyAsync(w->dev_block, staging, total, cudaMemcpyHostToDevice, upload),
+                           "cudaMemcpyAsync(parameters)", func);
+    if (s == CONDCONV_STATUS_SUCCESS)
+        s = cc_cuda_status(cudaStreamSynchronize(upload), "cudaStreamSynchronize(parameter upload)", func);
+    if (upload != NULL) (void)cudaStreamDestroy(upload);
     free(staging);
     if (s != CONDCONV_STATUS_SUCCESS) return s;
     const unsigned char *base = w->dev_block;

@@ -19,12 +19,14 @@
 #define CC_AUTO_MAX_WORKSPACE ((size_t)1 << 30)
 #define CC_MEASURE_WARMUP     2
 #define CC_MEASURE_REPS       7
+#define CC_MEASURE_GIVE_UP    4.0f /* a candidate 4x slower than the best so far on a warm forward is not timed further */
 
 cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
 {
     for (int i = 0; i < layer->plan_count; ++i) {
         cc_plan *p = layer->plans[i];
-        if (p->n == n && p->h == h && p->w == w && p->math == layer->ctx->math && p->requested == layer->requested)
+        if (p->n == n && p->h == h && p->w == w && p->math == layer->ctx->math && p->requested == layer->requested &&
+            p->info.select == layer->ctx->select)
             return p;
     }
     return NULL;
@@ -34,6 +36,7 @@ static void plan_destroy(cc_plan *plan)
 {
     if (plan == NULL) return;
     cc_algo_state_destroy(&plan->state);
+    if (plan->routing_block != NULL) (void)cudaFree(plan->routing_block);
     free(plan);
 }
 
@@ -43,6 +46,53 @@ void cc_layer_release_plans(struct condconv_layer *layer)
     free(layer->plans);
     layer->plans = NULL;
     layer->plan_count = layer->plan_capacity = 0;
+}
+
+condconv_status cc_plan_route(const struct condconv_layer *layer, const cc_plan *plan, int n, int h, int w,
+                              const float *x, float *alpha, const char *func)
+{
+    const cc_weights *wt = layer->weights;
+    const condconv_layer_info *info = &wt->info;
+    const cudaStream_t stream = layer->ctx->stream;
+    const int split = plan != NULL && plan->routing_block != NULL;
+    CC_PHASE_BEGIN(CC_PHASE_ROUTE, "condconv.route", stream);
+    const cudaError_t err = cc_launch_routing(
+        x, wt->dev_routing_weight_t, wt->dev_routing_bias, alpha, n, info->in_channels, (long long)h * w,
+        info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature,
+        split ? plan->routing_splits : 1, split ? plan->routing_partial : NULL, split ? plan->routing_counters : NULL,
+        stream);
+    CC_PHASE_END(CC_PHASE_ROUTE, stream);
+    return cc_cuda_status(err, "cc_launch_routing", func);
+}
+
+/* The routing split for this shape and, when it splits, its buffers: one
+ * allocation, the counters zeroed once (the kernel leaves them zero). */
+static condconv_status routing_buffers_create(const struct condconv_layer *layer, cc_plan *plan, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    plan->routing_splits = 1;
+    if (info->routing == CONDCONV_ROUTING_EXTERNAL) return CONDCONV_STATUS_SUCCESS;
+    const int splits = cc_routing_splits(plan->n, info->in_channels, (long long)plan->h * plan->w, layer->ctx->sm_count);
+    if (splits <= 1) return CONDCONV_STATUS_SUCCESS;
+    const size_t partial_bytes =
+        cc_align256(sizeof(float) * cc_routing_partial_elems(plan->n, info->num_experts, splits));
+    const size_t counter_bytes = sizeof(unsigned int) * (size_t)plan->n;
+    void *block = NULL;
+    CC_CUDA_TRY(cudaMalloc(&block, partial_bytes + counter_bytes), func);
+    unsigned int *counters = (unsigned int *)(void *)((unsigned char *)block + partial_bytes);
+    condconv_status st = cc_cuda_status(cudaMemsetAsync(counters, 0, counter_bytes, layer->ctx->stream),
+                                        "cudaMemsetAsync(routing counters)", func);
+    if (st == CONDCONV_STATUS_SUCCESS)
+        st = cc_cuda_status(cudaStreamSynchronize(layer->ctx->stream), "cudaStreamSynchronize", func);
+    if (st != CONDCONV_STATUS_SUCCESS) {
+        (void)cudaFree(block);
+        return st;
+    }
+    plan->routing_splits = splits;
+    plan->routing_block = block;
+    plan->routing_partial = (float *)block;
+    plan->routing_counters = counters;
+    return CONDCONV_STATUS_SUCCESS;
 }
 
 condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const float *x, float *y,
@@ -62,13 +112,7 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
                                 "cudaMemcpyAsync(routing_out)", func);
     } else {
         float *dst = routing_out != NULL ? routing_out : (float *)workspace;
-        CC_PHASE_BEGIN(CC_PHASE_ROUTE, "condconv.route", stream);
-        const cudaError_t err =
-            cc_launch_routing(x, w->dev_routing_weight_t, w->dev_routing_bias, dst, plan->n, info->in_channels,
-                              (long long)plan->h * plan->w, info->num_experts,
-                              info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature, stream);
-        CC_PHASE_END(CC_PHASE_ROUTE, stream);
-        st = cc_cuda_status(err, "cc_launch_routing", func);
+        st = cc_plan_route(layer, plan, plan->n, plan->h, plan->w, x, dst, func);
         alpha = dst;
     }
     if (st == CONDCONV_STATUS_SUCCESS) {
@@ -85,9 +129,12 @@ static int compare_floats(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median over CC_MEASURE_REPS event-timed forwards, after a warm-up. */
+/* Median over CC_MEASURE_REPS event-timed forwards, after a warm-up. A
+ * candidate whose second warm-up forward (the first one pays for lazy module
+ * loading) already takes longer than give_up_us (> 0) is not timed further:
+ * that time is its measurement. */
 static condconv_status time_plan(const struct condconv_layer *layer, const cc_plan *plan, cc_scratch *scratch,
-                                 float *median_us, const char *func)
+                                 float give_up_us, float *median_us, const char *func)
 {
     void *x, *y, *alpha, *ws;
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)plan->geom.x_elems, &x, func));
@@ -109,6 +156,12 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cuda_status(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime", func);
         if (r >= CC_MEASURE_WARMUP) times[r - CC_MEASURE_WARMUP] = ms;
+        if (st == CONDCONV_STATUS_SUCCESS && r == 1 && give_up_us > 0.0f && ms * 1000.0f > give_up_us) {
+            if (start) (void)cudaEventDestroy(start);
+            if (stop) (void)cudaEventDestroy(stop);
+            *median_us = ms * 1000.0f;
+            return CONDCONV_STATUS_SUCCESS;
+        }
     }
     if (start) (void)cudaEventDestroy(start);
     if (stop) (void)cudaEventDestroy(stop);
@@ -163,6 +216,14 @@ static condconv_status check_not_capturing(condconv_context_t ctx, const char *f
     return cc_cuda_status(err, "cudaStreamIsCapturing", func);
 }
 
+/* Failures of one AUTO candidate that leave the others able to run: out of
+ * memory, or a cuDNN/cuBLAS call that refused (cuDNN's heuristics sometimes
+ * offer an engine that then fails). A CUDA error may be sticky: it stops. */
+static int skippable(condconv_status st)
+{
+    return st == CONDCONV_STATUS_ALLOC_FAILED || st == CONDCONV_STATUS_CUDNN_ERROR || st == CONDCONV_STATUS_CUBLAS_ERROR;
+}
+
 /* Prepares every applicable candidate, times each, keeps the fastest. */
 static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                            const char *func)
@@ -172,7 +233,14 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
     condconv_plan_info *info = &plan->info;
     condconv_status st = CONDCONV_STATUS_SUCCESS;
     int best = -1;
-    for (int a = 1; a < CONDCONV_ALGO_COUNT && st == CONDCONV_STATUS_SUCCESS; ++a) {
+    /* cuDNN with the batch as groups last: it can be 30x slower than the
+     * others (cuDNN has no fast kernel for thousands of groups), and once a
+     * faster candidate is known, two forwards of it are enough to rule it out. */
+    static const condconv_algo order[] = {CONDCONV_ALGO_DEPTHWISE_FUSED, CONDCONV_ALGO_GEMM_BATCHED,
+                                          CONDCONV_ALGO_MIXTURE, CONDCONV_ALGO_CUDNN_GROUPED};
+    _Static_assert(sizeof order / sizeof order[0] == CONDCONV_ALGO_COUNT - 1, "every algorithm is measured");
+    for (size_t k = 0; k < sizeof order / sizeof order[0] && st == CONDCONV_STATUS_SUCCESS; ++k) {
+        const int a = (int)order[k];
         if (!info->applicable[a]) continue;
         st = cc_algo_lookup((condconv_algo)a)
                  ->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_MEASURE, scratch, &states[a], func);
@@ -181,8 +249,9 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
             st = CONDCONV_STATUS_SUCCESS;
             continue;
         }
-        if (st == CONDCONV_STATUS_ALLOC_FAILED) { /* does not fit in device memory now; others may */
+        if (skippable(st)) { /* this candidate cannot run now; others may */
             cc_algo_state_destroy(&states[a]);
+            info->applicable[a] = 0;
             st = CONDCONV_STATUS_SUCCESS;
             continue;
         }
@@ -194,9 +263,11 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
         cc_plan trial = *plan;
         trial.state = states[a];
         trial.workspace_bytes = plan->alpha_bytes + states[a].workspace_bytes;
-        st = time_plan(layer, &trial, scratch, &info->measured_us[a], func);
-        if (st == CONDCONV_STATUS_ALLOC_FAILED) { /* its scratch did not fit: not a candidate */
+        const float give_up_us = best < 0 ? 0.0f : CC_MEASURE_GIVE_UP * info->measured_us[best];
+        st = time_plan(layer, &trial, scratch, give_up_us, &info->measured_us[a], func);
+        if (skippable(st)) { /* its scratch did not fit, or it failed to run: not a candidate */
             info->measured_us[a] = -1.0f;
+            info->applicable[a] = 0;
             cc_algo_state_destroy(&states[a]);
             st = CONDCONV_STATUS_SUCCESS;
             continue;
@@ -268,9 +339,13 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
     for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
         pi->applicable[a] = cc_algo_lookup((condconv_algo)a)->check(layer, &geom, func) == CONDCONV_STATUS_SUCCESS;
 
+    condconv_status st = routing_buffers_create(layer, plan, func);
+    if (st != CONDCONV_STATUS_SUCCESS) {
+        plan_destroy(plan);
+        return st;
+    }
     cc_scratch scratch = {0};
     scratch.stream = ctx->stream;
-    condconv_status st;
     if (layer->requested != CONDCONV_ALGO_AUTO) {
         const cc_algo_ops *ops = cc_algo_lookup(layer->requested);
         st = ops->check(layer, &geom, func); /* again, for its message */

@@ -18,6 +18,13 @@ typedef struct cc_plan {
     size_t alpha_bytes;     /* the workspace starts with alpha [N][E], 256-aligned */
     size_t workspace_bytes; /* alpha_bytes + state.workspace_bytes */
     condconv_plan_info info;
+    /* The routing kernel's split over blocks (kernels/routing.h) and its
+     * buffers, owned by the plan: partial logits, then N counters that the
+     * kernel leaves at zero. NULL when routing_splits == 1 or external. */
+    int routing_splits;
+    void *routing_block;
+    float *routing_partial;
+    unsigned int *routing_counters;
 } cc_plan;
 
 /* The cached plan for this shape under the layer's current settings, or NULL. */
@@ -26,6 +33,11 @@ cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
 /* Looks the plan up, creating it if needed. Fails with NOT_PREPARED if it
  * would have to be created while the context's stream is capturing. */
 condconv_status cc_plan_get(struct condconv_layer *layer, int n, int h, int w, cc_plan **plan, const char *func);
+
+/* The routing kernel on the context's stream, split as the plan says (plan
+ * may be NULL: one block per sample). */
+condconv_status cc_plan_route(const struct condconv_layer *layer, const cc_plan *plan, int n, int h, int w,
+                              const float *x, float *alpha, const char *func);
 
 /* Routing (or the copy of external weights) then the algorithm, on the
  * context's stream. The workspace is at least plan->workspace_bytes. */

@@ -134,7 +134,7 @@ typedef enum condconv_padding_mode {
 typedef enum condconv_algo {
     CONDCONV_ALGO_AUTO = 0,            /* choose per shape (measured or heuristic) */
     CONDCONV_ALGO_CUDNN_GROUPED = 1,   /* aggregate per-sample kernels, cuDNN conv with batch as groups */
-    CONDCONV_ALGO_GEMM_BATCHED = 2,    /* 1x1 only: aggregate, then one strided-batched GEMM */
+    CONDCONV_ALGO_GEMM_BATCHED = 2,    /* any layer: aggregate, (im2col unless 1x1 s1), one batched GEMM */
     CONDCONV_ALGO_DEPTHWISE_FUSED = 3, /* depthwise only: filters mixed inside the conv kernel */
     CONDCONV_ALGO_MIXTURE = 4,         /* one static conv with E*Cout filters, then sum_e alpha_e y_e */
     CONDCONV_ALGO_COUNT = 5

@@ -12,10 +12,27 @@ extern "C" {
 /* Largest E the routing kernel handles (4 accumulators per lane). */
 #define CC_ROUTING_MAX_EXPERTS 128
 
+/* How many blocks share one sample's channels: enough blocks to cover the
+ * GPU twice (the pooling is a stream over N*C*H*W floats and wants every
+ * SM), never fewer than ~4096 floats or 8 channels a block. 1 means one
+ * block per sample, which needs no split buffers. */
+int cc_routing_splits(int n, int c, long long hw, int sm_count);
+
+/* Floats of partial logits, and counters, that `splits` > 1 needs. */
+static inline size_t cc_routing_partial_elems(int n, int e, int splits)
+{
+    return splits > 1 ? (size_t)n * (size_t)splits * (size_t)e : 0;
+}
+
 /* x [N][C][HW]; weight_t [C][E] (the FC weight transposed); bias [E];
- * alpha [N][E]. softmax != 0: softmax(logits * inv_temperature), else sigmoid. */
+ * alpha [N][E]. softmax != 0: softmax(logits * inv_temperature), else sigmoid.
+ * splits > 1: `partial` holds cc_routing_partial_elems floats and `counters`
+ * N unsigned ints that are zero before the launch (the launch leaves them
+ * zero again, so a buffer zeroed once serves every later forward, graph
+ * replays included). Forwards that share the buffers must not overlap. */
 cudaError_t cc_launch_routing(const float *x, const float *weight_t, const float *bias, float *alpha, int n, int c,
-                              long long hw, int e, int softmax, float inv_temperature, cudaStream_t stream);
+                              long long hw, int e, int softmax, float inv_temperature, int splits, float *partial,
+                              unsigned int *counters, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

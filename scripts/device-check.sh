@@ -133,19 +133,20 @@ step aggregate_dev 40 "$build/bench/aggregate_dev"
 #    memory, initcheck on the whole forward.
 export CONDCONV_TEST_CASES=4
 t=$build/tests
-san() { compute-sanitizer --tool "$1" --error-exitcode 1 --print-limit 20 "${@:2}"; }
-step memcheck.routing 40 san memcheck "$t/test_gpu_routing"
+# An array, not a shell function: `timeout` (in step) runs programs only.
+san=(compute-sanitizer --error-exitcode 1 --print-limit 20 --tool)
+step memcheck.routing 40 "${san[@]}" memcheck "$t/test_gpu_routing"
 for algo in cudnn_grouped gemm_batched depthwise_fused mixture; do
-  step "memcheck.$algo" 50 san memcheck "$t/test_gpu_forward" "$algo"
+  step "memcheck.$algo" 50 "${san[@]}" memcheck "$t/test_gpu_forward" "$algo"
 done
-step racecheck.depthwise 50 san racecheck "$t/test_gpu_forward" depthwise_fused
-step racecheck.routing 40 san racecheck "$t/test_gpu_routing"
-step racecheck.aggregate 50 san racecheck "$t/test_gpu_forward" gemm_batched
-step initcheck.forward 50 san initcheck "$t/test_gpu_forward" auto
-step memcheck.graph 40 san memcheck "$t/test_gpu_graph"
-step memcheck.bad_inputs 40 san memcheck "$t/test_gpu_bad_inputs"
-step memcheck.golden 50 san memcheck "$t/test_golden_gpu"
-step memcheck.example 50 san memcheck --leak-check full "$build/examples/condconv_server" \
+step racecheck.depthwise 50 "${san[@]}" racecheck "$t/test_gpu_forward" depthwise_fused
+step racecheck.routing 40 "${san[@]}" racecheck "$t/test_gpu_routing"
+step racecheck.aggregate 50 "${san[@]}" racecheck "$t/test_gpu_forward" gemm_batched
+step initcheck.forward 50 "${san[@]}" initcheck "$t/test_gpu_forward" auto
+step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
+step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
+step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"
+step memcheck.example 50 "${san[@]}" memcheck --leak-check full "$build/examples/condconv_server" \
   tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --workers 2 --requests 16 --verify
 unset CONDCONV_TEST_CASES
 finish

@@ -28,19 +28,29 @@ void *tu_dev_alloc_bytes(size_t bytes)
 
 float *tu_dev_alloc(size_t count) { return tu_dev_alloc_bytes(count * sizeof(float)); }
 
+/* The tests run forwards on non-blocking streams, which the legacy stream of
+ * cudaMemcpy/cudaMemset does not order against: a pageable cudaMemcpy may
+ * return before its DMA lands and cudaMemset is asynchronous. So each helper
+ * waits for all device work before and after it, and a poison or an upload
+ * can never land after (or a read-back before) the forward it brackets. */
 void tu_to_dev(float *dst, const float *src, size_t count)
 {
+    TU_CUDA(cudaDeviceSynchronize());
     TU_CUDA(cudaMemcpy(dst, src, count * sizeof(float), cudaMemcpyHostToDevice));
+    TU_CUDA(cudaDeviceSynchronize());
 }
 
 void tu_to_host(float *dst, const float *src, size_t count)
 {
+    TU_CUDA(cudaDeviceSynchronize());
     TU_CUDA(cudaMemcpy(dst, src, count * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
 void tu_dev_poison(float *dst, size_t count)
 {
+    TU_CUDA(cudaDeviceSynchronize());
     TU_CUDA(cudaMemset(dst, 0xff, count * sizeof(float))); /* 0xffffffff is a NaN */
+    TU_CUDA(cudaDeviceSynchronize());
 }
 
 static float *abs_copy(const float *src, size_t count)

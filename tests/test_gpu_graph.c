@@ -53,7 +53,10 @@ static void check_algo(condconv_context_t ctx, cudaStream_t stream, condconv_alg
     size_t ws_bytes;
     EXPECT_OK(condconv_get_workspace_size(layer, n, h, w, &ws_bytes));
     const size_t x_n = (size_t)n * s.cin * h * w, y_n = (size_t)n * s.cout * ho * wo;
-    float *dx = tu_dev_alloc(x_n), *dy = tu_dev_alloc(y_n), *dy_eager = tu_dev_alloc(y_n);
+    /* x and y have room for n + 1 samples, so that the unprepared n + 1 forward
+     * below is refused for being unprepared, not for x and y overlapping. */
+    const size_t x_room = x_n / (size_t)n * (size_t)(n + 1), y_room = y_n / (size_t)n * (size_t)(n + 1);
+    float *dx = tu_dev_alloc(x_room), *dy = tu_dev_alloc(y_room), *dy_eager = tu_dev_alloc(y_n);
     void *dws = tu_dev_alloc_bytes(ws_bytes);
     float *x = malloc(x_n * sizeof(float)), *y = malloc(y_n * sizeof(float)), *y_eager = malloc(y_n * sizeof(float));
     float *y_ref = malloc(y_n * sizeof(float)), *mag = malloc(y_n * sizeof(float));
