@@ -55,6 +55,16 @@ static const char *fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
 }
 
 /* One cuDNN handle for the whole run (the bench is single-threaded). */
+/* The yardstick keeps to the library's strict-f32 rule (host/cudnn_conv.c):
+ * FMA math and direct summation, no FFT or Winograd transforms, so that both
+ * sides of a strict-f32 comparison deliver the same accuracy. */
+static int strict_f32_algo(cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
+{
+    return t == CUDNN_FMA_MATH && algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT &&
+           algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING && algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD &&
+           algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+
 static cudnnHandle_t shared_cudnn;
 
 void bench_baselines_shutdown(void)
@@ -148,7 +158,7 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     int chosen = -1;
     for (int i = 0; i < returned && chosen < 0; ++i)
         if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= max_ws &&
-            (math == CONDCONV_MATH_TF32 || perf[i].mathType == CUDNN_FMA_MATH))
+            (math == CONDCONV_MATH_TF32 || strict_f32_algo(perf[i].algo, perf[i].mathType)))
             chosen = i;
     if (chosen < 0) {
         snprintf(err, err_len, "cuDNN found no forward algorithm for this shape%s",

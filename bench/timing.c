@@ -71,13 +71,16 @@ int bench_rotation_sets(size_t set_bytes, size_t l2_bytes, size_t max_bytes)
     return (int)want;
 }
 
-/* Fewer reps when a row would overrun its budget; never fewer than 5. */
+/* Fewer reps when a row would overrun its budget; never fewer than 5 (or
+ * than asked, if fewer were asked), never more than asked. */
 static int budget_reps(int reps, double loop_ms, double max_ms)
 {
     if (max_ms <= 0.0 || loop_ms <= 0.0) return reps;
     const double fit = max_ms / loop_ms;
     if (fit >= (double)reps) return reps;
-    return fit < 5.0 ? 5 : (int)fit;
+    /* Never more than asked for: the caller's arrays hold `reps` times. */
+    if (fit < 5.0) return reps < 5 ? reps : 5;
+    return (int)fit;
 }
 
 int bench_time_plain(cudaStream_t stream, bench_launch_fn fn, void *arg, int sets, const bench_timing *timing,

@@ -24,11 +24,37 @@ void cc_cudnn_conv_destroy(cc_cudnn_conv *conv)
     memset(conv, 0, sizeof *conv);
 }
 
-/* Strict f32 accepts only FMA kernels: cuDNN's DEFAULT math permits TF32 on
- * Ampere and later, which would silently cost ~3 decimal digits. */
-static int math_allowed(condconv_math math, cudnnMathType_t t)
+/* Find (which runs every algorithm cuDNN has) is used only up to this many
+ * groups: with thousands of groups some algorithms loop over the groups, and
+ * on an H200 Find over 32 x 480 groups did not return in 160 s. Beyond it
+ * cuDNN's heuristic ranking is used (bench/results/2026-11-28-nvidia-h200-2). */
+#define CC_CUDNN_FIND_MAX_GROUPS 64
+
+/* Strict f32 accepts only FMA kernels that sum directly: cuDNN's DEFAULT math
+ * permits TF32 on Ampere and later, which would silently cost ~3 decimal
+ * digits, and the FFT and Winograd algorithms transform the operands (an H200
+ * run measured 7e-3 relative error from one on a 5x5 layer). */
+static int math_allowed(condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
 {
-    return math == CONDCONV_MATH_TF32 || t == CUDNN_FMA_MATH;
+    if (math == CONDCONV_MATH_TF32) return 1;
+    if (t != CUDNN_FMA_MATH) return 0;
+    return algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT && algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
+           algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD && algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+
+/* Runs the convolution once on scratch buffers: cuDNN's ranking sometimes
+ * offers an algorithm that then fails to execute (PyTorch, too, tries them in
+ * order). CUDNN_ERROR means "try the next one". */
+static condconv_status try_run(condconv_context_t ctx, const cc_conv_shape *s, cc_scratch *scratch,
+                               const cc_cudnn_conv *conv, const char *func)
+{
+    void *x, *w, *y, *ws;
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s, &w,
+                          func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, conv->workspace_bytes, &ws, func));
+    return cc_cudnn_conv_run(ctx, conv, x, w, NULL, y, ws, func);
 }
 
 static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math math, cc_cudnn_conv *conv,
@@ -75,7 +101,8 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
                                                         perf),
                  func);
     conv->measured_ms = -1.0f;
-    if (select == CONDCONV_SELECT_MEASURE) {
+    const int find = select == CONDCONV_SELECT_MEASURE && s->groups <= CC_CUDNN_FIND_MAX_GROUPS;
+    if (find) {
         size_t max_ws = 0;
         for (int i = 0; i < returned; ++i)
             if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= CC_CUDNN_MAX_WORKSPACE &&
@@ -93,15 +120,21 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf, ws, max_ws),
                      func);
     }
-    /* Both lists are sorted best first (measured time, or cuDNN's estimate). */
+    /* Both lists are sorted best first (measured time, or cuDNN's estimate).
+     * Find has run its choices already; a heuristic choice is run once here. */
     for (int i = 0; i < returned; ++i) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CC_CUDNN_MAX_WORKSPACE ||
-            !math_allowed(math, perf[i].mathType))
+            !math_allowed(math, perf[i].algo, perf[i].mathType))
             continue;
         conv->algo = perf[i].algo;
         conv->workspace_bytes = perf[i].memory;
-        if (select == CONDCONV_SELECT_MEASURE) conv->measured_ms = perf[i].time;
+        if (find) conv->measured_ms = perf[i].time;
         CC_CUDNN_TRY(cudnnSetConvolutionMathType(conv->conv_desc, perf[i].mathType), func);
+        if (!find) {
+            const condconv_status st = try_run(ctx, s, scratch, conv, func);
+            if (st == CONDCONV_STATUS_CUDNN_ERROR) continue;
+            CC_TRY(st);
+        }
         return CONDCONV_STATUS_SUCCESS;
     }
     return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
