@@ -127,7 +127,7 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_TRY(cudnnSetConvolutionGroupCount(s->conv_desc, l->groups));
     CUDNN_TRY(
-        cudnnSetConvolutionMathType(s->conv_desc, math == CONDCONV_MATH_TF32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+        cudnnSetConvolutionMathType(s->conv_desc, math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
     CUDNN_TRY(cudnnSetTensor4dDescriptor(s->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, batch, l->cout, ho, wo));
 
     const size_t w_count = (size_t)l->cout * (size_t)(l->cin / l->groups) * (size_t)l->k * (size_t)l->k;
@@ -169,7 +169,7 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     s->workspace_bytes = perf[chosen].memory;
     CUDNN_TRY(cudnnSetConvolutionMathType(s->conv_desc, perf[chosen].mathType));
     snprintf(s->algo_name, sizeof s->algo_name, "cudnn:%s%s", fwd_algo_name(s->algo),
-             perf[chosen].mathType == CUDNN_FMA_MATH ? "" : "+tc");
+             perf[chosen].mathType == CUDNN_FMA_MATH ? "" : "+tf32");
     (void)cudaFree(find_x);
     (void)cudaFree(find_y);
     *out = s;

@@ -645,6 +645,10 @@ static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int exper
             set_status(&row, "n/a", err);
         } else {
             snprintf(row.algo_run, sizeof row.algo_run, "%s", condconv_algo_name(info.algo));
+            if (info.backend[0] != '\0') {
+                const size_t len = strlen(row.note);
+                snprintf(row.note + len, sizeof row.note - len, "%s%s", len ? "; " : "", info.backend);
+            }
             row.workspace_bytes = info.workspace_bytes;
             cc_launch arg = {layer, batch, l->h, l->w, sets, external, g->workspace, g->workspace_cap};
             measure(g, &row, launch_condconv, &arg, sets->count);

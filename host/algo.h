@@ -19,6 +19,7 @@ typedef struct cc_algo_state {
     condconv_algo algo;
     condconv_math math;
     size_t workspace_bytes; /* this algorithm's part of the workspace */
+    char backend[64];       /* condconv_plan_info.backend */
     cc_cudnn_conv conv;     /* cudnn_grouped, mixture */
     int has_conv;
     /* Input windows gathered into the workspace first (kernels/gather.h):

@@ -39,6 +39,7 @@ static condconv_status grouped_prepare(const struct condconv_layer *layer, const
     const int want_fused = info->has_bias && info->activation == CONDCONV_ACTIVATION_RELU;
     CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, want_fused, scratch, &state->conv, func));
     state->has_conv = 1;
+    cc_cudnn_conv_describe(&state->conv, state->backend, sizeof state->backend);
 
     state->off_conv_workspace = cc_layout_aggregated_workspace(layer, geom, state);
     state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;

@@ -5,6 +5,8 @@
  * condconv.conv in NVTX (aggregation happens inside it). */
 #include <limits.h>
 
+#include <stdio.h>
+
 #include "algo.h"
 #include "context.h"
 #include "cuda_status.h"
@@ -69,6 +71,7 @@ static condconv_status depthwise_prepare(const struct condconv_layer *layer, con
     state->algo = CONDCONV_ALGO_DEPTHWISE_FUSED;
     state->math = math;
     state->workspace_bytes = 0;
+    snprintf(state->backend, sizeof state->backend, "condconv kernel, fma");
     return CONDCONV_STATUS_SUCCESS;
 }
 

@@ -6,12 +6,15 @@
  * in place; any other layer first gathers its input windows (im2col) into
  * the workspace, N*Cin*kh*kw*P floats. TF32 only when the context allows. */
 #include <limits.h>
+#include <stdio.h>
 
 #include "algo.h"
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
 #include "phase_timer.h"
+
+#define CC_GEMM_MAX_BATCH 65535
 
 static int needs_im2col(const condconv_layer_info *info, const cc_geometry *geom)
 {
@@ -42,6 +45,9 @@ static condconv_status gemm_prepare(const struct condconv_layer *layer, const cc
     const condconv_layer_info *info = &layer->weights->info;
     state->algo = CONDCONV_ALGO_GEMM_BATCHED;
     state->math = math;
+    snprintf(state->backend, sizeof state->backend, "cuBLAS strided-batched GEMM, %s%s",
+             math == CONDCONV_MATH_TF32 ? "fast-tf32 compute" : "f32 compute",
+             needs_im2col(info, geom) ? ", im2col" : "");
     state->gather = needs_im2col(info, geom);
     if (state->gather) {
         cc_gather_args *a = &state->gather_args;
@@ -79,12 +85,21 @@ static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geo
     const float one = 1.0f, zero = 0.0f;
     /* Row-major Y = W X is column-major Y^T = X^T W^T: A = X_b (P x K, ld P),
      * B = W_b (K x Cout/g, ld K), C = Y_b (P x Cout/g, ld P). */
+    const long long stride_x = (long long)k * p, stride_w = (long long)cout_g * k, stride_y = (long long)cout_g * p;
+    const int batches = geom->n * info->groups;
+    cublasStatus_t err = CUBLAS_STATUS_SUCCESS;
     CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
-    const cublasStatus_t err = cublasGemmStridedBatchedEx(
-        layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, k, &one, x, CUDA_R_32F, p, (long long)k * p, filters,
-        CUDA_R_32F, k, (long long)cout_g * k, &zero, buffers->y, CUDA_R_32F, p, (long long)cout_g * p,
-        geom->n * info->groups, state->math == CONDCONV_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
-        CUBLAS_GEMM_DEFAULT);
+    /* In chunks of at most 65535 matrices: cuBLAS's batched kernels put the
+     * batch on gridDim.z, whose limit is 65535 (batch 128 x 1152 groups of a
+     * depthwise layer would exceed it). */
+    for (int first = 0; first < batches && err == CUBLAS_STATUS_SUCCESS; first += CC_GEMM_MAX_BATCH) {
+        const int count = batches - first < CC_GEMM_MAX_BATCH ? batches - first : CC_GEMM_MAX_BATCH;
+        err = cublasGemmStridedBatchedEx(
+            layer->ctx->cublas, CUBLAS_OP_N, CUBLAS_OP_N, p, cout_g, k, &one, x + (size_t)first * (size_t)stride_x,
+            CUDA_R_32F, p, stride_x, filters + (size_t)first * (size_t)stride_w, CUDA_R_32F, k, stride_w, &zero,
+            buffers->y + (size_t)first * (size_t)stride_y, CUDA_R_32F, p, stride_y, count,
+            state->math == CONDCONV_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    }
     CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(cc_cublas_status(err, "cublasGemmStridedBatchedEx", func));
     return cc_run_bias_activation(layer, geom, buffers->y, biases, func);

@@ -42,6 +42,7 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     shape.groups = info->groups;
     CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, 0, scratch, &state->conv, func));
     state->has_conv = 1;
+    cc_cudnn_conv_describe(&state->conv, state->backend, sizeof state->backend);
 
     const size_t z_bytes = sizeof(float) * (size_t)geom->y_elems * (size_t)info->num_experts;
     state->off_gather = 0;

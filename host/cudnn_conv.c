@@ -4,6 +4,7 @@
  * and fused bias + ReLU directly; moving to the graph API is future work. */
 #include "cudnn_conv.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "context.h"
@@ -74,9 +75,12 @@ static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math mat
                                                  CUDNN_DATA_FLOAT),
                  func);
     CC_CUDNN_TRY(cudnnSetConvolutionGroupCount(conv->conv_desc, s->groups), func);
-    CC_CUDNN_TRY(cudnnSetConvolutionMathType(conv->conv_desc,
-                                             math == CONDCONV_MATH_TF32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH),
-                 func);
+    /* For f32 data, TF32 tensor cores are what CUDNN_DEFAULT_MATH permits on
+     * Ampere and later (PyTorch's allow_tf32 sets the same); TENSOR_OP_MATH
+     * only permits tensor cores without down-converting the operands. */
+    CC_CUDNN_TRY(
+        cudnnSetConvolutionMathType(conv->conv_desc, math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
+        func);
     int on, oc, oh, ow;
     CC_CUDNN_TRY(cudnnGetConvolution2dForwardOutputDim(conv->conv_desc, conv->x_desc, conv->w_desc, &on, &oc, &oh, &ow),
                  func);
@@ -127,6 +131,7 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
             !math_allowed(math, perf[i].algo, perf[i].mathType))
             continue;
         conv->algo = perf[i].algo;
+        conv->math_type = perf[i].mathType;
         conv->workspace_bytes = perf[i].memory;
         if (find) conv->measured_ms = perf[i].time;
         CC_CUDNN_TRY(cudnnSetConvolutionMathType(conv->conv_desc, perf[i].mathType), func);
@@ -196,4 +201,29 @@ condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *c
                                          conv->algo, workspace, conv->workspace_bytes, &zero, conv->y_desc, y),
                  func);
     return CONDCONV_STATUS_SUCCESS;
+}
+
+static const char *fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
+{
+    switch (a) {
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return "implicit_gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM: return "implicit_precomp_gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM: return "gemm";
+    case CUDNN_CONVOLUTION_FWD_ALGO_DIRECT: return "direct";
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT: return "fft";
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING: return "fft_tiling";
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD: return "winograd";
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED: return "winograd_nonfused";
+    case CUDNN_CONVOLUTION_FWD_ALGO_COUNT: break;
+    }
+    return "unknown";
+}
+
+void cc_cudnn_conv_describe(const cc_cudnn_conv *conv, char *out, size_t out_len)
+{
+    /* FMA is strict f32; DEFAULT lets cuDNN use TF32 tensor cores; the
+     * TENSOR_OP variants are never chosen for f32 data here. */
+    snprintf(out, out_len, "cuDNN %s, %s%s", fwd_algo_name(conv->algo),
+             conv->math_type == CUDNN_FMA_MATH ? "fma" : "tf32 allowed",
+             conv->fused_bias_relu ? ", bias+relu fused" : "");
 }

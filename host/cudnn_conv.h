@@ -24,6 +24,7 @@ typedef struct cc_cudnn_conv {
     cudnnConvolutionDescriptor_t conv_desc;
     cudnnActivationDescriptor_t relu_desc;
     cudnnConvolutionFwdAlgo_t algo;
+    cudnnMathType_t math_type; /* what the chosen algorithm runs: FMA, or DEFAULT (TF32 permitted) */
     size_t workspace_bytes;
     int fused_bias_relu; /* run as cudnnConvolutionBiasActivationForward with a [1][k][1][1] bias */
     float measured_ms;   /* cudnnFind's time for the chosen algorithm, < 0 when not measured */
@@ -41,5 +42,8 @@ condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *c
                                   const float *bias, float *y, void *workspace, const char *func);
 
 void cc_cudnn_conv_destroy(cc_cudnn_conv *conv);
+
+/* "cuDNN implicit_precomp_gemm, fma" (or ", tf32"): what the convolution runs. */
+void cc_cudnn_conv_describe(const cc_cudnn_conv *conv, char *out, size_t out_len);
 
 #endif

@@ -9,7 +9,6 @@
 #include "layer.h"
 #include "plan.h"
 
-
 condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo)
 {
     static const char func[] = "condconv_layer_set_algo";
@@ -60,6 +59,17 @@ static int ranges_overlap(const void *a, uint64_t a_bytes, const void *b, uint64
     return pa < pb + b_bytes && pb < pa + a_bytes;
 }
 
+/* x, y and the routing weights need the alignment of their element type
+ * (4 bytes for f32): cuDNN and cuBLAS require it; our kernels test for 16
+ * bytes at launch and take their scalar paths otherwise. */
+static condconv_status check_element_alignment(const void *ptr, const char *name, const char *func)
+{
+    if (ptr != NULL && (uintptr_t)ptr % sizeof(float) != 0)
+        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: %s %p is not %zu-byte aligned (its element size)", func, name,
+                       ptr, sizeof(float));
+    return CONDCONV_STATUS_SUCCESS;
+}
+
 condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
                                  const void *routing_in, void *routing_out, void *workspace, size_t workspace_bytes)
 {
@@ -67,6 +77,10 @@ condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, co
     cc_geometry geom = {0};
     CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    CC_TRY(check_element_alignment(x, "x", func));
+    CC_TRY(check_element_alignment(y, "y", func));
+    CC_TRY(check_element_alignment(routing_in, "routing_in", func));
+    CC_TRY(check_element_alignment(routing_out, "routing_out", func));
     if (ranges_overlap(x, geom.x_elems * sizeof(float), y, geom.y_elems * sizeof(float)))
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: x and y overlap; the forward cannot run in place", func);
     cc_plan *plan;
@@ -99,6 +113,9 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
                        func);
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
+    CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    CC_TRY(check_element_alignment(x, "x", func));
+    CC_TRY(check_element_alignment(routing_out, "routing_out", func));
     CC_TRY(cc_context_set_device(layer->ctx, func));
     /* A prepared shape routes with its plan's split over blocks; any other
      * with one block per sample (no buffers needed, so nothing allocated). */

@@ -19,7 +19,9 @@
 #define CC_AUTO_MAX_WORKSPACE ((size_t)1 << 30)
 #define CC_MEASURE_WARMUP     2
 #define CC_MEASURE_REPS       7
-#define CC_MEASURE_GIVE_UP    4.0f /* a candidate 4x slower than the best so far on a warm forward is not timed further */
+#define CC_MEASURE_GIVE_UP                                                                                             \
+    4.0f /* a candidate 4x slower than the best so far on a warm forward is not timed further                          \
+          */
 
 cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
 {
@@ -56,11 +58,11 @@ condconv_status cc_plan_route(const struct condconv_layer *layer, const cc_plan 
     const cudaStream_t stream = layer->ctx->stream;
     const int split = plan != NULL && plan->routing_block != NULL;
     CC_PHASE_BEGIN(CC_PHASE_ROUTE, "condconv.route", stream);
-    const cudaError_t err = cc_launch_routing(
-        x, wt->dev_routing_weight_t, wt->dev_routing_bias, alpha, n, info->in_channels, (long long)h * w,
-        info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX, 1.0f / info->temperature,
-        split ? plan->routing_splits : 1, split ? plan->routing_partial : NULL, split ? plan->routing_counters : NULL,
-        stream);
+    const cudaError_t err =
+        cc_launch_routing(x, wt->dev_routing_weight_t, wt->dev_routing_bias, alpha, n, info->in_channels,
+                          (long long)h * w, info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX,
+                          1.0f / info->temperature, split ? plan->routing_splits : 1,
+                          split ? plan->routing_partial : NULL, split ? plan->routing_counters : NULL, stream);
     CC_PHASE_END(CC_PHASE_ROUTE, stream);
     return cc_cuda_status(err, "cc_launch_routing", func);
 }
@@ -72,7 +74,8 @@ static condconv_status routing_buffers_create(const struct condconv_layer *layer
     const condconv_layer_info *info = &layer->weights->info;
     plan->routing_splits = 1;
     if (info->routing == CONDCONV_ROUTING_EXTERNAL) return CONDCONV_STATUS_SUCCESS;
-    const int splits = cc_routing_splits(plan->n, info->in_channels, (long long)plan->h * plan->w, layer->ctx->sm_count);
+    const int splits =
+        cc_routing_splits(plan->n, info->in_channels, (long long)plan->h * plan->w, layer->ctx->sm_count);
     if (splits <= 1) return CONDCONV_STATUS_SUCCESS;
     const size_t partial_bytes =
         cc_align256(sizeof(float) * cc_routing_partial_elems(plan->n, info->num_experts, splits));
@@ -176,30 +179,45 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
  * layers; for larger kernels at batch 1, cuDNN (the "grouped" conv is then
  * an ordinary one), and at larger batches im2col + batched GEMM, which
  * avoids cuDNN's slow grouped kernels, unless its im2col buffer would exceed
- * CC_HEURISTIC_MAX_IM2COL. */
+ * CC_HEURISTIC_MAX_IM2COL. Writes the ranking into order[] (applicable
+ * algorithms only, best first) and returns how many; why[] the reasons. */
 #define CC_HEURISTIC_MAX_IM2COL ((uint64_t)256 << 20)
 
-static condconv_algo heuristic_choice(const struct condconv_layer *layer, const cc_geometry *geom,
-                                      const int applicable[CONDCONV_ALGO_COUNT], const char **why)
+static int heuristic_ranking(const struct condconv_layer *layer, const cc_geometry *geom,
+                             const int applicable[CONDCONV_ALGO_COUNT], condconv_algo order[CONDCONV_ALGO_COUNT],
+                             const char *why[CONDCONV_ALGO_COUNT])
 {
     const condconv_layer_info *info = &layer->weights->info;
-    if (applicable[CONDCONV_ALGO_DEPTHWISE_FUSED]) {
-        *why = "heuristic: depthwise layer, filters mixed inside the kernel";
-        return CONDCONV_ALGO_DEPTHWISE_FUSED;
-    }
     const uint64_t im2col_bytes = sizeof(float) * geom->x_elems / ((uint64_t)geom->h * (uint64_t)geom->w) *
                                   (uint64_t)info->kernel_h * (uint64_t)info->kernel_w * (uint64_t)geom->out_h *
                                   (uint64_t)geom->out_w;
-    if (applicable[CONDCONV_ALGO_GEMM_BATCHED] && info->kernel_h == 1 && info->kernel_w == 1) {
-        *why = "heuristic: 1x1 layer, one strided-batched GEMM";
-        return CONDCONV_ALGO_GEMM_BATCHED;
+    const int pointwise = info->kernel_h == 1 && info->kernel_w == 1;
+    condconv_algo ranked[CONDCONV_ALGO_COUNT];
+    const char *reasons[CONDCONV_ALGO_COUNT];
+    int count = 0;
+    ranked[count] = CONDCONV_ALGO_DEPTHWISE_FUSED;
+    reasons[count++] = "heuristic: depthwise layer, filters mixed inside the kernel";
+    if (pointwise || (geom->n > 1 && im2col_bytes <= CC_HEURISTIC_MAX_IM2COL)) {
+        ranked[count] = CONDCONV_ALGO_GEMM_BATCHED;
+        reasons[count++] = pointwise ? "heuristic: 1x1 layer, one strided-batched GEMM"
+                                     : "heuristic: batch > 1, im2col + strided-batched GEMM";
+        ranked[count] = CONDCONV_ALGO_CUDNN_GROUPED;
+        reasons[count++] = "heuristic: fallback to cuDNN with the batch as groups";
+    } else {
+        ranked[count] = CONDCONV_ALGO_CUDNN_GROUPED;
+        reasons[count++] = "heuristic: cuDNN with the batch as groups";
+        ranked[count] = CONDCONV_ALGO_GEMM_BATCHED;
+        reasons[count++] = "heuristic: fallback to im2col + strided-batched GEMM";
     }
-    if (applicable[CONDCONV_ALGO_GEMM_BATCHED] && geom->n > 1 && im2col_bytes <= CC_HEURISTIC_MAX_IM2COL) {
-        *why = "heuristic: batch > 1, im2col + strided-batched GEMM";
-        return CONDCONV_ALGO_GEMM_BATCHED;
-    }
-    *why = "heuristic: cuDNN with the batch as groups";
-    return CONDCONV_ALGO_CUDNN_GROUPED;
+    ranked[count] = CONDCONV_ALGO_MIXTURE;
+    reasons[count++] = "heuristic: fallback to the mixture of E static convolutions";
+    int kept = 0;
+    for (int i = 0; i < count; ++i)
+        if (applicable[ranked[i]]) {
+            order[kept] = ranked[i];
+            why[kept++] = reasons[i];
+        }
+    return kept;
 }
 
 static condconv_status check_not_capturing(condconv_context_t ctx, const char *func)
@@ -221,7 +239,8 @@ static condconv_status check_not_capturing(condconv_context_t ctx, const char *f
  * offer an engine that then fails). A CUDA error may be sticky: it stops. */
 static int skippable(condconv_status st)
 {
-    return st == CONDCONV_STATUS_ALLOC_FAILED || st == CONDCONV_STATUS_CUDNN_ERROR || st == CONDCONV_STATUS_CUBLAS_ERROR;
+    return st == CONDCONV_STATUS_ALLOC_FAILED || st == CONDCONV_STATUS_CUDNN_ERROR ||
+           st == CONDCONV_STATUS_CUBLAS_ERROR;
 }
 
 /* Prepares every applicable candidate, times each, keeps the fastest. */
@@ -288,21 +307,27 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
     return CONDCONV_STATUS_SUCCESS;
 }
 
-/* The rule's choice, falling back to the always-applicable batch-as-groups
- * path if the chosen algorithm turns out not to support the shape. */
+/* The rule's choice; if it cannot be prepared after all (cuDNN has no
+ * engine for the shape, memory is short), the next applicable one in the
+ * rule's ranking. Only algorithms whose check passed are ever prepared. */
 static condconv_status choose_by_rule(struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                       const char *func)
 {
-    const char *why = "";
-    const condconv_algo choice = heuristic_choice(layer, &plan->geom, plan->info.applicable, &why);
-    condconv_status st = cc_algo_lookup(choice)->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC,
-                                                         scratch, &plan->state, func);
-    if (st == CONDCONV_STATUS_NOT_SUPPORTED && choice != CONDCONV_ALGO_CUDNN_GROUPED) {
-        why = "heuristic: fallback to cuDNN with the batch as groups";
-        st = cc_algo_lookup(CONDCONV_ALGO_CUDNN_GROUPED)
-                 ->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC, scratch, &plan->state, func);
+    condconv_algo order[CONDCONV_ALGO_COUNT];
+    const char *why[CONDCONV_ALGO_COUNT];
+    const int count = heuristic_ranking(layer, &plan->geom, plan->info.applicable, order, why);
+    condconv_status st =
+        cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: no algorithm applies to this layer and shape", func);
+    for (int i = 0; i < count; ++i) {
+        st = cc_algo_lookup(order[i])->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_HEURISTIC, scratch,
+                                               &plan->state, func);
+        if (st == CONDCONV_STATUS_SUCCESS) {
+            snprintf(plan->info.reason, sizeof plan->info.reason, "%s", why[i]);
+            return st;
+        }
+        cc_algo_state_destroy(&plan->state);
+        if (st != CONDCONV_STATUS_NOT_SUPPORTED && !skippable(st)) return st;
     }
-    if (st == CONDCONV_STATUS_SUCCESS) snprintf(plan->info.reason, sizeof plan->info.reason, "%s", why);
     return st;
 }
 
@@ -365,6 +390,7 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
     plan->workspace_bytes = plan->alpha_bytes + plan->state.workspace_bytes;
     pi->algo = plan->state.algo;
     pi->workspace_bytes = plan->workspace_bytes;
+    snprintf(pi->backend, sizeof pi->backend, "%s", plan->state.backend);
     layer->plans[layer->plan_count++] = plan;
     *out = plan;
     return CONDCONV_STATUS_SUCCESS;

@@ -12,8 +12,12 @@
  * set, queried and destroyed, a status code from every call, caller-owned
  * device memory and a workspace-size query, algorithms that can be found by
  * measurement, chosen by heuristic or forced. The library never prints, never
- * exits and never aborts; on failure it leaves outputs untouched and a
- * readable message is available from condconv_last_error() on that thread.
+ * exits and never aborts. A call that fails returns a specific status, a
+ * readable message is available from condconv_last_error() on that thread,
+ * and its outputs are untouched, with one exception: once condconv_forward
+ * has passed its checks and begun launching work, a failure reported by CUDA,
+ * cuDNN or cuBLAS (CONDCONV_STATUS_CUDA_ERROR, _CUDNN_ERROR, _CUBLAS_ERROR)
+ * may leave y and routing_out partly written.
  *
  * Tensors are dense and row-major. With CONDCONV_LAYOUT_NCHW:
  *   input  x [N][Cin][H][W]      output y [N][Cout][Ho][Wo]
@@ -361,6 +365,9 @@ typedef struct condconv_plan_info {
     /* 1 where the algorithm applies to this layer and shape. */
     int applicable[CONDCONV_ALGO_COUNT];
     char reason[160]; /* one line, e.g. "measured: gemm_batched 12.3 us < cudnn_grouped 40.1 us" */
+    /* What the chosen algorithm runs inside, e.g. "cuDNN implicit_precomp_gemm,
+     * fma", "cuBLAS strided-batched GEMM, f32 compute", "condconv kernel, fma". */
+    char backend[64];
 } condconv_plan_info;
 
 /* Describes the plan for this shape (prepares if needed). */

@@ -181,7 +181,7 @@ extern "C" int cc_routing_splits(int n, int c, long long hw, int sm_count)
     const long long want_blocks = 2LL * (sm_count > 0 ? sm_count : 1);
     long long splits = (want_blocks + n - 1) / n;
     const long long by_floats = ((long long)c * hw + 4095) / 4096; // >= ~4096 floats a block
-    const long long by_channels = (c + 7) / 8;                      // >= 8 channels a block
+    const long long by_channels = (c + 7) / 8;                     // >= 8 channels a block
     if (splits > by_floats) splits = by_floats;
     if (splits > by_channels) splits = by_channels;
     if (splits > 65535) splits = 65535; // gridDim.y

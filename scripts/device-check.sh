@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a machine with an NVIDIA GPU (H100/H200):
-#   1. configure for sm_90 and build (Release, NVTX on)
-#   2. every CTest test, both labels
-#   3. the GPU tests under compute-sanitizer: memcheck, racecheck, initcheck
-#   4. a short condconv-bench (--quick), the timm side-by-side, the merged
-#      table and the plots
+# The GPU check, in one call on a machine with an NVIDIA GPU (H100/H200), in
+# order of value, so that a run cut short still brings back what matters most:
+#   1. configure for sm_90 and build (Release, NVTX on); stops if this fails
+#   2. every CTest test once, both labels, without sanitizer
+#   3. condconv-bench --quick (the bench layer set, batch 1/32/128, E = 8,
+#      every algorithm and the static yardstick) with its CSV and JSON, then
+#      the timm side by side, the merged table and the plots
+#   4. ncu metrics of each custom kernel on two shapes (duration, DRAM
+#      throughput, occupancy, registers), so kernels can be tuned later
+#      without a GPU; the aggregation kernel's variants (bench/dev)
+#   5. compute-sanitizer with whatever time is left: memcheck on every
+#      algorithm and test, racecheck on the kernels with shared memory,
+#      initcheck on the whole forward, a few random cases each
 # Everything goes to $OUT (default ./out): summary.txt (also printed last),
 # bench.csv, bench.json, peer.csv, merged.csv, merged.md, plots.tar.gz and
-# logs.tar.gz -- eight files, what the device tool brings back.
+# logs.tar.gz -- at most eight files, what the device tool brings back.
 #
 # The whole run keeps to DEVICE_CHECK_SECONDS (default 540): each step gets
-# at most what is left, so a slow step cuts the next ones short instead of
-# losing the results. Steps that fail are reported, and the script goes on.
+# at most min(its cap, what is left), so a slow step cuts the later ones
+# short instead of losing the results. Steps that fail are reported, and the
+# script goes on. The caps add up to more than the budget on purpose: the
+# later steps (sanitizers) take whatever the earlier ones left.
+#
+#   scripts/device-check.sh            on the GPU machine (see README: GPU checks)
+#   scripts/device-check.sh --dry-run  anywhere: configures and builds for real,
+#       stubs every step that needs a GPU as "skipped: no GPU (dry run)", and
+#       checks what the script leaves in $OUT (CI runs this, so the script's
+#       own logic is tested on every submission)
 #
 # The GPU machine has no package registry: if it lacks Jansson, carry the
 # .deps folder made by scripts/fetch-device-deps.sh.
@@ -20,7 +35,10 @@ set -uo pipefail
 [[ -d /usr/local/cuda/bin ]] && export PATH=/usr/local/cuda/bin:$PATH
 cd "$(dirname "$0")/.."
 root=$PWD
+dry_run=0
+[[ "${1:-}" == "--dry-run" ]] && dry_run=1
 OUT=${OUT:-$root/out}
+rm -rf "$OUT/logs"
 mkdir -p "$OUT/logs"
 summary=$OUT/summary.txt
 : >"$summary"
@@ -30,7 +48,8 @@ jobs=$(nproc)
 
 note() { echo "$*" | tee -a "$summary"; }
 left() { echo $((deadline - $(date +%s))); }
-# step NAME CAP_SECONDS COMMAND...: runs with a timeout of min(CAP, time left), logs to logs/NAME.log
+# step NAME CAP_SECONDS COMMAND...: runs with a timeout of min(CAP, time left),
+# logs to logs/NAME.log. gpu_step: the same, stubbed in a dry run.
 step() {
   local name=$1 cap=$2
   shift 2
@@ -56,11 +75,23 @@ step() {
   fi
   return $rc
 }
-
-note "== condconv device check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 |
-  sed 's/^/gpu: /' | tee -a "$summary"
-note "nvcc: $(nvcc --version | tail -n 1)"
+missing=0
+gpu_step() {
+  if ((dry_run)); then
+    note "skipped  $1: no GPU (dry run): ${*:3}"
+    # What the step would run must have been built: a wrong path would
+    # otherwise show only on the GPU machine.
+    local arg
+    for arg in "${@:3}"; do
+      if [[ "$arg" == "$build"/* && "$arg" != "$OUT"/* && ! -x "$arg" ]]; then
+        note "MISSING  $arg (step $1 would fail)"
+        missing=1
+      fi
+    done
+    return 1
+  fi
+  step "$@"
+}
 
 finish() {
   tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
@@ -72,6 +103,30 @@ finish() {
   echo "---- summary ----"
   cat "$summary"
 }
+
+# What the device tool brings back: at most 8 plain files, names of letters,
+# digits, '.', '_' and '-'. A dry run fails if the script would break that.
+check_out() {
+  local files bad
+  files=$(find "$OUT" -mindepth 1 | wc -l)
+  bad=$(find "$OUT" -mindepth 1 \( ! -type f -o -name '*[^A-Za-z0-9._-]*' \) | wc -l)
+  if ((files > 8 || bad > 0)) || [[ ! -s "$OUT/summary.txt" || ! -s "$OUT/logs.tar.gz" ]]; then
+    echo "device-check: \$OUT holds $files entries ($bad not plain files or oddly named); the device tool" \
+      "brings back at most 8 plain files, and summary.txt and logs.tar.gz must be among them" >&2
+    find "$OUT" -mindepth 1 >&2
+    return 1
+  fi
+  echo "device-check: \$OUT holds $files files, all of which the device tool brings back"
+}
+
+note "== condconv device check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( ((dry_run)) && echo ', DRY RUN')"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 |
+    sed 's/^/gpu: /' | tee -a "$summary"
+else
+  note "gpu: none (nvidia-smi not found)"
+fi
+note "nvcc: $(nvcc --version | tail -n 1)"
 
 # Jansson: the machine's own, or the carried Debian packages.
 cmake_extra=()
@@ -94,59 +149,62 @@ if ! step configure 90 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE
   finish
   exit 1
 fi
-if ! step build 180 cmake --build "$build" -j"$jobs"; then
+if ! step build 240 cmake --build "$build" -j"$jobs"; then
   note "build failed: stopping"
   finish
   exit 1
 fi
 
 # 2. every test once, without sanitizer; GPU tests four at a time.
-step ctest 120 ctest --test-dir "$build" --output-on-failure -j4 --timeout 100
-grep -E "tests passed|Skipped|Failed|\*\*\*" "$OUT/logs/ctest.log" | sed 's/^/    /' | tee -a "$summary"
+if gpu_step ctest 120 ctest --test-dir "$build" --output-on-failure -j4 --timeout 100 ||
+  [[ -s "$OUT/logs/ctest.log" ]]; then
+  grep -E "tests passed|Skipped|Failed|\*\*\*" "$OUT/logs/ctest.log" | sed 's/^/    /' | tee -a "$summary"
+fi
 
-# 3. benchmark, timm side by side, merged table, plots.
-step bench 170 "$build/bench/condconv-bench" --quick --csv "$OUT/bench.csv" --json "$OUT/bench.json"
-cp "$OUT/logs/bench.log" "$OUT/logs/bench-table.txt" 2>/dev/null
+# 3. benchmark (CSV written row by row, so a timeout keeps what ran), timm
+#    side by side, merged table, plots.
+gpu_step bench 200 "$build/bench/condconv-bench" --quick --csv "$OUT/bench.csv" --json "$OUT/bench.json"
 if [[ -s "$OUT/bench.csv" ]]; then
   step peer_timm 100 python3 bench/peer_timm.py --from-csv "$OUT/bench.csv" --csv "$OUT/peer.csv"
   [[ -s "$OUT/peer.csv" ]] &&
     step merge 20 python3 bench/merge_peer.py "$OUT/bench.csv" "$OUT/peer.csv" --out "$OUT/merged.csv" --md "$OUT/merged.md"
   step plot 40 python3 bench/plot.py "$OUT/bench.csv" --out "$OUT/plots" --mode both &&
-    tar -czf "$OUT/plots.tar.gz" -C "$OUT" plots && rm -rf "$OUT/plots"
+    tar -czf "$OUT/plots.tar.gz" -C "$OUT" plots
+  rm -rf "$OUT/plots"
 fi
 
-# 4. ncu: duration, DRAM throughput, occupancy, registers, spills of each
-#    custom kernel on two shapes (EffNet-CC-B0's 1152->192 1x1 at 7x7 and a
-#    5x5 depthwise at 14x14), so kernels can be tuned later without a GPU.
-step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+# 4. ncu on our kernels, two shapes: EffNet-CC-B0's 1152->192 1x1 at 7x7 and
+#    a 5x5 depthwise at 14x14, batch 32, E = 8.
+gpu_step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
   --kernel-name-base function --kernel-name 'regex:routing|aggregate|depthwise|bias_activation|mixture_combine|gather' \
   --launch-count 40 --log-file "$OUT/logs/ncu.csv" \
   "$build/bench/condconv-bench" --layer 1152,192,1,1,1,7 --layer 672,672,5,1,672,14 --batch 32 \
-  --experts 8 --algo cudnn_grouped,gemm_batched,depthwise_fused,mixture --warmup 1 --reps 1 --iters 1 \
+  --experts 8 --algo gemm_batched,depthwise_fused,mixture --warmup 1 --reps 1 --iters 1 \
   --no-graph --no-phases --no-ceilings
+gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
 
-# 5. the aggregation kernel's variants (bench/dev).
-step aggregate_dev 40 "$build/bench/aggregate_dev"
-
-# 6. compute-sanitizer with whatever time is left, few random cases each:
-#    memcheck on every algorithm, racecheck on the kernels with shared
-#    memory, initcheck on the whole forward.
+# 5. compute-sanitizer with whatever time is left, few random cases each.
 export CONDCONV_TEST_CASES=4
 t=$build/tests
 # An array, not a shell function: `timeout` (in step) runs programs only.
 san=(compute-sanitizer --error-exitcode 1 --print-limit 20 --tool)
-step memcheck.routing 40 "${san[@]}" memcheck "$t/test_gpu_routing"
+gpu_step memcheck.routing 60 "${san[@]}" memcheck "$t/test_gpu_routing"
 for algo in cudnn_grouped gemm_batched depthwise_fused mixture; do
-  step "memcheck.$algo" 50 "${san[@]}" memcheck "$t/test_gpu_forward" "$algo"
+  gpu_step "memcheck.$algo" 50 "${san[@]}" memcheck "$t/test_gpu_forward" "$algo"
 done
-step racecheck.depthwise 50 "${san[@]}" racecheck "$t/test_gpu_forward" depthwise_fused
-step racecheck.routing 40 "${san[@]}" racecheck "$t/test_gpu_routing"
-step racecheck.aggregate 50 "${san[@]}" racecheck "$t/test_gpu_forward" gemm_batched
-step initcheck.forward 50 "${san[@]}" initcheck "$t/test_gpu_forward" auto
-step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
-step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
-step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"
-step memcheck.example 50 "${san[@]}" memcheck --leak-check full "$build/examples/condconv_server" \
+gpu_step racecheck.depthwise 50 "${san[@]}" racecheck "$t/test_gpu_forward" depthwise_fused
+gpu_step racecheck.aggregate 50 "${san[@]}" racecheck "$t/test_gpu_forward" gemm_batched
+gpu_step initcheck.forward 50 "${san[@]}" initcheck "$t/test_gpu_forward" auto
+gpu_step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
+gpu_step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
+gpu_step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"
+gpu_step memcheck.example 50 "${san[@]}" memcheck --leak-check full "$build/examples/condconv_server" \
   tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --workers 2 --requests 16 --verify
+# Racecheck is slow on the routing test's 224x224 planes: last, with a bigger cap.
+gpu_step racecheck.routing 120 "${san[@]}" racecheck "$t/test_gpu_routing"
 unset CONDCONV_TEST_CASES
 finish
+if ((dry_run)); then
+  check_out || exit 1
+  ((missing == 0)) || { echo "device-check: a GPU step names a program the build does not make" >&2; exit 1; }
+fi

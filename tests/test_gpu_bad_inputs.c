@@ -67,6 +67,11 @@ int main(void)
                     "workspace");
     EXPECT_REJECTED(condconv_forward(layer, N, H, W, dx, dy, NULL, NULL, dws + 16, ws_bytes),
                     CONDCONV_STATUS_MISALIGNED, "aligned");
+    EXPECT_REJECTED(
+        condconv_forward(layer, N, H, W, (const unsigned char *)(const void *)dx + 2, dy, NULL, NULL, dws, ws_bytes),
+        CONDCONV_STATUS_MISALIGNED, "x");
+    EXPECT_REJECTED(condconv_forward(layer, N, H, W, dx, (unsigned char *)(void *)dy + 2, NULL, NULL, dws, ws_bytes),
+                    CONDCONV_STATUS_MISALIGNED, "y");
     EXPECT_REJECTED(condconv_forward(layer, N, H, W, dy + 4, dy, NULL, NULL, dws, ws_bytes), CONDCONV_STATUS_BAD_VALUE,
                     "overlap");
     EXPECT_REJECTED(condconv_forward(layer, N, H, W, dx, NULL, NULL, NULL, dws, ws_bytes), CONDCONV_STATUS_NULL_POINTER,
