@@ -139,6 +139,33 @@ int bench_static_launch(void *arg, int set, char *err, size_t err_len); /* a ben
 const char *bench_static_algo(const bench_static *s);
 size_t bench_static_workspace(const bench_static *s);
 
+/* ------------------------------------------------------------------ floors */
+
+typedef struct bench_card {
+    const char *name;  /* --floors NAME */
+    const char *label; /* printed, says where the figures come from */
+    double bytes_per_s, f32_flops, tf32_flops, f16_flops;
+} bench_card;
+
+typedef struct bench_floor {
+    double bytes_us, flops_us, floor_us; /* floor = the larger */
+    const char *bound;                   /* "memory" or "compute" */
+} bench_floor;
+
+/* h100, h200: datasheet figures. 0, or -1 for an unknown name. */
+int bench_card_lookup(const char *name, bench_card *card);
+double bench_flops_rate(const bench_card *card, condconv_math math);
+bench_floor bench_floor_of(double bytes, double flops, double bytes_per_s, double flops_per_s);
+/* A CondConv forward's bytes and flops from the cost model (and the bytes
+ * when per-sample kernels go through memory). 0, or -1 (message set). */
+int bench_condconv_work(const bench_layer *layer, int batch, int experts, double *bytes, double *flops,
+                        double *materialized_bytes);
+/* The static convolution's: x + y + |W| in f32, 2 * conv MACs. */
+void bench_static_work(const bench_layer *layer, int batch, double *bytes, double *flops);
+/* condconv-bench --floors CARD: the table; returns how many rows failed. */
+int bench_print_floors(const bench_layer_list *layers, const int *batches, int batch_count, const int *experts,
+                       int expert_count, condconv_math math, const bench_card *card);
+
 /* ------------------------------------------------------------------ report */
 
 typedef struct bench_env {

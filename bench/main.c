@@ -40,6 +40,7 @@ typedef struct options {
     int plain, graph, phases, ceilings;
     const char *csv, *json;
     int device, cpu, quick, list;
+    const char *floors; /* --floors CARD: print the roofline floors, measure nothing */
 } options;
 
 static const char *const epilogue_names[3] = {"none", "bias", "bias-act"};
@@ -87,6 +88,9 @@ static void usage(FILE *out)
             "  --device N            CUDA device (default 0)\n"
             "  --cpu                 the CPU reference path even when a GPU is present\n"
             "  --list                the built-in layer sets\n"
+            "  --floors h100|h200    no GPU needed: the roofline floor of each layer, batch and E (default\n"
+            "                        batches 1,32,128, E 1,8,32) from the cost model and the card's datasheet;\n"
+            "                        floors, not measurements\n"
             "  -h, --help\n"
             "\n"
             "Exit status: 0 when every row ran or is n/a (not applicable, or does not fit in memory), 1 when a\n"
@@ -320,6 +324,14 @@ static int parse_args(int argc, char **argv, options *o)
             o->quick = 1;
         } else if (strcmp(arg, "--list") == 0) {
             o->list = 1;
+        } else if (strcmp(arg, "--floors") == 0) {
+            NEED_VALUE();
+            bench_card card;
+            if (bench_card_lookup(val, &card) != 0) {
+                fprintf(stderr, "condconv-bench: --floors %s: expected h100 or h200\n", val);
+                return -1;
+            }
+            o->floors = val;
         } else {
             fprintf(stderr, "condconv-bench: unknown option '%s' (--help lists them)\n", arg);
             return -1;
@@ -762,6 +774,20 @@ int main(int argc, char **argv)
         bench_list_sets(stdout);
         bench_layer_list_free(&o.layers);
         return 0;
+    }
+    if (o.floors) {
+        /* No GPU needed: the cost model and a card's datasheet figures. */
+        static const int default_batches[] = {1, 32, 128}, default_experts[] = {1, 8, 32};
+        bench_card card;
+        (void)bench_card_lookup(o.floors, &card);
+        const int *batches = o.batch_count ? o.batches : default_batches;
+        const int *experts = o.expert_count ? o.experts : default_experts;
+        int failures = 0;
+        for (int m = 0; m < o.math_count; ++m)
+            failures += bench_print_floors(&o.layers, batches, o.batch_count ? o.batch_count : 3, experts,
+                                           o.expert_count ? o.expert_count : 3, o.maths[m], &card);
+        bench_layer_list_free(&o.layers);
+        return failures ? 1 : 0;
     }
     const int devices = o.cpu ? 0 : condconv_device_count();
     bench_report report;

@@ -10,7 +10,10 @@
  *            static: conv) -- useful work, whatever the algorithm executes
  *   bw_frac, compute_frac   those over the ceilings measured in this run
  *            (D2D copy; cuBLAS f32 GEMM, strict FP32 for fp32 rows, TF32
- *            for tf32 rows). */
+ *            for tf32 rows)
+ *   floor_us the roofline floor of the row on those ceilings: the larger of
+ *            bytes / copy rate and 2 * MACs / GEMM rate (bench/floors.c)
+ *   x_floor  t / floor_us: how far the measured time is from its limit. */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
 #include <math.h>
@@ -145,11 +148,18 @@ static double row_time(const bench_row *row) { return row->graph.n > 0 ? row->gr
 
 typedef struct derived {
     double ratio_plain, ratio_graph, gbps, tflops, bw_frac, compute_frac;
+    double floor_us, x_floor; /* the row's roofline floor on the ceilings measured in this run, time over it */
 } derived;
 
 static derived derive(const bench_report *r, const bench_row *row)
 {
-    derived d = {NAN, NAN, NAN, NAN, NAN, NAN};
+    derived d = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+    if (r->ceilings.measured && r->env.gpu) {
+        const double rate =
+            1e12 * (row->math == CONDCONV_MATH_TF32 ? r->ceilings.tf32_tflops : r->ceilings.sgemm_tflops);
+        d.floor_us =
+            bench_floor_of((double)row->bytes, 2.0 * (double)row->macs, r->ceilings.copy_gbps * 1e9, rate).floor_us;
+    }
     if (!row->ok) return d;
     if (row->plain.n > 0 && row->static_plain_us > 0.0) d.ratio_plain = row->plain.median / row->static_plain_us;
     if (row->graph.n > 0 && row->static_graph_us > 0.0) d.ratio_graph = row->graph.median / row->static_graph_us;
@@ -161,6 +171,7 @@ static derived derive(const bench_report *r, const bench_row *row)
             d.bw_frac = d.gbps / r->ceilings.copy_gbps;
             d.compute_frac =
                 d.tflops / (row->math == CONDCONV_MATH_TF32 ? r->ceilings.tf32_tflops : r->ceilings.sgemm_tflops);
+            d.x_floor = t / d.floor_us;
         }
     }
     return d;
@@ -229,7 +240,8 @@ static const char csv_header[] =
     "layer,set,role,cin,cout,k,stride,groups,h,w,batch,experts,prec,dtype,layout,epilogue,routing,select,method,"
     "algo_run,status,plain_us,plain_p10_us,plain_p90_us,graph_us,graph_p10_us,graph_p90_us,host_us,route_us,"
     "aggregate_us,gather_us,conv_us,epilogue_us,forward_us,static_plain_us,static_graph_us,ratio_plain,ratio_graph,"
-    "macs,bytes,gbps,tflops,bw_frac,compute_frac,workspace_bytes,sets,device,driver,cuda_runtime,cudnn,date,note";
+    "macs,bytes,gbps,tflops,bw_frac,compute_frac,floor_us,x_floor,workspace_bytes,sets,device,driver,cuda_runtime,"
+    "cudnn,date,note";
 
 static void csv_text(FILE *f, const char *s)
 {
@@ -286,6 +298,8 @@ static void csv_row(const bench_report *r, const bench_row *row)
     csv_num(f, "%.4f", d.tflops);
     csv_num(f, "%.4f", d.bw_frac);
     csv_num(f, "%.4f", d.compute_frac);
+    csv_num(f, "%.3f", d.floor_us);
+    csv_num(f, "%.3f", d.x_floor);
     fprintf(f, ",%zu,%d,", row->workspace_bytes, row->sets);
     csv_text(f, r->env.device_name);
     fputc(',', f);
@@ -445,6 +459,8 @@ int bench_json_write(const bench_report *r, const char *path)
         json_num(f, "tflops", "%.4f", d.tflops, 1);
         json_num(f, "bw_frac", "%.4f", d.bw_frac, 1);
         json_num(f, "compute_frac", "%.4f", d.compute_frac, 1);
+        json_num(f, "floor_us", "%.3f", d.floor_us, 1);
+        json_num(f, "x_floor", "%.3f", d.x_floor, 1);
         fprintf(f, "\"workspace_bytes\": %zu, \"sets\": %d, ", row->workspace_bytes, row->sets);
         json_kv(f, "note", row->note, 0);
         fputc('}', f);
