@@ -77,6 +77,7 @@ condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, co
     cc_geometry geom = {0};
     CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    CC_TRY(cc_require_gpu_format(&layer->weights->info, func));
     CC_TRY(check_element_alignment(x, "x", func));
     CC_TRY(check_element_alignment(y, "y", func));
     CC_TRY(check_element_alignment(routing_in, "routing_in", func));
@@ -114,6 +115,7 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    CC_TRY(cc_require_gpu_format(info, func));
     CC_TRY(check_element_alignment(x, "x", func));
     CC_TRY(check_element_alignment(routing_out, "routing_out", func));
     CC_TRY(cc_context_set_device(layer->ctx, func));

@@ -7,13 +7,16 @@
 
 #include "context.h"
 #include "cuda_status.h"
+#include "dtype.h"
 #include "error.h"
 
-static float *copy_floats(const void *src, uint64_t count)
+/* The host copy is f32 whatever the layer's dtype: a half value converts to
+ * float exactly, so it holds the very values the caller gave. */
+static float *copy_floats(const void *src, uint64_t count, condconv_dtype dtype)
 {
     if (count == 0) return NULL;
     float *dst = malloc((size_t)count * sizeof(float));
-    if (dst != NULL) memcpy(dst, src, (size_t)count * sizeof(float));
+    if (dst != NULL) cc_dtype_load(dtype, src, dst, (size_t)count);
     return dst;
 }
 
@@ -132,11 +135,6 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
     CC_CHECK_NOT_NULL(layer, func);
     const condconv_layer_info *info = &desc->info;
     CC_TRY(cc_layer_info_validate(info, func));
-    if (info->dtype != CONDCONV_DTYPE_F32)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_DTYPE_F32 layers are supported so far", func);
-    if (info->layout != CONDCONV_LAYOUT_NCHW)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_LAYOUT_NCHW layers are supported so far",
-                       func);
     CC_TRY(check_params(info, params, func));
     cc_param_sizes sizes;
     CC_TRY(cc_param_sizes_make(info, &sizes, func));
@@ -152,12 +150,13 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
     w->info = *info;
     w->sizes = sizes;
     w->device = context->device;
-    w->experts = copy_floats(params->experts, sizes.experts_elems);
-    w->expert_bias = copy_floats(params->expert_bias, sizes.bias_elems);
-    w->routing_weight = copy_floats(params->routing_weight, sizes.routing_weight_elems);
+    w->experts = copy_floats(params->experts, sizes.experts_elems, info->dtype);
+    w->expert_bias = copy_floats(params->expert_bias, sizes.bias_elems, info->dtype);
+    w->routing_weight = copy_floats(params->routing_weight, sizes.routing_weight_elems, info->dtype);
     if (sizes.routing_bias_elems) {
-        w->routing_bias = params->routing_bias ? copy_floats(params->routing_bias, sizes.routing_bias_elems)
-                                               : calloc((size_t)sizes.routing_bias_elems, sizeof(float));
+        w->routing_bias = params->routing_bias
+                              ? copy_floats(params->routing_bias, sizes.routing_bias_elems, info->dtype)
+                              : calloc((size_t)sizes.routing_bias_elems, sizeof(float));
     }
     condconv_status s = CONDCONV_STATUS_SUCCESS;
     if (w->experts == NULL || (sizes.bias_elems && w->expert_bias == NULL) ||
@@ -239,4 +238,17 @@ condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n
                        "%s: the layer uses external routing, so routing_in (alpha [N=%d][E=%d]) is required", func, n,
                        info->num_experts);
     return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_require_gpu_format(const condconv_layer_info *info, const char *func)
+{
+    if (info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW) return CONDCONV_STATUS_SUCCESS;
+    return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                   "%s: the GPU algorithms run f32 NCHW layers only so far; this %s %s layer runs on the CPU "
+                   "reference path (condconv_forward_cpu)",
+                   func,
+                   info->dtype == CONDCONV_DTYPE_F16    ? "f16"
+                   : info->dtype == CONDCONV_DTYPE_BF16 ? "bf16"
+                                                        : "f32",
+                   info->layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW");
 }

@@ -48,6 +48,10 @@ cc_host_params cc_layer_host_params(const struct condconv_layer *layer);
 condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
                                        const void *y, const void *routing_in, cc_geometry *geom, const char *func);
 
+/* NOT_SUPPORTED unless the GPU path runs the layer's dtype and layout
+ * (f32 NCHW so far; f16, bf16 and NHWC run on the CPU reference path). */
+condconv_status cc_require_gpu_format(const condconv_layer_info *info, const char *func);
+
 /* Frees the plans of a layer (plan.c). */
 void cc_layer_release_plans(struct condconv_layer *layer);
 

@@ -335,6 +335,7 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
 {
     condconv_context_t ctx = layer->ctx;
     const condconv_layer_info *info = &layer->weights->info;
+    CC_TRY(cc_require_gpu_format(info, func));
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(check_not_capturing(ctx, func));

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "checked_math.h"
+#include "dtype.h"
 #include "error.h"
 
 /* Tensor names are quoted in messages up to this many bytes. */
@@ -493,23 +494,6 @@ const char *cc_st_meta_get(const cc_st_file *file, const char *key)
     return NULL;
 }
 
-/* IEEE binary16 -> binary32, exactly (every half is a float). */
-static float half_to_float(unsigned bits)
-{
-    const float sign = (bits & 0x8000u) ? -1.0f : 1.0f;
-    const unsigned exponent = (bits >> 10) & 0x1Fu, mantissa = bits & 0x3FFu;
-    if (exponent == 0x1Fu) {
-        if (mantissa == 0) return sign * INFINITY;
-        /* Keep NaN payload bits where they land in binary32. */
-        uint32_t f = (uint32_t)(bits & 0x8000u) << 16 | 0x7F800000u | (uint32_t)mantissa << 13;
-        float out;
-        memcpy(&out, &f, sizeof out);
-        return out;
-    }
-    if (exponent == 0) return sign * ldexpf((float)mantissa, -24); /* zero or subnormal */
-    return sign * ldexpf((float)(mantissa | 0x400u), (int)exponent - 25);
-}
-
 condconv_status cc_st_to_f32(const cc_st_tensor *t, float *dst, const char *func)
 {
     const unsigned char *p = t->data;
@@ -521,7 +505,7 @@ condconv_status cc_st_to_f32(const cc_st_tensor *t, float *dst, const char *func
         }
         return CONDCONV_STATUS_SUCCESS;
     case CC_ST_F16:
-        for (uint64_t i = 0; i < t->elems; ++i, p += 2) dst[i] = half_to_float((unsigned)p[0] | (unsigned)p[1] << 8);
+        for (uint64_t i = 0; i < t->elems; ++i, p += 2) dst[i] = cc_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
         return CONDCONV_STATUS_SUCCESS;
     case CC_ST_BF16:
         /* bfloat16 is the top half of a binary32. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dtype.h"
 #include "error.h"
 #include "layer_desc.h"
 #include "safetensors.h"
@@ -135,8 +136,10 @@ static condconv_status find_routing(const cc_st_file *file, const condconv_layer
     return CONDCONV_STATUS_SUCCESS;
 }
 
-/* A tensor as f32 in a new buffer (NULL in, NULL out). */
-static condconv_status to_f32(const cc_st_tensor *t, float **out, const char *func)
+/* A tensor (F32, F16 or BF16 in the file) in the layer's dtype, in a new
+ * buffer (NULL in, NULL out): through f32, exactly, then rounded to nearest
+ * even when the layer's dtype is narrower than the file's. */
+static condconv_status to_dtype(const cc_st_tensor *t, condconv_dtype dtype, float **out, const char *func)
 {
     *out = NULL;
     if (t == NULL) return CONDCONV_STATUS_SUCCESS;
@@ -149,6 +152,8 @@ static condconv_status to_f32(const cc_st_tensor *t, float **out, const char *fu
         free(buf);
         return s;
     }
+    /* In place: each 2-byte store lands on bytes already read. */
+    if (dtype != CONDCONV_DTYPE_F32) cc_dtype_store(dtype, buf, buf, (size_t)t->elems);
     *out = buf;
     return CONDCONV_STATUS_SUCCESS;
 }
@@ -165,10 +170,10 @@ static condconv_status create_from_file(condconv_context_t context, condconv_lay
     CC_TRY(find_routing(file, info, routing_prefix, &lt, func));
 
     float *experts = NULL, *expert_bias = NULL, *routing_weight = NULL, *routing_bias = NULL;
-    condconv_status s = to_f32(lt.experts, &experts, func);
-    if (s == CONDCONV_STATUS_SUCCESS) s = to_f32(lt.expert_bias, &expert_bias, func);
-    if (s == CONDCONV_STATUS_SUCCESS) s = to_f32(lt.routing_weight, &routing_weight, func);
-    if (s == CONDCONV_STATUS_SUCCESS) s = to_f32(lt.routing_bias, &routing_bias, func);
+    condconv_status s = to_dtype(lt.experts, info->dtype, &experts, func);
+    if (s == CONDCONV_STATUS_SUCCESS) s = to_dtype(lt.expert_bias, info->dtype, &expert_bias, func);
+    if (s == CONDCONV_STATUS_SUCCESS) s = to_dtype(lt.routing_weight, info->dtype, &routing_weight, func);
+    if (s == CONDCONV_STATUS_SUCCESS) s = to_dtype(lt.routing_bias, info->dtype, &routing_bias, func);
     if (s == CONDCONV_STATUS_SUCCESS) {
         const condconv_params params = {experts, expert_bias, routing_weight, routing_bias};
         s = condconv_layer_create(context, desc, &params, layer);
@@ -195,10 +200,6 @@ static condconv_status check_args(condconv_context_t context, condconv_layer_des
                        "%s: routing_prefix is NULL; it names the routing FC and is required unless routing is "
                        "external",
                        func);
-    /* Tensors are converted to f32 here; other element types arrive with
-     * layers that support them. */
-    if (info->dtype != CONDCONV_DTYPE_F32)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: only CONDCONV_DTYPE_F32 layers can be loaded so far", func);
     return CONDCONV_STATUS_SUCCESS;
 }
 

@@ -21,11 +21,20 @@
  *
  * Tensors are dense and row-major. With CONDCONV_LAYOUT_NCHW:
  *   input  x [N][Cin][H][W]      output y [N][Cout][Ho][Wo]
- *   routing weights alpha [N][E]
- * Parameters use the layout of PyTorch and timm, so trained weights drop in:
+ * with CONDCONV_LAYOUT_NHWC (channels last):
+ *   input  x [N][H][W][Cin]      output y [N][Ho][Wo][Cout]
+ *   routing weights alpha [N][E], always f32
+ * Parameters use the layout of PyTorch and timm, so trained weights drop in
+ * (whatever the activations' layout):
  *   experts        [E][Cout][Cin/groups][kh][kw]
  *   expert biases  [E][Cout]
  *   routing FC     weight [E][Cin], bias [E]
+ *
+ * Element types (condconv_layer_desc_set_format): x, y and the parameters
+ * are in the layer's dtype (f32, f16 or bf16); routing weights are computed
+ * and returned in f32; every sum accumulates in f32 (double on the CPU
+ * reference path). A half-precision layer's parameters are its dtype's
+ * values, so the CPU reference and the GPU use the very same weights.
  */
 #ifndef CONDCONV_H
 #define CONDCONV_H
@@ -117,16 +126,26 @@ typedef enum condconv_activation {
     CONDCONV_ACTIVATION_SILU = 2 /* x * sigmoid(x), a.k.a. swish */
 } condconv_activation;
 
+/* f16 and bf16 layers and NHWC run on the CPU reference path; their GPU
+ * algorithms are not implemented yet (condconv_prepare returns
+ * CONDCONV_STATUS_NOT_SUPPORTED and says so). */
 typedef enum condconv_dtype {
     CONDCONV_DTYPE_F32 = 0,
-    CONDCONV_DTYPE_F16 = 1, /* reserved: not yet supported */
-    CONDCONV_DTYPE_BF16 = 2 /* reserved: not yet supported */
+    CONDCONV_DTYPE_F16 = 1, /* IEEE binary16 */
+    CONDCONV_DTYPE_BF16 = 2 /* bfloat16 */
 } condconv_dtype;
 
 typedef enum condconv_layout {
     CONDCONV_LAYOUT_NCHW = 0,
-    CONDCONV_LAYOUT_NHWC = 1 /* reserved: not yet supported */
+    CONDCONV_LAYOUT_NHWC = 1 /* channels last, for activations; parameters keep timm's layout */
 } condconv_layout;
+
+/* Converts count elements between f32, f16 and bf16 on the host (round to
+ * nearest even; NaN stays NaN; overflow gives infinity), e.g. to feed a
+ * half-precision layer from float data. In place (dst == src) when the
+ * elements do not grow; other overlaps are refused. */
+CONDCONV_API condconv_status condconv_convert(condconv_dtype src_dtype, const void *src, condconv_dtype dst_dtype,
+                                              void *dst, size_t count);
 
 typedef enum condconv_padding_mode {
     CONDCONV_PADDING_EXPLICIT = 0, /* pad_h rows above and below, pad_w columns left and right */

@@ -147,9 +147,6 @@ static void layer_and_forward(void)
     EXPECT_REJECTED(condconv_layer_create(ctx, unset, &good, &layer), CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
     condconv_cost cost;
     EXPECT_REJECTED(condconv_cost_model(unset, 1, 1, 1 << 15, &cost), CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
-    EXPECT_OK(condconv_layer_desc_set_format(unset, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW));
-    EXPECT_OK(condconv_layer_desc_set_conv(unset, 2, 2, 1, 1, 1, 1, 1, 1, 1));
-    EXPECT_REJECTED(condconv_layer_create(ctx, unset, &good, &layer), CONDCONV_STATUS_NOT_SUPPORTED, "F32");
     condconv_layer_desc_destroy(unset);
 
     EXPECT_OK(condconv_layer_create(ctx, d, &good, &layer));

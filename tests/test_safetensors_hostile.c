@@ -394,11 +394,50 @@ static void test_layer_mismatch(void)
     expect_refused("biases the descriptor lacks", standard_image(s, 4, NULL), unbiased, "routing_fn",
                    CONDCONV_STATUS_TENSOR_MISMATCH, "has none");
     condconv_layer_desc_destroy(unbiased);
-    /* f16 layers are declared but not implemented. */
-    condconv_layer_desc_t half = make_desc(E, 1, CONDCONV_ROUTING_SIGMOID);
-    EXPECT_OK(condconv_layer_desc_set_format(half, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW));
-    expect_refused("f16 layer", standard_image(s, 4, NULL), half, "routing_fn", CONDCONV_STATUS_NOT_SUPPORTED, "F32");
-    condconv_layer_desc_destroy(half);
+}
+
+/* F32 tensors loaded into an f16 or bf16 layer are rounded to its dtype:
+ * the layer computes exactly what a layer made from the rounded values
+ * computes (condconv_convert rounds the same way). */
+static void test_half_layers(void)
+{
+    static const condconv_dtype dtypes[] = {CONDCONV_DTYPE_F16, CONDCONV_DTYPE_BF16};
+    /* Values that neither half type holds exactly, so rounding happens. */
+    float saved[N_EXPERTS];
+    memcpy(saved, experts, sizeof saved);
+    for (int i = 0; i < N_EXPERTS; ++i) experts[i] += (float)i / 3000.0f + 1.0f / 7.0f;
+    spec s[4];
+    standard_specs(s, "F32");
+    for (int d = 0; d < 2; ++d) {
+        condconv_layer_desc_t half = make_desc(E, 1, CONDCONV_ROUTING_SIGMOID);
+        EXPECT_OK(condconv_layer_desc_set_format(half, dtypes[d], CONDCONV_LAYOUT_NCHW));
+        blob b = standard_image(s, 4, NULL);
+        condconv_layer_t loaded = NULL, direct = NULL;
+        EXPECT_OK(condconv_layer_create_from_safetensors_memory(ctx, half, b.p, b.n, "conv", "routing_fn", &loaded));
+        free(b.p);
+        uint16_t h_experts[N_EXPERTS], h_bias[N_BIAS], h_rw[N_RW], h_rb[N_RB];
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, experts, dtypes[d], h_experts, N_EXPERTS));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, expert_bias, dtypes[d], h_bias, N_BIAS));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, routing_weight, dtypes[d], h_rw, N_RW));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, routing_bias, dtypes[d], h_rb, N_RB));
+        const condconv_params params = {h_experts, h_bias, h_rw, h_rb};
+        EXPECT_OK(condconv_layer_create(ctx, half, &params, &direct));
+        enum { N = 2, H = 3, W = 5, HO = 3, WO = 4 };
+        float x32[N * CIN * H * W];
+        tu_fill_uniform(x32, N * CIN * H * W, -1.0f, 1.0f);
+        uint16_t x[N * CIN * H * W], y_loaded[N * COUT * HO * WO], y_direct[N * COUT * HO * WO];
+        float a_loaded[N * E], a_direct[N * E];
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, x32, dtypes[d], x, N * CIN * H * W));
+        EXPECT_OK(condconv_forward_cpu(loaded, N, H, W, x, y_loaded, NULL, a_loaded));
+        EXPECT_OK(condconv_forward_cpu(direct, N, H, W, x, y_direct, NULL, a_direct));
+        EXPECT(memcmp(y_loaded, y_direct, sizeof y_loaded) == 0 && memcmp(a_loaded, a_direct, sizeof a_loaded) == 0,
+               "%s layer: loaded from F32 tensors computes differently from one made of the rounded values",
+               d ? "bf16" : "f16");
+        condconv_layer_destroy(loaded);
+        condconv_layer_destroy(direct);
+        condconv_layer_desc_destroy(half);
+    }
+    memcpy(experts, saved, sizeof saved);
 }
 
 static void test_arguments(void)
@@ -617,6 +656,7 @@ int main(void)
     test_arguments();
     test_round_trip();
     test_conversion();
+    test_half_layers();
     test_files();
 
     condconv_layer_desc_destroy(desc_std);
