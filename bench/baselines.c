@@ -73,7 +73,8 @@ void bench_baselines_shutdown(void)
     shared_cudnn = NULL;
 }
 
-static float *upload_uniform(size_t count, float scale, char *err, size_t err_len)
+/* Uniform values in [-scale, scale), in the dtype, on the device. */
+static float *upload_uniform(size_t count, float scale, condconv_dtype dtype, char *err, size_t err_len)
 {
     float *host = malloc(sizeof(float) * count), *dev = NULL;
     if (host == NULL) {
@@ -85,8 +86,10 @@ static float *upload_uniform(size_t count, float scale, char *err, size_t err_le
         state = state * 1664525u + 1013904223u;
         host[i] = scale * ((float)(state >> 8) / 8388608.0f - 1.0f);
     }
-    cudaError_t e = cudaMalloc((void **)&dev, sizeof(float) * count);
-    if (e == cudaSuccess) e = cudaMemcpy(dev, host, sizeof(float) * count, cudaMemcpyHostToDevice);
+    const size_t bytes = bench_dtype_size(dtype) * count;
+    (void)condconv_convert(CONDCONV_DTYPE_F32, host, dtype, host, count); /* in place, narrowing */
+    cudaError_t e = cudaMalloc((void **)&dev, bytes);
+    if (e == cudaSuccess) e = cudaMemcpy(dev, host, bytes, cudaMemcpyHostToDevice);
     /* Done before the non-blocking stream uses it (cudaMemcpy may return before the DMA lands). */
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
     free(host);
@@ -98,8 +101,19 @@ static float *upload_uniform(size_t count, float scale, char *err, size_t err_le
     return dev;
 }
 
-int bench_static_create(bench_static **out, const bench_layer *l, int batch, condconv_math math, int has_bias,
-                        condconv_activation act, cudaStream_t stream, char *err, size_t err_len)
+static cudnnDataType_t cudnn_type(condconv_dtype dtype)
+{
+    return dtype == CONDCONV_DTYPE_F16    ? CUDNN_DATA_HALF
+           : dtype == CONDCONV_DTYPE_BF16 ? CUDNN_DATA_BFLOAT16
+                                          : CUDNN_DATA_FLOAT;
+}
+
+/* Half precision: tensor cores, f32 accumulation (the convolution's compute
+ * type is float), NHWC filters (KRSC) with NHWC activations, as cuDNN's
+ * fast half kernels want them. */
+int bench_static_create(bench_static **out, const bench_layer *l, int batch, condconv_math math, condconv_dtype dtype,
+                        condconv_layout layout, int has_bias, condconv_activation act, cudaStream_t stream, char *err,
+                        size_t err_len)
 {
     *out = NULL;
     bench_static *s = calloc(1, sizeof *s);
@@ -120,21 +134,25 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     CUDNN_TRY(cudnnCreateTensorDescriptor(&s->y_desc));
     CUDNN_TRY(cudnnCreateFilterDescriptor(&s->w_desc));
     CUDNN_TRY(cudnnCreateConvolutionDescriptor(&s->conv_desc));
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(s->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, batch, l->cin, l->h, l->w));
-    CUDNN_TRY(cudnnSetFilter4dDescriptor(s->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, l->cout, l->cin / l->groups,
-                                         l->k, l->k));
+    const cudnnDataType_t type = cudnn_type(dtype);
+    const cudnnTensorFormat_t format = layout == CONDCONV_LAYOUT_NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    const int half = dtype != CONDCONV_DTYPE_F32;
+    const size_t es = bench_dtype_size(dtype);
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(s->x_desc, format, type, batch, l->cin, l->h, l->w));
+    CUDNN_TRY(cudnnSetFilter4dDescriptor(s->w_desc, type, format, l->cout, l->cin / l->groups, l->k, l->k));
     CUDNN_TRY(cudnnSetConvolution2dDescriptor(s->conv_desc, pad, pad, l->stride, l->stride, 1, 1,
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_TRY(cudnnSetConvolutionGroupCount(s->conv_desc, l->groups));
-    CUDNN_TRY(
-        cudnnSetConvolutionMathType(s->conv_desc, math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(s->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, batch, l->cout, ho, wo));
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->conv_desc, half                         ? CUDNN_TENSOR_OP_MATH
+                                                        : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
+                                                                                     : CUDNN_FMA_MATH));
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(s->y_desc, format, type, batch, l->cout, ho, wo));
 
     const size_t w_count = (size_t)l->cout * (size_t)(l->cin / l->groups) * (size_t)l->k * (size_t)l->k;
-    s->w = upload_uniform(w_count, 1.0f / sqrtf((float)(w_count / (size_t)l->cout)), err, err_len);
+    s->w = upload_uniform(w_count, 1.0f / sqrtf((float)(w_count / (size_t)l->cout)), dtype, err, err_len);
     if (s->w == NULL) goto fail;
     if (has_bias) {
-        s->bias = upload_uniform((size_t)s->planes, 0.1f, err, err_len);
+        s->bias = upload_uniform((size_t)s->planes, 0.1f, CONDCONV_DTYPE_F32, err, err_len);
         if (s->bias == NULL) goto fail;
     }
 
@@ -147,10 +165,10 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     for (int i = 0; i < returned; ++i)
         if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= STATIC_MAX_WORKSPACE && perf[i].memory > max_ws)
             max_ws = perf[i].memory;
-    CUDA_TRY(cudaMalloc(&find_x, sizeof(float) * (size_t)batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w));
-    CUDA_TRY(cudaMalloc(&find_y, sizeof(float) * (size_t)s->planes * (size_t)s->plane));
-    CUDA_TRY(cudaMemsetAsync(find_x, 0, sizeof(float) * (size_t)batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w,
-                             stream));
+    const size_t x_bytes = es * (size_t)batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w;
+    CUDA_TRY(cudaMalloc(&find_x, x_bytes));
+    CUDA_TRY(cudaMalloc(&find_y, es * (size_t)s->planes * (size_t)s->plane));
+    CUDA_TRY(cudaMemsetAsync(find_x, 0, x_bytes, stream));
     if (max_ws > 0) CUDA_TRY(cudaMalloc(&s->workspace, max_ws));
     CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(s->cudnn, s->x_desc, find_x, s->w_desc, s->w, s->conv_desc,
                                                      s->y_desc, find_y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned,
@@ -158,7 +176,7 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     int chosen = -1;
     for (int i = 0; i < returned && chosen < 0; ++i)
         if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= max_ws &&
-            (math == CONDCONV_MATH_TF32 || strict_f32_algo(perf[i].algo, perf[i].mathType)))
+            (half || math == CONDCONV_MATH_TF32 || strict_f32_algo(perf[i].algo, perf[i].mathType)))
             chosen = i;
     if (chosen < 0) {
         snprintf(err, err_len, "cuDNN found no forward algorithm for this shape%s",
@@ -169,7 +187,9 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     s->workspace_bytes = perf[chosen].memory;
     CUDNN_TRY(cudnnSetConvolutionMathType(s->conv_desc, perf[chosen].mathType));
     snprintf(s->algo_name, sizeof s->algo_name, "cudnn:%s%s", fwd_algo_name(s->algo),
-             perf[chosen].mathType == CUDNN_FMA_MATH ? "" : "+tf32");
+             perf[chosen].mathType == CUDNN_FMA_MATH ? ""
+             : half                                  ? "+tc"
+                                                     : "+tf32");
     (void)cudaFree(find_x);
     (void)cudaFree(find_y);
     *out = s;
@@ -247,7 +267,7 @@ int bench_measure_ceilings(cudaStream_t stream, size_t free_bytes, bench_ceiling
 {
     memset(c, 0, sizeof *c);
     void *src = NULL, *dst = NULL;
-    float *a = NULL, *b = NULL, *d = NULL;
+    float *a = NULL, *b = NULL, *a16 = NULL, *b16 = NULL, *d = NULL;
     cudaEvent_t start = NULL, stop = NULL;
     cublasHandle_t cublas = NULL;
     float ms[CEILING_REPS];
@@ -279,19 +299,26 @@ int bench_measure_ceilings(cudaStream_t stream, size_t free_bytes, bench_ceiling
     int n = 8192;
     while (n > 1024 && 3 * sizeof(float) * (size_t)n * (size_t)n * 2 > free_bytes) n /= 2;
     const size_t elems = (size_t)n * (size_t)n;
-    CUDA_TRY(cudaMalloc((void **)&a, sizeof(float) * elems));
-    CUDA_TRY(cudaMalloc((void **)&b, sizeof(float) * elems));
+    /* Random operands: a product of zeros runs faster than real data (seen
+     * on an H200: 13% for bf16) and would overstate the ceiling. */
+    a = upload_uniform(elems, 1.0f, CONDCONV_DTYPE_F32, err, err_len);
+    b = upload_uniform(elems, 1.0f, CONDCONV_DTYPE_F32, err, err_len);
+    a16 = upload_uniform(elems, 1.0f, CONDCONV_DTYPE_F16, err, err_len);
+    b16 = upload_uniform(elems, 1.0f, CONDCONV_DTYPE_F16, err, err_len);
+    if (a == NULL || b == NULL || a16 == NULL || b16 == NULL) goto fail;
     CUDA_TRY(cudaMalloc((void **)&d, sizeof(float) * elems));
-    CUDA_TRY(cudaMemsetAsync(a, 0, sizeof(float) * elems, stream));
-    CUDA_TRY(cudaMemsetAsync(b, 0, sizeof(float) * elems, stream));
     CUBLAS_TRY(cublasCreate(&cublas));
     CUBLAS_TRY(cublasSetStream(cublas, stream));
-    for (int mode = 0; mode < 2; ++mode) {
-        const cublasComputeType_t compute = mode == 0 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    /* Strict f32, TF32, then f16 operands with f32 accumulation (tensor cores). */
+    for (int mode = 0; mode < 3; ++mode) {
+        const cublasComputeType_t compute = mode == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        const cudaDataType_t in_type = mode == 2 ? CUDA_R_16F : CUDA_R_32F;
+        const void *in_a = mode == 2 ? (const void *)a16 : (const void *)a;
+        const void *in_b = mode == 2 ? (const void *)b16 : (const void *)b;
         const float one = 1.0f, zero = 0.0f;
         for (int r = 0; r < CEILING_REPS + 2; ++r) {
             CUDA_TRY(cudaEventRecord(start, stream));
-            CUBLAS_TRY(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_32F, n, b, CUDA_R_32F, n,
+            CUBLAS_TRY(cublasGemmEx(cublas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, in_a, in_type, n, in_b, in_type, n,
                                     &zero, d, CUDA_R_32F, n, compute, CUBLAS_GEMM_DEFAULT));
             CUDA_TRY(cudaEventRecord(stop, stream));
             CUDA_TRY(cudaEventSynchronize(stop));
@@ -301,8 +328,10 @@ int bench_measure_ceilings(cudaStream_t stream, size_t free_bytes, bench_ceiling
         const double tflops = 2.0 * (double)n * (double)n * (double)n / ((double)ms[CEILING_REPS / 2] * 1e9);
         if (mode == 0)
             c->sgemm_tflops = tflops;
-        else
+        else if (mode == 1)
             c->tf32_tflops = tflops;
+        else
+            c->f16_tflops = tflops;
     }
     c->gemm_size = n;
     c->measured = 1;
@@ -313,6 +342,8 @@ fail:
     if (dst) (void)cudaFree(dst);
     if (a) (void)cudaFree(a);
     if (b) (void)cudaFree(b);
+    if (a16) (void)cudaFree(a16);
+    if (b16) (void)cudaFree(b16);
     if (d) (void)cudaFree(d);
     if (start) (void)cudaEventDestroy(start);
     if (stop) (void)cudaEventDestroy(stop);

@@ -63,9 +63,13 @@ typedef struct bench_params {
 int bench_params_make(const bench_layer *layer, int experts, int has_bias, int owns_routing, bench_params *params);
 void bench_params_free(bench_params *params);
 condconv_params bench_params_view(const bench_params *params);
-/* The layer's descriptor with E experts (caller destroys it). */
+/* The layer's descriptor with E experts, f32 NCHW (caller destroys it). */
 condconv_status bench_make_desc(const bench_layer *layer, int experts, int has_bias, condconv_routing routing,
                                 condconv_activation act, condconv_layer_desc_t *desc);
+/* The parameters converted in place to a half dtype (no-op for f32): the
+ * arrays keep their float size, the first half of each holds the halves. */
+void bench_params_to_dtype(bench_params *params, const bench_layer *layer, int experts, int has_bias,
+                           condconv_dtype dtype);
 /* Uniform floats in [lo, hi) from a small LCG. */
 void bench_fill_uniform(float *p, size_t n, float lo, float hi, uint32_t *state);
 
@@ -116,6 +120,7 @@ typedef struct bench_ceilings {
     double copy_gbps;    /* device-to-device copy, bytes read + written per second / 1e9 */
     double sgemm_tflops; /* cuBLAS f32 GEMM, strict FP32 */
     double tf32_tflops;  /* cuBLAS f32 GEMM with TF32 tensor cores */
+    double f16_tflops;   /* cuBLAS f16 GEMM, f32 accumulation, tensor cores */
     size_t copy_bytes;
     int gemm_size;
 } bench_ceilings;
@@ -130,8 +135,9 @@ void bench_baselines_shutdown(void);
  * the library's own bias + activation epilogue kernel (the one the CondConv
  * algorithms run). */
 typedef struct bench_static bench_static;
-int bench_static_create(bench_static **out, const bench_layer *layer, int batch, condconv_math math, int has_bias,
-                        condconv_activation act, cudaStream_t stream, char *err, size_t err_len);
+int bench_static_create(bench_static **out, const bench_layer *layer, int batch, condconv_math math,
+                        condconv_dtype dtype, condconv_layout layout, int has_bias, condconv_activation act,
+                        cudaStream_t stream, char *err, size_t err_len);
 void bench_static_destroy(bench_static *s);
 /* Binds the rotated input and output sets (x[i], y[i]). */
 void bench_static_bind(bench_static *s, float *const *x, float *const *y);
@@ -154,17 +160,17 @@ typedef struct bench_floor {
 
 /* h100, h200: datasheet figures. 0, or -1 for an unknown name. */
 int bench_card_lookup(const char *name, bench_card *card);
-double bench_flops_rate(const bench_card *card, condconv_math math);
+double bench_flops_rate(const bench_card *card, condconv_math math, condconv_dtype dtype);
 bench_floor bench_floor_of(double bytes, double flops, double bytes_per_s, double flops_per_s);
 /* A CondConv forward's bytes and flops from the cost model (and the bytes
  * when per-sample kernels go through memory). 0, or -1 (message set). */
-int bench_condconv_work(const bench_layer *layer, int batch, int experts, double *bytes, double *flops,
-                        double *materialized_bytes);
-/* The static convolution's: x + y + |W| in f32, 2 * conv MACs. */
-void bench_static_work(const bench_layer *layer, int batch, double *bytes, double *flops);
+int bench_condconv_work(const bench_layer *layer, int batch, int experts, condconv_dtype dtype, double *bytes,
+                        double *flops, double *materialized_bytes);
+/* The static convolution's: x + y + |W| in the dtype, 2 * conv MACs. */
+void bench_static_work(const bench_layer *layer, int batch, condconv_dtype dtype, double *bytes, double *flops);
 /* condconv-bench --floors CARD: the table; returns how many rows failed. */
 int bench_print_floors(const bench_layer_list *layers, const int *batches, int batch_count, const int *experts,
-                       int expert_count, condconv_math math, const bench_card *card);
+                       int expert_count, condconv_math math, condconv_dtype dtype, const bench_card *card);
 
 /* ------------------------------------------------------------------ report */
 
@@ -206,6 +212,7 @@ typedef struct bench_report {
     bench_env env;
     bench_ceilings ceilings;
     const char *epilogue, *routing, *select, *dtype, *layout;
+    condconv_dtype dtype_id; /* the run's element type (one per run) */
     bench_row *rows;
     int count, capacity;
     FILE *csv; /* written row by row */
@@ -216,12 +223,17 @@ void bench_print_env(const bench_report *report);
 void bench_print_ceilings(const bench_ceilings *c);
 /* Prints the row to stdout (and appends it to the CSV); copies it into the report. */
 int bench_report_add(bench_report *report, const bench_row *row);
-void bench_print_group_header(const bench_layer *layer, int batch, condconv_math math, const char *epilogue);
+void bench_print_group_header(const bench_layer *layer, int batch, const char *prec, const char *layout,
+                              const char *epilogue);
 int bench_csv_open(bench_report *report, const char *path);
 void bench_csv_close(bench_report *report);
 int bench_json_write(const bench_report *report, const char *path);
 void bench_report_free(bench_report *report);
-const char *bench_math_name(condconv_math math); /* fp32 / tf32, as in ../shared/anchors */
+/* fp32 / tf32 / fp16 / bf16, as in ../shared/anchors: the dtype for half
+ * runs, the math mode for f32 runs. */
+const char *bench_prec_name(condconv_dtype dtype, condconv_math math);
+/* Element size of a dtype in bytes. */
+size_t bench_dtype_size(condconv_dtype dtype);
 void bench_row_init(bench_row *row, const bench_layer *layer, int batch, int experts, condconv_math math,
                     const char *method);
 

@@ -36,7 +36,9 @@ static int cpu_row(bench_report *report, condconv_context_t ctx, const bench_lay
     float *x = NULL, *y = NULL, *alpha = NULL;
     double *times = NULL;
     condconv_cost cost;
+    const condconv_layout layout = strcmp(report->layout, "nhwc") == 0 ? CONDCONV_LAYOUT_NHWC : CONDCONV_LAYOUT_NCHW;
     condconv_status st = bench_make_desc(l, experts, has_bias, routing, act, &desc);
+    if (st == CONDCONV_STATUS_SUCCESS) st = condconv_layer_desc_set_format(desc, report->dtype_id, layout);
     if (st == CONDCONV_STATUS_SUCCESS) st = condconv_cost_model(desc, batch, l->h, l->w, &cost);
     if (st != CONDCONV_STATUS_SUCCESS) {
         snprintf(row.note, sizeof row.note, "%s", condconv_last_error());
@@ -46,6 +48,7 @@ static int cpu_row(bench_report *report, condconv_context_t ctx, const bench_lay
         snprintf(row.note, sizeof row.note, "out of host memory");
         goto done;
     }
+    bench_params_to_dtype(&params, l, experts, has_bias, report->dtype_id);
     const condconv_params view = bench_params_view(&params);
     st = condconv_layer_create(ctx, desc, &view, &layer);
     if (st != CONDCONV_STATUS_SUCCESS) {
@@ -65,6 +68,7 @@ static int cpu_row(bench_report *report, condconv_context_t ctx, const bench_lay
     }
     uint32_t state = 12345u;
     bench_fill_uniform(x, x_n, -1.0f, 1.0f, &state);
+    (void)condconv_convert(CONDCONV_DTYPE_F32, x, report->dtype_id, x, x_n); /* in place, narrowing */
     bench_fill_uniform(alpha, (size_t)batch * (size_t)experts, 0.0f, 1.0f, &state);
     const float *routing_in = routing == CONDCONV_ROUTING_EXTERNAL ? alpha : NULL;
     /* One untimed forward, then up to MAX_REPS timed ones within max_seconds. */
@@ -113,7 +117,9 @@ int bench_run_cpu(bench_report *report, const bench_cpu_options *o)
     int failures = 0;
     for (int i = 0; i < layers->count; ++i)
         for (int b = 0; b < o->batch_count; ++b) {
-            bench_print_group_header(&layers->items[i], o->batches[b], CONDCONV_MATH_F32, report->epilogue);
+            bench_print_group_header(&layers->items[i], o->batches[b],
+                                     bench_prec_name(report->dtype_id, CONDCONV_MATH_F32), report->layout,
+                                     report->epilogue);
             for (int e = 0; e < o->expert_count; ++e)
                 if (cpu_row(report, ctx, &layers->items[i], o->batches[b], o->experts[e], o->max_seconds) != 0)
                     ++failures;

@@ -317,3 +317,19 @@ condconv_status bench_make_desc(const bench_layer *l, int experts, int has_bias,
     *out = d;
     return CONDCONV_STATUS_SUCCESS;
 }
+
+void bench_params_to_dtype(bench_params *p, const bench_layer *l, int experts, int has_bias, condconv_dtype dtype)
+{
+    if (dtype == CONDCONV_DTYPE_F32) return;
+    const size_t filter = (size_t)l->cout * (size_t)(l->cin / l->groups) * (size_t)l->k * (size_t)l->k;
+    /* In place: narrowing conversions land on bytes already read. */
+    (void)condconv_convert(CONDCONV_DTYPE_F32, p->experts, dtype, p->experts, filter * (size_t)experts);
+    if (has_bias && p->expert_bias)
+        (void)condconv_convert(CONDCONV_DTYPE_F32, p->expert_bias, dtype, p->expert_bias,
+                               (size_t)l->cout * (size_t)experts);
+    if (p->routing_weight)
+        (void)condconv_convert(CONDCONV_DTYPE_F32, p->routing_weight, dtype, p->routing_weight,
+                               (size_t)l->cin * (size_t)experts);
+    if (p->routing_bias)
+        (void)condconv_convert(CONDCONV_DTYPE_F32, p->routing_bias, dtype, p->routing_bias, (size_t)experts);
+}

@@ -41,6 +41,8 @@ typedef struct options {
     const char *csv, *json;
     int device, cpu, quick, list;
     const char *floors; /* --floors CARD: print the roofline floors, measure nothing */
+    condconv_dtype dtype;
+    condconv_layout layout;
 } options;
 
 static const char *const epilogue_names[3] = {"none", "bias", "bias-act"};
@@ -62,8 +64,10 @@ static void usage(FILE *out)
             "  --experts LIST        expert counts (default 1,2,4,8,16,32)\n"
             "  --algo LIST           static,auto,cudnn_grouped,gemm_batched,depthwise_fused,mixture or all (default)\n"
             "  --math f32|tf32|both  f32: strict FP32 everywhere (default); tf32: cuDNN/cuBLAS may use TF32\n"
-            "  --dtype f32           element type; only f32 is implemented (f16/bf16 are reserved in the API)\n"
-            "  --layout nchw         layout; only NCHW is implemented\n"
+            "  --dtype f32|f16|bf16  element type of x, y and the parameters (default f32). The static\n"
+            "                        yardstick runs in it; condconv's GPU algorithms run f32 only so far\n"
+            "                        (their rows then say n/a and why)\n"
+            "  --layout nchw|nhwc    activation layout (default nchw)\n"
             "  --routing sigmoid|softmax|external   routing function of each layer (default sigmoid: GAP->FC->sigmoid\n"
             "                        inside the forward, as timm's CondConv; external: alpha given, no routing work)\n"
             "  --epilogue none|bias|bias-act  none (default, as timm's CondConv2d): the convolution only; bias: plus\n"
@@ -233,17 +237,24 @@ static int parse_args(int argc, char **argv, options *o)
             }
         } else if (strcmp(arg, "--dtype") == 0) {
             NEED_VALUE();
-            if (strcmp(val, "f32") != 0) {
-                fprintf(stderr,
-                        "condconv-bench: --dtype %s: only f32 is implemented (f16 and bf16 are reserved in the API "
-                        "and not supported yet; --math tf32 uses TF32 tensor cores on f32 data)\n",
-                        val);
+            if (strcmp(val, "f32") == 0)
+                o->dtype = CONDCONV_DTYPE_F32;
+            else if (strcmp(val, "f16") == 0)
+                o->dtype = CONDCONV_DTYPE_F16;
+            else if (strcmp(val, "bf16") == 0)
+                o->dtype = CONDCONV_DTYPE_BF16;
+            else {
+                fprintf(stderr, "condconv-bench: --dtype %s: expected f32, f16 or bf16\n", val);
                 return -1;
             }
         } else if (strcmp(arg, "--layout") == 0) {
             NEED_VALUE();
-            if (strcmp(val, "nchw") != 0 && strcmp(val, "NCHW") != 0) {
-                fprintf(stderr, "condconv-bench: --layout %s: only nchw is implemented (NHWC is reserved)\n", val);
+            if (strcmp(val, "nchw") == 0 || strcmp(val, "NCHW") == 0)
+                o->layout = CONDCONV_LAYOUT_NCHW;
+            else if (strcmp(val, "nhwc") == 0 || strcmp(val, "NHWC") == 0)
+                o->layout = CONDCONV_LAYOUT_NHWC;
+            else {
+                fprintf(stderr, "condconv-bench: --layout %s: expected nchw or nhwc\n", val);
                 return -1;
             }
         } else if (strcmp(arg, "--routing") == 0) {
@@ -339,6 +350,16 @@ static int parse_args(int argc, char **argv, options *o)
 #undef NEED_VALUE
     }
     o->user_layers = given_sets;
+    if (o->dtype != CONDCONV_DTYPE_F32 && (o->math_count > 1 || o->maths[0] != CONDCONV_MATH_F32)) {
+        fprintf(stderr, "condconv-bench: --math applies to f32 data; f16 and bf16 always use tensor cores with f32 "
+                        "accumulation\n");
+        return -1;
+    }
+    if (o->dtype != CONDCONV_DTYPE_F32 && o->epilogue != 0) {
+        fprintf(stderr, "condconv-bench: --epilogue bias/bias-act needs f32: the static yardstick's bias and "
+                        "activation kernel is f32 only so far\n");
+        return -1;
+    }
     if (!given_sets) {
         if (bench_add_set(&o->layers, "effnet-cc-b0", err, sizeof err) != 0 ||
             (o->quick && bench_add_set(&o->layers, "issue5", err, sizeof err) != 0)) {
@@ -379,9 +400,9 @@ static void sets_free(device_sets *s)
 
 static size_t align256(size_t bytes) { return (bytes + 255u) & ~(size_t)255u; }
 
-static int carve(void **block, float ***ptrs, int count, size_t elems, char *err, size_t err_len)
+static int carve(void **block, float ***ptrs, int count, size_t elems, size_t elem_size, char *err, size_t err_len)
 {
-    const size_t stride = align256(sizeof(float) * elems);
+    const size_t stride = align256(elem_size * elems);
     *ptrs = malloc(sizeof(float *) * (size_t)count);
     if (*ptrs == NULL) {
         snprintf(err, err_len, "out of host memory");
@@ -398,8 +419,10 @@ static int carve(void **block, float ***ptrs, int count, size_t elems, char *err
     return 0;
 }
 
-/* Uploads uniform values in [lo, hi) into set 0 and copies them to the others. */
-static int fill_sets(float **ptrs, int count, size_t elems, float lo, float hi, char *err, size_t err_len)
+/* Uploads uniform values in [lo, hi), in the dtype, into set 0 and copies
+ * them to the others. */
+static int fill_sets(float **ptrs, int count, size_t elems, condconv_dtype dtype, float lo, float hi, char *err,
+                     size_t err_len)
 {
     float *host = malloc(sizeof(float) * elems);
     if (host == NULL) {
@@ -408,10 +431,17 @@ static int fill_sets(float **ptrs, int count, size_t elems, float lo, float hi, 
     }
     uint32_t state = 777u;
     bench_fill_uniform(host, elems, lo, hi, &state);
-    cudaError_t e = cudaMemcpy(ptrs[0], host, sizeof(float) * elems, cudaMemcpyHostToDevice);
+    /* In place: the halves land on bytes already read. */
+    if (condconv_convert(CONDCONV_DTYPE_F32, host, dtype, host, elems) != CONDCONV_STATUS_SUCCESS) {
+        free(host);
+        snprintf(err, err_len, "%s", condconv_last_error());
+        return -1;
+    }
+    const size_t bytes = bench_dtype_size(dtype) * elems;
+    cudaError_t e = cudaMemcpy(ptrs[0], host, bytes, cudaMemcpyHostToDevice);
     free(host);
     for (int i = 1; i < count && e == cudaSuccess; ++i)
-        e = cudaMemcpy(ptrs[i], ptrs[0], sizeof(float) * elems, cudaMemcpyDeviceToDevice);
+        e = cudaMemcpy(ptrs[i], ptrs[0], bytes, cudaMemcpyDeviceToDevice);
     if (e != cudaSuccess) {
         snprintf(err, err_len, "filling inputs: %s", cudaGetErrorString(e));
         return -1;
@@ -419,17 +449,20 @@ static int fill_sets(float **ptrs, int count, size_t elems, float lo, float hi, 
     return 0;
 }
 
-static int sets_alloc(device_sets *s, int count, size_t x_elems, size_t y_elems, size_t alpha_elems, char *err,
-                      size_t err_len)
+/* x and y in the run's dtype; routing weights always f32. */
+static int sets_alloc(device_sets *s, int count, size_t x_elems, size_t y_elems, size_t alpha_elems,
+                      condconv_dtype dtype, char *err, size_t err_len)
 {
     memset(s, 0, sizeof *s);
     s->count = count;
-    if (carve(&s->x_block, &s->x, count, x_elems, err, err_len) != 0 ||
-        carve(&s->y_block, &s->y, count, y_elems, err, err_len) != 0 ||
-        (alpha_elems > 0 && carve(&s->alpha_block, &s->alpha, count, alpha_elems, err, err_len) != 0) ||
-        fill_sets(s->x, count, x_elems, -1.0f, 1.0f, err, err_len) != 0 ||
-        (alpha_elems > 0 && fill_sets(s->alpha, count, alpha_elems, 0.0f, 1.0f, err, err_len) != 0) ||
-        cudaMemset(s->y_block, 0, align256(sizeof(float) * y_elems) * (size_t)count) != cudaSuccess ||
+    const size_t es = bench_dtype_size(dtype);
+    if (carve(&s->x_block, &s->x, count, x_elems, es, err, err_len) != 0 ||
+        carve(&s->y_block, &s->y, count, y_elems, es, err, err_len) != 0 ||
+        (alpha_elems > 0 && carve(&s->alpha_block, &s->alpha, count, alpha_elems, sizeof(float), err, err_len) != 0) ||
+        fill_sets(s->x, count, x_elems, dtype, -1.0f, 1.0f, err, err_len) != 0 ||
+        (alpha_elems > 0 &&
+         fill_sets(s->alpha, count, alpha_elems, CONDCONV_DTYPE_F32, 0.0f, 1.0f, err, err_len) != 0) ||
+        cudaMemset(s->y_block, 0, align256(es * y_elems) * (size_t)count) != cudaSuccess ||
         /* The copies above ran on the legacy stream, which the bench's non-blocking stream does not wait for. */
         cudaDeviceSynchronize() != cudaSuccess) {
         if (err[0] == '\0') snprintf(err, err_len, "filling inputs: %s", cudaGetErrorString(cudaGetLastError()));
@@ -545,7 +578,7 @@ static void add_row(gpu_run *g, const bench_row *row)
 {
     /* Progress on stderr, with the wall time: where a long run spends it. */
     fprintf(stderr, "[%8.1f s] %s n%d E%d %s %s: %s\n", (bench_now_us() - g->start_us) * 1e-6, row->layer->name,
-            row->batch, row->experts, bench_math_name(row->math), row->method, row->status);
+            row->batch, row->experts, bench_prec_name(g->o->dtype, row->math), row->method, row->status);
     if (strcmp(row->status, "error") == 0) ++g->failures;
     if (bench_report_add(g->report, row) != 0) ++g->failures;
 }
@@ -562,9 +595,9 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
     const int has_bias = o->epilogue > 0;
     const condconv_activation act = o->epilogue == 2 ? l->act : CONDCONV_ACTIVATION_NONE;
     char range[128];
-    snprintf(range, sizeof range, "bench %s n%d %s static", l->name, batch, bench_math_name(math));
+    snprintf(range, sizeof range, "bench %s n%d %s static", l->name, batch, bench_prec_name(o->dtype, math));
     nvtxRangePushA(range);
-    if (bench_static_create(&s, l, batch, math, has_bias, act, g->stream, err, sizeof err) != 0) {
+    if (bench_static_create(&s, l, batch, math, o->dtype, o->layout, has_bias, act, g->stream, err, sizeof err) != 0) {
         set_status(&row, "error", err);
     } else {
         bench_static_bind(s, sets->x, sets->y);
@@ -578,9 +611,9 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
     const int ho = bench_layer_out(l, l->h), wo = bench_layer_out(l, l->w);
     const uint64_t w_elems = (uint64_t)l->cout * (uint64_t)(l->cin / l->groups) * (uint64_t)l->k * (uint64_t)l->k;
     row.macs = (uint64_t)batch * w_elems * (uint64_t)ho * (uint64_t)wo;
-    row.bytes = sizeof(float) * ((uint64_t)batch * (uint64_t)l->cin * (uint64_t)l->h * (uint64_t)l->w +
-                                 (uint64_t)batch * (uint64_t)l->cout * (uint64_t)ho * (uint64_t)wo + w_elems +
-                                 (has_bias ? (uint64_t)l->cout : 0u));
+    row.bytes = bench_dtype_size(o->dtype) * ((uint64_t)batch * (uint64_t)l->cin * (uint64_t)l->h * (uint64_t)l->w +
+                                              (uint64_t)batch * (uint64_t)l->cout * (uint64_t)ho * (uint64_t)wo +
+                                              w_elems + (has_bias ? (uint64_t)l->cout : 0u));
     if (row.ok) {
         *plain_us = row.plain.n ? row.plain.median : NAN;
         *graph_us = row.graph.n ? row.graph.median : NAN;
@@ -607,12 +640,14 @@ static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int exper
     char setup_error[BENCH_NOTE_LEN] = "";
     const char *setup_status = "error";
     condconv_status st = bench_make_desc(l, experts, has_bias, o->routing, act, &desc);
+    if (st == CONDCONV_STATUS_SUCCESS) st = condconv_layer_desc_set_format(desc, o->dtype, o->layout);
     if (st == CONDCONV_STATUS_SUCCESS) st = condconv_cost_model(desc, batch, l->h, l->w, &cost);
     if (st != CONDCONV_STATUS_SUCCESS) {
         snprintf(setup_error, sizeof setup_error, "%s", condconv_last_error());
     } else if (bench_params_make(l, experts, has_bias, !external, &params) != 0) {
         snprintf(setup_error, sizeof setup_error, "out of host memory");
     } else {
+        bench_params_to_dtype(&params, l, experts, has_bias, o->dtype);
         const condconv_params view = bench_params_view(&params);
         st = condconv_layer_create(g->ctx, desc, &view, &layer);
         if (st != CONDCONV_STATUS_SUCCESS) {
@@ -638,8 +673,8 @@ static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int exper
             continue;
         }
         char range[160];
-        snprintf(range, sizeof range, "bench %s n%d E%d %s %s", l->name, batch, experts, bench_math_name(math),
-                 row.method);
+        snprintf(range, sizeof range, "bench %s n%d E%d %s %s", l->name, batch, experts,
+                 bench_prec_name(o->dtype, math), row.method);
         nvtxRangePushA(range);
         (void)condconv_layer_set_algo(layer, algo);
         condconv_plan_info info;
@@ -683,7 +718,8 @@ static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int exper
 static void layer_batch(gpu_run *g, const bench_layer *l, int batch, condconv_math math)
 {
     const options *o = g->o;
-    bench_print_group_header(l, batch, math, epilogue_names[o->epilogue]);
+    bench_print_group_header(l, batch, bench_prec_name(o->dtype, math),
+                             o->layout == CONDCONV_LAYOUT_NHWC ? "nhwc" : "nchw", epilogue_names[o->epilogue]);
     const int ho = bench_layer_out(l, l->h), wo = bench_layer_out(l, l->w);
     const size_t x_elems = (size_t)batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w;
     const size_t y_elems = (size_t)batch * (size_t)l->cout * (size_t)ho * (size_t)wo;
@@ -693,12 +729,13 @@ static void layer_batch(gpu_run *g, const bench_layer *l, int batch, condconv_ma
     const size_t alpha_elems = o->routing == CONDCONV_ROUTING_EXTERNAL ? (size_t)batch * (size_t)max_e : 0;
     size_t free_bytes = 0, total_bytes = 0;
     (void)cudaMemGetInfo(&free_bytes, &total_bytes);
-    const size_t set_bytes = align256(sizeof(float) * x_elems) + align256(sizeof(float) * y_elems) +
-                             (alpha_elems ? align256(sizeof(float) * alpha_elems) : 0);
+    const size_t es = bench_dtype_size(o->dtype);
+    const size_t set_bytes =
+        align256(es * x_elems) + align256(es * y_elems) + (alpha_elems ? align256(sizeof(float) * alpha_elems) : 0);
     const int count = bench_rotation_sets(set_bytes, g->l2_bytes, free_bytes / 4);
     device_sets sets;
     char err[BENCH_ERR_LEN] = "";
-    if (sets_alloc(&sets, count, x_elems, y_elems, alpha_elems, err, sizeof err) != 0) {
+    if (sets_alloc(&sets, count, x_elems, y_elems, alpha_elems, o->dtype, err, sizeof err) != 0) {
         bench_row row;
         bench_row_init(&row, l, batch, 0, math, "inputs");
         set_status(&row, "n/a", err);
@@ -785,15 +822,16 @@ int main(int argc, char **argv)
         int failures = 0;
         for (int m = 0; m < o.math_count; ++m)
             failures += bench_print_floors(&o.layers, batches, o.batch_count ? o.batch_count : 3, experts,
-                                           o.expert_count ? o.expert_count : 3, o.maths[m], &card);
+                                           o.expert_count ? o.expert_count : 3, o.maths[m], o.dtype, &card);
         bench_layer_list_free(&o.layers);
         return failures ? 1 : 0;
     }
     const int devices = o.cpu ? 0 : condconv_device_count();
     bench_report report;
     memset(&report, 0, sizeof report);
-    report.dtype = "f32";
-    report.layout = "nchw";
+    report.dtype = o.dtype == CONDCONV_DTYPE_F16 ? "f16" : o.dtype == CONDCONV_DTYPE_BF16 ? "bf16" : "f32";
+    report.dtype_id = o.dtype;
+    report.layout = o.layout == CONDCONV_LAYOUT_NHWC ? "nhwc" : "nchw";
     report.routing = o.routing_name;
     report.epilogue = epilogue_names[o.epilogue];
     report.select = o.select == CONDCONV_SELECT_MEASURE ? "measure" : "heuristic";

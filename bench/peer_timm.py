@@ -23,7 +23,7 @@ Methods (as in ../shared/anchors/timm-vs-static-*.csv):
   bmm           the same routing and aggregation, then torch.bmm (1x1, stride
                 1, groups 1 only)
   moe_naive     one conv with E * Cout filters, then the alpha-weighted sum
-Precisions: fp32 (TF32 off for conv and matmul), tf32 (TF32 on), fp16
+Precisions: fp32 (TF32 off for conv and matmul), tf32 (TF32 on), fp16 and bf16
 (channels-last, as the anchors).
 
 Output CSV columns start with the anchors' (shape,batch,prec,method,experts,
@@ -65,7 +65,7 @@ SETS = {
     ],
 }
 METHODS = ("static", "timm_grouped", "bmm", "moe_naive")
-PRECS = ("fp32", "tf32", "fp16")
+PRECS = ("fp32", "tf32", "fp16", "bf16")
 CSV_COLUMNS = ["shape", "batch", "prec", "method", "experts", "eager_us", "graph_us", "eager_p10_us", "eager_p90_us",
                "graph_p10_us", "graph_p90_us", "cin", "cout", "k", "stride", "groups", "h", "w", "status", "note",
                "device", "torch", "timm", "cuda", "cudnn", "date"]
@@ -211,7 +211,7 @@ def set_precision(torch, prec):
     tf32 = prec == "tf32"
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    return torch.float16 if prec == "fp16" else torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec, torch.float32)
 
 
 def time_method(torch, fn, inputs, iters, reps, warmup):
@@ -325,7 +325,7 @@ def main(argv=None):
     p.add_argument("--layer", action="append", type=parse_layer, help="cin,cout,k,stride,groups,H[,W] (repeatable)")
     p.add_argument("--batch", type=parse_list, default=[32], help="batch sizes, e.g. 1,32,128 (default 32)")
     p.add_argument("--experts", type=parse_list, default=[1, 2, 4, 8, 16, 32], help="expert counts")
-    p.add_argument("--prec", type=lambda s: parse_list(s, str), default=["fp32"], help="fp32,tf32,fp16")
+    p.add_argument("--prec", type=lambda s: parse_list(s, str), default=["fp32"], help="fp32,tf32,fp16,bf16")
     p.add_argument("--methods", type=lambda s: parse_list(s, str), default=["static", "timm_grouped"],
                    help="static,timm_grouped,bmm,moe_naive (default static,timm_grouped)")
     p.add_argument("--iters", type=int, default=20, help="forwards per timed loop and per graph (default 20)")
@@ -380,7 +380,7 @@ def main(argv=None):
     failures = 0
     for layer, batch, prec, experts in plan:
         dtype = set_precision(torch, prec)
-        fmt = torch.channels_last if prec == "fp16" else torch.contiguous_format
+        fmt = torch.channels_last if prec in ("fp16", "bf16") else torch.contiguous_format
         elem = 2 if dtype == torch.float16 else 4
         ho = (layer.h + 2 * layer.pad - layer.k) // layer.stride + 1
         wo = (layer.w + 2 * layer.pad - layer.k) // layer.stride + 1

@@ -26,7 +26,14 @@
 
 #include "bench.h"
 
-const char *bench_math_name(condconv_math math) { return math == CONDCONV_MATH_TF32 ? "tf32" : "fp32"; }
+const char *bench_prec_name(condconv_dtype dtype, condconv_math math)
+{
+    if (dtype == CONDCONV_DTYPE_F16) return "fp16";
+    if (dtype == CONDCONV_DTYPE_BF16) return "bf16";
+    return math == CONDCONV_MATH_TF32 ? "tf32" : "fp32";
+}
+
+size_t bench_dtype_size(condconv_dtype dtype) { return dtype == CONDCONV_DTYPE_F32 ? 4u : 2u; }
 
 void bench_row_init(bench_row *row, const bench_layer *layer, int batch, int experts, condconv_math math,
                     const char *method)
@@ -137,9 +144,9 @@ void bench_print_ceilings(const bench_ceilings *c)
         printf("ceilings: not measured (--no-ceilings); bandwidth and compute fractions are left empty\n");
         return;
     }
-    printf("ceilings (this run): D2D copy %.0f GB/s (read+write, %zu MiB), cuBLAS f32 GEMM %d^3: %.1f TFLOP/s "
-           "strict FP32, %.1f TFLOP/s TF32\n",
-           c->copy_gbps, c->copy_bytes >> 20, c->gemm_size, c->sgemm_tflops, c->tf32_tflops);
+    printf("ceilings (this run): D2D copy %.0f GB/s (read+write, %zu MiB), cuBLAS GEMM %d^3 on random data: %.1f "
+           "TFLOP/s strict FP32, %.1f TFLOP/s TF32, %.1f TFLOP/s f16 (f32 accumulation)\n",
+           c->copy_gbps, c->copy_bytes >> 20, c->gemm_size, c->sgemm_tflops, c->tf32_tflops, c->f16_tflops);
 }
 
 /* ------------------------------------------------------------------- rows */
@@ -151,12 +158,18 @@ typedef struct derived {
     double floor_us, x_floor; /* the row's roofline floor on the ceilings measured in this run, time over it */
 } derived;
 
+/* The GEMM rate measured in this run for the row's precision. */
+static double ceiling_tflops(const bench_report *r, const bench_row *row)
+{
+    if (r->dtype_id != CONDCONV_DTYPE_F32) return r->ceilings.f16_tflops;
+    return row->math == CONDCONV_MATH_TF32 ? r->ceilings.tf32_tflops : r->ceilings.sgemm_tflops;
+}
+
 static derived derive(const bench_report *r, const bench_row *row)
 {
     derived d = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
     if (r->ceilings.measured && r->env.gpu) {
-        const double rate =
-            1e12 * (row->math == CONDCONV_MATH_TF32 ? r->ceilings.tf32_tflops : r->ceilings.sgemm_tflops);
+        const double rate = 1e12 * ceiling_tflops(r, row);
         d.floor_us =
             bench_floor_of((double)row->bytes, 2.0 * (double)row->macs, r->ceilings.copy_gbps * 1e9, rate).floor_us;
     }
@@ -169,8 +182,7 @@ static derived derive(const bench_report *r, const bench_row *row)
         d.tflops = 2.0 * (double)row->macs / (t * 1e6);
         if (r->ceilings.measured && r->env.gpu) {
             d.bw_frac = d.gbps / r->ceilings.copy_gbps;
-            d.compute_frac =
-                d.tflops / (row->math == CONDCONV_MATH_TF32 ? r->ceilings.tf32_tflops : r->ceilings.sgemm_tflops);
+            d.compute_frac = d.tflops / ceiling_tflops(r, row);
             d.x_floor = t / d.floor_us;
         }
     }
@@ -191,10 +203,11 @@ static double spread_pct(const bench_stats *s)
     return s->n > 0 && s->median > 0.0 ? 50.0 * (s->p90 - s->p10) / s->median : NAN;
 }
 
-void bench_print_group_header(const bench_layer *l, int batch, condconv_math math, const char *epilogue)
+void bench_print_group_header(const bench_layer *l, int batch, const char *prec, const char *layout,
+                              const char *epilogue)
 {
-    printf("\n== %s  %d->%d k%d s%d g%d  %dx%d  batch %d  %s  epilogue %s  (%s: %s)\n", l->name, l->cin, l->cout, l->k,
-           l->stride, l->groups, l->h, l->w, batch, bench_math_name(math), epilogue, l->set, l->role);
+    printf("\n== %s  %d->%d k%d s%d g%d  %dx%d  batch %d  %s %s  epilogue %s  (%s: %s)\n", l->name, l->cin, l->cout,
+           l->k, l->stride, l->groups, l->h, l->w, batch, prec, layout, epilogue, l->set, l->role);
     printf("%3s %-16s %9s %5s %7s %9s %5s %7s %7s | %7s %7s %7s %7s | %8s %7s %7s %5s %5s | %s\n", "E", "method",
            "plain us", "+-%", "xstatic", "graph us", "+-%", "xstatic", "host us", "route", "agg", "conv", "epi", "MMAC",
            "GB/s", "TFLOP/s", "%BW", "%peak", "note");
@@ -274,8 +287,8 @@ static void csv_row(const bench_report *r, const bench_row *row)
     fputc(',', f);
     csv_text(f, l->role);
     fprintf(f, ",%d,%d,%d,%d,%d,%d,%d,%d,%d,%s,%s,%s,%s,%s,%s,%s,", l->cin, l->cout, l->k, l->stride, l->groups, l->h,
-            l->w, row->batch, row->experts, bench_math_name(row->math), r->dtype, r->layout, r->epilogue, r->routing,
-            r->select, row->method);
+            l->w, row->batch, row->experts, bench_prec_name(r->dtype_id, row->math), r->dtype, r->layout, r->epilogue,
+            r->routing, r->select, row->method);
     csv_text(f, row->algo_run);
     fprintf(f, ",%s", row->status);
     const int ok = row->ok;
@@ -420,9 +433,9 @@ int bench_json_write(const bench_report *r, const char *path)
     if (r->ceilings.measured)
         fprintf(f,
                 "{\"copy_gbps\": %.1f, \"copy_bytes\": %zu, \"sgemm_tflops\": %.2f, \"tf32_tflops\": %.2f, "
-                "\"gemm_size\": %d}",
+                "\"f16_tflops\": %.2f, \"gemm_size\": %d}",
                 r->ceilings.copy_gbps, r->ceilings.copy_bytes, r->ceilings.sgemm_tflops, r->ceilings.tf32_tflops,
-                r->ceilings.gemm_size);
+                r->ceilings.f16_tflops, r->ceilings.gemm_size);
     else
         fputs("null", f);
     fprintf(f, ",\n  \"rows\": [");
@@ -438,7 +451,7 @@ int bench_json_write(const bench_report *r, const char *path)
                 "\"cin\": %d, \"cout\": %d, \"k\": %d, \"stride\": %d, \"groups\": %d, \"h\": %d, \"w\": %d, "
                 "\"batch\": %d, \"experts\": %d, ",
                 l->cin, l->cout, l->k, l->stride, l->groups, l->h, l->w, row->batch, row->experts);
-        json_kv(f, "prec", bench_math_name(row->math), 1);
+        json_kv(f, "prec", bench_prec_name(r->dtype_id, row->math), 1);
         json_kv(f, "method", row->method, 1);
         json_kv(f, "algo_run", row->algo_run, 1);
         json_kv(f, "status", row->status, 1);

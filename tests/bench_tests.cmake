@@ -10,6 +10,11 @@ if(CONDCONV_BUILD_BENCH AND EXISTS ${CMAKE_SOURCE_DIR}/bench/CMakeLists.txt)
     COMMAND $<TARGET_FILE:condconv-bench> --cpu --batch 1 --experts 2 --layer 16,24,3,1,1,8,8
             --csv ${CMAKE_CURRENT_BINARY_DIR}/bench_cpu.csv --json ${CMAKE_CURRENT_BINARY_DIR}/bench_cpu.json)
   set_tests_properties(test_bench_cpu PROPERTIES LABELS cpu)
+  # The CPU path in a half type and channels-last, the formats the CPU reference runs.
+  add_test(NAME test_bench_cpu_half
+    COMMAND $<TARGET_FILE:condconv-bench> --cpu --batch 2 --experts 3 --layer 12,20,3,2,4,9,7 --dtype bf16
+            --layout nhwc --csv ${CMAKE_CURRENT_BINARY_DIR}/bench_cpu_half.csv)
+  set_tests_properties(test_bench_cpu_half PROPERTIES LABELS cpu PASS_REGULAR_EXPRESSION "bf16 nhwc.*cpu_reference")
   # The roofline floors need no GPU; they must say they are floors.
   add_test(NAME test_bench_floors
     COMMAND $<TARGET_FILE:condconv-bench> --floors h200 --batch 1,128 --experts 1,32 --math both)
@@ -18,6 +23,6 @@ if(CONDCONV_BUILD_BENCH AND EXISTS ${CMAKE_SOURCE_DIR}/bench/CMakeLists.txt)
   add_test(NAME test_bench_floors_bad_card COMMAND $<TARGET_FILE:condconv-bench> --floors a100)
   set_tests_properties(test_bench_floors_bad_card PROPERTIES LABELS cpu WILL_FAIL TRUE)
   # Bad command lines are refused with exit status 2 and a message.
-  add_test(NAME test_bench_bad_args COMMAND $<TARGET_FILE:condconv-bench> --dtype f16)
+  add_test(NAME test_bench_bad_args COMMAND $<TARGET_FILE:condconv-bench> --dtype f64)
   set_tests_properties(test_bench_bad_args PROPERTIES LABELS cpu WILL_FAIL TRUE)
 endif()
