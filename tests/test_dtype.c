@@ -64,14 +64,12 @@ static uint16_t nearest(const table *t, double v, uint16_t inf_bits)
     const uint16_t below = t->sorted[lo], above = t->sorted[hi];
     const double d_below = a - t->value[below], d_above = t->value[above] - a;
     uint16_t pick;
-    if (a >= t->value[above])
+    if (a >= t->value[above] || d_above < d_below)
         pick = above;
     else if (d_below < d_above)
         pick = below;
-    else if (d_above < d_below)
-        pick = above;
     else
-        pick = (below & 1u) ? above : below;
+        pick = (below & 1u) ? above : below; /* a tie: the even encoding */
     return (uint16_t)(sign | pick);
 }
 
@@ -174,7 +172,7 @@ static void check_convert_api(void)
     float inplace[8];
     memcpy(inplace, f, sizeof f);
     EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, inplace, CONDCONV_DTYPE_F16, inplace, 8));
-    EXPECT(memcmp(inplace, want, sizeof want) == 0, "in-place f32 -> f16");
+    EXPECT(tu_same_bytes(inplace, want, sizeof want), "in-place f32 -> f16");
     /* Refusals write nothing. */
     uint16_t untouched[8];
     memset(untouched, 0xA5, sizeof untouched);

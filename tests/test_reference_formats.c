@@ -128,16 +128,12 @@ static void run_case(condconv_context_t ctx, condconv_dtype dtype, condconv_layo
             }
             EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, &y_ref_layout[i], dtype, &want_bits, 1));
             memcpy(&got_bits, y + i * es, 2);
-            if (isnan(got)) {
-                ++bad;
-            } else if (got_bits == want_bits) {
-                ++exact;
-            } else if ((got_bits & 0x8000u) == (want_bits & 0x8000u) &&
-                       abs((int)(got_bits & 0x7FFFu) - (int)(want_bits & 0x7FFFu)) == 1) {
-                ++within_ulp;
-            } else {
-                ++bad;
-            }
+            const int same = !isnan(got) && got_bits == want_bits;
+            const int one_ulp = !isnan(got) && (got_bits & 0x8000u) == (want_bits & 0x8000u) &&
+                                abs((int)(got_bits & 0x7FFFu) - (int)(want_bits & 0x7FFFu)) == 1;
+            exact += same;
+            within_ulp += one_ulp;
+            bad += !same && !one_ulp;
         }
         EXPECT(bad == 0, "%zu of %zu outputs differ (%s %s): %s", bad, y_n,
                dtype == CONDCONV_DTYPE_F16    ? "f16"

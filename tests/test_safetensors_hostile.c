@@ -416,21 +416,21 @@ static void test_half_layers(void)
         EXPECT_OK(condconv_layer_create_from_safetensors_memory(ctx, half, b.p, b.n, "conv", "routing_fn", &loaded));
         free(b.p);
         uint16_t h_experts[N_EXPERTS], h_bias[N_BIAS], h_rw[N_RW], h_rb[N_RB];
-        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, experts, dtypes[d], h_experts, N_EXPERTS));
-        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, expert_bias, dtypes[d], h_bias, N_BIAS));
-        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, routing_weight, dtypes[d], h_rw, N_RW));
-        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, routing_bias, dtypes[d], h_rb, N_RB));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, experts, dtypes[d], h_experts, (size_t)N_EXPERTS));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, expert_bias, dtypes[d], h_bias, (size_t)N_BIAS));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, routing_weight, dtypes[d], h_rw, (size_t)N_RW));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, routing_bias, dtypes[d], h_rb, (size_t)N_RB));
         const condconv_params params = {h_experts, h_bias, h_rw, h_rb};
         EXPECT_OK(condconv_layer_create(ctx, half, &params, &direct));
-        enum { N = 2, H = 3, W = 5, HO = 3, WO = 4 };
-        float x32[N * CIN * H * W];
-        tu_fill_uniform(x32, N * CIN * H * W, -1.0f, 1.0f);
-        uint16_t x[N * CIN * H * W], y_loaded[N * COUT * HO * WO], y_direct[N * COUT * HO * WO];
+        enum { N = 2, H = 3, W = 5, HO = 3, WO = 4, X_N = N * CIN * H * W };
+        float x32[X_N];
+        tu_fill_uniform(x32, (size_t)X_N, -1.0f, 1.0f);
+        uint16_t x[X_N], y_loaded[N * COUT * HO * WO], y_direct[N * COUT * HO * WO];
         float a_loaded[N * E], a_direct[N * E];
-        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, x32, dtypes[d], x, N * CIN * H * W));
+        EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, x32, dtypes[d], x, (size_t)X_N));
         EXPECT_OK(condconv_forward_cpu(loaded, N, H, W, x, y_loaded, NULL, a_loaded));
         EXPECT_OK(condconv_forward_cpu(direct, N, H, W, x, y_direct, NULL, a_direct));
-        EXPECT(memcmp(y_loaded, y_direct, sizeof y_loaded) == 0 && memcmp(a_loaded, a_direct, sizeof a_loaded) == 0,
+        EXPECT(tu_same_bytes(y_loaded, y_direct, sizeof y_loaded) && tu_same_bytes(a_loaded, a_direct, sizeof a_loaded),
                "%s layer: loaded from F32 tensors computes differently from one made of the rounded values",
                d ? "bf16" : "f16");
         condconv_layer_destroy(loaded);
