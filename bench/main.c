@@ -62,7 +62,8 @@ static void usage(FILE *out)
             "                        padding ((s-1)+(k-1))/2 as PyTorch/timm; repeatable\n"
             "  --batch LIST          batch sizes (default 32), e.g. 1,32,128\n"
             "  --experts LIST        expert counts (default 1,2,4,8,16,32)\n"
-            "  --algo LIST           static,auto,cudnn_grouped,gemm_batched,depthwise_fused,mixture or all (default)\n"
+            "  --algo LIST           static,auto,cudnn_grouped,gemm_batched,depthwise_fused,mixture,fused or all\n"
+            "                        (default all)\n"
             "  --math f32|tf32|both  f32: strict FP32 everywhere (default); tf32: cuDNN/cuBLAS may use TF32\n"
             "  --dtype f32|f16|bf16  element type of x, y and the parameters (default f32). The static\n"
             "                        yardstick runs in it; condconv's GPU algorithms run f32 only so far\n"
@@ -156,7 +157,7 @@ static int parse_algos(const char *s, options *o)
         if (!found) {
             fprintf(stderr,
                     "condconv-bench: --algo: unknown '%s' (static, auto, cudnn_grouped, gemm_batched, "
-                    "depthwise_fused, mixture, all)\n",
+                    "depthwise_fused, mixture, fused, all)\n",
                     tok);
             return -1;
         }

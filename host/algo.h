@@ -11,6 +11,7 @@
 
 #include "condconv.h"
 #include "cudnn_conv.h"
+#include "fused_conv.h"
 #include "gather.h"
 #include "layer.h"
 #include "scratch.h"
@@ -19,7 +20,7 @@ typedef struct cc_algo_state {
     condconv_algo algo;
     condconv_math math;
     size_t workspace_bytes; /* this algorithm's part of the workspace */
-    char backend[64];       /* condconv_plan_info.backend */
+    char backend[256];      /* condconv_plan_info.backend */
     cc_cudnn_conv conv;     /* cudnn_grouped, mixture */
     int has_conv;
     /* Input windows gathered into the workspace first (kernels/gather.h):
@@ -29,6 +30,12 @@ typedef struct cc_algo_state {
     cc_gather_args gather_args; /* planes = N * Cin */
     /* Byte offsets of the pieces within this algorithm's workspace. */
     size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
+    /* fused: the kernel's configuration and its split-K buffers. */
+    cc_fused_config fused;
+    float *fused_partial;
+    unsigned int *fused_counters;
+    /* Device memory the state owns (freed by cc_algo_state_destroy). */
+    void *owned;
 } cc_algo_state;
 
 typedef struct cc_forward_buffers {
@@ -92,5 +99,6 @@ extern const cc_algo_ops cc_algo_cudnn_grouped;
 extern const cc_algo_ops cc_algo_gemm_batched;
 extern const cc_algo_ops cc_algo_depthwise_fused;
 extern const cc_algo_ops cc_algo_mixture;
+extern const cc_algo_ops cc_algo_fused;
 
 #endif

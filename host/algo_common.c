@@ -20,6 +20,7 @@ const cc_algo_ops *cc_algo_lookup(condconv_algo algo)
     case CONDCONV_ALGO_GEMM_BATCHED: return &cc_algo_gemm_batched;
     case CONDCONV_ALGO_DEPTHWISE_FUSED: return &cc_algo_depthwise_fused;
     case CONDCONV_ALGO_MIXTURE: return &cc_algo_mixture;
+    case CONDCONV_ALGO_FUSED: return &cc_algo_fused;
     case CONDCONV_ALGO_AUTO:
     case CONDCONV_ALGO_COUNT: break;
     }
@@ -34,6 +35,7 @@ const char *condconv_algo_name(condconv_algo algo)
     case CONDCONV_ALGO_GEMM_BATCHED: return "gemm_batched";
     case CONDCONV_ALGO_DEPTHWISE_FUSED: return "depthwise_fused";
     case CONDCONV_ALGO_MIXTURE: return "mixture";
+    case CONDCONV_ALGO_FUSED: return "fused";
     case CONDCONV_ALGO_COUNT: break;
     }
     return NULL;
@@ -42,6 +44,7 @@ const char *condconv_algo_name(condconv_algo algo)
 void cc_algo_state_destroy(cc_algo_state *state)
 {
     if (state->has_conv) cc_cudnn_conv_destroy(&state->conv);
+    if (state->owned) (void)cudaFree(state->owned);
     memset(state, 0, sizeof *state);
 }
 

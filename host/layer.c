@@ -10,6 +10,8 @@
 #include "dtype.h"
 #include "error.h"
 
+#include "fused_conv.h"
+
 /* The host copy is f32 whatever the layer's dtype: a half value converts to
  * float exactly, so it holds the very values the caller gave. */
 static float *copy_floats(const void *src, uint64_t count, condconv_dtype dtype)
@@ -59,8 +61,14 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t bias_bytes = (size_t)w->sizes.bias_elems * sizeof(float);
     const size_t rw_bytes = (size_t)w->sizes.routing_weight_elems * sizeof(float);
     const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
+    /* The fused algorithm reads its own packing; depthwise layers never run it. */
+    const int depthwise = info->groups == info->in_channels;
+    const size_t fused_bytes = depthwise ? 0
+                                         : cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
+                                                                 info->kernel_h, info->kernel_w, info->num_experts) *
+                                               sizeof(float);
     const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) + align_up(rw_bytes) +
-                         align_up(rb_bytes);
+                         align_up(rb_bytes) + align_up(fused_bytes);
     if (total < experts_bytes)
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the device copy of the parameters overflows size_t", func);
     CC_CUDA_TRY(cudaMalloc(&w->dev_block, total), func);
@@ -87,6 +95,14 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     offset += align_up(rw_bytes);
     const size_t rb_at = offset;
     if (rb_bytes) memcpy(staging + offset, w->routing_bias, rb_bytes);
+    offset += align_up(rb_bytes);
+    const size_t fused_at = offset;
+    if (fused_bytes &&
+        !cc_fused_pack(w->experts, (float *)(void *)(staging + offset), info->in_channels, info->out_channels,
+                       info->groups, info->kernel_h, info->kernel_w, info->num_experts)) {
+        free(staging);
+        return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR, "%s: packing the experts for the fused algorithm failed", func);
+    }
 
     /* condconv_layer_create is synchronous: the parameters must be on the device
      * before it returns, whatever stream the first forward runs on. A pageable
@@ -110,6 +126,7 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     w->dev_expert_bias = bias_bytes ? (const float *)(const void *)(base + bias_at) : NULL;
     w->dev_routing_weight_t = rw_bytes ? (const float *)(const void *)(base + rw_at) : NULL;
     w->dev_routing_bias = rb_bytes ? (const float *)(const void *)(base + rb_at) : NULL;
+    w->dev_experts_fused = fused_bytes ? (const float *)(const void *)(base + fused_at) : NULL;
     return CONDCONV_STATUS_SUCCESS;
 }
 

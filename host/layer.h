@@ -27,6 +27,7 @@ typedef struct cc_weights {
     const float *dev_experts;          /* [E][Cout][Cin/g][kh][kw] */
     const float *dev_experts_grouped;  /* [g][E][Cout/g][Cin/g][kh][kw]: filters of a static conv with E*Cout
                                           outputs, in the order a grouped conv wants (= dev_experts if g == 1) */
+    const float *dev_experts_fused;    /* the fused algorithm's packing (kernels/fused_conv.h), NULL for depthwise */
     const float *dev_expert_bias;      /* [E][Cout] or NULL */
     const float *dev_routing_weight_t; /* [Cin][E]: transposed, so a warp reads one channel's E weights at once */
     const float *dev_routing_bias;     /* [E] */

@@ -197,6 +197,8 @@ static int heuristic_ranking(const struct condconv_layer *layer, const cc_geomet
     int count = 0;
     ranked[count] = CONDCONV_ALGO_DEPTHWISE_FUSED;
     reasons[count++] = "heuristic: depthwise layer, filters mixed inside the kernel";
+    /* The fused kernel is ranked below the batched GEMM until a GPU run has
+     * measured it: the rule keeps to what was measured (bench/results). */
     if (pointwise || (geom->n > 1 && im2col_bytes <= CC_HEURISTIC_MAX_IM2COL)) {
         ranked[count] = CONDCONV_ALGO_GEMM_BATCHED;
         reasons[count++] = pointwise ? "heuristic: 1x1 layer, one strided-batched GEMM"
@@ -209,6 +211,8 @@ static int heuristic_ranking(const struct condconv_layer *layer, const cc_geomet
         ranked[count] = CONDCONV_ALGO_GEMM_BATCHED;
         reasons[count++] = "heuristic: fallback to im2col + strided-batched GEMM";
     }
+    ranked[count] = CONDCONV_ALGO_FUSED;
+    reasons[count++] = "heuristic: fallback to the fused kernel (per-sample kernels mixed inside the convolution)";
     ranked[count] = CONDCONV_ALGO_MIXTURE;
     reasons[count++] = "heuristic: fallback to the mixture of E static convolutions";
     int kept = 0;
@@ -255,8 +259,9 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
     /* cuDNN with the batch as groups last: it can be 30x slower than the
      * others (cuDNN has no fast kernel for thousands of groups), and once a
      * faster candidate is known, two forwards of it are enough to rule it out. */
-    static const condconv_algo order[] = {CONDCONV_ALGO_DEPTHWISE_FUSED, CONDCONV_ALGO_GEMM_BATCHED,
-                                          CONDCONV_ALGO_MIXTURE, CONDCONV_ALGO_CUDNN_GROUPED};
+    static const condconv_algo order[] = {CONDCONV_ALGO_DEPTHWISE_FUSED, CONDCONV_ALGO_FUSED,
+                                          CONDCONV_ALGO_GEMM_BATCHED, CONDCONV_ALGO_MIXTURE,
+                                          CONDCONV_ALGO_CUDNN_GROUPED};
     _Static_assert(sizeof order / sizeof order[0] == CONDCONV_ALGO_COUNT - 1, "every algorithm is measured");
     for (size_t k = 0; k < sizeof order / sizeof order[0] && st == CONDCONV_STATUS_SUCCESS; ++k) {
         const int a = (int)order[k];

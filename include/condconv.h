@@ -160,7 +160,8 @@ typedef enum condconv_algo {
     CONDCONV_ALGO_GEMM_BATCHED = 2,    /* any layer: aggregate, (im2col unless 1x1 s1), one batched GEMM */
     CONDCONV_ALGO_DEPTHWISE_FUSED = 3, /* depthwise only: filters mixed inside the conv kernel */
     CONDCONV_ALGO_MIXTURE = 4,         /* one static conv with E*Cout filters, then sum_e alpha_e y_e */
-    CONDCONV_ALGO_COUNT = 5
+    CONDCONV_ALGO_FUSED = 5,           /* dense/grouped: per-sample kernels mixed inside one conv kernel */
+    CONDCONV_ALGO_COUNT = 6
 } condconv_algo;
 
 /* Name of an algorithm, e.g. "cudnn_grouped". NULL for an invalid value. */
@@ -386,7 +387,7 @@ typedef struct condconv_plan_info {
     char reason[160]; /* one line, e.g. "measured: gemm_batched 12.3 us < cudnn_grouped 40.1 us" */
     /* What the chosen algorithm runs inside, e.g. "cuDNN implicit_precomp_gemm,
      * fma", "cuBLAS strided-batched GEMM, f32 compute", "condconv kernel, fma". */
-    char backend[64];
+    char backend[256];
 } condconv_plan_info;
 
 /* Describes the plan for this shape (prepares if needed). */

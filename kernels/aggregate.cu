@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads)
                      int e_count, unsigned int weight_blocks)
 {
     using V = typename vec_t<kVec>::type;
-    extern __shared__ float alpha_s[]; // [kSamples][E]
+    CC_DYNAMIC_SHARED(float, alpha_s); // [kSamples][E]
     const long long vec_elems = filter_elems / kVec;
 
     for (int n0 = blockIdx.y * kSamples; n0 < n; n0 += gridDim.y * kSamples) {
@@ -110,14 +110,11 @@ extern "C" cudaError_t cc_launch_aggregate(const float *experts, const float *bi
     // few more for the biases, and sample chunks along y.
     const unsigned int weight_blocks = cc_grid_1d(vec_elems, kThreads, 1u << 20);
     const unsigned int bias_blocks = bias ? cc_grid_1d(cout, kThreads, 1u << 20) : 0u;
-    const unsigned int chunks = (unsigned int)((n + kSamples - 1) / kSamples);
-    const dim3 grid(weight_blocks + bias_blocks, chunks > 65535u ? 65535u : chunks);
+    const dim3 grid(weight_blocks + bias_blocks, cc_grid_1d(n, kSamples, 65535u));
     const size_t smem = sizeof(float) * kSamples * (size_t)e;
     if (vec4)
-        aggregate_kernel<4><<<grid, kThreads, smem, stream>>>(experts, bias, alpha, filters, biases, filter_elems, cout,
-                                                              n, e, weight_blocks);
-    else
-        aggregate_kernel<1><<<grid, kThreads, smem, stream>>>(experts, bias, alpha, filters, biases, filter_elems, cout,
-                                                              n, e, weight_blocks);
-    return cudaGetLastError();
+        return cc_launch(aggregate_kernel<4>, grid, kThreads, smem, stream, experts, bias, alpha, filters, biases,
+                         filter_elems, cout, n, e, weight_blocks);
+    return cc_launch(aggregate_kernel<1>, grid, kThreads, smem, stream, experts, bias, alpha, filters, biases,
+                     filter_elems, cout, n, e, weight_blocks);
 }

@@ -1,10 +1,22 @@
 // Device helpers shared by the kernel families: activations, warp
-// reductions, launch-size arithmetic. Included by .cu files only.
+// reductions, launch-size arithmetic, dynamic shared memory, and cc_launch,
+// the one launcher every kernel goes through. Included by .cu files only.
+//
+// The same sources also build as plain C++ for the test-only CPU execution
+// layer (tests/cuda_cpu, CONDCONV_CUDA_CPU defined): its device header gives
+// them threadIdx, __syncthreads, shuffles, ... and cc_launch runs the grid on
+// the CPU with the checks a GPU would fault or refuse on. Kernels use only
+// what that layer runs (README, Development).
 #ifndef CONDCONV_KERNELS_COMMON_CUH
 #define CONDCONV_KERNELS_COMMON_CUH
 
+#ifdef CONDCONV_CUDA_CPU
+#include <cuda_cpu/device.h>
+#endif
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <utility>
 
 // Activation codes, equal to condconv_activation (the public header is C and
 // the kernels do not need the rest of it).
@@ -34,11 +46,47 @@ __device__ __forceinline__ float cc_warp_max(float v)
 // Blocks for `work` items at `per_block` items each, capped for grid-stride loops.
 static inline unsigned int cc_grid_1d(int64_t work, int per_block, unsigned int cap)
 {
+#ifdef CONDCONV_CUDA_CPU
+    // The CPU tests lower the caps, so that the grid-stride loops really loop
+    // on shapes small enough to run there.
+    cap = cc_cpu_grid_cap(cap);
+#endif
     int64_t blocks = (work + per_block - 1) / per_block;
     if (blocks < 1) blocks = 1;
     return blocks > (int64_t)cap ? cap : (unsigned int)blocks;
 }
 
 static inline bool cc_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+// The block's dynamic shared memory (the launch's smem bytes) as `type name[]`.
+// A macro, because the CPU build cannot compile `extern __shared__`: there
+// __shared__ must make a function-local static (shared by the block's threads),
+// and `extern static` is not C++; the layer hands out its per-launch buffer.
+#ifdef CONDCONV_CUDA_CPU
+#define CC_DYNAMIC_SHARED(type, name) type *const name = ::cc_cpu::dynamic_shared<type>()
+#else
+#define CC_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+// kernel<<<grid, block, smem, stream>>>(args...), returning the launch's own
+// error. Not `<<<>>>` then cudaGetLastError(): that returns (and clears) any
+// error an earlier call left pending on this thread as if the launch had
+// failed. cudaLaunchKernelEx's typed overload converts args to the kernel's
+// parameter types as <<<>>> does. The CPU build runs the grid on the CPU.
+template <typename... Params, typename... Args>
+static inline cudaError_t cc_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                    Args &&...args)
+{
+#ifdef CONDCONV_CUDA_CPU
+    return ::cc_cpu::launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+#else
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+#endif
+}
 
 #endif

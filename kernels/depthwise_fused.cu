@@ -40,7 +40,7 @@ inline int pick_tile(const cc_depthwise_args &a) { return (a.out_h <= 8 && a.out
 template <int kK, int kTile>
 __global__ void __launch_bounds__(kTile *kTile) depthwise_fused_kernel(const cc_depthwise_args a, int tiles_w)
 {
-    extern __shared__ float smem[];
+    CC_DYNAMIC_SHARED(float, smem);
     const int kh = kK ? kK : a.kernel_h, kw = kK ? kK : a.kernel_w;
     const int taps = kh * kw;
     float *filt = smem;             // [taps] then the bias
@@ -102,15 +102,10 @@ cudaError_t launch_tile(const cc_depthwise_args &a, cudaStream_t stream)
     const size_t smem = cc_depthwise_fused_smem_bytes(&a);
     const bool square = a.kernel_h == a.kernel_w;
     const int k = square ? a.kernel_h : 0;
-    if (k == 3)
-        depthwise_fused_kernel<3, kTile><<<grid, kTile * kTile, smem, stream>>>(a, tiles_w);
-    else if (k == 5)
-        depthwise_fused_kernel<5, kTile><<<grid, kTile * kTile, smem, stream>>>(a, tiles_w);
-    else if (k == 7)
-        depthwise_fused_kernel<7, kTile><<<grid, kTile * kTile, smem, stream>>>(a, tiles_w);
-    else
-        depthwise_fused_kernel<0, kTile><<<grid, kTile * kTile, smem, stream>>>(a, tiles_w);
-    return cudaGetLastError();
+    if (k == 3) return cc_launch(depthwise_fused_kernel<3, kTile>, grid, kTile * kTile, smem, stream, a, tiles_w);
+    if (k == 5) return cc_launch(depthwise_fused_kernel<5, kTile>, grid, kTile * kTile, smem, stream, a, tiles_w);
+    if (k == 7) return cc_launch(depthwise_fused_kernel<7, kTile>, grid, kTile * kTile, smem, stream, a, tiles_w);
+    return cc_launch(depthwise_fused_kernel<0, kTile>, grid, kTile * kTile, smem, stream, a, tiles_w);
 }
 
 } // namespace

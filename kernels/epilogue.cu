@@ -89,13 +89,11 @@ extern "C" cudaError_t cc_launch_bias_activation(float *y, const float *bias, lo
     const long long count = planes * plane;
     if (plane % 4 == 0 && cc_aligned16(y)) {
         const unsigned int blocks = cc_grid_1d(count / 4, kThreads, 1u << 16);
-        bias_activation_vec4<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<float4 *>(y), bias, count / 4, plane / 4,
-                                                              act);
-    } else {
-        const unsigned int blocks = cc_grid_1d(count, kThreads, 1u << 16);
-        bias_activation_scalar<<<blocks, kThreads, 0, stream>>>(y, bias, count, plane, act);
+        return cc_launch(bias_activation_vec4, blocks, kThreads, 0, stream, reinterpret_cast<float4 *>(y), bias,
+                         count / 4, plane / 4, act);
     }
-    return cudaGetLastError();
+    const unsigned int blocks = cc_grid_1d(count, kThreads, 1u << 16);
+    return cc_launch(bias_activation_scalar, blocks, kThreads, 0, stream, y, bias, count, plane, act);
 }
 
 extern "C" cudaError_t cc_launch_mixture_combine(const float *z, const float *alpha, const float *bias, float *y, int n,
@@ -104,7 +102,6 @@ extern "C" cudaError_t cc_launch_mixture_combine(const float *z, const float *al
 {
     if (n <= 0 || cout <= 0 || groups <= 0 || cout % groups != 0 || e <= 0 || plane <= 0) return cudaErrorInvalidValue;
     const long long work = (long long)n * cout * ((plane + 3) / 4);
-    mixture_combine_kernel<4><<<cc_grid_1d(work, kThreads, 1u << 16), kThreads, 0, stream>>>(z, alpha, bias, y, n, cout,
-                                                                                             groups, e, plane, act);
-    return cudaGetLastError();
+    return cc_launch(mixture_combine_kernel<4>, cc_grid_1d(work, kThreads, 1u << 16), kThreads, 0, stream, z, alpha,
+                     bias, y, n, cout, groups, e, plane, act);
 }

@@ -38,6 +38,5 @@ extern "C" cudaError_t cc_launch_gather(const float *x, float *out, const cc_gat
         a.stride_h <= 0 || a.stride_w <= 0 || a.dilation_h <= 0 || a.dilation_w <= 0)
         return cudaErrorInvalidValue;
     const long long total = a.planes * a.kernel_h * a.kernel_w * a.out_h * a.out_w;
-    gather_kernel<<<cc_grid_1d(total, 256, 1u << 16), 256, 0, stream>>>(x, out, total, a);
-    return cudaGetLastError();
+    return cc_launch(gather_kernel, cc_grid_1d(total, 256, 1u << 16), 256, 0, stream, x, out, total, a);
 }

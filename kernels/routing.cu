@@ -212,9 +212,6 @@ extern "C" cudaError_t cc_launch_routing(const float *x, const float *weight_t, 
     // Splits that would own no channel (rounding) are dropped.
     a.splits = (c + a.channels_per_split - 1) / a.channels_per_split;
     const dim3 grid((unsigned int)n, (unsigned int)a.splits), block(kThreads);
-    if (hw % 4 == 0 && cc_aligned16(x))
-        routing_kernel<true><<<grid, block, 0, stream>>>(a);
-    else
-        routing_kernel<false><<<grid, block, 0, stream>>>(a);
-    return cudaGetLastError();
+    if (hw % 4 == 0 && cc_aligned16(x)) return cc_launch(routing_kernel<true>, grid, block, 0, stream, a);
+    return cc_launch(routing_kernel<false>, grid, block, 0, stream, a);
 }

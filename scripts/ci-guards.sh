@@ -19,8 +19,13 @@
 #   tidy      clang-tidy (.clang-tidy) over host/*.c and tests/*.c and the
 #             project's headers, with compile_commands.json of the werror build
 #   cppcheck  cppcheck over host/, include/ and tests/
+#   emu       the CPU execution layer (tests/cuda_cpu: the CUDA kernels and
+#             condconv_forward run on the CPU) built with ASan + UBSan and
+#             with TSan, every emu test in each, then the bug-injection
+#             proof (tests/cuda_cpu/inject_bugs.sh: every listed kernel bug
+#             must make its test fail)
 #
-# Usage: scripts/ci-guards.sh [GUARD...]   (default: all six, in that order)
+# Usage: scripts/ci-guards.sh [GUARD...]   (default: all seven, in that order)
 # Environment: GUARDS_BUILD_PREFIX (default build: builds go to build-werror
 # and build-asan), JOBS (default 2, CI's cores).
 # Tools come from Debian packages: scripts/setup.sh --ci installs missing
@@ -34,7 +39,7 @@ jobs=${JOBS:-2}
 prefix=${GUARDS_BUILD_PREFIX:-build}
 werror_dir=$root/$prefix-werror
 asan_dir=$root/$prefix-asan
-all_guards=(werror asan valgrind format tidy cppcheck)
+all_guards=(werror asan valgrind format tidy cppcheck emu)
 guards=("$@")
 ((${#guards[@]})) || guards=("${all_guards[@]}")
 for g in "${guards[@]}"; do
@@ -121,7 +126,10 @@ guard_valgrind() {
   build_werror || return 1
   local list=$werror_dir/valgrind/tests.txt logs=$werror_dir/valgrind
   rm -rf "$logs" && mkdir -p "$logs"
-  (cd "$werror_dir" && ctest -L cpu --show-only=json-v1 >"$logs/tests.json") || return 1
+  # Not the CPU execution layer's tests (label emu): a GPU grid emulated
+  # with real threads is far too slow under valgrind, and the layer has its
+  # own ASan and TSan builds (guard emu).
+  (cd "$werror_dir" && ctest -L cpu -LE emu --show-only=json-v1 >"$logs/tests.json") || return 1
   cmake -DJSON="$logs/tests.json" -DOUT="$list" -P scripts/ctest-commands.cmake || return 1
   local -a names=() workdirs=() will_fail=() commands=()
   local sep=$'\x1f' name wf wd cmd
@@ -200,9 +208,19 @@ guard_tidy() {
   # Top-level files only: tests/fuzz/ is built by run_fuzz.sh, not CMake,
   # so it has no entry in compile_commands.json. Headers come in through
   # HeaderFilterRegex.
-  local out=$werror_dir/clang-tidy.log rc=0
+  local out=$werror_dir/clang-tidy.log rc=0 db=$werror_dir/tidy-db
+  # The library's own compile commands only: host/*.c is compiled a second
+  # time for the CPU execution layer (-DCONDCONV_CUDA_CPU, its headers first
+  # on the path), and clang-tidy would analyse that variant too.
+  mkdir -p "$db"
+  python3 - "$werror_dir/compile_commands.json" "$db/compile_commands.json" <<'PY' || return 1
+import json, sys
+entries = json.load(open(sys.argv[1]))
+json.dump([e for e in entries if "CONDCONV_CUDA_CPU" not in e.get("command", " ".join(e.get("arguments", [])))],
+          open(sys.argv[2], "w"))
+PY
   git ls-files -z ':(glob)host/*.c' ':(glob)tests/*.c' |
-    xargs -0 -n1 -P"$jobs" clang-tidy -p "$werror_dir" --quiet --warnings-as-errors='*' >"$out" 2>&1 || rc=1
+    xargs -0 -n1 -P"$jobs" clang-tidy -p "$db" --quiet --warnings-as-errors='*' >"$out" 2>&1 || rc=1
   grep -vE '^[0-9]+ warnings? (and [0-9]+ errors? )?generated\.$|^Suppressed [0-9]+ warnings|^Use -header-filter|^$' \
     "$out" || true
   ((rc == 0)) || { echo "ci-guards: clang-tidy findings (above): fix them, or NOLINT(check) with a reason"; return 1; }
@@ -212,10 +230,30 @@ guard_tidy() {
 guard_cppcheck() {
   # --library=posix: the code calls fstat/fileno/strerror_r; without it
   # cppcheck cannot see a FILE* leak through them.
+  # tests/cuda_cpu/src is the CPU execution layer's C++ engine: its shared
+  # memory is a linker section (pointer arithmetic between the section's
+  # bounds) and its fault reporters never return (va_start without va_end),
+  # which cppcheck's C mode reports; its own ASan/UBSan and TSan builds
+  # check it (guard emu).
   cppcheck --enable=warning,performance,portability --error-exitcode=1 --inline-suppr --std=c11 --library=posix \
-    -j"$jobs" -q -I include -I host -I kernels -I tests host include tests ||
+    -j"$jobs" -q -I include -I host -I kernels -I tests -i tests/cuda_cpu/src host include tests ||
     { echo "ci-guards: cppcheck findings (above): fix them, or suppress inline with a reason"; return 1; }
   echo "  cppcheck: host/ include/ tests/, no findings"
+}
+
+guard_emu() {
+  local san dir failed=0
+  for san in address thread; do
+    dir=$root/$prefix-emu-$san
+    echo "  CPU execution layer, -fsanitize=$san: $dir"
+    mkdir -p "$dir"
+    cmake -S tests/cuda_cpu -B "$dir" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+      -DCC_EMU_SANITIZE="$san" >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; return 1; }
+    cmake --build "$dir" -j"$jobs" >"$dir/build.log" 2>&1 || { tail -n 40 "$dir/build.log"; return 1; }
+    (cd "$dir" && ctest -j"$jobs" --output-on-failure --no-tests=error) || failed=1
+  done
+  ((failed == 0)) || return 1
+  tests/cuda_cpu/inject_bugs.sh "$prefix-emu-bugs" || return 1
 }
 
 # --- run them ----------------------------------------------------------------

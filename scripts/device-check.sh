@@ -176,10 +176,10 @@ fi
 # 4. ncu on our kernels, two shapes: EffNet-CC-B0's 1152->192 1x1 at 7x7 and
 #    a 5x5 depthwise at 14x14, batch 32, E = 8.
 gpu_step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
-  --kernel-name-base function --kernel-name 'regex:routing|aggregate|depthwise|bias_activation|mixture_combine|gather' \
+  --kernel-name-base function --kernel-name 'regex:routing|aggregate|depthwise|bias_activation|mixture_combine|gather|fused' \
   --launch-count 40 --log-file "$OUT/logs/ncu.csv" \
   "$build/bench/condconv-bench" --layer 1152,192,1,1,1,7 --layer 672,672,5,1,672,14 --batch 32 \
-  --experts 8 --algo gemm_batched,depthwise_fused,mixture --warmup 1 --reps 1 --iters 1 \
+  --experts 8 --algo fused,gemm_batched,depthwise_fused,mixture --warmup 1 --reps 1 --iters 1 \
   --no-graph --no-phases --no-ceilings
 gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
 
@@ -189,10 +189,11 @@ t=$build/tests
 # An array, not a shell function: `timeout` (in step) runs programs only.
 san=(compute-sanitizer --error-exitcode 1 --print-limit 20 --tool)
 gpu_step memcheck.routing 60 "${san[@]}" memcheck "$t/test_gpu_routing"
-for algo in cudnn_grouped gemm_batched depthwise_fused mixture; do
+for algo in fused cudnn_grouped gemm_batched depthwise_fused mixture; do
   gpu_step "memcheck.$algo" 50 "${san[@]}" memcheck "$t/test_gpu_forward" "$algo"
 done
 gpu_step racecheck.depthwise 50 "${san[@]}" racecheck "$t/test_gpu_forward" depthwise_fused
+gpu_step racecheck.fused 50 "${san[@]}" racecheck "$t/test_gpu_forward" fused
 gpu_step racecheck.aggregate 50 "${san[@]}" racecheck "$t/test_gpu_forward" gemm_batched
 gpu_step initcheck.forward 50 "${san[@]}" initcheck "$t/test_gpu_forward" auto
 gpu_step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"

@@ -1,5 +1,5 @@
 # GPU tests (label gpu; exit 77 = skipped without a device).
-foreach(algo auto auto_heuristic cudnn_grouped gemm_batched depthwise_fused mixture)
+foreach(algo auto auto_heuristic cudnn_grouped gemm_batched depthwise_fused mixture fused)
   condconv_gpu_test(test_gpu_forward ${algo})
 endforeach()
 foreach(algo auto cudnn_grouped gemm_batched mixture)

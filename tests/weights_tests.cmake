@@ -26,7 +26,7 @@ condconv_gpu_test(test_golden_gpu)
 # AddressSanitizer and UBSan by run_fuzz.sh, which reads the include and
 # library paths of this build from fuzz.env. 100000 executions from the
 # seed corpus; exit 77 (skipped) without clang's libFuzzer runtime.
-set(fuzz_cflags -I${PROJECT_SOURCE_DIR}/include -I${PROJECT_SOURCE_DIR}/host)
+set(fuzz_cflags -I${PROJECT_SOURCE_DIR}/include -I${PROJECT_SOURCE_DIR}/host -I${PROJECT_SOURCE_DIR}/kernels)
 set(fuzz_include_dirs ${CUDAToolkit_INCLUDE_DIRS} ${CUDNN_INCLUDE_DIR} ${JANSSON_INCLUDE_DIR})
 list(REMOVE_DUPLICATES fuzz_include_dirs)
 list(REMOVE_ITEM fuzz_include_dirs /usr/include) # a system directory as -I breaks #include_next

@@ -1,0 +1,113 @@
+/* fused — the per-sample kernels mixed inside the convolution (issue 13):
+ * for dense and grouped layers (depthwise layers keep depthwise_fused), one
+ * kernel stages each output tile's expert weights in shared memory, mixes
+ * them for the block's samples with the routing weights, and convolves
+ * (1x1 directly, k x k as an implicit GEMM over the input windows), bias
+ * and activation in its epilogue. Per-sample kernels never reach memory, so
+ * the bytes are those of a static convolution plus E*|W| read once from L2.
+ * The tile, the samples per block and split-K come from the kernel's cost
+ * model (cc_fused_choose); plan info's backend says which and why. Split-K
+ * needs partial sums and counters that the state owns (allocated here, at
+ * prepare; the kernel leaves the counters zero after every launch). */
+#include <stdio.h>
+#include <string.h>
+
+#include "algo.h"
+#include "context.h"
+#include "cuda_status.h"
+#include "error.h"
+#include "phase_timer.h"
+
+#include "fused_conv.h"
+
+static cc_fused_args make_args(const struct condconv_layer *layer, const cc_geometry *geom)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    cc_fused_args a;
+    memset(&a, 0, sizeof a);
+    a.expert_bias = layer->weights->dev_expert_bias;
+    a.packed = layer->weights->dev_experts_fused;
+    a.n = geom->n;
+    a.in_channels = info->in_channels;
+    a.out_channels = info->out_channels;
+    a.groups = info->groups;
+    a.experts = info->num_experts;
+    a.h = geom->h;
+    a.w = geom->w;
+    a.out_h = geom->out_h;
+    a.out_w = geom->out_w;
+    a.kernel_h = info->kernel_h;
+    a.kernel_w = info->kernel_w;
+    a.stride_h = info->stride_h;
+    a.stride_w = info->stride_w;
+    a.dilation_h = info->dilation_h;
+    a.dilation_w = info->dilation_w;
+    a.pad_top = geom->pad_top;
+    a.pad_left = geom->pad_left;
+    a.activation = (int)info->activation;
+    return a;
+}
+
+static condconv_status fused_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    if (info->groups == info->in_channels)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                       "%s: fused is for dense and grouped layers; this depthwise layer (groups == in_channels) runs "
+                       "depthwise_fused",
+                       func);
+    if (layer->weights->dev_experts_fused == NULL)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused has no packed experts for this layer", func);
+    const cc_fused_args a = make_args(layer, geom);
+    char why[160] = "";
+    if (!cc_fused_supported(&a, why, sizeof why))
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused does not run this layer: %s", func, why);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status fused_prepare(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math,
+                                     condconv_algo_select select, cc_scratch *scratch, cc_algo_state *state,
+                                     const char *func)
+{
+    (void)select;
+    (void)scratch;
+    const condconv_context_t ctx = layer->ctx;
+    state->algo = CONDCONV_ALGO_FUSED;
+    state->math = math; /* strict f32 FMA whatever the math mode: no tensor-core path yet */
+    state->workspace_bytes = 0;
+    const cc_fused_args a = make_args(layer, geom);
+    cc_fused_config *cfg = &state->fused;
+    if (!cc_fused_choose(&a, ctx->sm_count, (size_t)ctx->max_smem_per_block_optin, CC_FUSED_MAX_SPLITS, cfg))
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused found no tile configuration for this shape", func);
+    if (cfg->splits > 1) {
+        const size_t partial_bytes = cc_align256(sizeof(float) * cfg->partial_elems);
+        const size_t counter_bytes = sizeof(unsigned int) * cfg->counter_count;
+        CC_CUDA_TRY(cudaMalloc(&state->owned, partial_bytes + counter_bytes), func);
+        state->fused_partial = (float *)state->owned;
+        state->fused_counters = (unsigned int *)(void *)((unsigned char *)state->owned + partial_bytes);
+        condconv_status st = cc_cuda_status(cudaMemsetAsync(state->fused_counters, 0, counter_bytes, ctx->stream),
+                                            "cudaMemsetAsync(fused counters)", func);
+        if (st == CONDCONV_STATUS_SUCCESS)
+            st = cc_cuda_status(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize", func);
+        if (st != CONDCONV_STATUS_SUCCESS) return st; /* the caller destroys the state, freeing `owned` */
+    }
+    snprintf(state->backend, sizeof state->backend, "condconv fused kernel, fma; %s", cfg->reason);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+static condconv_status fused_run(const struct condconv_layer *layer, const cc_geometry *geom,
+                                 const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
+{
+    cc_fused_args a = make_args(layer, geom);
+    a.x = buffers->x;
+    a.y = buffers->y;
+    a.alpha = buffers->alpha;
+    a.partial = state->fused_partial;
+    a.counters = state->fused_counters;
+    CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
+    const cudaError_t err = cc_launch_fused_conv(&a, &state->fused, layer->ctx->stream);
+    CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
+    return cc_cuda_status(err, "cc_launch_fused_conv", func);
+}
+
+const cc_algo_ops cc_algo_fused = {CONDCONV_ALGO_FUSED, fused_check, fused_prepare, fused_run};

@@ -1,0 +1,21 @@
+# The fused CondConv kernel (kernels/fused_conv.cu) on the CPU execution
+# layer. Include after tests/emu_tests.cmake: the kernel is compiled there,
+# as C++ into cc_cpu_kernels and to PTX, once kernels/fused_conv.cu is in
+# CONDCONV_KERNEL_SOURCES. The test is C++ and needs only the kernels and
+# the layer (no library). Under ThreadSanitizer it runs a smaller sweep (it
+# sees TSan itself); every instance and path is still reached.
+if(NOT TARGET cc_cpu_kernels)
+  return() # emu tests skipped (CONDCONV_SANITIZE build, or no clang++)
+endif()
+if(NOT "kernels/fused_conv.cu" IN_LIST CONDCONV_KERNEL_SOURCES)
+  message(WARNING "test_fused_conv: kernels/fused_conv.cu is not in CONDCONV_KERNEL_SOURCES, not built")
+  return()
+endif()
+add_executable(test_fused_conv ${CMAKE_CURRENT_LIST_DIR}/test_fused_conv.cpp)
+target_link_libraries(test_fused_conv PRIVATE cc_cpu_kernels)
+target_compile_options(test_fused_conv PRIVATE ${CC_EMU_CXX_WARNINGS})
+add_test(NAME test_fused_conv COMMAND test_fused_conv)
+set_tests_properties(test_fused_conv PROPERTIES LABELS "cpu;emu" TIMEOUT 600)
+
+# condconv_forward with CONDCONV_ALGO_FUSED through the library, end to end.
+cc_emu_test(test_emu_fused_forward cc_cpu_test_util)

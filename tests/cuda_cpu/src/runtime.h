@@ -1,0 +1,18 @@
+// The emulated runtime's internal hooks for the emulated cuDNN and cuBLAS
+// (libs.cpp): their handle creations are fault-injection events and count
+// as live handles, like streams and events.
+#ifndef CC_CPU_RUNTIME_H
+#define CC_CPU_RUNTIME_H
+
+namespace cc_cpu {
+
+// True when this allocation event is the one a test made fail.
+bool inject_alloc_failure(const char *what);
+void handle_created();
+void handle_destroyed();
+// Prints one line prefixed "cuda_cpu: " to stderr.
+void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+} // namespace cc_cpu
+
+#endif

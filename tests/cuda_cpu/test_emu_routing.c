@@ -1,0 +1,192 @@
+/* kernels/routing.cu on the CPU execution layer, against a double-precision
+ * reference: alpha[n][e] = act(b[e] + sum_c W[e][c] * mean_hw x[n][c][hw]).
+ *
+ * The sweep reaches both instances (16-byte loads when HW % 4 == 0 and x is
+ * aligned; scalar loads otherwise, also for HW % 4 == 0 with x 4 bytes off),
+ * E from 1 to 128 across the four accumulators per lane, channel counts
+ * that leave a warp's last group of kChannelsPerWarp short, and splits over
+ * blocks: the production choice (cc_routing_splits for 132 SMs), 1, 2, 3 and
+ * more than there are channels per split (dropped splits), in index order
+ * and reversed (the last block of a sample to finish must do the sum
+ * whatever the order). The split buffers' counters must be zero again.
+ *
+ * Tolerance. The pooled means are float sums of HW terms and the logits
+ * float sums of C terms; each is within (terms + 40) * 2^-24 of its
+ * magnitude mag_e = |b_e| + sum_c |W_ec| * mean|x_c|, far below 1e-5 * mag_e
+ * for these sizes. The sigmoid's slope is at most 1/4; the softmax's
+ * changes by at most 2 * (1/T) * max_e |dz_e|. Plus 1e-6 for expf. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+#include "emu_util.h"
+#include "routing.h"
+
+static int cases, launches;
+
+typedef struct routing_case {
+    int n, c, hw, e, softmax, splits, misaligned, reversed;
+    float inv_temperature;
+} routing_case;
+
+static void reference(const routing_case *k, const float *x, const float *wt, const float *b, double *alpha,
+                      double *bound)
+{
+    const double rtol = 1e-5, atol = 1e-6;
+    for (int n = 0; n < k->n; ++n) {
+        double z[CC_ROUTING_MAX_EXPERTS], mag[CC_ROUTING_MAX_EXPERTS], max_mag = 0;
+        for (int e = 0; e < k->e; ++e) {
+            z[e] = b[e];
+            mag[e] = fabs((double)b[e]);
+        }
+        for (int c = 0; c < k->c; ++c) {
+            double sum = 0, abs_sum = 0;
+            for (int i = 0; i < k->hw; ++i) {
+                const double v = x[((size_t)n * k->c + c) * k->hw + i];
+                sum += v;
+                abs_sum += fabs(v);
+            }
+            const double mean = sum / k->hw, mean_abs = abs_sum / k->hw;
+            for (int e = 0; e < k->e; ++e) {
+                z[e] += wt[(size_t)c * k->e + e] * mean;
+                mag[e] += fabs((double)wt[(size_t)c * k->e + e]) * mean_abs;
+            }
+        }
+        for (int e = 0; e < k->e; ++e) max_mag = mag[e] > max_mag ? mag[e] : max_mag;
+        double *out = alpha + (size_t)n * k->e, *bnd = bound + (size_t)n * k->e;
+        if (!k->softmax) {
+            for (int e = 0; e < k->e; ++e) {
+                out[e] = 1.0 / (1.0 + exp(-z[e]));
+                bnd[e] = atol + 0.25 * rtol * mag[e];
+            }
+            continue;
+        }
+        double m = -INFINITY, total = 0;
+        for (int e = 0; e < k->e; ++e) m = fmax(m, z[e] * k->inv_temperature);
+        for (int e = 0; e < k->e; ++e) total += exp(z[e] * k->inv_temperature - m);
+        for (int e = 0; e < k->e; ++e) {
+            out[e] = exp(z[e] * k->inv_temperature - m) / total;
+            bnd[e] = atol + 2.0 * k->inv_temperature * rtol * max_mag;
+        }
+    }
+}
+
+static void run_case(const routing_case *k)
+{
+    ++cases;
+    const size_t x_n = (size_t)k->n * k->c * k->hw, w_n = (size_t)k->c * k->e, a_n = (size_t)k->n * k->e;
+    float *x = eu_random(x_n, -2.0f, 2.0f);
+    float *wt = eu_random(w_n, -1.0f, 1.0f);
+    float *b = eu_random((size_t)k->e, -0.5f, 0.5f);
+    eu_buffer dx = eu_buffer_make(x_n, k->misaligned), dw = eu_buffer_make(w_n, 0), db = eu_buffer_make(k->e, 0);
+    eu_buffer da = eu_buffer_make(a_n, 0);
+    eu_upload(&dx, x);
+    eu_upload(&dw, wt);
+    eu_upload(&db, b);
+    const size_t partial_n = cc_routing_partial_elems(k->n, k->e, k->splits);
+    eu_buffer dp = eu_buffer_make(partial_n, 0), dc = eu_buffer_make((size_t)k->n, 0);
+    unsigned int *counters = (unsigned int *)(void *)dc.data;
+    if (k->splits > 1) EU_EXPECT(cudaMemset(counters, 0, sizeof(unsigned int) * (size_t)k->n) == cudaSuccess, "memset");
+
+    cc_cpu_set_block_order(k->reversed);
+    const long long before = cc_cpu_launch_count("routing_kernel");
+    EU_LAUNCH(cc_launch_routing(dx.data, dw.data, db.data, da.data, k->n, k->c, k->hw, k->e, k->softmax,
+                                k->inv_temperature, k->splits, k->splits > 1 ? dp.data : NULL,
+                                k->splits > 1 ? counters : NULL, NULL));
+    cc_cpu_set_block_order(0);
+    launches += (int)(cc_cpu_launch_count("routing_kernel") - before);
+
+    float *got = eu_floats(a_n);
+    double *want = eu_doubles(a_n), *bound = eu_doubles(a_n);
+    eu_download(&da, got);
+    reference(k, x, wt, b, want, bound);
+    char what[160];
+    snprintf(what, sizeof what, "alpha (N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", k->n, k->c, k->hw, k->e,
+             k->softmax ? "softmax" : "sigmoid", k->splits, k->misaligned ? " x misaligned" : "",
+             k->reversed ? " reversed" : "");
+    eu_compare(what, got, want, bound, a_n, 0.0, 1.0); /* bound[i] is each weight's own tolerance */
+    eu_guards_intact(&da, what);
+    eu_guards_intact(&dp, "partial logits");
+    if (k->splits > 1) {
+        unsigned int *c = (unsigned int *)(void *)eu_floats((size_t)k->n);
+        EU_EXPECT(cudaMemcpy(c, counters, sizeof(unsigned int) * (size_t)k->n, cudaMemcpyDeviceToHost) == cudaSuccess,
+                  "copy");
+        for (int n = 0; n < k->n; ++n)
+            EU_EXPECT(c[n] == 0, "%s: counter %d is %u after the launch, not 0", what, n, c[n]);
+        free(c);
+    }
+    free(x);
+    free(wt);
+    free(b);
+    free(got);
+    free(want);
+    free(bound);
+    eu_buffer_free(&dx);
+    eu_buffer_free(&dw);
+    eu_buffer_free(&db);
+    eu_buffer_free(&da);
+    eu_buffer_free(&dp);
+    eu_buffer_free(&dc);
+}
+
+static void sweep(void)
+{
+    static const int experts[] = {1, 2, 31, 32, 33, 64, 65, 97, 128};
+    static const int hws[] = {1, 3, 4, 7, 16, 49};
+    static const int channels[] = {1, 5, 8, 13, 40};
+    int i = 0;
+    for (size_t ei = 0; ei < sizeof experts / sizeof experts[0]; ++ei)
+        for (size_t hi = 0; hi < sizeof hws / sizeof hws[0]; ++hi) {
+            routing_case k = {0};
+            k.e = experts[ei];
+            k.hw = hws[hi];
+            k.c = channels[(ei + hi) % 5];
+            k.n = 1 + (int)((ei + 2 * hi) % 3);
+            k.softmax = (int)((ei + hi) % 2);
+            k.inv_temperature = k.softmax ? (float)(0.3 + 0.7 * (double)(i % 4)) : 1.0f;
+            k.misaligned = k.hw % 4 == 0 && i % 3 == 0;
+            k.splits = 1;
+            run_case(&k);
+            ++i;
+        }
+    /* Splits over blocks, as the library plans them and forced. */
+    static const int split_c[] = {8, 24, 64, 70};
+    for (size_t ci = 0; ci < sizeof split_c / sizeof split_c[0]; ++ci)
+        for (int s = 0; s < 5; ++s) {
+            routing_case k = {0};
+            k.c = split_c[ci];
+            k.hw = ci % 2 ? 9 : 16;
+            k.n = 1 + (int)(ci + (size_t)s) % 3;
+            k.e = (int[]){3, 32, 40, 128}[ci];
+            k.softmax = s % 2;
+            k.inv_temperature = k.softmax ? 0.5f : 1.0f;
+            k.splits = s == 0 ? cc_routing_splits(k.n, k.c, k.hw, 132) : (int[]){1, 2, 3, 0}[s - 1];
+            if (k.splits == 0) k.splits = k.c;  /* one channel per split */
+            if (s == 4) k.splits = k.c / 2 + 1; /* channels_per_split rounding drops splits */
+            k.reversed = s % 2;
+            k.misaligned = s == 3;
+            run_case(&k);
+        }
+}
+
+int main(void)
+{
+    eu_seed_from_env();
+    sweep();
+    /* Arguments the launcher must refuse without launching. */
+    const long long before = cc_cpu_launch_count("routing_kernel");
+    EU_EXPECT(cc_launch_routing(NULL, NULL, NULL, NULL, 1, 1, 1, CC_ROUTING_MAX_EXPERTS + 1, 0, 1.0f, 1, NULL, NULL,
+                                NULL) == cudaErrorInvalidValue,
+              "E > CC_ROUTING_MAX_EXPERTS must be refused");
+    EU_EXPECT(cc_launch_routing(NULL, NULL, NULL, NULL, 1, 8, 1, 4, 0, 1.0f, 2, NULL, NULL, NULL) ==
+                  cudaErrorInvalidValue,
+              "splits > 1 without buffers must be refused");
+    EU_EXPECT(cc_cpu_launch_count("routing_kernel") == before, "a refused call launched a kernel");
+    eu_expect_all_launched("routing");
+    EU_EXPECT(cc_cpu_refused_launches() == 0, "the layer refused %lld launch(es)", cc_cpu_refused_launches());
+    printf("test_emu_routing: %d cases, %d launches\n", cases, launches);
+    return eu_finish("test_emu_routing");
+}
