@@ -18,6 +18,7 @@
 #include <nvtx3/nvToolsExt.h>
 
 #include "bench.h"
+#include "cudnn_conv.h"
 #include "epilogue.h"
 
 #define STATIC_MAX_WORKSPACE ((size_t)1 << 30)
@@ -39,22 +40,6 @@ struct bench_static {
     char algo_name[40];
 };
 
-static const char *fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
-{
-    switch (a) {
-    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return "implicit_gemm";
-    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM: return "implicit_precomp_gemm";
-    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM: return "gemm";
-    case CUDNN_CONVOLUTION_FWD_ALGO_DIRECT: return "direct";
-    case CUDNN_CONVOLUTION_FWD_ALGO_FFT: return "fft";
-    case CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING: return "fft_tiling";
-    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD: return "winograd";
-    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED: return "winograd_nonfused";
-    default: return "unknown";
-    }
-}
-
-/* One cuDNN handle for the whole run (the bench is single-threaded). */
 /* The yardstick keeps to the library's strict-f32 rule (host/cudnn_conv.c):
  * FMA math and direct summation, no FFT or Winograd transforms, so that both
  * sides of a strict-f32 comparison deliver the same accuracy. */
@@ -65,6 +50,7 @@ static int strict_f32_algo(cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
            algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
 }
 
+/* One cuDNN handle for the whole run (the bench is single-threaded). */
 static cudnnHandle_t shared_cudnn;
 
 void bench_baselines_shutdown(void)
@@ -186,7 +172,7 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     s->algo = perf[chosen].algo;
     s->workspace_bytes = perf[chosen].memory;
     CUDNN_TRY(cudnnSetConvolutionMathType(s->conv_desc, perf[chosen].mathType));
-    snprintf(s->algo_name, sizeof s->algo_name, "cudnn:%s%s", fwd_algo_name(s->algo),
+    snprintf(s->algo_name, sizeof s->algo_name, "cudnn:%s%s", cc_cudnn_fwd_algo_name(s->algo),
              perf[chosen].mathType == CUDNN_FMA_MATH ? ""
              : half                                  ? "+tc"
                                                      : "+tf32");

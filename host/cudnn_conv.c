@@ -203,7 +203,7 @@ condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *c
     return CONDCONV_STATUS_SUCCESS;
 }
 
-static const char *fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
+const char *cc_cudnn_fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
 {
     switch (a) {
     case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return "implicit_gemm";
@@ -223,7 +223,7 @@ void cc_cudnn_conv_describe(const cc_cudnn_conv *conv, char *out, size_t out_len
 {
     /* FMA is strict f32; DEFAULT lets cuDNN use TF32 tensor cores; the
      * TENSOR_OP variants are never chosen for f32 data here. */
-    snprintf(out, out_len, "cuDNN %s, %s%s", fwd_algo_name(conv->algo),
+    snprintf(out, out_len, "cuDNN %s, %s%s", cc_cudnn_fwd_algo_name(conv->algo),
              conv->math_type == CUDNN_FMA_MATH ? "fma" : "tf32 allowed",
              conv->fused_bias_relu ? ", bias+relu fused" : "");
 }

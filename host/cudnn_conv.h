@@ -43,6 +43,9 @@ condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *c
 
 void cc_cudnn_conv_destroy(cc_cudnn_conv *conv);
 
+/* The short name of a forward algorithm ("implicit_precomp_gemm"). */
+const char *cc_cudnn_fwd_algo_name(cudnnConvolutionFwdAlgo_t algo);
+
 /* "cuDNN implicit_precomp_gemm, fma" (or ", tf32"): what the convolution runs. */
 void cc_cudnn_conv_describe(const cc_cudnn_conv *conv, char *out, size_t out_len);
 
