@@ -19,9 +19,8 @@
 #define CC_AUTO_MAX_WORKSPACE ((size_t)1 << 30)
 #define CC_MEASURE_WARMUP     2
 #define CC_MEASURE_REPS       7
-#define CC_MEASURE_GIVE_UP                                                                                             \
-    4.0f /* a candidate 4x slower than the best so far on a warm forward is not timed further                          \
-          */
+/* A candidate 4x slower than the best so far on a warm forward is not timed further. */
+#define CC_MEASURE_GIVE_UP 4.0f
 
 cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
 {
