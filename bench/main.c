@@ -609,12 +609,11 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
     }
     nvtxRangePop();
     bench_static_destroy(s);
-    const int ho = bench_layer_out(l, l->h), wo = bench_layer_out(l, l->w);
-    const uint64_t w_elems = (uint64_t)l->cout * (uint64_t)(l->cin / l->groups) * (uint64_t)l->k * (uint64_t)l->k;
-    row.macs = (uint64_t)batch * w_elems * (uint64_t)ho * (uint64_t)wo;
-    row.bytes = bench_dtype_size(o->dtype) * ((uint64_t)batch * (uint64_t)l->cin * (uint64_t)l->h * (uint64_t)l->w +
-                                              (uint64_t)batch * (uint64_t)l->cout * (uint64_t)ho * (uint64_t)wo +
-                                              w_elems + (has_bias ? (uint64_t)l->cout : 0u));
+    /* The cost of a static convolution: the floors' own count (bench/floors.c), plus the bias. */
+    double static_bytes = 0.0, static_flops = 0.0;
+    bench_static_work(l, batch, o->dtype, &static_bytes, &static_flops);
+    row.macs = (uint64_t)(static_flops / 2.0);
+    row.bytes = (uint64_t)static_bytes + (has_bias ? bench_dtype_size(o->dtype) * (uint64_t)l->cout : 0u);
     if (row.ok) {
         *plain_us = row.plain.n ? row.plain.median : NAN;
         *graph_us = row.graph.n ? row.graph.median : NAN;
