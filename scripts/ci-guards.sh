@@ -14,10 +14,12 @@
 #             new test is covered without editing this file) and the
 #             example's CPU path under valgrind memcheck: a definite leak or
 #             an invalid access fails
-#   format    clang-format --dry-run --Werror over the C, header and CUDA
-#             files git tracks
-#   tidy      clang-tidy (.clang-tidy) over host/*.c and tests/*.c and the
-#             project's headers, with compile_commands.json of the werror build
+#   format    clang-format --dry-run --Werror over the C, C++, header and
+#             CUDA files git tracks
+#   tidy      clang-tidy (.clang-tidy) over host/*.c, tests/*.c, the CPU
+#             execution layer's C tests and C++ engine (tests/cuda_cpu/*.c,
+#             tests/cuda_cpu/src/*.cpp) and the project's headers, with
+#             compile_commands.json of the werror build
 #   cppcheck  cppcheck over host/, include/ and tests/
 #   emu       the CPU execution layer (tests/cuda_cpu: the CUDA kernels and
 #             condconv_forward run on the CPU) built with ASan + UBSan and
@@ -196,9 +198,9 @@ guard_valgrind() {
 guard_format() {
   git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { echo "ci-guards: not a git checkout"; return 1; }
   local files
-  files=$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' | wc -l)
+  files=$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp' | wc -l)
   echo "  checking $files files"
-  git ls-files -z '*.c' '*.h' '*.cu' '*.cuh' | xargs -0 clang-format --dry-run --Werror ||
+  git ls-files -z '*.c' '*.h' '*.cu' '*.cuh' '*.cpp' | xargs -0 clang-format --dry-run --Werror ||
     { echo "ci-guards: unformatted files (above); fix with: clang-format -i FILE"; return 1; }
 }
 
@@ -209,39 +211,43 @@ guard_tidy() {
   # so it has no entry in compile_commands.json. Headers come in through
   # HeaderFilterRegex.
   local out=$werror_dir/clang-tidy.log rc=0 db=$werror_dir/tidy-db
-  # The library's own compile commands only: host/*.c is compiled a second
-  # time for the CPU execution layer (-DCONDCONV_CUDA_CPU, its headers first
-  # on the path), and clang-tidy would analyse that variant too.
+  # The library's own compile commands for host/*.c and tests/*.c: they are
+  # compiled a second time for the CPU execution layer (-DCONDCONV_CUDA_CPU,
+  # its headers first on the path), and clang-tidy would analyse that variant
+  # too. The layer's own sources (tests/cuda_cpu) have only the layer's
+  # commands. Its headers (tests/cuda_cpu/include) are not in
+  # HeaderFilterRegex: they define CUDA's own names (__syncthreads,
+  # __shfl_sync, ...), all reserved identifiers.
   mkdir -p "$db"
   python3 - "$werror_dir/compile_commands.json" "$db/compile_commands.json" <<'PY' || return 1
 import json, sys
 entries = json.load(open(sys.argv[1]))
-json.dump([e for e in entries if "CONDCONV_CUDA_CPU" not in e.get("command", " ".join(e.get("arguments", [])))],
-          open(sys.argv[2], "w"))
+def emu_variant_elsewhere(e):
+    command = e.get("command", " ".join(e.get("arguments", [])))
+    return "CONDCONV_CUDA_CPU" in command and "/tests/cuda_cpu/" not in e["file"]
+json.dump([e for e in entries if not emu_variant_elsewhere(e)], open(sys.argv[2], "w"))
 PY
-  git ls-files -z ':(glob)host/*.c' ':(glob)tests/*.c' |
+  local -a globs=(':(glob)host/*.c' ':(glob)tests/*.c' ':(glob)tests/cuda_cpu/*.c' ':(glob)tests/cuda_cpu/src/*.cpp')
+  git ls-files -z "${globs[@]}" |
     xargs -0 -n1 -P"$jobs" clang-tidy -p "$db" --quiet --warnings-as-errors='*' >"$out" 2>&1 || rc=1
   grep -vE '^[0-9]+ warnings? (and [0-9]+ errors? )?generated\.$|^Suppressed [0-9]+ warnings|^Use -header-filter|^$' \
     "$out" || true
   ((rc == 0)) || { echo "ci-guards: clang-tidy findings (above): fix them, or NOLINT(check) with a reason"; return 1; }
-  echo "  clang-tidy: $(git ls-files ':(glob)host/*.c' ':(glob)tests/*.c' | wc -l) files, no findings"
+  echo "  clang-tidy: $(git ls-files "${globs[@]}" | wc -l) files, no findings"
 }
 
 guard_cppcheck() {
   # --library=posix: the code calls fstat/fileno/strerror_r; without it
   # cppcheck cannot see a FILE* leak through them.
-  # tests/cuda_cpu/src is the CPU execution layer's C++ engine: its shared
-  # memory is a linker section (pointer arithmetic between the section's
-  # bounds) and its fault reporters never return (va_start without va_end),
-  # which cppcheck's C mode reports; its own ASan/UBSan and TSan builds
-  # check it (guard emu).
   cppcheck --enable=warning,performance,portability --error-exitcode=1 --inline-suppr --std=c11 --library=posix \
-    -j"$jobs" -q -I include -I host -I kernels -I tests -i tests/cuda_cpu/src host include tests ||
+    -j"$jobs" -q -I include -I host -I kernels -I tests host include tests ||
     { echo "ci-guards: cppcheck findings (above): fix them, or suppress inline with a reason"; return 1; }
   echo "  cppcheck: host/ include/ tests/, no findings"
 }
 
 guard_emu() {
+  # nvcc: the layer reads each kernel's __launch_bounds__ and static shared
+  # memory from nvcc's PTX of it.
   local san dir failed=0
   for san in address thread; do
     dir=$root/$prefix-emu-$san
@@ -250,10 +256,24 @@ guard_emu() {
     cmake -S tests/cuda_cpu -B "$dir" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
       -DCC_EMU_SANITIZE="$san" >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; return 1; }
     cmake --build "$dir" -j"$jobs" >"$dir/build.log" 2>&1 || { tail -n 40 "$dir/build.log"; return 1; }
-    (cd "$dir" && ctest -j"$jobs" --output-on-failure --no-tests=error) || failed=1
+    # LeakSanitizer at exit is part of the fault-injection test; TSan stops
+    # at its first report (exit 66).
+    (
+      cd "$dir" &&
+        ASAN_OPTIONS=abort_on_error=1:halt_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+        UBSAN_OPTIONS=abort_on_error=1:halt_on_error=1:print_stacktrace=1 TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
+          ctest -L emu -j"$jobs" --output-on-failure --no-tests=error
+    ) || failed=1
+    # The layer's self-test runs wrong kernels in child processes and keeps
+    # their reports to itself: anything a sanitizer printed here is a finding.
+    if grep -nE "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|WARNING: ThreadSanitizer" \
+      "$dir/Testing/Temporary/LastTest.log"; then
+      echo "ci-guards: a sanitizer reported an error (above; full output in $dir/Testing/Temporary/LastTest.log)"
+      failed=1
+    fi
   done
   ((failed == 0)) || return 1
-  tests/cuda_cpu/inject_bugs.sh "$prefix-emu-bugs" || return 1
+  JOBS=$jobs tests/cuda_cpu/inject_bugs.sh "$prefix-emu-bugs" || return 1
 }
 
 # --- run them ----------------------------------------------------------------

@@ -6,14 +6,15 @@
 # pass on the unmodified copy, so that a failure means the bug was seen.
 # Exits 1 unless every bug is caught; prints how each one was.
 #
+# The ASan and the TSan bugs run side by side, each build on its own copy.
+#
 # Usage: tests/cuda_cpu/inject_bugs.sh [PREFIX]   (build trees PREFIX-asan and
-#        PREFIX-tsan, kernel copy in PREFIX-kernels; default build-emu-bugs)
+#        PREFIX-tsan on copies PREFIX-kernels-asan and -tsan; default build-emu-bugs)
 # Environment: JOBS (default 2), BUG_TIMEOUT (seconds per test run, default 300).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 prefix=$root/${1:-build-emu-bugs}
-copy=$prefix-kernels
 jobs=${JOBS:-2}
 timeout_s=${BUG_TIMEOUT:-300}
 list=$root/tests/cuda_cpu/bugs.txt
@@ -40,13 +41,19 @@ if ((count == 0)) || ((${#files[@]} != count || ${#builds[@]} != count || ${#tes
   exit 2
 fi
 
-# --- the builds, on a copy of kernels/ -------------------------------------------------------------------
-rm -rf "$copy" && mkdir -p "$copy" && cp -a kernels/. "$copy"/
+# --- the builds, each on its own copy of kernels/ -----------------------------------------------------------
+# Makes the copy equal to kernels/: a file that differs is copied with a new
+# time stamp, so that whatever was built from its injected version is
+# rebuilt (a copy that kept the original's older stamp would leave the bug
+# compiled in the objects).
+sync_copy() { # copy
+  local f
+  for f in kernels/*; do cmp -s "$f" "$1/${f##*/}" || cp "$f" "$1/" || return 1; done
+}
 configure() { # build (asan|tsan)
-  local dir=$prefix-$1 sanitize=address
+  local dir=$prefix-$1 copy=$prefix-kernels-$1 sanitize=address
   [[ $1 == tsan ]] && sanitize=thread
-  [[ -f $dir/CMakeCache.txt ]] && return 0
-  mkdir -p "$dir"
+  mkdir -p "$copy" "$dir" && sync_copy "$copy" || return 1
   # -O1: these builds recompile a kernel for every bug.
   cmake -S tests/cuda_cpu -B "$dir" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=None \
     -DCMAKE_C_FLAGS="-O1 -g" -DCMAKE_CXX_FLAGS="-O1 -g" -DCC_EMU_SANITIZE=$sanitize -DCC_EMU_KERNEL_DIR="$copy" \
@@ -67,25 +74,6 @@ run() { # build test log -> exit status of the test
   return "$status"
 }
 
-for b in asan tsan; do configure "$b" || exit 1; done
-echo "inject_bugs: $count bugs; first, the tests on the unmodified kernels ($(($(date +%s) - start)) s)"
-declare -A baseline
-for i in "${!names[@]}"; do
-  key="${builds[$i]} ${tests[$i]}"
-  [[ -n ${baseline[$key]:-} ]] && continue
-  log=$prefix-${builds[$i]}/${tests[$i]}.baseline.log
-  if ! build "${builds[$i]}" "${tests[$i]}" "$log"; then
-    echo "inject_bugs: FAILED: ${tests[$i]} does not build (${builds[$i]}); see $log"
-    exit 1
-  fi
-  if ! run "${builds[$i]}" "${tests[$i]}" "$log"; then
-    echo "inject_bugs: FAILED: ${tests[$i]} fails on the unmodified kernels (${builds[$i]}); see $log"
-    exit 1
-  fi
-  baseline[$key]=ok
-  echo "  ${tests[$i]} (${builds[$i]}): passes ($(($(date +%s) - start)) s)"
-done
-
 # How a failing run saw the bug, from its output.
 how() { # log
   local m
@@ -99,41 +87,72 @@ how() { # log
   fi
 }
 
-# --- one bug at a time ---------------------------------------------------------------------------------------
-caught=0
-results=()
-for i in "${!names[@]}"; do
-  t0=$(date +%s)
-  cp kernels/. "$copy"/ -a # restore the previous bug's file
-  target=$copy/${files[$i]}
-  log=$prefix-${builds[$i]}/bug$((i + 1)).log
-  if ! FROM=${froms[$i]} TO=${tos[$i]} perl -0777 -i -pe '
-        BEGIN { ($f, $t) = ($ENV{FROM}, $ENV{TO}); s/\\n/\n/g for $f, $t; }
-        my $n = () = /\Q$f\E/g;
-        die "the text to replace occurs $n times, not once\n" if $n != 1;
-        s/\Q$f\E/$t/;' "$target" 2>"$log"; then
-    results+=("ERROR   ${names[$i]}: $(cat "$log") (update tests/cuda_cpu/bugs.txt)")
-    continue
-  fi
-  if ! build "${builds[$i]}" "${tests[$i]}" "$log"; then
-    results+=("ERROR   ${names[$i]}: the injected bug does not compile (see $log)")
-    continue
-  fi
-  run "${builds[$i]}" "${tests[$i]}" "$log"
-  status=$?
-  if ((status == 124)); then
-    results+=("MISSED  ${names[$i]}: ${tests[$i]} timed out after ${timeout_s} s (the watchdog should have stopped it)")
-  elif ((status != 0)); then
-    caught=$((caught + 1))
-    results+=("CAUGHT  ${names[$i]}: $(how "$log") [${builds[$i]} ${tests[$i]}]")
-  else
-    results+=("MISSED  ${names[$i]}: ${tests[$i]} passed with the bug [${builds[$i]}]")
-  fi
-  echo "  bug $((i + 1))/$count: ${results[-1]%%:*} ($(($(date +%s) - t0)) s)"
-done
-cp kernels/. "$copy"/ -a
+# Everything for one build: its tests on the unmodified copy, then its bugs,
+# one at a time; each bug's result goes to a file, printed in list order.
+inject() { # build
+  local b=$1 copy=$prefix-kernels-$1 i log status t0 result
+  local -A seen
+  for i in "${!names[@]}"; do
+    [[ ${builds[$i]} == "$b" && -z ${seen[${tests[$i]}]:-} ]] || continue
+    seen[${tests[$i]}]=1
+    log=$prefix-$b/${tests[$i]}.baseline.log
+    if ! build "$b" "${tests[$i]}" "$log" || ! run "$b" "${tests[$i]}" "$log"; then
+      echo "inject_bugs: FAILED: ${tests[$i]} does not build or fails on the unmodified kernels ($b); see $log"
+      return 1
+    fi
+    echo "  $b: ${tests[$i]} passes unmodified ($(($(date +%s) - start)) s)"
+  done
+  for i in "${!names[@]}"; do
+    [[ ${builds[$i]} == "$b" ]] || continue
+    t0=$(date +%s)
+    sync_copy "$copy" # undo the previous bug
+    log=$prefix-$b/bug$((i + 1)).log
+    if ! FROM=${froms[$i]} TO=${tos[$i]} perl -0777 -i -pe '
+          BEGIN { ($f, $t) = ($ENV{FROM}, $ENV{TO}); s/\\n/\n/g for $f, $t; }
+          my $n = () = /\Q$f\E/g;
+          die "the text to replace occurs $n times, not once\n" if $n != 1;
+          s/\Q$f\E/$t/;' "$copy/${files[$i]}" 2>"$log"; then
+      result="ERROR   ${names[$i]}: $(cat "$log") (update tests/cuda_cpu/bugs.txt)"
+    elif ! build "$b" "${tests[$i]}" "$log"; then
+      result="ERROR   ${names[$i]}: the injected bug does not compile (see $log)"
+    else
+      run "$b" "${tests[$i]}" "$log"
+      status=$?
+      if ((status == 124)); then
+        result="MISSED  ${names[$i]}: ${tests[$i]} timed out after ${timeout_s} s (the watchdog should have stopped it)"
+      elif ((status != 0)); then
+        result="CAUGHT  ${names[$i]}: $(how "$log") [$b ${tests[$i]}]"
+      else
+        result="MISSED  ${names[$i]}: ${tests[$i]} passed with the bug [$b]"
+      fi
+    fi
+    echo "$result" >"$prefix-$b/result.$i"
+    echo "  $b: bug $((i + 1))/$count ${result%%  *} ($(($(date +%s) - t0)) s)"
+  done
+  sync_copy "$copy"
+}
 
+for b in asan tsan; do configure "$b" || exit 1; done
+rm -f "$prefix"-asan/result.* "$prefix"-tsan/result.*
+echo "inject_bugs: $count bugs, the ASan and the TSan ones side by side"
+inject tsan &
+tsan_pid=$!
+inject asan
+asan_rc=$?
+wait "$tsan_pid"
+tsan_rc=$?
+((asan_rc == 0 && tsan_rc == 0)) || exit 1
+
+caught=0
 echo
+for i in "${!names[@]}"; do
+  f=$prefix-${builds[$i]}/result.$i
+  if [[ -f $f ]]; then
+    [[ $(cat "$f") == CAUGHT* ]] && caught=$((caught + 1))
+  else
+    echo "ERROR   ${names[$i]}: no result (unknown build '${builds[$i]}'?)" >"$f"
+  fi
+done
 echo "==== injected bugs: $caught of $count caught ($(($(date +%s) - start)) s) ===="
-printf '%s\n' "${results[@]}"
+for i in "${!names[@]}"; do cat "$prefix-${builds[$i]}/result.$i"; done
 ((caught == count))

@@ -27,6 +27,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -46,8 +47,7 @@
 #include "grid.h"
 
 // Every build links a sanitizer runtime (at least UBSan's, for the alignment
-// check), which prints the stack of a fault; weak in case one does not.
-extern "C" void __sanitizer_print_stack_trace() __attribute__((weak));
+// check): __sanitizer_print_stack_trace prints the stack of a fault.
 
 #if CC_CPU_TSAN
 // ThreadSanitizer's annotation interface (compiler-rt tsan_interface_ann.cpp).
@@ -71,7 +71,9 @@ void __tsan_java_free(unsigned long ptr, unsigned long size);
 
 // Bounds of the shared-memory section: the kernels' static __shared__
 // variables (device.h) and the dynamic shared memory arena below.
+// NOLINTNEXTLINE(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp): the names the linker gives them
 extern "C" char __start_cc_cpu_shared[];
+// NOLINTNEXTLINE(bugprone-reserved-identifier,cert-dcl37-c,cert-dcl51-cpp): the names the linker gives them
 extern "C" char __stop_cc_cpu_shared[];
 
 namespace {
@@ -93,8 +95,10 @@ struct settings {
     std::chrono::seconds watchdog{60};
     settings()
     {
-        if (const char *e = std::getenv("CC_CPU_ISOLATE_THREADS")) isolate_max_threads = (unsigned)std::atoi(e);
-        if (const char *e = std::getenv("CC_CPU_WATCHDOG_SECONDS")) watchdog = std::chrono::seconds(std::atoi(e));
+        if (const char *e = std::getenv("CC_CPU_ISOLATE_THREADS"))
+            isolate_max_threads = static_cast<unsigned>(std::strtoul(e, nullptr, 10));
+        if (const char *e = std::getenv("CC_CPU_WATCHDOG_SECONDS"))
+            watchdog = std::chrono::seconds(std::strtol(e, nullptr, 10));
         if (const char *e = std::getenv("CC_CPU_BLOCK_ORDER")) reversed = std::strcmp(e, "reverse") == 0;
     }
 };
@@ -208,7 +212,7 @@ const char *base_name(const char *path)
 {
     if (path == nullptr) return "?";
     const char *slash = std::strrchr(path, '/');
-    return slash ? slash + 1 : path;
+    return slash != nullptr ? slash + 1 : path;
 }
 
 [[noreturn]] void fault_message(const block_state *b, const thread_ctx *me, const char *file, int line,
@@ -226,6 +230,7 @@ const char *base_name(const char *path)
     std::abort();
 }
 
+// NOLINTNEXTLINE(cert-dcl50-cpp): printf-style, so that the compiler checks every message's arguments
 [[noreturn]] __attribute__((format(printf, 4, 5))) void fault_in(const block_state *b, const char *file, int line,
                                                                  const char *fmt, ...)
 {
@@ -246,7 +251,7 @@ void print_positions(const block_state &b)
         while (u < b.nthreads && b.pos[u].what == b.pos[t].what && b.pos[u].file == b.pos[t].file &&
                b.pos[u].line == b.pos[t].line)
             ++u;
-        if (b.pos[t].file)
+        if (b.pos[t].file != nullptr)
             std::fprintf(stderr, "  threads %u-%u: %s at %s:%d\n", t, u - 1, b.pos[t].what, base_name(b.pos[t].file),
                          b.pos[t].line);
         else
@@ -264,7 +269,7 @@ void print_positions(const block_state &b)
 thread_ctx &self(const char *what, const char *file, int line)
 {
     if (t_self.block == nullptr) {
-        std::fprintf(stderr, "cuda_cpu: FAULT: %s called outside a kernel\n  at %s:%d\n", what, file, line);
+        std::fprintf(stderr, "cuda_cpu: FAULT: %s called outside a kernel\n  at %s:%d\n", what, base_name(file), line);
         std::fflush(stderr);
         std::abort();
     }
@@ -522,6 +527,7 @@ void fill_shared(const grid_state &grid)
     const auto end = reinterpret_cast<uintptr_t>(__stop_cc_cpu_shared);
     const auto arena = reinterpret_cast<uintptr_t>(dynamic_arena), arena_end = arena + kArenaBytes;
     std::memset(__start_cc_cpu_shared, 0xff, arena - begin);
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the section past the arena, by address
     std::memset(reinterpret_cast<void *>(arena_end), 0xff, end - arena_end);
     if (grid.dyn != nullptr) std::memset(grid.dyn, 0xff, grid.desc->smem);
 }
@@ -555,12 +561,12 @@ void complete_warp_op(block_state &b, warp_state &w, const warp_op &op)
     };
     unsigned ballot = 0;
     for (unsigned l = 0; l < 32; ++l)
-        if ((mask >> l & 1u) && std::any_of(w.in[l], w.in[l] + op.size, [](unsigned char c) { return c != 0; }))
+        if ((mask >> l & 1u) != 0 && std::any_of(w.in[l], w.in[l] + op.size, [](unsigned char c) { return c != 0; }))
             ballot |= 1u << l;
     long long red = 0;
     bool first = true;
     for (unsigned l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
+        if ((mask >> l & 1u) == 0) continue;
         const unsigned u = as_u32(l);
         const int i = static_cast<int>(u);
         switch (op.kind) {
@@ -578,7 +584,7 @@ void complete_warp_op(block_state &b, warp_state &w, const warp_op &op)
         first = false;
     }
     for (unsigned l = 0; l < 32; ++l) {
-        if (!(mask >> l & 1u)) continue;
+        if ((mask >> l & 1u) == 0) continue;
         unsigned char *out = w.out[l];
         switch (op.kind) {
         case warp_sync: break;
@@ -587,7 +593,7 @@ void complete_warp_op(block_state &b, warp_state &w, const warp_op &op)
         case warp_shfl_down:
         case warp_shfl_xor: {
             const unsigned src = shuffle_source(op.kind, l, w.arg[l], static_cast<unsigned>(op.width));
-            if (!(mask >> src & 1u))
+            if ((mask >> src & 1u) == 0)
                 fault_in(&b, op.file, op.line,
                          "lane %u's shuffle reads lane %u, which is not in the mask 0x%08x (its value is undefined)", l,
                          src, mask);
@@ -596,12 +602,12 @@ void complete_warp_op(block_state &b, warp_state &w, const warp_op &op)
         }
         case warp_ballot: std::memcpy(out, &ballot, sizeof ballot); break;
         case warp_all: {
-            const int v = ballot == mask;
+            const int v = ballot == mask ? 1 : 0;
             std::memcpy(out, &v, sizeof v);
             break;
         }
         case warp_any: {
-            const int v = ballot != 0;
+            const int v = ballot != 0 ? 1 : 0;
             std::memcpy(out, &v, sizeof v);
             break;
         }
@@ -609,7 +615,7 @@ void complete_warp_op(block_state &b, warp_state &w, const warp_op &op)
         case warp_match_all: {
             unsigned same = 0;
             for (unsigned k = 0; k < 32; ++k)
-                if ((mask >> k & 1u) && std::memcmp(w.in[k], w.in[l], op.size) == 0) same |= 1u << k;
+                if ((mask >> k & 1u) != 0 && std::memcmp(w.in[k], w.in[l], op.size) == 0) same |= 1u << k;
             const unsigned v = op.kind == warp_match_any ? same : (same == mask ? mask : 0u);
             std::memcpy(out, &v, sizeof v);
             break;
@@ -648,14 +654,14 @@ void run_grid(const launch_desc &desc, const char *kernel, const std::function<v
         grid.dyn = dynamic_arena;
     }
     ASAN_POISON_MEMORY_REGION(dynamic_arena + desc.smem, kArenaBytes - desc.smem);
-    unsigned isolate_max = 0;
     bool reversed = false;
     {
         const std::lock_guard<std::mutex> lk(config().m);
-        isolate_max = config().isolate_max_threads;
         reversed = config().reversed;
+#if CC_CPU_TSAN
+        grid.isolated = blocks > 1 && blocks * nthreads <= config().isolate_max_threads;
+#endif
     }
-    grid.isolated = CC_CPU_TSAN && blocks > 1 && blocks * nthreads <= isolate_max;
     // CC_CPU_TRACE=1: one line per grid, to see what ran and how.
     static const bool trace = std::getenv("CC_CPU_TRACE") != nullptr;
     if (trace)
@@ -721,7 +727,7 @@ int block_barrier(barrier_kind kind, int predicate, const char *file, int line)
                  me.tid, b.arrived, base_name(b.file), b.line);
     }
     ++b.arrived;
-    const int p = predicate != 0;
+    const int p = predicate != 0 ? 1 : 0;
     if (kind == barrier_count) b.acc += p;
     if (kind == barrier_and) b.acc &= p;
     if (kind == barrier_or) b.acc |= p;
@@ -786,7 +792,7 @@ void warp_collective(warp_kind kind, unsigned mask, const void *in, size_t size,
         if (o.arrived != 0 && o.mask == mask) found = &o;
         if (o.arrived == 0 && free_slot == nullptr) free_slot = &o;
     }
-    warp_op &op = found ? *found : *free_slot; // at most 32 in progress: each lane waits in one
+    warp_op &op = found != nullptr ? *found : *free_slot; // at most 32 in progress: each lane waits in one
     if (found == nullptr) {
         op.mask = mask;
         op.kind = kind;
@@ -865,7 +871,7 @@ void check_aligned(const void *p, size_t align, const char *what, const char *fi
 
 void misaligned_vector(const void *p, size_t align, const char *type, const char *file, int line)
 {
-    if (__sanitizer_print_stack_trace != nullptr) __sanitizer_print_stack_trace();
+    __sanitizer_print_stack_trace();
     if (file == nullptr)
         fault_in(t_self.block, nullptr, 0,
                  "misaligned address: %s store or copy at %p, which is not %zu-byte aligned (a GPU raises "
@@ -916,6 +922,7 @@ void atomic_after(const void *addr)
 #endif
 }
 
+// NOLINTNEXTLINE(cert-dcl50-cpp): printf-style, so that the compiler checks every message's arguments
 void fault(const char *file, int line, const char *fmt, ...)
 {
     char message[1024];
@@ -923,7 +930,7 @@ void fault(const char *file, int line, const char *fmt, ...)
     va_start(args, fmt);
     std::vsnprintf(message, sizeof message, fmt, args);
     va_end(args);
-    fault_message(t_self.block, t_self.block ? &t_self : nullptr, file, line, message);
+    fault_message(t_self.block, t_self.block != nullptr ? &t_self : nullptr, file, line, message);
 }
 
 } // namespace cc_cpu

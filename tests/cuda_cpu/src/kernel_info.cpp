@@ -37,7 +37,7 @@ std::string without_return_type(const std::string &name) { return name.rfind("vo
 size_t ptx_type_bytes(const std::string &type)
 {
     // .b8 .u16 .f32 .s64 ...: the bit count after the dot and the letter.
-    const int bits = type.size() > 2 ? std::atoi(type.c_str() + 2) : 0;
+    const long bits = type.size() > 2 ? std::strtol(type.c_str() + 2, nullptr, 10) : 0;
     return bits > 0 ? static_cast<size_t>(bits) / 8 : 0;
 }
 
@@ -80,6 +80,14 @@ void load_ptx(table &t, const std::string &path)
             info.static_smem = 0;
             info.launches = 0;
             info.max_dynamic_smem = -1;
+            const auto same = t.by_name.find(info.name);
+            if (same != t.by_name.end() && same->second.source != stem) {
+                // Kernels are told apart by name: two files with one kernel
+                // name (both in an anonymous namespace) cannot be.
+                std::fprintf(stderr, "cuda_cpu: kernel %s is in both %s.cu and %s.cu; rename one\n", info.name.c_str(),
+                             same->second.source.c_str(), stem.c_str());
+                std::abort();
+            }
             t.by_name[info.name] = info;
             in_body = false;
             continue;

@@ -73,6 +73,9 @@ cudnnStatus_t no_algorithms(int requested, int *returned, cudnnConvolutionFwdAlg
 
 } // namespace
 
+// The cuDNN and cuBLAS entry points, defined with this file's parameter names
+// rather than the toolkit headers' own.
+// NOLINTBEGIN(readability-inconsistent-declaration-parameter-name)
 extern "C" {
 
 // --- cuDNN ---------------------------------------------------------------------------------------------
@@ -356,3 +359,4 @@ const char *cublasGetStatusString(cublasStatus_t status)
 }
 
 } // extern "C"
+// NOLINTEND(readability-inconsistent-declaration-parameter-name)

@@ -63,8 +63,8 @@ namespace {
 
 // The emulated device: an H100 SXM's limits (132 SMs, 48 KiB of shared
 // memory per block by default, 227 KiB with opt-in).
-constexpr size_t kSmemDefault = 48 * 1024;
-constexpr size_t kSmemOptin = 227 * 1024;
+constexpr size_t kSmemDefault = size_t(48) * 1024;
+constexpr size_t kSmemOptin = size_t(227) * 1024;
 constexpr int kSmCount = 132;
 
 struct runtime_state {
@@ -218,6 +218,7 @@ cudaError_t synchronize(const char *call)
 }
 
 // A launch a GPU would refuse: say why, count it, return the GPU's error.
+// NOLINTNEXTLINE(cert-dcl50-cpp): printf-style, so that the compiler checks every message's arguments
 __attribute__((format(printf, 4, 5))) cudaError_t refuse(runtime_state &s, cudaError_t err, const std::string &name,
                                                          const char *fmt, ...)
 {
@@ -241,6 +242,7 @@ cudaError_t destroy_handle(std::set<T *> &set, T *h)
 
 } // namespace
 
+// NOLINTNEXTLINE(cert-dcl50-cpp): printf-style, so that the compiler checks every message's arguments
 void note(const char *fmt, ...)
 {
     va_list args;
@@ -276,7 +278,7 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
     runtime_state &s = rt();
     std::unique_lock<std::mutex> lk(s.m);
     kernel_info *k = find_kernel(desc.kernel);
-    const std::string name = k ? k->name : name_of(desc.kernel);
+    const std::string name = k != nullptr ? k->name : name_of(desc.kernel);
     if (inject(s, CC_CPU_EVENT_LAUNCH, "launch " + name)) return result(cudaErrorLaunchOutOfResources);
     if (!known_stream(s, desc.stream))
         return refuse(s, cudaErrorInvalidResourceHandle, name, "unknown stream %p", static_cast<void *>(desc.stream));
@@ -328,6 +330,10 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
 using cc_cpu::result;
 using cc_cpu::rt;
 
+// The CUDA runtime's entry points, defined with this file's parameter names
+// rather than the toolkit headers' own.
+// NOLINTBEGIN(readability-inconsistent-declaration-parameter-name)
+
 // --- device ----------------------------------------------------------------------------------------
 extern "C" cudaError_t cudaGetDeviceCount(int *count)
 {
@@ -361,7 +367,7 @@ extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     prop->totalGlobalMem = size_t(80) << 30;
     prop->sharedMemPerBlock = cc_cpu::kSmemDefault;
     prop->sharedMemPerBlockOptin = cc_cpu::kSmemOptin;
-    prop->sharedMemPerMultiprocessor = 228 * 1024;
+    prop->sharedMemPerMultiprocessor = size_t(228) * 1024;
     prop->reservedSharedMemPerBlock = 1024;
     prop->regsPerBlock = 65536;
     prop->regsPerMultiprocessor = 65536;
@@ -391,8 +397,8 @@ extern "C" cudaError_t cudaDeviceSynchronize(void) { return result(cc_cpu::synch
 
 extern "C" cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
-    if (free_bytes) *free_bytes = size_t(64) << 30;
-    if (total_bytes) *total_bytes = size_t(80) << 30;
+    if (free_bytes != nullptr) *free_bytes = size_t(64) << 30;
+    if (total_bytes != nullptr) *total_bytes = size_t(80) << 30;
     return cudaSuccess;
 }
 
@@ -446,13 +452,13 @@ const error_text *find_error(cudaError_t e)
 extern "C" const char *cudaGetErrorName(cudaError_t error)
 {
     const error_text *t = find_error(error);
-    return t ? t->name : "cudaErrorUnrecognized";
+    return t != nullptr ? t->name : "cudaErrorUnrecognized";
 }
 
 extern "C" const char *cudaGetErrorString(cudaError_t error)
 {
     const error_text *t = find_error(error);
-    return t ? t->text : "unrecognized error code";
+    return t != nullptr ? t->text : "unrecognized error code";
 }
 
 // --- memory -----------------------------------------------------------------------------------------
@@ -531,7 +537,7 @@ extern "C" cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
     auto &s = rt();
     const std::lock_guard<std::mutex> lk(s.m);
-    if (stream != nullptr && s.streams.count(stream) && stream->capturing) {
+    if (stream != nullptr && s.streams.count(stream) != 0 && stream->capturing) {
         cc_cpu::note("cudaStreamDestroy of a stream that is being captured");
         return result(cudaErrorIllegalState);
     }
@@ -660,7 +666,7 @@ extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t event)
 extern "C" cudaError_t cudaEventQuery(cudaEvent_t event)
 {
     const std::lock_guard<std::mutex> lk(rt().m);
-    return result(rt().events.count(event) ? cudaSuccess : cudaErrorInvalidResourceHandle);
+    return result(rt().events.count(event) != 0 ? cudaSuccess : cudaErrorInvalidResourceHandle);
 }
 
 extern "C" cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
@@ -739,6 +745,8 @@ extern "C" cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, const voi
     attr->ptxVersion = attr->binaryVersion = 90;
     return cudaSuccess;
 }
+
+// NOLINTEND(readability-inconsistent-declaration-parameter-name)
 
 // --- test hooks (hooks.h) ------------------------------------------------------------------------------
 extern "C" long long cc_cpu_launch_count(const char *part)
