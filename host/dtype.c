@@ -6,7 +6,15 @@
 #include <string.h>
 
 #include "error.h"
+#include "formats.h"
 #include "layer_desc.h"
+
+/* The kernels' launchers take the public enums' values as plain ints. */
+_Static_assert(CC_DTYPE_F32 == (int)CONDCONV_DTYPE_F32 && CC_DTYPE_F16 == (int)CONDCONV_DTYPE_F16 &&
+                   CC_DTYPE_BF16 == (int)CONDCONV_DTYPE_BF16,
+               "kernels/formats.h dtype codes");
+_Static_assert(CC_LAYOUT_NCHW == (int)CONDCONV_LAYOUT_NCHW && CC_LAYOUT_NHWC == (int)CONDCONV_LAYOUT_NHWC,
+               "kernels/formats.h layout codes");
 
 static uint32_t float_bits(float value)
 {

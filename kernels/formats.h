@@ -17,7 +17,7 @@ enum {
 };
 
 /* Bytes of one element, 0 for an unknown dtype. */
-static inline unsigned int cc_dtype_size(int dtype)
+static inline unsigned int cc_element_size(int dtype)
 {
     return dtype == CC_DTYPE_F32 ? 4u : (dtype == CC_DTYPE_F16 || dtype == CC_DTYPE_BF16) ? 2u : 0u;
 }
