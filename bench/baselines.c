@@ -34,6 +34,7 @@ struct bench_static {
     float *w, *bias; /* bias [N][Cout]: the epilogue kernel's per-sample layout, every sample the same */
     condconv_activation act;
     long long planes, plane;
+    int batch, cout, dtype, layout;
     float *const *x;
     float *const *y;
     cudaStream_t stream;
@@ -112,6 +113,10 @@ int bench_static_create(bench_static **out, const bench_layer *l, int batch, con
     s->stream = stream;
     s->act = act;
     s->planes = (long long)batch * l->cout;
+    s->batch = batch;
+    s->cout = l->cout;
+    s->dtype = (int)dtype;
+    s->layout = (int)layout;
     s->plane = (long long)ho * wo;
     if (shared_cudnn == NULL) CUDNN_TRY(cudnnCreate(&shared_cudnn));
     s->cudnn = shared_cudnn;
@@ -229,7 +234,8 @@ int bench_static_launch(void *arg, int set, char *err, size_t err_len)
     mark(CC_PHASE_CONV, 1, s->stream);
     if (s->bias != NULL || s->act != CONDCONV_ACTIVATION_NONE) {
         mark(CC_PHASE_EPILOGUE, 0, s->stream);
-        CUDA_TRY(cc_launch_bias_activation(s->y[set], s->bias, s->planes, s->plane, (int)s->act, s->stream));
+        CUDA_TRY(cc_launch_bias_activation(s->dtype, s->layout, s->y[set], s->layout, s->y[set], s->bias, s->batch,
+                                           s->cout, s->plane, (int)s->act, s->stream));
         mark(CC_PHASE_EPILOGUE, 1, s->stream);
     }
     mark(CC_PHASE_FORWARD, 1, s->stream);

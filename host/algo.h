@@ -24,12 +24,16 @@ typedef struct cc_algo_state {
     cc_cudnn_conv conv;     /* cudnn_grouped, mixture */
     int has_conv;
     /* Input windows gathered into the workspace first (kernels/gather.h):
-     * im2col for a k x k GEMM, subsampling for a strided 1x1 GEMM, or the
-     * asymmetric padding cuDNN cannot express. */
+     * im2col for a k x k GEMM, subsampling for a strided 1x1 GEMM, the
+     * asymmetric padding cuDNN cannot express, or NHWC input transposed for
+     * an algorithm that computes in NCHW. */
     int gather;
-    cc_gather_args gather_args; /* planes = N * Cin */
+    cc_gather_args gather_args;
     /* Byte offsets of the pieces within this algorithm's workspace. */
     size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
+    /* The output is computed in NCHW into the workspace at off_z and the
+     * epilogue transposes it into the NHWC y (cudnn_grouped, NHWC layers). */
+    int transpose_out;
     /* fused: the kernel's configuration and its split-K buffers. */
     cc_fused_config fused;
     float *fused_partial;
@@ -39,8 +43,8 @@ typedef struct cc_algo_state {
 } cc_algo_state;
 
 typedef struct cc_forward_buffers {
-    const float *x;
-    float *y;
+    const void *x; /* the layer's dtype and layout */
+    void *y;
     const float *alpha;       /* [N][E], already computed */
     unsigned char *workspace; /* the algorithm's part, state.workspace_bytes long */
 } cc_forward_buffers;
@@ -67,16 +71,19 @@ size_t cc_align256(size_t bytes);
 condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc_geometry *geom,
                                     long long batch_channels_in, long long batch_channels_out, const char *algo,
                                     const char *func);
-/* Sets up state->gather for asymmetric padding (1 if the input must be padded
- * into the workspace because cuDNN only pads symmetrically); the padded
- * input is gather_args.out_h x gather_args.out_w. */
-void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state);
-/* Bytes of the gathered input (planes x taps x window positions floats), 0
- * when the state gathers nothing. */
+/* Sets up state->gather for a cuDNN convolution: asymmetric padding (cuDNN
+ * pads symmetrically only) is done by padding the input into the workspace,
+ * gather_args.out_h x gather_args.out_w, in the layer's layout; with
+ * to_nchw an NHWC input is always gathered, transposed to NCHW (and padded
+ * if needed). */
+void cc_plan_gather_for_cudnn(const struct condconv_layer *layer, const cc_geometry *geom, int to_nchw,
+                              cc_algo_state *state);
+/* Bytes of the gathered input, 0 when the state gathers nothing. */
 size_t cc_gather_bytes(const cc_algo_state *state);
 /* Workspace of the algorithms that aggregate per-sample filters:
- * [gathered input][filters N*|W|][biases N*Cout], 256-byte aligned pieces.
- * Sets off_gather, off_filters and off_biases; returns the end offset. */
+ * [gathered input][filters N*|W|, dtype][biases N*Cout, f32][NCHW output
+ * when transpose_out], 256-byte aligned pieces. Sets off_gather,
+ * off_filters, off_biases and off_z; returns the end offset. */
 size_t cc_layout_aggregated_workspace(const struct condconv_layer *layer, const cc_geometry *geom,
                                       cc_algo_state *state);
 /* The cuDNN convolution of the layer's geometry, reading the padded input
@@ -87,13 +94,20 @@ cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geo
 /* Runs the gather of the input into the workspace if the state asks for it;
  * *x_used is the input the convolution should read. */
 condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
-                              const cc_forward_buffers *buffers, const float **x_used, const char *func);
+                              const cc_forward_buffers *buffers, const void **x_used, const char *func);
 /* Per-sample filters and biases [N][...] into the workspace. */
 condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_geometry *geom,
                                  const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func);
-/* In-place bias [N][Cout] (if biases != NULL) and activation over y. */
-condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom, float *y,
+/* Bias [N][Cout] (if biases != NULL) and activation: in place over y in
+ * the layer's layout, or from the NCHW output at off_z into y when the
+ * state transposes (always launched then, even with nothing to add). */
+condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom,
+                                       const cc_algo_state *state, const cc_forward_buffers *buffers,
                                        const float *biases, const char *func);
+/* Sets up state->gather as the layer's im2col (every tap at every output
+ * position, kernels/gather.h) in the given order (CC_GATHER_*). */
+void cc_plan_gather_im2col(const struct condconv_layer *layer, const cc_geometry *geom, int order,
+                           cc_algo_state *state);
 
 extern const cc_algo_ops cc_algo_cudnn_grouped;
 extern const cc_algo_ops cc_algo_gemm_batched;

@@ -64,18 +64,57 @@ condconv_status cc_check_int_limits(const struct condconv_layer *layer, const cc
     return CONDCONV_STATUS_SUCCESS;
 }
 
-void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state)
+static void gather_common(const struct condconv_layer *layer, const cc_geometry *geom, int order, cc_algo_state *state)
 {
-    state->gather = geom->pad_top != geom->pad_bottom || geom->pad_left != geom->pad_right;
-    if (!state->gather) return;
+    const condconv_layer_info *info = &layer->weights->info;
     cc_gather_args *a = &state->gather_args;
-    a->planes = (long long)geom->n * layer->weights->info.in_channels;
+    memset(a, 0, sizeof *a);
+    state->gather = 1;
+    a->dtype = (int)info->dtype;
+    a->in_layout = (int)info->layout;
+    a->out_order = order;
+    a->n = geom->n;
+    a->channels = info->in_channels;
     a->h = geom->h;
     a->w = geom->w;
+}
+
+void cc_plan_gather_for_cudnn(const struct condconv_layer *layer, const cc_geometry *geom, int to_nchw,
+                              cc_algo_state *state)
+{
+    const int nhwc = layer->weights->info.layout == CONDCONV_LAYOUT_NHWC;
+    const int asymmetric = geom->pad_top != geom->pad_bottom || geom->pad_left != geom->pad_right;
+    state->gather = 0;
+    if (!asymmetric && !(nhwc && to_nchw)) return;
+    /* One tap per position: CC_GATHER_ROWS with 1 x 1 taps is NHWC itself. */
+    gather_common(layer, geom, nhwc && !to_nchw ? CC_GATHER_ROWS : CC_GATHER_PLANES, state);
+    cc_gather_args *a = &state->gather_args;
     a->kernel_h = a->kernel_w = 1;
-    a->out_h = geom->h + geom->pad_top + geom->pad_bottom;
-    a->out_w = geom->w + geom->pad_left + geom->pad_right;
     a->stride_h = a->stride_w = a->dilation_h = a->dilation_w = 1;
+    if (asymmetric) {
+        a->out_h = geom->h + geom->pad_top + geom->pad_bottom;
+        a->out_w = geom->w + geom->pad_left + geom->pad_right;
+        a->pad_top = geom->pad_top;
+        a->pad_left = geom->pad_left;
+    } else { /* symmetric padding stays with cuDNN */
+        a->out_h = geom->h;
+        a->out_w = geom->w;
+    }
+}
+
+void cc_plan_gather_im2col(const struct condconv_layer *layer, const cc_geometry *geom, int order, cc_algo_state *state)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    gather_common(layer, geom, order, state);
+    cc_gather_args *a = &state->gather_args;
+    a->kernel_h = info->kernel_h;
+    a->kernel_w = info->kernel_w;
+    a->out_h = geom->out_h;
+    a->out_w = geom->out_w;
+    a->stride_h = info->stride_h;
+    a->stride_w = info->stride_w;
+    a->dilation_h = info->dilation_h;
+    a->dilation_w = info->dilation_w;
     a->pad_top = geom->pad_top;
     a->pad_left = geom->pad_left;
 }
@@ -83,32 +122,40 @@ void cc_plan_gather_for_padding(const struct condconv_layer *layer, const cc_geo
 size_t cc_gather_bytes(const cc_algo_state *state)
 {
     if (!state->gather) return 0;
-    const cc_gather_args *a = &state->gather_args;
-    return sizeof(float) * (size_t)a->planes * (size_t)a->kernel_h * (size_t)a->kernel_w * (size_t)a->out_h *
-           (size_t)a->out_w;
+    return (size_t)cc_gather_elems(&state->gather_args) * cc_element_size(state->gather_args.dtype);
 }
 
 size_t cc_layout_aggregated_workspace(const struct condconv_layer *layer, const cc_geometry *geom, cc_algo_state *state)
 {
     const condconv_layer_info *info = &layer->weights->info;
-    const size_t filter_bytes = sizeof(float) * (size_t)geom->n * (size_t)layer->weights->sizes.filter_elems;
+    const size_t elem = cc_dtype_size(info->dtype);
+    const size_t filter_bytes = elem * (size_t)geom->n * (size_t)layer->weights->sizes.filter_elems;
     const size_t bias_bytes = info->has_bias ? sizeof(float) * (size_t)geom->n * (size_t)info->out_channels : 0;
+    const size_t z_bytes = state->transpose_out ? elem * (size_t)geom->y_elems : 0;
     state->off_gather = 0;
     state->off_filters = cc_align256(cc_gather_bytes(state));
     state->off_biases = state->off_filters + cc_align256(filter_bytes);
-    return state->off_biases + cc_align256(bias_bytes);
+    state->off_z = state->off_biases + cc_align256(bias_bytes);
+    return state->off_z + cc_align256(z_bytes);
 }
 
 cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state)
 {
     const condconv_layer_info *info = &layer->weights->info;
     cc_conv_shape shape = {0};
+    shape.dtype = info->dtype;
+    /* NCHW when the input was transposed for the convolution. */
+    shape.layout =
+        state->gather && state->gather_args.out_order == CC_GATHER_PLANES ? CONDCONV_LAYOUT_NCHW : info->layout;
     shape.h = state->gather ? state->gather_args.out_h : geom->h;
     shape.w = state->gather ? state->gather_args.out_w : geom->w;
     shape.r = info->kernel_h;
     shape.s = info->kernel_w;
-    shape.pad_h = state->gather ? 0 : geom->pad_top;
-    shape.pad_w = state->gather ? 0 : geom->pad_left;
+    /* Asymmetric padding was gathered; symmetric padding is cuDNN's. */
+    const int padded = state->gather && (state->gather_args.pad_top || state->gather_args.pad_left ||
+                                         state->gather_args.out_h != geom->h || state->gather_args.out_w != geom->w);
+    shape.pad_h = padded ? 0 : geom->pad_top;
+    shape.pad_w = padded ? 0 : geom->pad_left;
     shape.stride_h = info->stride_h;
     shape.stride_w = info->stride_w;
     shape.dilation_h = info->dilation_h;
@@ -119,11 +166,11 @@ cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geo
 }
 
 condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
-                              const cc_forward_buffers *buffers, const float **x_used, const char *func)
+                              const cc_forward_buffers *buffers, const void **x_used, const char *func)
 {
     *x_used = buffers->x;
     if (!state->gather) return CONDCONV_STATUS_SUCCESS;
-    float *dst = (float *)(void *)(buffers->workspace + state->off_gather);
+    void *dst = buffers->workspace + state->off_gather;
     CC_PHASE_BEGIN(CC_PHASE_GATHER, "condconv.gather", layer->ctx->stream);
     const cudaError_t err = cc_launch_gather(buffers->x, dst, &state->gather_args, layer->ctx->stream);
     CC_PHASE_END(CC_PHASE_GATHER, layer->ctx->stream);
@@ -138,22 +185,26 @@ condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_ge
     const cc_weights *w = layer->weights;
     CC_PHASE_BEGIN(CC_PHASE_AGGREGATE, "condconv.aggregate", layer->ctx->stream);
     const cudaError_t err = cc_launch_aggregate(
-        w->dev_experts, w->dev_expert_bias, buffers->alpha, (float *)(void *)(buffers->workspace + state->off_filters),
+        (int)w->info.dtype, w->dev_experts, w->dev_expert_bias, buffers->alpha, buffers->workspace + state->off_filters,
         w->dev_expert_bias ? (float *)(void *)(buffers->workspace + state->off_biases) : NULL,
         (long long)w->sizes.filter_elems, w->info.out_channels, geom->n, w->info.num_experts, layer->ctx->stream);
     CC_PHASE_END(CC_PHASE_AGGREGATE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_aggregate", func);
 }
 
-condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom, float *y,
+condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom,
+                                       const cc_algo_state *state, const cc_forward_buffers *buffers,
                                        const float *biases, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
-    if (biases == NULL && info->activation == CONDCONV_ACTIVATION_NONE) return CONDCONV_STATUS_SUCCESS;
+    if (!state->transpose_out && biases == NULL && info->activation == CONDCONV_ACTIVATION_NONE)
+        return CONDCONV_STATUS_SUCCESS;
+    const void *src = state->transpose_out ? (const void *)(buffers->workspace + state->off_z) : buffers->y;
+    const int src_layout = state->transpose_out ? CC_LAYOUT_NCHW : (int)info->layout;
     CC_PHASE_BEGIN(CC_PHASE_EPILOGUE, "condconv.epilogue", layer->ctx->stream);
-    const cudaError_t err =
-        cc_launch_bias_activation(y, biases, (long long)geom->n * info->out_channels,
-                                  (long long)geom->out_h * geom->out_w, (int)info->activation, layer->ctx->stream);
+    const cudaError_t err = cc_launch_bias_activation(
+        (int)info->dtype, src_layout, src, (int)info->layout, buffers->y, biases, geom->n, info->out_channels,
+        (long long)geom->out_h * geom->out_w, (int)info->activation, layer->ctx->stream);
     CC_PHASE_END(CC_PHASE_EPILOGUE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_bias_activation", func);
 }

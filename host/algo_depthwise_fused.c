@@ -19,6 +19,8 @@ static cc_depthwise_args make_args(const struct condconv_layer *layer, const cc_
 {
     const condconv_layer_info *info = &layer->weights->info;
     cc_depthwise_args a = {0};
+    a.dtype = (int)info->dtype;
+    a.layout = (int)info->layout;
     a.experts = layer->weights->dev_experts;
     a.bias = layer->weights->dev_expert_bias;
     a.n = geom->n;
@@ -49,7 +51,8 @@ static condconv_status depthwise_check(const struct condconv_layer *layer, const
                        "%s: depthwise_fused needs a depthwise layer (groups %d != in_channels %d)", func, info->groups,
                        info->in_channels);
     const cc_depthwise_args a = make_args(layer, geom);
-    if (cc_depthwise_fused_smem_bytes(&a) > CC_DEPTHWISE_MAX_SMEM || cc_depthwise_fused_tiles(&a) > 65535)
+    const long long tiles = cc_depthwise_fused_tiles(&a);
+    if (cc_depthwise_fused_smem_bytes(&a) > CC_DEPTHWISE_MAX_SMEM || tiles <= 0 || tiles > 65535)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: depthwise_fused cannot tile a %dx%d kernel with dilation %dx%d and stride %dx%d over a "
                        "%dx%d output",
@@ -63,7 +66,6 @@ static condconv_status depthwise_prepare(const struct condconv_layer *layer, con
                                          condconv_math math, condconv_algo_select select, cc_scratch *scratch,
                                          cc_algo_state *state, const char *func)
 {
-    (void)layer;
     (void)geom;
     (void)select;
     (void)scratch;
@@ -71,7 +73,8 @@ static condconv_status depthwise_prepare(const struct condconv_layer *layer, con
     state->algo = CONDCONV_ALGO_DEPTHWISE_FUSED;
     state->math = math;
     state->workspace_bytes = 0;
-    snprintf(state->backend, sizeof state->backend, "condconv kernel, fma");
+    snprintf(state->backend, sizeof state->backend, "condconv kernel, %s %s, f32 fma",
+             cc_dtype_name(layer->weights->info.dtype), cc_layout_name(layer->weights->info.layout));
     return CONDCONV_STATUS_SUCCESS;
 }
 

@@ -51,6 +51,11 @@ static cc_fused_args make_args(const struct condconv_layer *layer, const cc_geom
 static condconv_status fused_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
+    if (info->dtype != CONDCONV_DTYPE_F32 || info->layout != CONDCONV_LAYOUT_NCHW)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                       "%s: fused runs f32 NCHW layers so far (its tensor-core and channels-last versions are not "
+                       "written yet); this layer is %s %s",
+                       func, cc_dtype_name(info->dtype), cc_layout_name(info->layout));
     if (info->groups == info->in_channels)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: fused is for dense and grouped layers; this depthwise layer (groups == in_channels) runs "

@@ -3,7 +3,11 @@
  * grouped conv sees each group's filters together) into z, then
  * y = act(sum_e alpha_e (z_e + b_e)) in one epilogue kernel. E times the
  * MACs of the convolution, but cuDNN's dense kernels and no per-sample
- * filters; the workspace holds z, N*E*Cout*Ho*Wo floats. */
+ * filters; the workspace holds z, N*E*Cout*Ho*Wo elements. Any dtype and
+ * layout: cuDNN convolves NHWC natively (the layer keeps its filters in
+ * cuDNN's NHWC filter order for it), and z is stored in the layer's dtype,
+ * so each expert's output is rounded once before the combination sums
+ * them in f32. */
 #include <limits.h>
 
 #include "algo.h"
@@ -33,7 +37,7 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     const condconv_layer_info *info = &layer->weights->info;
     state->algo = CONDCONV_ALGO_MIXTURE;
     state->math = math;
-    cc_plan_gather_for_padding(layer, geom, state);
+    cc_plan_gather_for_cudnn(layer, geom, 0, state);
     /* A static conv over the real batch with E*Cout filters. */
     cc_conv_shape shape = cc_conv_shape_for(layer, geom, state);
     shape.n = geom->n;
@@ -44,7 +48,7 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     state->has_conv = 1;
     cc_cudnn_conv_describe(&state->conv, state->backend, sizeof state->backend);
 
-    const size_t z_bytes = sizeof(float) * (size_t)geom->y_elems * (size_t)info->num_experts;
+    const size_t z_bytes = cc_dtype_size(info->dtype) * (size_t)geom->y_elems * (size_t)info->num_experts;
     state->off_gather = 0;
     state->off_z = cc_align256(cc_gather_bytes(state));
     state->off_conv_workspace = state->off_z + cc_align256(z_bytes);
@@ -56,8 +60,8 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
                                    const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
-    float *z = (float *)(void *)(buffers->workspace + state->off_z);
-    const float *x;
+    void *z = buffers->workspace + state->off_z;
+    const void *x;
     CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
     CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, layer->weights->dev_experts_grouped, NULL,
@@ -66,8 +70,9 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
     CC_TRY(st);
     CC_PHASE_BEGIN(CC_PHASE_EPILOGUE, "condconv.epilogue", layer->ctx->stream);
     const cudaError_t err = cc_launch_mixture_combine(
-        z, buffers->alpha, layer->weights->dev_expert_bias, buffers->y, geom->n, info->out_channels, info->groups,
-        info->num_experts, (long long)geom->out_h * geom->out_w, (int)info->activation, layer->ctx->stream);
+        (int)info->dtype, (int)info->layout, z, buffers->alpha, layer->weights->dev_expert_bias, buffers->y, geom->n,
+        info->out_channels, info->groups, info->num_experts, (long long)geom->out_h * geom->out_w,
+        (int)info->activation, layer->ctx->stream);
     CC_PHASE_END(CC_PHASE_EPILOGUE, layer->ctx->stream);
     return cc_cuda_status(err, "cc_launch_mixture_combine", func);
 }

@@ -10,6 +10,7 @@
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
+#include "layer.h"
 
 /* Algorithms needing more workspace than this are not considered. */
 #define CC_CUDNN_MAX_WORKSPACE ((size_t)1 << 30)
@@ -34,13 +35,38 @@ void cc_cudnn_conv_destroy(cc_cudnn_conv *conv)
 /* Strict f32 accepts only FMA kernels that sum directly: cuDNN's DEFAULT math
  * permits TF32 on Ampere and later, which would silently cost ~3 decimal
  * digits, and the FFT and Winograd algorithms transform the operands (an H200
- * run measured 7e-3 relative error from one on a 5x5 layer). */
-static int math_allowed(condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
+ * run measured 7e-3 relative error from one on a 5x5 layer). Half-precision
+ * data runs on tensor cores with f32 accumulation, but also sums directly:
+ * transforms in 16-bit data would add their rounding to the one the storage
+ * type already costs. */
+static int math_allowed(const cc_conv_shape *s, condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
 {
+    const int transform = algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+                          algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
+                          algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+    if (s->dtype != CONDCONV_DTYPE_F32) return !transform;
     if (math == CONDCONV_MATH_TF32) return 1;
-    if (t != CUDNN_FMA_MATH) return 0;
-    return algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT && algo != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
-           algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD && algo != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+    return t == CUDNN_FMA_MATH && !transform;
+}
+
+static cudnnDataType_t data_type(condconv_dtype dtype)
+{
+    return dtype == CONDCONV_DTYPE_F16    ? CUDNN_DATA_HALF
+           : dtype == CONDCONV_DTYPE_BF16 ? CUDNN_DATA_BFLOAT16
+                                          : CUDNN_DATA_FLOAT;
+}
+
+static size_t x_bytes(const cc_conv_shape *s)
+{
+    return cc_dtype_size(s->dtype) * (size_t)s->n * (size_t)s->c * (size_t)s->h * (size_t)s->w;
+}
+static size_t w_bytes(const cc_conv_shape *s)
+{
+    return cc_dtype_size(s->dtype) * (size_t)s->k * (size_t)(s->c / s->groups) * (size_t)s->r * (size_t)s->s;
+}
+static size_t y_bytes(const cc_conv_shape *s)
+{
+    return cc_dtype_size(s->dtype) * (size_t)s->n * (size_t)s->k * (size_t)s->out_h * (size_t)s->out_w;
 }
 
 /* Runs the convolution once on scratch buffers: cuDNN's ranking sometimes
@@ -50,10 +76,9 @@ static condconv_status try_run(condconv_context_t ctx, const cc_conv_shape *s, c
                                const cc_cudnn_conv *conv, const char *func)
 {
     void *x, *w, *y, *ws;
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s, &w,
-                          func));
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, x_bytes(s), &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, w_bytes(s), &w, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, y_bytes(s), &y, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, conv->workspace_bytes, &ws, func));
     return cc_cudnn_conv_run(ctx, conv, x, w, NULL, y, ws, func);
 }
@@ -61,15 +86,16 @@ static condconv_status try_run(condconv_context_t ctx, const cc_conv_shape *s, c
 static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math math, cc_cudnn_conv *conv,
                                        const char *func)
 {
+    const cudnnDataType_t type = data_type(s->dtype);
+    const cudnnTensorFormat_t format = s->layout == CONDCONV_LAYOUT_NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    conv->dtype = s->dtype;
     CC_CUDNN_TRY(cudnnCreateTensorDescriptor(&conv->x_desc), func);
     CC_CUDNN_TRY(cudnnCreateTensorDescriptor(&conv->y_desc), func);
     CC_CUDNN_TRY(cudnnCreateFilterDescriptor(&conv->w_desc), func);
     CC_CUDNN_TRY(cudnnCreateConvolutionDescriptor(&conv->conv_desc), func);
-    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->n, s->c, s->h, s->w),
-                 func);
-    CC_CUDNN_TRY(cudnnSetFilter4dDescriptor(conv->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->k, s->c / s->groups,
-                                            s->r, s->s),
-                 func);
+    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->x_desc, format, type, s->n, s->c, s->h, s->w), func);
+    CC_CUDNN_TRY(cudnnSetFilter4dDescriptor(conv->w_desc, type, format, s->k, s->c / s->groups, s->r, s->s), func);
+    /* f32 accumulation for every dtype (half data: "pseudo-half" config). */
     CC_CUDNN_TRY(cudnnSetConvolution2dDescriptor(conv->conv_desc, s->pad_h, s->pad_w, s->stride_h, s->stride_w,
                                                  s->dilation_h, s->dilation_w, CUDNN_CROSS_CORRELATION,
                                                  CUDNN_DATA_FLOAT),
@@ -77,10 +103,12 @@ static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math mat
     CC_CUDNN_TRY(cudnnSetConvolutionGroupCount(conv->conv_desc, s->groups), func);
     /* For f32 data, TF32 tensor cores are what CUDNN_DEFAULT_MATH permits on
      * Ampere and later (PyTorch's allow_tf32 sets the same); TENSOR_OP_MATH
-     * only permits tensor cores without down-converting the operands. */
-    CC_CUDNN_TRY(
-        cudnnSetConvolutionMathType(conv->conv_desc, math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
-        func);
+     * only permits tensor cores without down-converting the operands. Half
+     * data always may use tensor cores. */
+    const cudnnMathType_t math_type = s->dtype != CONDCONV_DTYPE_F32 ? CUDNN_TENSOR_OP_MATH
+                                      : math == CONDCONV_MATH_TF32   ? CUDNN_DEFAULT_MATH
+                                                                     : CUDNN_FMA_MATH;
+    CC_CUDNN_TRY(cudnnSetConvolutionMathType(conv->conv_desc, math_type), func);
     int on, oc, oh, ow;
     CC_CUDNN_TRY(cudnnGetConvolution2dForwardOutputDim(conv->conv_desc, conv->x_desc, conv->w_desc, &on, &oc, &oh, &ow),
                  func);
@@ -88,9 +116,7 @@ static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math mat
         return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR,
                        "%s: cuDNN computes output %dx%dx%dx%d where condconv expects %dx%dx%dx%d", func, on, oc, oh, ow,
                        s->n, s->k, s->out_h, s->out_w);
-    CC_CUDNN_TRY(
-        cudnnSetTensor4dDescriptor(conv->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->n, s->k, s->out_h, s->out_w),
-        func);
+    CC_CUDNN_TRY(cudnnSetTensor4dDescriptor(conv->y_desc, format, type, s->n, s->k, s->out_h, s->out_w), func);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -113,11 +139,9 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
                 perf[i].memory > max_ws)
                 max_ws = perf[i].memory;
         void *x, *w, *y, *ws;
-        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
-        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s,
-                              &w, func));
-        CC_TRY(
-            cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y, func));
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, x_bytes(s), &x, func));
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, w_bytes(s), &w, func));
+        CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, y_bytes(s), &y, func));
         CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, max_ws, &ws, func));
         CC_CUDNN_TRY(cudnnFindConvolutionForwardAlgorithmEx(
                          ctx->cudnn, conv->x_desc, x, conv->w_desc, w, conv->conv_desc, conv->y_desc, y,
@@ -128,7 +152,7 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
      * Find has run its choices already; a heuristic choice is run once here. */
     for (int i = 0; i < returned; ++i) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CC_CUDNN_MAX_WORKSPACE ||
-            !math_allowed(math, perf[i].algo, perf[i].mathType))
+            !math_allowed(s, math, perf[i].algo, perf[i].mathType))
             continue;
         conv->algo = perf[i].algo;
         conv->math_type = perf[i].mathType;
@@ -157,10 +181,9 @@ static condconv_status try_fused_bias_relu(condconv_context_t ctx, const cc_conv
     CC_CUDNN_TRY(cudnnCreateActivationDescriptor(&conv->relu_desc), func);
     CC_CUDNN_TRY(cudnnSetActivationDescriptor(conv->relu_desc, CUDNN_ACTIVATION_RELU, CUDNN_PROPAGATE_NAN, 0.0), func);
     void *x, *w, *y, *b, *ws;
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)s->n * s->c * s->h * s->w, &x, func));
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, sizeof(float) * (size_t)s->k * (s->c / s->groups) * s->r * s->s, &w,
-                          func));
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)s->n * s->k * s->out_h * s->out_w, &y, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, x_bytes(s), &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, w_bytes(s), &w, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, y_bytes(s), &y, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)s->k, &b, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, conv->workspace_bytes, &ws, func));
     conv->fused_bias_relu = 1;
@@ -179,13 +202,14 @@ condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape
     memset(conv, 0, sizeof *conv);
     condconv_status st = set_descriptors(shape, math, conv, func);
     if (st == CONDCONV_STATUS_SUCCESS) st = choose_algorithm(ctx, shape, math, select, scratch, conv, func);
-    if (st == CONDCONV_STATUS_SUCCESS && want_bias_relu) st = try_fused_bias_relu(ctx, shape, scratch, conv, func);
+    if (st == CONDCONV_STATUS_SUCCESS && want_bias_relu && shape->dtype == CONDCONV_DTYPE_F32)
+        st = try_fused_bias_relu(ctx, shape, scratch, conv, func);
     if (st != CONDCONV_STATUS_SUCCESS) cc_cudnn_conv_destroy(conv);
     return st;
 }
 
-condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const float *x, const float *w,
-                                  const float *bias, float *y, void *workspace, const char *func)
+condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const void *x, const void *w,
+                                  const float *bias, void *y, void *workspace, const char *func)
 {
     const float one = 1.0f, zero = 0.0f;
     if (conv->fused_bias_relu) {
@@ -223,7 +247,10 @@ void cc_cudnn_conv_describe(const cc_cudnn_conv *conv, char *out, size_t out_len
 {
     /* FMA is strict f32; DEFAULT lets cuDNN use TF32 tensor cores; the
      * TENSOR_OP variants are never chosen for f32 data here. */
-    snprintf(out, out_len, "cuDNN %s, %s%s", cc_cudnn_fwd_algo_name(conv->algo),
-             conv->math_type == CUDNN_FMA_MATH ? "fma" : "tf32 allowed",
+    const char *math = conv->math_type == CUDNN_FMA_MATH       ? "fma"
+                       : conv->dtype != CONDCONV_DTYPE_F32     ? "tensor ops, f32 accumulation"
+                       : conv->math_type == CUDNN_DEFAULT_MATH ? "tf32 allowed"
+                                                               : "tensor ops";
+    snprintf(out, out_len, "cuDNN %s %s, %s%s", cc_dtype_name(conv->dtype), cc_cudnn_fwd_algo_name(conv->algo), math,
              conv->fused_bias_relu ? ", bias+relu fused" : "");
 }

@@ -11,8 +11,10 @@
 #include "scratch.h"
 
 typedef struct cc_conv_shape {
-    int n, c, h, w; /* input */
-    int k, r, s;    /* filters: k x (c / groups) x r x s */
+    condconv_dtype dtype;   /* x, w and y; f32 accumulation */
+    condconv_layout layout; /* x and y; NHWC filters are [k][r][s][c/groups] */
+    int n, c, h, w;         /* input */
+    int k, r, s;            /* filters: k x (c / groups) x r x s */
     int groups;
     int pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
     int out_h, out_w; /* what the caller expects; checked against cuDNN */
@@ -24,22 +26,24 @@ typedef struct cc_cudnn_conv {
     cudnnConvolutionDescriptor_t conv_desc;
     cudnnActivationDescriptor_t relu_desc;
     cudnnConvolutionFwdAlgo_t algo;
-    cudnnMathType_t math_type; /* what the chosen algorithm runs: FMA, or DEFAULT (TF32 permitted) */
+    cudnnMathType_t math_type; /* what the chosen algorithm runs: FMA, DEFAULT (f32: TF32 permitted), TENSOR_OP */
+    condconv_dtype dtype;
     size_t workspace_bytes;
     int fused_bias_relu; /* run as cudnnConvolutionBiasActivationForward with a [1][k][1][1] bias */
     float measured_ms;   /* cudnnFind's time for the chosen algorithm, < 0 when not measured */
 } cc_cudnn_conv;
 
 /* Creates the descriptors and chooses the algorithm. want_bias_relu asks
- * for the fused bias + ReLU call; it is kept only if cuDNN accepts it for the
- * chosen algorithm (tried once on scratch memory). */
+ * for the fused bias + ReLU call (f32 only: its bias is f32); it is kept
+ * only if cuDNN accepts it for the chosen algorithm (tried once on scratch
+ * memory). */
 condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
                                      condconv_algo_select select, int want_bias_relu, cc_scratch *scratch,
                                      cc_cudnn_conv *conv, const char *func);
 
 /* y = conv(x, w), or y = relu(conv(x, w) + bias) when fused_bias_relu. */
-condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const float *x, const float *w,
-                                  const float *bias, float *y, void *workspace, const char *func);
+condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const void *x, const void *w,
+                                  const float *bias, void *y, void *workspace, const char *func);
 
 void cc_cudnn_conv_destroy(cc_cudnn_conv *conv);
 

@@ -60,13 +60,14 @@ static int ranges_overlap(const void *a, uint64_t a_bytes, const void *b, uint64
 }
 
 /* x, y and the routing weights need the alignment of their element type
- * (4 bytes for f32): cuDNN and cuBLAS require it; our kernels test for 16
- * bytes at launch and take their scalar paths otherwise. */
-static condconv_status check_element_alignment(const void *ptr, const char *name, const char *func)
+ * (the layer's dtype for x and y, f32 for routing weights): cuDNN and
+ * cuBLAS require it; our kernels test for 16 bytes at launch and take their
+ * scalar paths otherwise. */
+static condconv_status check_element_alignment(const void *ptr, size_t elem, const char *name, const char *func)
 {
-    if (ptr != NULL && (uintptr_t)ptr % sizeof(float) != 0)
+    if (ptr != NULL && (uintptr_t)ptr % elem != 0)
         return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: %s %p is not %zu-byte aligned (its element size)", func, name,
-                       ptr, sizeof(float));
+                       ptr, elem);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -77,12 +78,12 @@ condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, co
     cc_geometry geom = {0};
     CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
-    CC_TRY(cc_require_gpu_format(&layer->weights->info, func));
-    CC_TRY(check_element_alignment(x, "x", func));
-    CC_TRY(check_element_alignment(y, "y", func));
-    CC_TRY(check_element_alignment(routing_in, "routing_in", func));
-    CC_TRY(check_element_alignment(routing_out, "routing_out", func));
-    if (ranges_overlap(x, geom.x_elems * sizeof(float), y, geom.y_elems * sizeof(float)))
+    const size_t elem = cc_dtype_size(layer->weights->info.dtype);
+    CC_TRY(check_element_alignment(x, elem, "x", func));
+    CC_TRY(check_element_alignment(y, elem, "y", func));
+    CC_TRY(check_element_alignment(routing_in, sizeof(float), "routing_in", func));
+    CC_TRY(check_element_alignment(routing_out, sizeof(float), "routing_out", func));
+    if (ranges_overlap(x, geom.x_elems * elem, y, geom.y_elems * elem))
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: x and y overlap; the forward cannot run in place", func);
     cc_plan *plan;
     CC_TRY(cc_plan_get(layer, n, h, w, &plan, func));
@@ -115,9 +116,8 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
-    CC_TRY(cc_require_gpu_format(info, func));
-    CC_TRY(check_element_alignment(x, "x", func));
-    CC_TRY(check_element_alignment(routing_out, "routing_out", func));
+    CC_TRY(check_element_alignment(x, cc_dtype_size(info->dtype), "x", func));
+    CC_TRY(check_element_alignment(routing_out, sizeof(float), "routing_out", func));
     CC_TRY(cc_context_set_device(layer->ctx, func));
     /* A prepared shape routes with its plan's split over blocks; any other
      * with one block per sample (no buffers needed, so nothing allocated). */

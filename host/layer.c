@@ -40,48 +40,73 @@ static void free_weights_memory(cc_weights *w)
     free(w);
 }
 
-/* Experts [E][g][Cout/g][rest] -> [g][E][Cout/g][rest]. */
+/* The mixture's filters: experts [E][g][Cout/g][Cin/g][kh][kw] ->
+ * [g][E][Cout/g][Cin/g][kh][kw], or with channels last in each filter,
+ * [g][E][Cout/g][kh][kw][Cin/g], for NHWC layers (layer.h). */
 static void group_major_experts(const cc_weights *w, float *dst)
 {
     const condconv_layer_info *info = &w->info;
     const size_t g = (size_t)info->groups, E = (size_t)info->num_experts;
-    const size_t group_block = (size_t)w->sizes.filter_elems / g; /* (Cout/g) * Cin/g * kh * kw */
+    const size_t cout_g = (size_t)info->out_channels / g, cin_g = (size_t)info->in_channels / g;
+    const size_t taps = (size_t)info->kernel_h * (size_t)info->kernel_w;
+    const int nhwc = info->layout == CONDCONV_LAYOUT_NHWC;
     for (size_t gi = 0; gi < g; ++gi)
         for (size_t e = 0; e < E; ++e)
-            memcpy(dst + (gi * E + e) * group_block, w->experts + (e * g + gi) * group_block,
-                   group_block * sizeof(float));
+            for (size_t o = 0; o < cout_g; ++o) {
+                const float *src = w->experts + ((e * g + gi) * cout_g + o) * cin_g * taps;
+                float *out = dst + ((gi * E + e) * cout_g + o) * cin_g * taps;
+                for (size_t c = 0; c < cin_g; ++c)
+                    for (size_t t = 0; t < taps; ++t) out[nhwc ? t * cin_g + c : c * taps + t] = src[c * taps + t];
+            }
 }
 
 static condconv_status upload_weights(cc_weights *w, const char *func)
 {
     const condconv_layer_info *info = &w->info;
     const size_t E = (size_t)info->num_experts, C = (size_t)info->in_channels;
-    const size_t experts_bytes = (size_t)w->sizes.experts_elems * sizeof(float);
-    const size_t grouped_bytes = info->groups > 1 ? experts_bytes : 0;
+    const size_t elem = cc_dtype_size(info->dtype);
+    const size_t experts_elems = (size_t)w->sizes.experts_elems;
+    const size_t experts_bytes = experts_elems * elem;
+    /* An NHWC layer's static filters differ from the experts' order even
+     * with one group. */
+    const int need_grouped = info->groups > 1 || info->layout == CONDCONV_LAYOUT_NHWC;
+    const size_t grouped_bytes = need_grouped ? experts_bytes : 0;
     const size_t bias_bytes = (size_t)w->sizes.bias_elems * sizeof(float);
     const size_t rw_bytes = (size_t)w->sizes.routing_weight_elems * sizeof(float);
     const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
-    /* The fused algorithm reads its own packing; depthwise layers never run it. */
-    const int depthwise = info->groups == info->in_channels;
-    const size_t fused_bytes = depthwise ? 0
-                                         : cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
-                                                                 info->kernel_h, info->kernel_w, info->num_experts) *
-                                               sizeof(float);
+    /* The fused algorithm reads its own packing; it runs f32 NCHW dense and
+     * grouped layers only. */
+    const int fused =
+        info->groups != info->in_channels && info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW;
+    const size_t fused_bytes = fused ? cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
+                                                             info->kernel_h, info->kernel_w, info->num_experts) *
+                                           sizeof(float)
+                                     : 0;
     const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) + align_up(rw_bytes) +
                          align_up(rb_bytes) + align_up(fused_bytes);
     if (total < experts_bytes)
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the device copy of the parameters overflows size_t", func);
-    CC_CUDA_TRY(cudaMalloc(&w->dev_block, total), func);
 
-    /* Stage everything in one host buffer so that one copy uploads it. */
+    /* Stage everything in one host buffer so that one copy uploads it. The
+     * experts are rounded back to the dtype: exact, since the host copy holds
+     * the dtype's own values. */
     unsigned char *staging = calloc(1, total);
-    if (staging == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+    float *reordered = need_grouped ? malloc(experts_elems * sizeof(float)) : NULL;
+    if (staging == NULL || (need_grouped && reordered == NULL)) {
+        free(staging);
+        free(reordered);
+        return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
+    }
     size_t offset = 0;
     const size_t experts_at = offset;
-    memcpy(staging + offset, w->experts, experts_bytes);
+    cc_dtype_store(info->dtype, w->experts, staging + offset, experts_elems);
     offset += align_up(experts_bytes);
     const size_t grouped_at = grouped_bytes ? offset : experts_at;
-    if (grouped_bytes) group_major_experts(w, (float *)(void *)(staging + offset));
+    if (grouped_bytes) {
+        group_major_experts(w, reordered);
+        cc_dtype_store(info->dtype, reordered, staging + offset, experts_elems);
+    }
+    free(reordered);
     offset += align_up(grouped_bytes);
     const size_t bias_at = offset;
     if (bias_bytes) memcpy(staging + offset, w->expert_bias, bias_bytes);
@@ -103,6 +128,7 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
         free(staging);
         return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR, "%s: packing the experts for the fused algorithm failed", func);
     }
+    condconv_status s = cc_cuda_status(cudaMalloc(&w->dev_block, total), "cudaMalloc", func);
 
     /* condconv_layer_create is synchronous: the parameters must be on the device
      * before it returns, whatever stream the first forward runs on. A pageable
@@ -110,8 +136,9 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
      * non-blocking stream and wait for that stream alone (never the whole device:
      * other workers may be running forwards). */
     cudaStream_t upload = NULL;
-    condconv_status s =
-        cc_cuda_status(cudaStreamCreateWithFlags(&upload, cudaStreamNonBlocking), "cudaStreamCreateWithFlags", func);
+    if (s == CONDCONV_STATUS_SUCCESS)
+        s = cc_cuda_status(cudaStreamCreateWithFlags(&upload, cudaStreamNonBlocking), "cudaStreamCreateWithFlags",
+                           func);
     if (s == CONDCONV_STATUS_SUCCESS)
         s = cc_cuda_status(cudaMemcpyAsync(w->dev_block, staging, total, cudaMemcpyHostToDevice, upload),
                            "cudaMemcpyAsync(parameters)", func);
@@ -121,8 +148,8 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     free(staging);
     if (s != CONDCONV_STATUS_SUCCESS) return s;
     const unsigned char *base = w->dev_block;
-    w->dev_experts = (const float *)(const void *)(base + experts_at);
-    w->dev_experts_grouped = (const float *)(const void *)(base + grouped_at);
+    w->dev_experts = base + experts_at;
+    w->dev_experts_grouped = base + grouped_at;
     w->dev_expert_bias = bias_bytes ? (const float *)(const void *)(base + bias_at) : NULL;
     w->dev_routing_weight_t = rw_bytes ? (const float *)(const void *)(base + rw_at) : NULL;
     w->dev_routing_bias = rb_bytes ? (const float *)(const void *)(base + rb_at) : NULL;
@@ -257,15 +284,9 @@ condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n
     return CONDCONV_STATUS_SUCCESS;
 }
 
-condconv_status cc_require_gpu_format(const condconv_layer_info *info, const char *func)
+const char *cc_dtype_name(condconv_dtype dtype)
 {
-    if (info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW) return CONDCONV_STATUS_SUCCESS;
-    return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                   "%s: the GPU algorithms run f32 NCHW layers only so far; this %s %s layer runs on the CPU "
-                   "reference path (condconv_forward_cpu)",
-                   func,
-                   info->dtype == CONDCONV_DTYPE_F16    ? "f16"
-                   : info->dtype == CONDCONV_DTYPE_BF16 ? "bf16"
-                                                        : "f32",
-                   info->layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW");
+    return dtype == CONDCONV_DTYPE_F16 ? "f16" : dtype == CONDCONV_DTYPE_BF16 ? "bf16" : "f32";
 }
+
+const char *cc_layout_name(condconv_layout layout) { return layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW"; }

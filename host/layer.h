@@ -22,12 +22,19 @@ typedef struct cc_weights {
     float *expert_bias;    /* [E][Cout] or NULL */
     float *routing_weight; /* [E][Cin] or NULL with external routing */
     float *routing_bias;   /* [E] or NULL with external routing */
-    /* Device copy: one allocation, carved in 256-byte aligned pieces. */
+    /* Device copy: one allocation, carved in 256-byte aligned pieces. The
+     * experts are in the layer's dtype (what the kernels, cuDNN and cuBLAS
+     * read); biases and the routing function are f32 (exact conversions of
+     * the dtype's values: they are added and accumulated in f32 anyway). */
     void *dev_block;
-    const float *dev_experts;          /* [E][Cout][Cin/g][kh][kw] */
-    const float *dev_experts_grouped;  /* [g][E][Cout/g][Cin/g][kh][kw]: filters of a static conv with E*Cout
-                                          outputs, in the order a grouped conv wants (= dev_experts if g == 1) */
-    const float *dev_experts_fused;    /* the fused algorithm's packing (kernels/fused_conv.h), NULL for depthwise */
+    const void *dev_experts; /* [E][Cout][Cin/g][kh][kw] */
+    /* Filters of the mixture's static conv with E*Cout outputs, in the order a
+     * grouped conv wants: [g][E][Cout/g][Cin/g][kh][kw] for NCHW layers (=
+     * dev_experts if g == 1), [g][E][Cout/g][kh][kw][Cin/g] (cuDNN's NHWC
+     * filter format) for NHWC layers. */
+    const void *dev_experts_grouped;
+    const float *dev_experts_fused;    /* the fused algorithm's packing (kernels/fused_conv.h); f32 NCHW non-depthwise
+                                          layers only, else NULL */
     const float *dev_expert_bias;      /* [E][Cout] or NULL */
     const float *dev_routing_weight_t; /* [Cin][E]: transposed, so a warp reads one channel's E weights at once */
     const float *dev_routing_bias;     /* [E] */
@@ -49,9 +56,9 @@ cc_host_params cc_layer_host_params(const struct condconv_layer *layer);
 condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
                                        const void *y, const void *routing_in, cc_geometry *geom, const char *func);
 
-/* NOT_SUPPORTED unless the GPU path runs the layer's dtype and layout
- * (f32 NCHW so far; f16, bf16 and NHWC run on the CPU reference path). */
-condconv_status cc_require_gpu_format(const condconv_layer_info *info, const char *func);
+/* "f32", "f16" or "bf16"; "NCHW" or "NHWC" (for messages). */
+const char *cc_dtype_name(condconv_dtype dtype);
+const char *cc_layout_name(condconv_layout layout);
 
 /* Frees the plans of a layer (plan.c). */
 void cc_layer_release_plans(struct condconv_layer *layer);

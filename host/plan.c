@@ -50,18 +50,18 @@ void cc_layer_release_plans(struct condconv_layer *layer)
 }
 
 condconv_status cc_plan_route(const struct condconv_layer *layer, const cc_plan *plan, int n, int h, int w,
-                              const float *x, float *alpha, const char *func)
+                              const void *x, float *alpha, const char *func)
 {
     const cc_weights *wt = layer->weights;
     const condconv_layer_info *info = &wt->info;
     const cudaStream_t stream = layer->ctx->stream;
     const int split = plan != NULL && plan->routing_block != NULL;
     CC_PHASE_BEGIN(CC_PHASE_ROUTE, "condconv.route", stream);
-    const cudaError_t err =
-        cc_launch_routing(x, wt->dev_routing_weight_t, wt->dev_routing_bias, alpha, n, info->in_channels,
-                          (long long)h * w, info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX,
-                          1.0f / info->temperature, split ? plan->routing_splits : 1,
-                          split ? plan->routing_partial : NULL, split ? plan->routing_counters : NULL, stream);
+    const cudaError_t err = cc_launch_routing(
+        (int)info->dtype, (int)info->layout, x, wt->dev_routing_weight_t, wt->dev_routing_bias, alpha, n,
+        info->in_channels, (long long)h * w, info->num_experts, info->routing == CONDCONV_ROUTING_SOFTMAX,
+        1.0f / info->temperature, split ? plan->routing_splits : 1, split ? plan->routing_partial : NULL,
+        split ? plan->routing_counters : NULL, stream);
     CC_PHASE_END(CC_PHASE_ROUTE, stream);
     return cc_cuda_status(err, "cc_launch_routing", func);
 }
@@ -97,23 +97,19 @@ static condconv_status routing_buffers_create(const struct condconv_layer *layer
     return CONDCONV_STATUS_SUCCESS;
 }
 
-condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const float *x, float *y,
+condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const void *x, void *y,
                                 const float *routing_in, float *routing_out, void *workspace, const char *func)
 {
     const cc_weights *w = layer->weights;
     const condconv_layer_info *info = &w->info;
     const cudaStream_t stream = layer->ctx->stream;
-    const float *alpha;
+    const float *alpha = routing_in;
     CC_PHASE_BEGIN(CC_PHASE_FORWARD, "condconv.forward", stream);
     condconv_status st = CONDCONV_STATUS_SUCCESS;
-    if (info->routing == CONDCONV_ROUTING_EXTERNAL) {
-        alpha = routing_in;
-        if (routing_out != NULL && routing_out != routing_in)
-            st = cc_cuda_status(cudaMemcpyAsync(routing_out, routing_in, sizeof(float) * (size_t)plan->geom.alpha_elems,
-                                                cudaMemcpyDeviceToDevice, stream),
-                                "cudaMemcpyAsync(routing_out)", func);
-    } else {
-        float *dst = routing_out != NULL ? routing_out : (float *)workspace;
+    if (info->routing != CONDCONV_ROUTING_EXTERNAL) {
+        /* Into the workspace's alpha slot, never straight into routing_out:
+         * a launch failing later must leave routing_out untouched. */
+        float *dst = (float *)workspace;
         st = cc_plan_route(layer, plan, plan->n, plan->h, plan->w, x, dst, func);
         alpha = dst;
     }
@@ -121,6 +117,10 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
         const cc_forward_buffers buffers = {x, y, alpha, (unsigned char *)workspace + plan->alpha_bytes};
         st = cc_algo_lookup(plan->state.algo)->run(layer, &plan->geom, &plan->state, &buffers, func);
     }
+    if (st == CONDCONV_STATUS_SUCCESS && routing_out != NULL && routing_out != alpha)
+        st = cc_cuda_status(cudaMemcpyAsync(routing_out, alpha, sizeof(float) * (size_t)plan->geom.alpha_elems,
+                                            cudaMemcpyDeviceToDevice, stream),
+                            "cudaMemcpyAsync(routing_out)", func);
     CC_PHASE_END(CC_PHASE_FORWARD, stream);
     return st;
 }
@@ -139,8 +139,9 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
                                  float give_up_us, float *median_us, const char *func)
 {
     void *x, *y, *alpha, *ws;
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, sizeof(float) * (size_t)plan->geom.x_elems, &x, func));
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, sizeof(float) * (size_t)plan->geom.y_elems, &y, func));
+    const size_t elem = cc_dtype_size(layer->weights->info.dtype);
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, elem * (size_t)plan->geom.x_elems, &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, elem * (size_t)plan->geom.y_elems, &y, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)plan->geom.alpha_elems, &alpha, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, plan->workspace_bytes, &ws, func));
     cudaEvent_t start = NULL, stop = NULL;
@@ -178,7 +179,9 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
  * layers; for larger kernels at batch 1, cuDNN (the "grouped" conv is then
  * an ordinary one), and at larger batches im2col + batched GEMM, which
  * avoids cuDNN's slow grouped kernels, unless its im2col buffer would exceed
- * CC_HEURISTIC_MAX_IM2COL. Writes the ranking into order[] (applicable
+ * CC_HEURISTIC_MAX_IM2COL. NHWC layers prefer the GEMM at batch 1 too: it
+ * is the natural channels-last form, where cuDNN with the batch as groups
+ * must transpose the input and the output. Writes the ranking into order[] (applicable
  * algorithms only, best first) and returns how many; why[] the reasons. */
 #define CC_HEURISTIC_MAX_IM2COL ((uint64_t)256 << 20)
 
@@ -187,7 +190,8 @@ static int heuristic_ranking(const struct condconv_layer *layer, const cc_geomet
                              const char *why[CONDCONV_ALGO_COUNT])
 {
     const condconv_layer_info *info = &layer->weights->info;
-    const uint64_t im2col_bytes = sizeof(float) * geom->x_elems / ((uint64_t)geom->h * (uint64_t)geom->w) *
+    const int nhwc = info->layout == CONDCONV_LAYOUT_NHWC;
+    const uint64_t im2col_bytes = cc_dtype_size(info->dtype) * geom->x_elems / ((uint64_t)geom->h * (uint64_t)geom->w) *
                                   (uint64_t)info->kernel_h * (uint64_t)info->kernel_w * (uint64_t)geom->out_h *
                                   (uint64_t)geom->out_w;
     const int pointwise = info->kernel_h == 1 && info->kernel_w == 1;
@@ -198,9 +202,10 @@ static int heuristic_ranking(const struct condconv_layer *layer, const cc_geomet
     reasons[count++] = "heuristic: depthwise layer, filters mixed inside the kernel";
     /* The fused kernel is ranked below the batched GEMM until a GPU run has
      * measured it: the rule keeps to what was measured (bench/results). */
-    if (pointwise || (geom->n > 1 && im2col_bytes <= CC_HEURISTIC_MAX_IM2COL)) {
+    if (pointwise || ((geom->n > 1 || nhwc) && im2col_bytes <= CC_HEURISTIC_MAX_IM2COL)) {
         ranked[count] = CONDCONV_ALGO_GEMM_BATCHED;
-        reasons[count++] = pointwise ? "heuristic: 1x1 layer, one strided-batched GEMM"
+        reasons[count++] = pointwise ? "heuristic: 1x1 layer, strided-batched GEMM"
+                           : nhwc    ? "heuristic: NHWC layer, im2col + strided-batched GEMM"
                                      : "heuristic: batch > 1, im2col + strided-batched GEMM";
         ranked[count] = CONDCONV_ALGO_CUDNN_GROUPED;
         reasons[count++] = "heuristic: fallback to cuDNN with the batch as groups";
@@ -339,7 +344,6 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
 {
     condconv_context_t ctx = layer->ctx;
     const condconv_layer_info *info = &layer->weights->info;
-    CC_TRY(cc_require_gpu_format(info, func));
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(check_not_capturing(ctx, func));

@@ -37,11 +37,14 @@ condconv_status cc_plan_get(struct condconv_layer *layer, int n, int h, int w, c
 /* The routing kernel on the context's stream, split as the plan says (plan
  * may be NULL: one block per sample). */
 condconv_status cc_plan_route(const struct condconv_layer *layer, const cc_plan *plan, int n, int h, int w,
-                              const float *x, float *alpha, const char *func);
+                              const void *x, float *alpha, const char *func);
 
-/* Routing (or the copy of external weights) then the algorithm, on the
- * context's stream. The workspace is at least plan->workspace_bytes. */
-condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const float *x, float *y,
+/* Routing into the workspace (or external weights read in place), then the
+ * algorithm, then the copy of the routing weights into routing_out (if not
+ * NULL), on the context's stream: routing_out is written only after every
+ * launch of the forward has been accepted. The workspace is at least
+ * plan->workspace_bytes. */
+condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_plan *plan, const void *x, void *y,
                                 const float *routing_in, float *routing_out, void *workspace, const char *func);
 
 #endif

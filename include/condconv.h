@@ -17,7 +17,8 @@
  * and its outputs are untouched, with one exception: once condconv_forward
  * has passed its checks and begun launching work, a failure reported by CUDA,
  * cuDNN or cuBLAS (CONDCONV_STATUS_CUDA_ERROR, _CUDNN_ERROR, _CUBLAS_ERROR)
- * may leave y and routing_out partly written.
+ * may leave y partly written (routing_out is written last, only once every
+ * other launch of the forward has been accepted).
  *
  * Tensors are dense and row-major. With CONDCONV_LAYOUT_NCHW:
  *   input  x [N][Cin][H][W]      output y [N][Cout][Ho][Wo]
@@ -126,9 +127,14 @@ typedef enum condconv_activation {
     CONDCONV_ACTIVATION_SILU = 2 /* x * sigmoid(x), a.k.a. swish */
 } condconv_activation;
 
-/* f16 and bf16 layers and NHWC run on the CPU reference path; their GPU
- * algorithms are not implemented yet (condconv_prepare returns
- * CONDCONV_STATUS_NOT_SUPPORTED and says so). */
+/* Every algorithm but CONDCONV_ALGO_FUSED runs every dtype and layout
+ * (FUSED: f32 NCHW so far; it reports NOT_SUPPORTED otherwise). Half
+ * precision runs on tensor cores where cuDNN and cuBLAS have them, always
+ * with f32 accumulation. Where an algorithm must store intermediates, they
+ * are in the layer's dtype, rounded once: the per-sample filters of
+ * CUDNN_GROUPED and GEMM_BATCHED, and each expert's output of MIXTURE.
+ * Per-sample biases, routing weights and every sum are f32;
+ * DEPTHWISE_FUSED stores nothing. */
 typedef enum condconv_dtype {
     CONDCONV_DTYPE_F32 = 0,
     CONDCONV_DTYPE_F16 = 1, /* IEEE binary16 */
@@ -156,10 +162,13 @@ typedef enum condconv_padding_mode {
 /* How the convolution of a CondConv layer is computed on the GPU. */
 typedef enum condconv_algo {
     CONDCONV_ALGO_AUTO = 0,            /* choose per shape (measured or heuristic) */
-    CONDCONV_ALGO_CUDNN_GROUPED = 1,   /* aggregate per-sample kernels, cuDNN conv with batch as groups */
-    CONDCONV_ALGO_GEMM_BATCHED = 2,    /* any layer: aggregate, (im2col unless 1x1 s1), one batched GEMM */
+    CONDCONV_ALGO_CUDNN_GROUPED = 1,   /* aggregate per-sample kernels, cuDNN conv with batch as groups
+                                          (NHWC: transposed to NCHW and back, the batch folds only there) */
+    CONDCONV_ALGO_GEMM_BATCHED = 2,    /* any layer: aggregate, (im2col unless 1x1 s1), batched GEMM
+                                          (NHWC: Y_n[P][Cout] = X_n[P][K] W_n^T, one call per group) */
     CONDCONV_ALGO_DEPTHWISE_FUSED = 3, /* depthwise only: filters mixed inside the conv kernel */
-    CONDCONV_ALGO_MIXTURE = 4,         /* one static conv with E*Cout filters, then sum_e alpha_e y_e */
+    CONDCONV_ALGO_MIXTURE = 4,         /* one static conv with E*Cout filters, then sum_e alpha_e y_e
+                                          (NHWC native in cuDNN) */
     CONDCONV_ALGO_FUSED = 5,           /* dense/grouped: per-sample kernels mixed inside one conv kernel */
     CONDCONV_ALGO_COUNT = 6
 } condconv_algo;
@@ -385,8 +394,10 @@ typedef struct condconv_plan_info {
     /* 1 where the algorithm applies to this layer and shape. */
     int applicable[CONDCONV_ALGO_COUNT];
     char reason[160]; /* one line, e.g. "measured: gemm_batched 12.3 us < cudnn_grouped 40.1 us" */
-    /* What the chosen algorithm runs inside, e.g. "cuDNN implicit_precomp_gemm,
-     * fma", "cuBLAS strided-batched GEMM, f32 compute", "condconv kernel, fma". */
+    /* What the chosen algorithm runs inside, e.g. "cuDNN f16
+     * implicit_precomp_gemm, tensor ops, f32 accumulation", "cuBLAS
+     * strided-batched GEMM, f32 NCHW, f32 compute", "condconv kernel, bf16
+     * NHWC, f32 fma". */
     char backend[256];
 } condconv_plan_info;
 
@@ -394,7 +405,9 @@ typedef struct condconv_plan_info {
 CONDCONV_API condconv_status condconv_get_plan_info(condconv_layer_t layer, int n, int h, int w,
                                                     condconv_plan_info *info);
 
-/* Runs the layer on device memory: x [N][Cin][H][W] -> y [N][Cout][Ho][Wo].
+/* Runs the layer on device memory: x [N][Cin][H][W] -> y [N][Cout][Ho][Wo]
+ * (NHWC layers: [N][H][W][Cin] -> [N][Ho][Wo][Cout]), x and y in the layer's
+ * dtype and aligned to its element size.
  * routing_in: alpha [N][E] on the device, required with external routing and
  *   ignored otherwise.
  * routing_out: optional (NULL) device buffer [N][E] that receives the routing

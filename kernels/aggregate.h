@@ -5,13 +5,17 @@
 
 #include <cuda_runtime.h>
 
+#include "formats.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* experts [E][filter_elems], bias [E][cout] (or NULL), alpha [N][E]
- * -> filters [N][filter_elems], biases [N][cout] (ignored when bias is NULL). */
-cudaError_t cc_launch_aggregate(const float *experts, const float *bias, const float *alpha, float *filters,
+/* experts [E][filter_elems] and filters [N][filter_elems] in `dtype`
+ * (CC_DTYPE_*), accumulated in f32 and rounded once to dtype; bias [E][cout]
+ * (or NULL), alpha [N][E] and biases [N][cout] (ignored when bias is NULL)
+ * are f32 whatever the dtype. */
+cudaError_t cc_launch_aggregate(int dtype, const void *experts, const float *bias, const float *alpha, void *filters,
                                 float *biases, long long filter_elems, int cout, int n, int e, cudaStream_t stream);
 
 #ifdef __cplusplus

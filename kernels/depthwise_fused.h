@@ -7,16 +7,20 @@
 
 #include <cuda_runtime.h>
 
+#include "formats.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 typedef struct cc_depthwise_args {
-    const float *x;       /* [N][Cin][H][W] */
-    const float *experts; /* [E][Cout][1][kh][kw], Cout = multiplier * Cin */
-    const float *bias;    /* [E][Cout] or NULL */
-    const float *alpha;   /* [N][E] */
-    float *y;             /* [N][Cout][Ho][Wo] */
+    int dtype;           /* CC_DTYPE_*: x, experts and y; f32 accumulation */
+    int layout;          /* CC_LAYOUT_*: x and y */
+    const void *x;       /* [N][Cin][H][W] or [N][H][W][Cin] */
+    const void *experts; /* [E][Cout][1][kh][kw], Cout = multiplier * Cin */
+    const float *bias;   /* [E][Cout] or NULL, f32 */
+    const float *alpha;  /* [N][E], f32 */
+    void *y;             /* [N][Cout][Ho][Wo] or [N][Ho][Wo][Cout] */
     int n, in_channels, multiplier, experts_count;
     int h, w, out_h, out_w;
     int kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
@@ -27,8 +31,11 @@ typedef struct cc_depthwise_args {
 /* Largest dynamic shared memory the kernel may ask for (no opt-in needed). */
 #define CC_DEPTHWISE_MAX_SMEM ((size_t)48 * 1024)
 
-/* Shared memory one block needs, and the number of output tiles per plane;
- * the shape is supported iff smem <= CC_DEPTHWISE_MAX_SMEM and tiles <= 65535. */
+/* Shared memory one block needs, and the number of output tiles per plane
+ * (NCHW) or per sample (NHWC); the shape and format are supported iff
+ * smem <= CC_DEPTHWISE_MAX_SMEM and 0 < tiles <= 65535 (an unknown dtype or
+ * layout: 0 tiles, and SIZE_MAX bytes, so that either test refuses it).
+ * NHWC needs (kh * kw + 1) * 256 bytes: kernels up to 191 taps. */
 size_t cc_depthwise_fused_smem_bytes(const cc_depthwise_args *args);
 long long cc_depthwise_fused_tiles(const cc_depthwise_args *args);
 

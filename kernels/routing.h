@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include "formats.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -12,7 +14,8 @@ extern "C" {
 /* Largest E the routing kernel handles (4 accumulators per lane). */
 #define CC_ROUTING_MAX_EXPERTS 128
 
-/* How many blocks share one sample's channels: enough blocks to cover the
+/* How many blocks share one sample's channels (NCHW) or pixels (NHWC), the
+ * same rule for both (routing.cu says why): enough blocks to cover the
  * GPU twice (the pooling is a stream over N*C*H*W floats and wants every
  * SM), never fewer than ~4096 floats or 8 channels a block. 1 means one
  * block per sample, which needs no split buffers. */
@@ -24,15 +27,19 @@ static inline size_t cc_routing_partial_elems(int n, int e, int splits)
     return splits > 1 ? (size_t)n * (size_t)splits * (size_t)e : 0;
 }
 
-/* x [N][C][HW]; weight_t [C][E] (the FC weight transposed); bias [E];
- * alpha [N][E]. softmax != 0: softmax(logits * inv_temperature), else sigmoid.
+/* x in `dtype` (CC_DTYPE_*) and `layout` (CC_LAYOUT_*): [N][C][HW] or
+ * [N][HW][C]; weight_t [C][E] (the FC weight transposed), bias [E] and
+ * alpha [N][E] are f32 whatever the dtype; the pooling sums in f32.
+ * softmax != 0: softmax(logits * inv_temperature), else sigmoid. The splits
+ * share a sample's channels (NCHW) or its pixels (NHWC) between blocks;
+ * either way each block adds a partial logit vector.
  * splits > 1: `partial` holds cc_routing_partial_elems floats and `counters`
  * N unsigned ints that are zero before the launch (the launch leaves them
  * zero again, so a buffer zeroed once serves every later forward, graph
  * replays included). Forwards that share the buffers must not overlap. */
-cudaError_t cc_launch_routing(const float *x, const float *weight_t, const float *bias, float *alpha, int n, int c,
-                              long long hw, int e, int softmax, float inv_temperature, int splits, float *partial,
-                              unsigned int *counters, cudaStream_t stream);
+cudaError_t cc_launch_routing(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
+                              float *alpha, int n, int c, long long hw, int e, int softmax, float inv_temperature,
+                              int splits, float *partial, unsigned int *counters, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -5,13 +5,15 @@
 #   2. every CTest test once, both labels, without sanitizer
 #   3. condconv-bench --quick (the bench layer set, batch 1/32/128, E = 8,
 #      every algorithm and the static yardstick) with its CSV and JSON, then
-#      the timm side by side, the merged table and the plots
+#      the timm side by side, the merged table and the plots; then the same
+#      sweep in f16 NHWC (E = 1/8/32) with timm fp16 channels-last (into logs/)
 #   4. ncu metrics of each custom kernel on two shapes (duration, DRAM
 #      throughput, occupancy, registers), so kernels can be tuned later
 #      without a GPU; the aggregation kernel's variants (bench/dev)
 #   5. compute-sanitizer with whatever time is left: memcheck on every
 #      algorithm and test, racecheck on the kernels with shared memory,
-#      initcheck on the whole forward, a few random cases each
+#      initcheck on the whole forward, the half/NHWC paths, a few random
+#      cases each
 # Everything goes to $OUT (default ./out): summary.txt (also printed last),
 # bench.csv, bench.json, peer.csv, merged.csv, merged.md, plots.tar.gz and
 # logs.tar.gz -- at most eight files, what the device tool brings back.
@@ -173,6 +175,19 @@ if [[ -s "$OUT/bench.csv" ]]; then
   rm -rf "$OUT/plots"
 fi
 
+# 3b. the same sweep in f16 channels-last (issue 12's target: <= 2x static f16
+#     NHWC, geomean at E = 8), timm fp16 channels-last beside it. Into logs/:
+#     the eight files the device tool brings back are taken.
+gpu_step bench_f16_nhwc 150 "$build/bench/condconv-bench" --quick --dtype f16 --layout nhwc --experts 1,8,32 \
+  --csv "$OUT/logs/bench_f16_nhwc.csv"
+if [[ -s "$OUT/logs/bench_f16_nhwc.csv" ]]; then
+  step peer_timm_f16 100 python3 bench/peer_timm.py --from-csv "$OUT/logs/bench_f16_nhwc.csv" \
+    --csv "$OUT/logs/peer_f16.csv"
+  [[ -s "$OUT/logs/peer_f16.csv" ]] &&
+    step merge_f16 20 python3 bench/merge_peer.py "$OUT/logs/bench_f16_nhwc.csv" "$OUT/logs/peer_f16.csv" \
+      --out "$OUT/logs/merged_f16.csv" --md "$OUT/logs/merged_f16.md"
+fi
+
 # 4. ncu on our kernels, two shapes: EffNet-CC-B0's 1152->192 1x1 at 7x7 and
 #    a 5x5 depthwise at 14x14, batch 32, E = 8.
 gpu_step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
@@ -196,6 +211,10 @@ gpu_step racecheck.depthwise 50 "${san[@]}" racecheck "$t/test_gpu_forward" dept
 gpu_step racecheck.fused 50 "${san[@]}" racecheck "$t/test_gpu_forward" fused
 gpu_step racecheck.aggregate 50 "${san[@]}" racecheck "$t/test_gpu_forward" gemm_batched
 gpu_step initcheck.forward 50 "${san[@]}" initcheck "$t/test_gpu_forward" auto
+# The half-precision and channels-last kernels (vector paths, transposing epilogue).
+gpu_step memcheck.f16_nhwc 50 "${san[@]}" memcheck "$t/test_gpu_forward" auto f16 nhwc
+gpu_step memcheck.grouped_bf16_nhwc 50 "${san[@]}" memcheck "$t/test_gpu_forward" cudnn_grouped bf16 nhwc
+gpu_step racecheck.depthwise_f16_nhwc 50 "${san[@]}" racecheck "$t/test_gpu_forward" depthwise_fused f16 nhwc
 gpu_step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
 gpu_step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
 gpu_step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"

@@ -25,6 +25,16 @@ Parameters stored as F16 or BF16 are rounded first, and timm runs on the
 rounded values (in f32), so the outputs stay exact references for a loader
 that converts exactly.
 
+Half-precision runs (run_dtype F16 or BF16): x and the parameters are
+rounded to that dtype and stored in it, and the file holds three results:
+    y          timm's CondConv2d run in that dtype (what a PyTorch user of
+               half precision gets)                            F16/BF16
+    y_exact    timm in f32 on the same rounded values (the exact reference
+               up to f32 summation)                            F32
+    alpha      the routing function in f32 on the rounded x     F32
+so a half-precision layer is checked tightly against y_exact and loosely
+against timm's own half output.
+
 Usage (torch CPU build, timm and safetensors from the package registry):
     python scripts/make_golden.py [--out tests/data]
 """
@@ -74,6 +84,19 @@ CONFIGS = [
          n=3, h=7, w=7, dtype="F16"),
     dict(name="pointwise_bf16", cin=16, cout=16, k=1, stride=1, padding="", dil=1, groups=1, E=8, bias=True,
          n=3, h=5, w=5, dtype="BF16"),
+    # Half-precision runs: x, parameters and timm's output in the dtype.
+    dict(name="run_f16_pointwise", cin=32, cout=24, k=1, stride=1, padding="", dil=1, groups=1, E=8, bias=True,
+         n=3, h=7, w=7, dtype="F16", run_dtype="F16"),
+    dict(name="run_f16_conv3x3_s2_same", cin=8, cout=16, k=3, stride=2, padding="same", dil=1, groups=1, E=4,
+         bias=True, n=2, h=10, w=9, dtype="F16", run_dtype="F16"),
+    dict(name="run_f16_depthwise5x5_s2", cin=24, cout=24, k=5, stride=2, padding="", dil=1, groups=24, E=8,
+         bias=True, n=3, h=15, w=13, dtype="F16", run_dtype="F16"),
+    dict(name="run_bf16_pointwise", cin=32, cout=24, k=1, stride=1, padding="", dil=1, groups=1, E=8, bias=True,
+         n=3, h=7, w=7, dtype="BF16", run_dtype="BF16"),
+    dict(name="run_bf16_grouped3x3", cin=16, cout=24, k=3, stride=1, padding="", dil=1, groups=4, E=4, bias=True,
+         n=2, h=9, w=7, dtype="BF16", run_dtype="BF16"),
+    dict(name="run_bf16_depthwise3x3", cin=16, cout=16, k=3, stride=1, padding="", dil=1, groups=16, E=4,
+         bias=False, n=3, h=9, w=9, dtype="BF16", run_dtype="BF16"),
 ]
 
 TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -96,11 +119,22 @@ def make_case(cfg, index):
         # weights spread over (0, 1) instead of all sitting near 0.5.
         n, cin, h, w = cfg["n"], cfg["cin"], cfg["h"], cfg["w"]
         x = torch.randn(n, cin, h, w) + torch.randn(n, cin, 1, 1)
+        run_dtype = cfg.get("run_dtype")
+        if run_dtype:
+            x = x.to(TORCH_DTYPES[run_dtype]).to(torch.float32)  # the values the file holds
         alpha = torch.sigmoid(routing_fn(F.adaptive_avg_pool2d(x, 1).flatten(1)))
         y = conv(x, alpha)
+        if run_dtype:
+            half = TORCH_DTYPES[run_dtype]
+            conv_half = conv.to(half)
+            y_half = conv_half(x.to(half), alpha.to(half))
     if cfg.get("layout") == "5d":
         stored["conv.weight"] = stored["conv.weight"].reshape((cfg["E"],) + conv.weight_shape).contiguous()
-    tensors = dict(stored, x=x.contiguous(), alpha=alpha.contiguous(), y=y.contiguous())
+    if run_dtype:
+        tensors = dict(stored, x=x.to(half).contiguous(), alpha=alpha.contiguous(), y=y_half.contiguous(),
+                       y_exact=y.contiguous())
+    else:
+        tensors = dict(stored, x=x.contiguous(), alpha=alpha.contiguous(), y=y.contiguous())
 
     same = cfg["padding"] == "same"
     pad_h, pad_w = (0, 0) if same else conv.padding
@@ -120,6 +154,7 @@ def make_case(cfg, index):
         "routing_prefix": "routing_fn",
         "weight_layout": "5d" if cfg.get("layout") == "5d" else "flat",
         "param_dtype": cfg.get("dtype", "F32"),
+        "run_dtype": cfg.get("run_dtype", "F32"),
         "in_channels": cfg["cin"],
         "out_channels": cfg["cout"],
         "kernel_h": cfg["k"],

@@ -164,6 +164,18 @@ int golden_load(const char *path, golden *g)
     }
     snprintf(g->name, sizeof g->name, "%s", name);
     snprintf(g->param_dtype, sizeof g->param_dtype, "%s", dtype);
+    const char *run = cc_st_meta_get(&g->file, "run_dtype"); /* absent in files of the f32-only generator */
+    snprintf(g->run_dtype, sizeof g->run_dtype, "%s", run ? run : "F32");
+    if (strcmp(g->run_dtype, "F32") == 0) {
+        g->run_dtype_id = CONDCONV_DTYPE_F32;
+    } else if (strcmp(g->run_dtype, "F16") == 0) {
+        g->run_dtype_id = CONDCONV_DTYPE_F16;
+    } else if (strcmp(g->run_dtype, "BF16") == 0) {
+        g->run_dtype_id = CONDCONV_DTYPE_BF16;
+    } else {
+        fprintf(stderr, "golden %s: unexpected run_dtype \"%s\"\n", path, g->run_dtype);
+        return 1;
+    }
     tu_layer_spec *s = &g->spec;
     struct {
         const char *key;
@@ -200,6 +212,7 @@ int golden_load(const char *path, golden *g)
     g->y = tensor_f32(g, "y", g->y_n);
     g->alpha = tensor_f32(g, "alpha", g->a_n);
     if (g->x == NULL || g->y == NULL || g->alpha == NULL) return 1;
+    if (g->run_dtype_id != CONDCONV_DTYPE_F32 && (g->y_exact = tensor_f32(g, "y_exact", g->y_n)) == NULL) return 1;
     return compute_magnitude(g);
 }
 
@@ -208,6 +221,7 @@ void golden_free(golden *g)
     cc_st_release(&g->file);
     free(g->x);
     free(g->y);
+    free(g->y_exact);
     free(g->alpha);
     free(g->mag);
     memset(g, 0, sizeof *g);
@@ -236,4 +250,46 @@ int golden_check_all(const char *dir, int min_files, condconv_context_t ctx,
     }
     golden_free_list(paths, count);
     return count;
+}
+
+void *golden_x_in_format(const golden *g, condconv_layout layout)
+{
+    float *staged = malloc(g->x_n * sizeof(float));
+    if (staged == NULL) return NULL;
+    const size_t plane = (size_t)g->h * (size_t)g->w;
+    if (layout == CONDCONV_LAYOUT_NHWC)
+        tu_transpose(g->x, staged, g->n, g->spec.cin, plane, 1);
+    else
+        memcpy(staged, g->x, g->x_n * sizeof(float));
+    void *out = tu_to_dtype(staged, g->x_n, g->run_dtype_id);
+    free(staged);
+    return out;
+}
+
+void golden_y_from_format(const golden *g, const void *src, condconv_layout layout, float *y)
+{
+    float *staged = malloc(g->y_n * sizeof(float));
+    if (staged == NULL ||
+        condconv_convert(g->run_dtype_id, src, CONDCONV_DTYPE_F32, staged, g->y_n) != CONDCONV_STATUS_SUCCESS) {
+        tu_fail(__FILE__, __LINE__, "golden_y_from_format", "conversion failed");
+        free(staged);
+        return;
+    }
+    const size_t plane = (size_t)g->out_h * (size_t)g->out_w;
+    if (layout == CONDCONV_LAYOUT_NHWC)
+        tu_transpose(staged, y, g->n, g->spec.cout, plane, 0);
+    else
+        memcpy(y, staged, g->y_n * sizeof(float));
+    free(staged);
+}
+
+void golden_half_tolerance(condconv_dtype dtype, int against_timm_half, double *atol, double *rtol, double *l2_max)
+{
+    tu_dtype_tolerance(dtype, atol, rtol, l2_max);
+    *rtol += 1e-5;
+    if (against_timm_half) {
+        const double u = dtype == CONDCONV_DTYPE_F16 ? 1.0 / 2048.0 : 1.0 / 256.0;
+        *rtol += 3.0 * u;
+        *l2_max *= 2.0;
+    }
 }

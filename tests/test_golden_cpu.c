@@ -19,7 +19,14 @@
  * about 1e-6 of exact for these O(1) inputs; sigmoid' <= 1/4, so 1e-6
  * absolute. With external routing alpha is timm's own, so the same bound
  * on y applies. The largest error seen, as a fraction of the bound, is
- * printed per file. */
+ * printed per file.
+ *
+ * Every file runs in NCHW and NHWC (the NHWC input is the NCHW one
+ * transposed on the host, and the output transposed back). Half-precision
+ * runs (run_dtype F16/BF16) run a layer of that dtype on x in it, checked
+ * against y_exact (timm in f32 on the same values) within the layer's own
+ * rounding and against timm's half-precision y within both roundings
+ * (golden_half_tolerance). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,49 +54,80 @@ static double worst_fraction(const float *got, const float *want, const float *m
     return worst;
 }
 
-static void run_case(condconv_context_t ctx, const golden *g)
+/* One forward of the file's layer on the CPU reference path in the file's
+ * run dtype and the given layout; y and alpha come back as f32, y in NCHW. */
+static int forward_in_format(condconv_context_t ctx, const golden *g, condconv_routing routing, condconv_layout layout,
+                             float *y, float *alpha)
 {
-    condconv_layer_desc_t routed = golden_desc(g, CONDCONV_ROUTING_SIGMOID);
-    condconv_layer_desc_t external = golden_desc(g, CONDCONV_ROUTING_EXTERNAL);
-    int ho = 0, wo = 0;
-    EXPECT_OK(condconv_layer_desc_get_output_dims(routed, g->h, g->w, &ho, &wo, NULL));
+    condconv_layer_desc_t desc = golden_desc(g, routing);
+    EXPECT_OK(condconv_layer_desc_set_format(desc, g->run_dtype_id, layout));
+    int ho = 0, wo = 0, ok = 0;
+    EXPECT_OK(condconv_layer_desc_get_output_dims(desc, g->h, g->w, &ho, &wo, NULL));
     EXPECT(ho == g->out_h && wo == g->out_w, "%s: the library gives a %dx%d output, timm %dx%d", g->name, ho, wo,
            g->out_h, g->out_w);
-    float *y = malloc(g->y_n * sizeof(float)), *alpha = malloc(g->a_n * sizeof(float));
+    const int external = routing == CONDCONV_ROUTING_EXTERNAL;
     condconv_layer_t layer;
     if (ho == g->out_h && wo == g->out_w &&
-        EXPECT_OK(condconv_layer_create_from_safetensors(ctx, routed, g->path, "conv", "routing_fn", &layer))) {
-        tu_fill_nan(y, g->y_n);
+        EXPECT_OK(condconv_layer_create_from_safetensors(ctx, desc, g->path, "conv", external ? NULL : "routing_fn",
+                                                         &layer))) {
+        void *x = golden_x_in_format(g, layout);
+        void *y_raw = malloc(g->y_n * sizeof(float));
+        memset(y_raw, 0xFF, g->y_n * sizeof(float)); /* NaN in every dtype */
         tu_fill_nan(alpha, g->a_n);
-        if (EXPECT_OK(condconv_forward_cpu(layer, g->n, g->h, g->w, g->x, y, NULL, alpha))) {
-            EXPECT(tu_compare("y", y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL) == 0, "%s: sigmoid routing: output",
-                   g->name);
-            EXPECT(tu_compare("alpha", alpha, g->alpha, NULL, g->a_n, ALPHA_ATOL, 0.0) == 0, "%s: routing weights",
-                   g->name);
-            printf("  %-22s %-4s routed:   y at %.3f of its bound, alpha at %.3f\n", g->name, g->param_dtype,
-                   worst_fraction(y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL),
-                   worst_fraction(alpha, g->alpha, NULL, g->a_n, ALPHA_ATOL, 0.0));
+        if (EXPECT_OK(condconv_forward_cpu(layer, g->n, g->h, g->w, x, y_raw, external ? g->alpha : NULL, alpha))) {
+            golden_y_from_format(g, y_raw, layout, y);
+            ok = 1;
         }
+        free(x);
+        free(y_raw);
         condconv_layer_destroy(layer);
     }
-    if (ho == g->out_h && wo == g->out_w &&
-        EXPECT_OK(condconv_layer_create_from_safetensors(ctx, external, g->path, "conv", NULL, &layer))) {
-        tu_fill_nan(y, g->y_n);
-        tu_fill_nan(alpha, g->a_n);
-        if (EXPECT_OK(condconv_forward_cpu(layer, g->n, g->h, g->w, g->x, y, g->alpha, alpha))) {
-            EXPECT(tu_compare("y", y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL) == 0, "%s: external routing: output",
-                   g->name);
-            EXPECT(tu_compare("alpha", alpha, g->alpha, NULL, g->a_n, 0.0, 0.0) == 0,
-                   "%s: external routing must pass alpha through", g->name);
-            printf("  %-22s %-4s external: y at %.3f of its bound\n", g->name, g->param_dtype,
-                   worst_fraction(y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL));
+    condconv_layer_desc_destroy(desc);
+    return ok;
+}
+
+static void run_case(condconv_context_t ctx, const golden *g)
+{
+    float *y = malloc(g->y_n * sizeof(float)), *alpha = malloc(g->a_n * sizeof(float));
+    static const condconv_layout layouts[] = {CONDCONV_LAYOUT_NCHW, CONDCONV_LAYOUT_NHWC};
+    static const condconv_routing routings[] = {CONDCONV_ROUTING_SIGMOID, CONDCONV_ROUTING_EXTERNAL};
+    const int half = g->run_dtype_id != CONDCONV_DTYPE_F32;
+    for (int l = 0; l < 2; ++l)
+        for (int r = 0; r < 2; ++r) {
+            const int external = routings[r] == CONDCONV_ROUTING_EXTERNAL;
+            const char *how = external ? "external" : "routed";
+            const char *layout = layouts[l] == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW";
+            if (!forward_in_format(ctx, g, routings[r], layouts[l], y, alpha)) continue;
+            if (external)
+                EXPECT(tu_compare("alpha", alpha, g->alpha, NULL, g->a_n, 0.0, 0.0) == 0,
+                       "%s %s: external routing must pass alpha through", g->name, layout);
+            else
+                EXPECT(tu_compare("alpha", alpha, g->alpha, NULL, g->a_n, ALPHA_ATOL, 0.0) == 0,
+                       "%s %s: routing weights", g->name, layout);
+            if (!half) {
+                EXPECT(tu_compare("y", y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL) == 0, "%s %s %s: output", g->name,
+                       layout, how);
+                printf("  %-31s %-4s %s %-8s y at %.3f of its bound\n", g->name, g->param_dtype, layout, how,
+                       worst_fraction(y, g->y, g->mag, g->y_n, Y_ATOL, Y_RTOL));
+                continue;
+            }
+            /* Half precision: tightly against timm in f32 on the same values,
+             * loosely against timm's own half-precision output. */
+            double atol, rtol, l2_max, atol_t, rtol_t, l2_t;
+            golden_half_tolerance(g->run_dtype_id, 0, &atol, &rtol, &l2_max);
+            golden_half_tolerance(g->run_dtype_id, 1, &atol_t, &rtol_t, &l2_t);
+            const double l2 = tu_relative_l2(y, g->y_exact, g->y_n), l2_timm = tu_relative_l2(y, g->y, g->y_n);
+            EXPECT(tu_compare("y", y, g->y_exact, g->mag, g->y_n, atol, rtol) == 0 && l2 <= l2_max,
+                   "%s %s %s: output against timm in f32 (relative L2 %.3g)", g->name, layout, how, l2);
+            EXPECT(tu_compare("y", y, g->y, g->mag, g->y_n, atol_t, rtol_t) == 0 && l2_timm <= l2_t,
+                   "%s %s %s: output against timm in %s (relative L2 %.3g)", g->name, layout, how, g->run_dtype,
+                   l2_timm);
+            printf("  %-31s %-4s %s %-8s y at %.3f of its bound to timm f32 (L2 %.1e), %.3f to timm %s (L2 %.1e)\n",
+                   g->name, g->run_dtype, layout, how, worst_fraction(y, g->y_exact, g->mag, g->y_n, atol, rtol), l2,
+                   worst_fraction(y, g->y, g->mag, g->y_n, atol_t, rtol_t), g->run_dtype, l2_timm);
         }
-        condconv_layer_destroy(layer);
-    }
     free(y);
     free(alpha);
-    condconv_layer_desc_destroy(routed);
-    condconv_layer_desc_destroy(external);
 }
 
 int main(int argc, char **argv)
@@ -97,8 +135,8 @@ int main(int argc, char **argv)
     const char *dir = argc > 1 ? argv[1] : CONDCONV_GOLDEN_DIR;
     condconv_context_t ctx;
     if (!EXPECT_OK(condconv_context_create(&ctx, CONDCONV_DEVICE_CPU))) return tu_finish("test_golden_cpu");
-    /* scripts/make_golden.py writes 13; fewer means data went missing. */
-    const int count = golden_check_all(dir, 10, ctx, run_case);
+    /* scripts/make_golden.py writes 19 (6 of them half-precision runs); fewer means data went missing. */
+    const int count = golden_check_all(dir, 19, ctx, run_case);
     condconv_context_destroy(ctx);
     printf("%d golden files from timm checked\n", count);
     return tu_finish("test_golden_cpu");

@@ -252,3 +252,55 @@ size_t tu_compare(const char *what, const float *got, const float *want, const f
     if (bad) fprintf(stderr, "  %s: %zu of %zu elements out of tolerance\n", what, bad, n);
     return bad;
 }
+
+double tu_relative_l2(const float *got, const float *want, size_t n)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        const double d = (double)got[i] - (double)want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+size_t tu_dtype_size(condconv_dtype dtype) { return dtype == CONDCONV_DTYPE_F32 ? 4 : 2; }
+
+void tu_round_to_dtype(float *p, size_t n, condconv_dtype dtype)
+{
+    if (dtype == CONDCONV_DTYPE_F32 || n == 0 || p == NULL) return;
+    void *tmp = malloc(n * tu_dtype_size(dtype));
+    if (tmp == NULL || condconv_convert(CONDCONV_DTYPE_F32, p, dtype, tmp, n) != CONDCONV_STATUS_SUCCESS ||
+        condconv_convert(dtype, tmp, CONDCONV_DTYPE_F32, p, n) != CONDCONV_STATUS_SUCCESS)
+        tu_fail(__FILE__, __LINE__, "tu_round_to_dtype", "conversion failed");
+    free(tmp);
+}
+
+void *tu_to_dtype(const float *p, size_t n, condconv_dtype dtype)
+{
+    if (p == NULL) return NULL;
+    void *out = malloc(n * tu_dtype_size(dtype) + 1);
+    if (out == NULL || condconv_convert(CONDCONV_DTYPE_F32, p, dtype, out, n) != CONDCONV_STATUS_SUCCESS)
+        tu_fail(__FILE__, __LINE__, "tu_to_dtype", "conversion failed");
+    return out;
+}
+
+void tu_transpose(const float *src, float *dst, int n, int c, size_t plane, int to_nhwc)
+{
+    for (int i = 0; i < n; ++i)
+        for (int ch = 0; ch < c; ++ch)
+            for (size_t q = 0; q < plane; ++q) {
+                const size_t nchw = ((size_t)i * c + ch) * plane + q, nhwc = ((size_t)i * plane + q) * c + ch;
+                if (to_nhwc)
+                    dst[nhwc] = src[nchw];
+                else
+                    dst[nchw] = src[nhwc];
+            }
+}
+
+void tu_dtype_tolerance(condconv_dtype dtype, double *atol, double *rtol, double *l2_max)
+{
+    *atol = dtype == CONDCONV_DTYPE_F32 ? 1e-6 : dtype == CONDCONV_DTYPE_F16 ? 1e-5 : 1e-4;
+    *rtol = dtype == CONDCONV_DTYPE_F32 ? 1e-5 : dtype == CONDCONV_DTYPE_F16 ? 1.5e-3 : 1.2e-2;
+    *l2_max = dtype == CONDCONV_DTYPE_F32 ? 1e-5 : dtype == CONDCONV_DTYPE_F16 ? 1e-3 : 1e-2;
+}

@@ -86,5 +86,21 @@ const char *tu_spec_string(const tu_layer_spec *spec);
  * got never passes. Returns the number of mismatches. */
 size_t tu_compare(const char *what, const float *got, const float *want, const float *mag, size_t n, double atol,
                   double rtol);
+/* sqrt(sum (got - want)^2 / sum want^2) (the absolute L2 when want is 0); NaN in got gives NaN. */
+double tu_relative_l2(const float *got, const float *want, size_t n);
+
+/* Half-precision and channels-last helpers (condconv_convert does the
+ * rounding). */
+size_t tu_dtype_size(condconv_dtype dtype);
+/* p rounded to the dtype in place: the values a layer of that dtype holds. */
+void tu_round_to_dtype(float *p, size_t n, condconv_dtype dtype);
+/* A malloc'd copy of n floats in the dtype (NULL for p == NULL). */
+void *tu_to_dtype(const float *p, size_t n, condconv_dtype dtype);
+/* [N][C][plane] -> [N][plane][C] (to_nhwc) or back. */
+void tu_transpose(const float *src, float *dst, int n, int c, size_t plane, int to_nhwc);
+/* Tolerances for a layer's output against tu_reference on the dtype's
+ * values: |got - want| <= atol + rtol * mag, and the relative L2 bound
+ * (tests/test_gpu_forward.c derives them). */
+void tu_dtype_tolerance(condconv_dtype dtype, double *atol, double *rtol, double *l2_max);
 
 #endif

@@ -19,8 +19,16 @@
 //   4  as 3 with 16 samples per thread: half the expert reads again, twice
 //      the registers -- worth it only when L2 bandwidth, not the N*|W| writes,
 //      limits. The library keeps whichever of 3 and 4 wins on the card.
-// The floor: N*|W| floats written once plus E*|W| read once (from HBM), at the
-// device-to-device copy bandwidth the bench measures.
+//   5  the library's kernel on f16 experts and filters (8 halves x 8 samples
+//      per thread, f32 accumulation, one rounding).
+//   6  the same on bf16.
+// The floor: N*|W| elements written once plus E*|W| read once (from HBM), at
+// the device-to-device copy bandwidth the bench measures. Variants 5 and 6
+// are validated against the reference on the experts rounded to their dtype,
+// within one ulp of the dtype (2^-10 relative for f16, 2^-7 for bf16) plus
+// the f32 bound.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -117,9 +125,19 @@ __global__ void aggregate_vec4_samples(const float4 *experts, const float *alpha
 // ---------------------------------------------------------------------------
 // Launchers
 
-static void launch(int variant, const float *experts, const float *alpha, float *filters, long long w, int n, int e,
-                   int block)
+// Device buffers of one run: f32 experts and output for variants 1-4, 16-bit
+// copies for 5 (f16) and 6 (bf16).
+struct buffers {
+    const float *experts, *alpha;
+    float *filters;
+    const void *experts16;
+    void *filters16;
+};
+
+static void launch(int variant, const buffers &b, long long w, int n, int e, int block)
 {
+    const float *experts = b.experts, *alpha = b.alpha;
+    float *filters = b.filters;
     const long long w4 = w / 4;
     switch (variant) {
     case 1:
@@ -129,7 +147,12 @@ static void launch(int variant, const float *experts, const float *alpha, float 
         aggregate_vec4_one_sample<<<(unsigned)((w4 * n + block - 1) / block), block>>>((const float4 *)experts, alpha,
                                                                                        (float4 *)filters, w4, n, e);
         break;
-    case 3: CHECK(cc_launch_aggregate(experts, NULL, alpha, filters, NULL, w, 1, n, e, 0)); break;
+    case 3: CHECK(cc_launch_aggregate(CC_DTYPE_F32, experts, NULL, alpha, filters, NULL, w, 1, n, e, 0)); break;
+    case 5:
+    case 6:
+        CHECK(cc_launch_aggregate(variant == 5 ? CC_DTYPE_F16 : CC_DTYPE_BF16, b.experts16, NULL, alpha, b.filters16,
+                                  NULL, w, 1, n, e, 0));
+        break;
     case 4: {
         const dim3 grid((unsigned)((w4 + block - 1) / block), (unsigned)((n + 15) / 16));
         aggregate_vec4_samples<16>
@@ -143,6 +166,19 @@ static void launch(int variant, const float *experts, const float *alpha, float 
 // ---------------------------------------------------------------------------
 // Driver: validate every variant, then time it.
 
+// The f32 output of `variant` on the host (16-bit outputs converted exactly).
+static void download(int variant, const buffers &b, float *out, size_t count, void *scratch)
+{
+    if (variant < 5) {
+        CHECK(cudaMemcpy(out, b.filters, sizeof(float) * count, cudaMemcpyDeviceToHost));
+        return;
+    }
+    CHECK(cudaMemcpy(scratch, b.filters16, 2 * count, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < count; ++i)
+        out[i] = variant == 5 ? __half2float(((const __half *)scratch)[i])
+                              : __bfloat162float(((const __nv_bfloat16 *)scratch)[i]);
+}
+
 int main(void)
 {
     int count = 0;
@@ -152,7 +188,7 @@ int main(void)
     }
     // |W| of EfficientNet-CondConv-B0's 1x1 layers: 112x672, 672x112, 1152x192, 1152x320.
     const long long widths[] = {112 * 672, 672 * 112, 1152 * 192, 1152 * 320};
-    const int batches[] = {1, 32, 128}, e = 8, variants = 4;
+    const int batches[] = {1, 32, 128}, e = 8, variants = 6;
     const int blocks[] = {128, 256, 512};
     for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; ++wi)
         for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; ++bi) {
@@ -160,27 +196,53 @@ int main(void)
             const int n = batches[bi];
             float *h_exp = (float *)malloc(sizeof(float) * w * e), *h_alpha = (float *)malloc(sizeof(float) * n * e);
             float *h_ref = (float *)malloc(sizeof(float) * w * n), *h_out = (float *)malloc(sizeof(float) * w * n);
+            // The experts rounded to f16 / bf16 (as floats and as their bits), and the reference on them.
+            float *h_exp16 = (float *)malloc(sizeof(float) * w * e), *h_ref16 = (float *)malloc(sizeof(float) * w * n);
+            __half *h_half = (__half *)malloc(2 * w * e);
+            __nv_bfloat16 *h_bf = (__nv_bfloat16 *)malloc(2 * w * e);
+            void *scratch = malloc(2 * w * n);
             for (long long i = 0; i < w * e; ++i) h_exp[i] = (float)rand() / RAND_MAX * 2.0f - 1.0f;
             for (int i = 0; i < n * e; ++i) h_alpha[i] = (float)rand() / RAND_MAX;
+            for (long long i = 0; i < w * e; ++i) {
+                h_half[i] = __float2half_rn(h_exp[i]);
+                h_bf[i] = __float2bfloat16_rn(h_exp[i]);
+            }
             aggregate_cpu(h_exp, h_alpha, h_ref, w, n, e);
             float *d_exp, *d_alpha, *d_out;
+            void *d_exp16, *d_out16;
             CHECK(cudaMalloc(&d_exp, sizeof(float) * w * e));
             CHECK(cudaMalloc(&d_alpha, sizeof(float) * n * e));
             CHECK(cudaMalloc(&d_out, sizeof(float) * w * n));
+            CHECK(cudaMalloc(&d_exp16, 2 * w * e));
+            CHECK(cudaMalloc(&d_out16, 2 * w * n));
             CHECK(cudaMemcpy(d_exp, h_exp, sizeof(float) * w * e, cudaMemcpyHostToDevice));
             CHECK(cudaMemcpy(d_alpha, h_alpha, sizeof(float) * n * e, cudaMemcpyHostToDevice));
-            const double bytes = 4.0 * (double)w * (n + e);
-            for (int v = 1; v <= variants; ++v)
+            const buffers bufs = {d_exp, d_alpha, d_out, d_exp16, d_out16};
+            for (int v = 1; v <= variants; ++v) {
+                const bool sixteen = v >= 5;
+                if (sixteen) { // the 16-bit experts and their reference
+                    CHECK(cudaMemcpy(d_exp16, v == 5 ? (const void *)h_half : (const void *)h_bf, 2 * w * e,
+                                     cudaMemcpyHostToDevice));
+                    for (long long i = 0; i < w * e; ++i)
+                        h_exp16[i] = v == 5 ? __half2float(h_half[i]) : __bfloat162float(h_bf[i]);
+                    aggregate_cpu(h_exp16, h_alpha, h_ref16, w, n, e);
+                }
+                const float *ref = sixteen ? h_ref16 : h_ref;
+                // One ulp of the output dtype relative, on top of f32's bound.
+                const float rel = v == 5 ? 1.0f / 1024 : v == 6 ? 1.0f / 128 : 0.0f;
+                const double bytes = (sixteen ? 2.0 : 4.0) * (double)w * (n + e);
                 for (size_t k = 0; k < sizeof blocks / sizeof blocks[0]; ++k) {
-                    if (v == 3 && k > 0) continue;                         // the library picks its own block size
-                    CHECK(cudaMemset(d_out, 0xff, sizeof(float) * w * n)); // NaN poison
-                    launch(v, d_exp, d_alpha, d_out, w, n, e, blocks[k]);
-                    CHECK(cudaMemcpy(h_out, d_out, sizeof(float) * w * n, cudaMemcpyDeviceToHost));
+                    if (v >= 3 && v != 4 && k > 0) continue; // the library picks its own block size
+                    // NaN poison.
+                    CHECK(sixteen ? cudaMemset(d_out16, 0xff, 2 * w * n)
+                                  : cudaMemset(d_out, 0xff, sizeof(float) * w * n));
+                    launch(v, bufs, w, n, e, blocks[k]);
+                    download(v, bufs, h_out, (size_t)(w * n), scratch);
                     long long bad = 0;
                     for (long long i = 0; i < w * n; ++i) {
-                        const float d = fabsf(h_out[i] - h_ref[i]);
-                        if (!(d <= 1e-5f + 1e-5f * fabsf(h_ref[i]))) {
-                            if (bad < 3) fprintf(stderr, "  v%d [%lld]: %g vs %g\n", v, i, h_out[i], h_ref[i]);
+                        const float d = fabsf(h_out[i] - ref[i]);
+                        if (!(d <= 1e-5f + (1e-5f + rel) * fabsf(ref[i]))) {
+                            if (bad < 3) fprintf(stderr, "  v%d [%lld]: %g vs %g\n", v, i, h_out[i], ref[i]);
                             ++bad;
                         }
                     }
@@ -191,11 +253,11 @@ int main(void)
                     cudaEvent_t a, b;
                     CHECK(cudaEventCreate(&a));
                     CHECK(cudaEventCreate(&b));
-                    for (int r = 0; r < 3; ++r) launch(v, d_exp, d_alpha, d_out, w, n, e, blocks[k]);
+                    for (int r = 0; r < 3; ++r) launch(v, bufs, w, n, e, blocks[k]);
                     float times[21];
                     for (int r = 0; r < 21; ++r) {
                         CHECK(cudaEventRecord(a));
-                        launch(v, d_exp, d_alpha, d_out, w, n, e, blocks[k]);
+                        launch(v, bufs, w, n, e, blocks[k]);
                         CHECK(cudaEventRecord(b));
                         CHECK(cudaEventSynchronize(b));
                         CHECK(cudaEventElapsedTime(&times[r], a, b));
@@ -212,13 +274,21 @@ int main(void)
                     CHECK(cudaEventDestroy(a));
                     CHECK(cudaEventDestroy(b));
                 }
+            }
             CHECK(cudaFree(d_exp));
             CHECK(cudaFree(d_alpha));
             CHECK(cudaFree(d_out));
+            CHECK(cudaFree(d_exp16));
+            CHECK(cudaFree(d_out16));
             free(h_exp);
             free(h_alpha);
             free(h_ref);
             free(h_out);
+            free(h_exp16);
+            free(h_ref16);
+            free(h_half);
+            free(h_bf);
+            free(scratch);
         }
     return 0;
 }

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "fused_conv.h"
+#include "fused_reference.h"
 
 #define CHECK(call)                                                                                                    \
     do {                                                                                                               \
@@ -95,64 +96,6 @@ static shape pointwise(const char *name, int n, int cin, int cout, int hw, int e
 }
 
 // ---------------------------------------------------------------------------
-// CPU reference: double accumulation, and the magnitude sum |terms| that
-// bounds the f32 rounding error of each output.
-
-static double activate(int act, double v)
-{
-    if (act == 1) return v < 0.0 ? 0.0 : v;
-    if (act == 2) return v / (1.0 + exp(-v));
-    return v;
-}
-
-static void fused_cpu(const cc_fused_args &a, const float *x, const float *experts, const float *bias,
-                      const float *alpha, double *ref, double *mag)
-{
-    const int cin_g = a.in_channels / a.groups, mg = a.out_channels / a.groups;
-    const int taps = a.kernel_h * a.kernel_w, e_count = a.experts;
-    const size_t wsz = (size_t)a.out_channels * cin_g * taps;
-    double *wn = (double *)malloc(sizeof(double) * wsz);
-    double *bn = (double *)malloc(sizeof(double) * a.out_channels);
-    for (int n = 0; n < a.n; ++n) {
-        for (size_t j = 0; j < wsz; ++j) {
-            double acc = 0.0;
-            for (int e = 0; e < e_count; ++e) acc += (double)alpha[n * e_count + e] * experts[e * wsz + j];
-            wn[j] = acc;
-        }
-        for (int o = 0; o < a.out_channels; ++o) {
-            double acc = 0.0;
-            if (bias)
-                for (int e = 0; e < e_count; ++e) acc += (double)alpha[n * e_count + e] * bias[e * a.out_channels + o];
-            bn[o] = acc;
-        }
-        for (int o = 0; o < a.out_channels; ++o) {
-            const int g = o / mg;
-            for (int oy = 0; oy < a.out_h; ++oy)
-                for (int ox = 0; ox < a.out_w; ++ox) {
-                    double acc = bn[o], m = fabs(bn[o]);
-                    for (int ci = 0; ci < cin_g; ++ci)
-                        for (int ky = 0; ky < a.kernel_h; ++ky)
-                            for (int kx = 0; kx < a.kernel_w; ++kx) {
-                                const int iy = oy * a.stride_h - a.pad_top + ky * a.dilation_h;
-                                const int ix = ox * a.stride_w - a.pad_left + kx * a.dilation_w;
-                                if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) continue;
-                                const double wv = wn[((size_t)o * cin_g + ci) * taps + ky * a.kernel_w + kx];
-                                const double xv =
-                                    x[(((size_t)n * a.in_channels + (size_t)g * cin_g + ci) * a.h + iy) * a.w + ix];
-                                acc += wv * xv;
-                                m += fabs(wv * xv);
-                            }
-                    const size_t idx = (((size_t)n * a.out_channels + o) * a.out_h + oy) * a.out_w + ox;
-                    ref[idx] = activate(a.activation, acc);
-                    mag[idx] = m;
-                }
-        }
-    }
-    free(wn);
-    free(bn);
-}
-
-// ---------------------------------------------------------------------------
 // Device buffers of one shape
 
 static float frand(unsigned int *state)
@@ -198,7 +141,7 @@ static void problem_create(problem *p, const shape &s, unsigned int seed, bool w
     if (with_reference) {
         p->ref = (double *)malloc(sizeof(double) * p->y_elems);
         p->mag = (double *)malloc(sizeof(double) * p->y_elems);
-        fused_cpu(a, p->h_x, p->h_w, p->h_b, p->h_alpha, p->ref, p->mag);
+        cc_fused_reference(a, p->h_x, p->h_w, p->h_b, p->h_alpha, p->ref, p->mag);
     }
     CHECK(cudaMalloc(&p->d_x, sizeof(float) * p->x_elems));
     CHECK(cudaMalloc(&p->d_y, sizeof(float) * p->y_elems));

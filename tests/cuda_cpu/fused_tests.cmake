@@ -13,6 +13,8 @@ if(NOT "kernels/fused_conv.cu" IN_LIST CONDCONV_KERNEL_SOURCES)
 endif()
 add_executable(test_fused_conv ${CMAKE_CURRENT_LIST_DIR}/test_fused_conv.cpp)
 target_link_libraries(test_fused_conv PRIVATE cc_cpu_kernels)
+# bench/dev/fused_reference.h: the double reference it shares with fused_dev.
+target_include_directories(test_fused_conv PRIVATE ${CC_EMU_ROOT}/bench/dev)
 target_compile_options(test_fused_conv PRIVATE ${CC_EMU_CXX_WARNINGS})
 add_test(NAME test_fused_conv COMMAND test_fused_conv)
 set_tests_properties(test_fused_conv PROPERTIES LABELS "cpu;emu" TIMEOUT 600)

@@ -2,21 +2,38 @@
  * double-precision reference: every output plane convolved with its filter
  * mixed from the experts, plus the mixed bias, then the activation.
  *
- * The sweep reaches all 8 instances: square 3x3, 5x5 and 7x7 kernels
+ * The sweep reaches all 30 instances, for each dtype NCHW's 8 and NHWC's 2
+ * (16-byte and scalar accesses). NCHW's: square 3x3, 5x5 and 7x7 kernels
  * (unrolled) and every other size (1x1, 2x2, 4x4, 9x9, 1x3, 3x1, 3x5, 5x2,
  * run-time bounds), each with 8x8 tiles (outputs up to 8x8) and 16x16 tiles;
  * strides 1-3 (also different in h and w), dilation 1-3, channel
  * multipliers 1-3, asymmetric padding (more below/right than above/left, as
  * "same" padding gives, and the reverse), a 1x1 spatial input, partial
- * tiles, E from 1 to 16, bias or not, and each activation. The launcher
- * must refuse shapes whose patch exceeds 48 KiB of shared memory.
+ * tiles, E from 1 to 32, bias or not, and each activation. The launcher
+ * must refuse shapes whose patch exceeds 48 KiB of shared memory (NHWC:
+ * whose chunk of mixed filters does), and unknown dtypes and layouts.
+ *
+ * Every case runs for each dtype (f32, f16, bf16) of x, the experts and y,
+ * and each layout (NCHW, NHWC); NHWC also runs channel counts that reach
+ * its 16-byte path (multiplier 1, C a multiple of 16 / sizeof, x and y
+ * aligned), several 64-channel chunks, and misaligned x or y (the scalar
+ * fallback). Inputs are generated as floats and rounded to the dtype; the
+ * reference takes the rounded values. y is poisoned (all bits set: NaN in
+ * every dtype) before each launch.
  *
  * Tolerance: the filter is mixed with E fused multiply-adds, then taps
- * products are added: within (E + taps + 8) * 2^-24 of the magnitude
- * sum |w_t x_t| + |b| (w from |alpha| |W_e|); SiLU's slope is below 1.1. */
+ * products are added: within d = (E + taps + 8) * 2^-24 of the magnitude
+ * sum |w_t x_t| + |b| (w from |alpha| |W_e|); SiLU's slope is below 1.1.
+ * That is the f32 bound, for every dtype (loads convert exactly, the
+ * arithmetic is f32). A 16-bit output is that f32 value v rounded once to
+ * nearest: |RN(v) - v| <= u |v| <= u (|ref| + d), u = 2^-11 (f16) or 2^-8
+ * (bf16), plus 2^-25 for f16 subnormals (bf16 has f32's range). So
+ * |got - ref| <= d (1 + u) + u |ref| + 2^-25. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cuda_runtime.h>
 
@@ -24,6 +41,108 @@
 #include "emu_util.h"
 
 static int cases, launches;
+
+/* --- f16 and bf16 on the host: round to nearest even, as __float2half_rn
+ * and __float2bfloat16_rn (finite inputs well inside the range here). */
+static uint16_t to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: inf (NaN never occurs here) */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal, in units of 2^-24 */
+        float v;
+        memcpy(&v, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)nearbyint((double)v * 16777216.0));
+    }
+    uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax & 0x7fffffu) >> 13));
+    const uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h; /* a carry into the exponent is right */
+    return (uint16_t)(sign | h);
+}
+static float from_f16(uint16_t h)
+{
+    const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    const double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+    return (float)((h & 0x8000u) ? -v : v);
+}
+static uint16_t to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+static float from_bf16(uint16_t h)
+{
+    const uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+/* Bytes of an element (not formats.h's cc_dtype_size, whose name the host may change). */
+static size_t elem_size(int dtype) { return dtype == CC_DTYPE_F32 ? 4 : 2; }
+static const char *dtype_name(int dtype)
+{
+    return dtype == CC_DTYPE_F16 ? "f16" : dtype == CC_DTYPE_BF16 ? "bf16" : "f32";
+}
+
+/* v rounded to the dtype, in place. */
+static void round_to(int dtype, float *v, size_t n)
+{
+    for (size_t i = 0; i < n; ++i)
+        v[i] = dtype == CC_DTYPE_F16    ? from_f16(to_f16(v[i]))
+               : dtype == CC_DTYPE_BF16 ? from_bf16(to_bf16(v[i]))
+                                        : v[i];
+}
+
+/* A device buffer of n elements of the dtype (offset floats off a 16-byte
+ * boundary, as eu_buffer_make), filled with v (already rounded). */
+static eu_buffer upload_as(int dtype, const float *v, size_t n, int offset)
+{
+    const size_t size = elem_size(dtype);
+    eu_buffer b = eu_buffer_make((n * size + 3) / 4, offset);
+    unsigned char *bytes = (unsigned char *)eu_floats((n * size + 3) / 4 + 1);
+    for (size_t i = 0; i < n; ++i) {
+        if (dtype == CC_DTYPE_F32) {
+            memcpy(bytes + 4 * i, &v[i], 4);
+        } else {
+            const uint16_t h = dtype == CC_DTYPE_F16 ? to_f16(v[i]) : to_bf16(v[i]);
+            memcpy(bytes + 2 * i, &h, 2);
+        }
+    }
+    if (n) EU_EXPECT(cudaMemcpy(b.data, bytes, n * size, cudaMemcpyHostToDevice) == cudaSuccess, "upload");
+    free(bytes);
+    return b;
+}
+
+/* A device buffer of n elements of the dtype, all bits set (NaN). */
+static eu_buffer poisoned_as(int dtype, size_t n, int offset)
+{
+    eu_buffer b = eu_buffer_make((n * elem_size(dtype) + 3) / 4, offset);
+    if (b.n) EU_EXPECT(cudaMemset(b.data, 0xff, b.n * 4) == cudaSuccess, "poison");
+    return b;
+}
+
+/* The n elements of a dtype buffer as floats; 1 if the bytes after them up
+ * to the buffer's end (the odd half of 16-bit data) are still poison. */
+static int download_as(int dtype, const eu_buffer *b, float *v, size_t n)
+{
+    unsigned char *bytes = (unsigned char *)eu_floats(b->n + 1);
+    EU_EXPECT(cudaMemcpy(bytes, b->data, b->n * 4, cudaMemcpyDeviceToHost) == cudaSuccess, "download");
+    for (size_t i = 0; i < n; ++i) {
+        if (dtype == CC_DTYPE_F32) {
+            memcpy(&v[i], bytes + 4 * i, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, bytes + 2 * i, 2);
+            v[i] = dtype == CC_DTYPE_F16 ? from_f16(h) : from_bf16(h);
+        }
+    }
+    int tail_ok = 1;
+    for (size_t i = n * elem_size(dtype); i < b->n * 4; ++i) tail_ok &= bytes[i] == 0xff;
+    free(bytes);
+    return tail_ok;
+}
 
 static double activate(int act, double v)
 {
@@ -38,7 +157,8 @@ static int out_dim(int in, int pad_a, int pad_b, int k, int dil, int stride)
     return (in + pad_a + pad_b - (dil * (k - 1) + 1)) / stride + 1;
 }
 
-static void run_case(cc_depthwise_args a, int pad_bottom, int pad_right)
+/* misaligned: 1 = x, 2 = y, 3 = both 4 bytes off 16 (NHWC's scalar fallback). */
+static void run_case_at(cc_depthwise_args a, int pad_bottom, int pad_right, int misaligned)
 {
     a.out_h = out_dim(a.h, a.pad_top, pad_bottom, a.kernel_h, a.dilation_h, a.stride_h);
     a.out_w = out_dim(a.w, a.pad_left, pad_right, a.kernel_w, a.dilation_w, a.stride_w);
@@ -48,13 +168,25 @@ static void run_case(cc_depthwise_args a, int pad_bottom, int pad_right)
     const size_t x_n = (size_t)a.n * a.in_channels * a.h * a.w, w_n = (size_t)a.experts_count * cout * taps;
     const size_t b_n = (size_t)a.experts_count * cout, al_n = (size_t)a.n * a.experts_count;
     const size_t y_n = (size_t)a.n * cout * a.out_h * a.out_w;
+    /* x [N][Cin][H][W] and y [N][Cout][Ho][Wo] here, whatever the layout. */
     float *x = eu_random(x_n, -1.0f, 1.0f), *w = eu_random(w_n, -1.0f, 1.0f), *b = eu_random(b_n, -1.0f, 1.0f);
     float *al = eu_random(al_n, 0.0f, 1.0f);
-    const int has_bias = a.bias != NULL;
-    eu_buffer dx = eu_buffer_make(x_n, 0), dw = eu_buffer_make(w_n, 0), db = eu_buffer_make(b_n, 0);
-    eu_buffer da = eu_buffer_make(al_n, 0), dy = eu_buffer_make(y_n, 0);
-    eu_upload(&dx, x);
-    eu_upload(&dw, w);
+    round_to(a.dtype, x, x_n);
+    round_to(a.dtype, w, w_n);
+    const int has_bias = a.bias != NULL, nhwc = a.layout == CC_LAYOUT_NHWC;
+    float *xl = x;
+    if (nhwc) {
+        xl = eu_floats(x_n);
+        for (int s = 0; s < a.n; ++s)
+            for (int c = 0; c < a.in_channels; ++c)
+                for (int i = 0; i < a.h * a.w; ++i)
+                    xl[((size_t)s * a.h * a.w + i) * a.in_channels + c] =
+                        x[((size_t)s * a.in_channels + c) * a.h * a.w + i];
+    }
+    eu_buffer dx = upload_as(a.dtype, xl, x_n, misaligned & 1), dw = upload_as(a.dtype, w, w_n, 0);
+    eu_buffer db = eu_buffer_make(b_n, 0), da = eu_buffer_make(al_n, 0);
+    eu_buffer dy = poisoned_as(a.dtype, y_n, (misaligned & 2) != 0);
+    if (xl != x) free(xl);
     eu_upload(&db, b);
     eu_upload(&da, al);
     a.x = dx.data;
@@ -62,9 +194,9 @@ static void run_case(cc_depthwise_args a, int pad_bottom, int pad_right)
     a.bias = has_bias ? db.data : NULL;
     a.alpha = da.data;
     a.y = dy.data;
-    const long long before = cc_cpu_launch_count("depthwise_fused_kernel");
+    const long long before = cc_cpu_launch_count("depthwise_");
     EU_LAUNCH(cc_launch_depthwise_fused(&a, NULL));
-    launches += (int)(cc_cpu_launch_count("depthwise_fused_kernel") - before);
+    launches += (int)(cc_cpu_launch_count("depthwise_") - before);
 
     double *want = eu_doubles(y_n), *mag = eu_doubles(y_n), *filt = eu_doubles((size_t)taps),
            *fabs_ = eu_doubles((size_t)taps);
@@ -102,16 +234,33 @@ static void run_case(cc_depthwise_args a, int pad_bottom, int pad_right)
                     mag[at] = m;
                 }
         }
-    char what[200];
+    char what[240];
     snprintf(what, sizeof what,
-             "y (N=%d C=%d m=%d E=%d %dx%d k=%dx%d s=%dx%d d=%dx%d pad=%d,%d,%d,%d out=%dx%d act=%d bias=%d)", a.n,
-             a.in_channels, a.multiplier, a.experts_count, a.h, a.w, a.kernel_h, a.kernel_w, a.stride_h, a.stride_w,
-             a.dilation_h, a.dilation_w, a.pad_top, pad_bottom, a.pad_left, pad_right, a.out_h, a.out_w, a.activation,
-             has_bias);
-    float *got = eu_floats(y_n);
-    eu_download(&dy, got);
-    eu_compare(what, got, want, mag, y_n, 1e-30, (a.experts_count + taps + 8) * EU_U * 1.1);
+             "y (%s %s%s N=%d C=%d m=%d E=%d %dx%d k=%dx%d s=%dx%d d=%dx%d pad=%d,%d,%d,%d out=%dx%d act=%d bias=%d)",
+             dtype_name(a.dtype), nhwc ? "NHWC" : "NCHW",
+             misaligned == 1   ? " x misaligned"
+             : misaligned == 2 ? " y misaligned"
+             : misaligned == 3 ? " x,y misaligned"
+                               : "",
+             a.n, a.in_channels, a.multiplier, a.experts_count, a.h, a.w, a.kernel_h, a.kernel_w, a.stride_h,
+             a.stride_w, a.dilation_h, a.dilation_w, a.pad_top, pad_bottom, a.pad_left, pad_right, a.out_h, a.out_w,
+             a.activation, has_bias);
+    float *got = eu_floats(y_n), *gl = eu_floats(y_n);
+    EU_EXPECT(download_as(a.dtype, &dy, gl, y_n), "%s: written past the last element", what);
+    for (size_t i = 0; i < y_n; ++i) { /* to [N][Cout][Ho][Wo] */
+        const size_t plane = (size_t)a.out_h * a.out_w, s = i / (plane * cout), r = i % (plane * cout);
+        got[i] = nhwc ? gl[(s * plane + r % plane) * cout + r / plane] : gl[i];
+    }
+    /* Each element's bound (header comment). */
+    const double u = a.dtype == CC_DTYPE_F16 ? 1.0 / 2048 : a.dtype == CC_DTYPE_BF16 ? 1.0 / 256 : 0.0;
+    const double tiny = a.dtype == CC_DTYPE_F16 ? ldexp(1.0, -25) : 1e-30;
+    for (size_t i = 0; i < y_n; ++i) {
+        const double d = (a.experts_count + taps + 8) * EU_U * 1.1 * mag[i];
+        mag[i] = d * (1 + u) + u * fabs(want[i]) + tiny;
+    }
+    eu_compare(what, got, want, mag, y_n, 0.0, 1.0);
     eu_guards_intact(&dy, what);
+    free(gl);
     free(x);
     free(w);
     free(b);
@@ -128,9 +277,15 @@ static void run_case(cc_depthwise_args a, int pad_bottom, int pad_right)
     eu_buffer_free(&dy);
 }
 
+static void run_case(cc_depthwise_args a, int pad_bottom, int pad_right) { run_case_at(a, pad_bottom, pad_right, 0); }
+
+static int g_dtype, g_layout; /* of the sweep running */
+
 static cc_depthwise_args base(int kh, int kw)
 {
     cc_depthwise_args a = {0};
+    a.dtype = g_dtype;
+    a.layout = g_layout;
     a.n = 1;
     a.in_channels = 2;
     a.multiplier = 1;
@@ -144,10 +299,10 @@ static cc_depthwise_args base(int kh, int kw)
     return a;
 }
 
-int main(void)
+static const float one = 1.0f; /* any non-NULL pointer: run_case replaces it with the device bias */
+
+static void sweep(void)
 {
-    eu_seed_from_env();
-    static const float one = 1.0f; /* any non-NULL pointer: run_case replaces it with the device bias */
     static const int kernels[][2] = {{3, 3}, {5, 5}, {7, 7}, {1, 1}, {2, 2}, {4, 4},
                                      {9, 9}, {1, 3}, {3, 1}, {3, 5}, {5, 2}};
     int i = 0;
@@ -164,7 +319,7 @@ int main(void)
             a.multiplier = 1 + i % 3;
             a.in_channels = 1 + i % 3;
             a.n = 1 + (i % 4 == 1);
-            a.experts_count = (int[]){1, 2, 3, 4, 8, 16}[i % 6];
+            a.experts_count = (int[]){1, 2, 3, 4, 8, 16, 32}[i % 7];
             a.activation = i % 3;
             a.bias = i % 2 ? &one : NULL;
             /* Padding: symmetric, "same"-style (extra row/column below/right), or the reverse. */
@@ -190,15 +345,73 @@ int main(void)
         a.pad_top = a.pad_left = 0;
         run_case(a, 0, 0);
     }
+    if (g_layout != CC_LAYOUT_NHWC) return;
+    /* NHWC: channel counts for the 16-byte path (multiplier 1), several
+     * 64-channel chunks (the last one partial), a multiplier with a
+     * vectorisable Cin (scalar), and misaligned x or y (scalar). */
+    static const int wide[][5] = {/* Cin, multiplier, kernel, misaligned, E */
+                                  {8, 1, 3, 0, 1},   {16, 1, 5, 0, 32}, {24, 1, 3, 0, 4}, {72, 1, 7, 0, 3},
+                                  {136, 1, 3, 0, 2}, {8, 2, 3, 0, 2},   {40, 3, 2, 0, 5}, {16, 1, 3, 1, 3},
+                                  {24, 1, 5, 2, 8},  {64, 1, 3, 3, 1},  {12, 1, 1, 0, 2}, {4, 1, 3, 0, 2}};
+    for (size_t wi = 0; wi < sizeof wide / sizeof wide[0]; ++wi) {
+        cc_depthwise_args a = base(wide[wi][2], wide[wi][2]);
+        a.in_channels = wide[wi][0];
+        a.multiplier = wide[wi][1];
+        a.experts_count = wide[wi][4];
+        a.h = 5 + (int)wi % 4 * 3;
+        a.w = 11 - (int)wi % 3;
+        a.n = 1 + (int)wi % 2;
+        a.stride_h = 1 + (int)wi % 2;
+        a.stride_w = 1 + (int)(wi % 3 == 2);
+        a.dilation_w = 1 + (int)(wi % 4 == 3);
+        a.activation = (int)wi % 3;
+        a.bias = wi % 2 ? NULL : &one;
+        const int total_h = a.dilation_h * (a.kernel_h - 1), total_w = a.dilation_w * (a.kernel_w - 1);
+        a.pad_top = total_h / 2;
+        a.pad_left = (total_w + 1) / 2;
+        run_case_at(a, total_h - a.pad_top + (int)(wi % 2), total_w - a.pad_left, wide[wi][3]);
+    }
+}
+
+int main(void)
+{
+    eu_seed_from_env();
+    static const int dtypes[] = {CC_DTYPE_F32, CC_DTYPE_F16, CC_DTYPE_BF16};
+    for (int d = 0; d < 3; ++d)
+        for (g_layout = CC_LAYOUT_NCHW; g_layout <= CC_LAYOUT_NHWC; ++g_layout) {
+            g_dtype = dtypes[d];
+            sweep();
+        }
+    g_dtype = CC_DTYPE_F32;
+    g_layout = CC_LAYOUT_NCHW;
     /* Patches past 48 KiB of shared memory, and more tiles than gridDim.y takes, are refused. */
     cc_depthwise_args big = base(7, 7);
     big.dilation_h = big.dilation_w = 20;
     big.h = big.w = 200;
     big.out_h = big.out_w = 80;
     EU_EXPECT(cc_depthwise_fused_smem_bytes(&big) > CC_DEPTHWISE_MAX_SMEM, "test shape should need > 48 KiB");
-    const long long before = cc_cpu_launch_count("depthwise_fused_kernel");
+    const long long before = cc_cpu_launch_count("depthwise_");
     EU_EXPECT(cc_launch_depthwise_fused(&big, NULL) == cudaErrorInvalidValue, "a patch past 48 KiB must be refused");
-    EU_EXPECT(cc_cpu_launch_count("depthwise_fused_kernel") == before, "a refused shape launched a kernel");
+    /* NHWC: filters of a 64-channel chunk past 48 KiB (15x15 taps); the same shape fits NCHW. */
+    cc_depthwise_args wide = base(15, 15);
+    wide.out_h = wide.out_w = 7;
+    EU_EXPECT(cc_depthwise_fused_smem_bytes(&wide) <= CC_DEPTHWISE_MAX_SMEM, "15x15 should fit NCHW");
+    wide.layout = CC_LAYOUT_NHWC;
+    EU_EXPECT(cc_depthwise_fused_smem_bytes(&wide) > CC_DEPTHWISE_MAX_SMEM, "15x15 NHWC should need > 48 KiB");
+    EU_EXPECT(cc_launch_depthwise_fused(&wide, NULL) == cudaErrorInvalidValue, "NHWC past 48 KiB must be refused");
+    /* Unknown dtype or layout: 0 tiles, refused. */
+    cc_depthwise_args odd = base(3, 3);
+    odd.out_h = odd.out_w = 7;
+    odd.dtype = 3;
+    EU_EXPECT(cc_depthwise_fused_tiles(&odd) == 0, "an unknown dtype must have 0 tiles");
+    EU_EXPECT(cc_launch_depthwise_fused(&odd, NULL) == cudaErrorInvalidValue, "an unknown dtype must be refused");
+    odd.dtype = CC_DTYPE_F16;
+    odd.layout = 2;
+    EU_EXPECT(cc_depthwise_fused_tiles(&odd) == 0, "an unknown layout must have 0 tiles");
+    EU_EXPECT(cc_launch_depthwise_fused(&odd, NULL) == cudaErrorInvalidValue, "an unknown layout must be refused");
+    odd.layout = -1;
+    EU_EXPECT(cc_launch_depthwise_fused(&odd, NULL) == cudaErrorInvalidValue, "a negative layout must be refused");
+    EU_EXPECT(cc_cpu_launch_count("depthwise_") == before, "a refused shape launched a kernel");
     eu_expect_all_launched("depthwise_fused");
     EU_EXPECT(cc_cpu_refused_launches() == 0, "the layer refused %lld launch(es)", cc_cpu_refused_launches());
     printf("test_emu_depthwise: %d cases, %d launches\n", cases, launches);

@@ -7,8 +7,8 @@
  * depthwise_fused. The ones built on cuDNN or cuBLAS cannot (the layer
  * emulates no cuDNN convolution or cuBLAS GEMM); the test checks and says
  * how they refuse: cudnn_grouped and mixture with NOT_SUPPORTED at prepare,
- * gemm_batched with CUBLAS_ERROR at its first forward (its prepare does not
- * call cuBLAS), AUTO on a dense layer with NOT_SUPPORTED.
+ * gemm_batched with CUBLAS_ERROR at prepare (its trial GEMM), AUTO on a
+ * dense layer with NOT_SUPPORTED.
  *
  * Also: a forward captured into a CUDA graph and replayed on new inputs
  * equals an eager one (the emulated runtime invalidates a capture in which
@@ -163,28 +163,12 @@ static void unsupported_algorithms(condconv_context_t ctx)
         printf("  NOT SUPPORTED on the CPU layer: %s on a dense 3x3 layer -> %s (%s)\n",
                condconv_algo_name(cudnn_algos[i]), condconv_status_string(st), condconv_last_error());
     }
+    /* gemm_batched runs one trial GEMM at prepare, so the refusal shows there. */
     EXPECT_OK(condconv_layer_set_algo(layer, CONDCONV_ALGO_GEMM_BATCHED));
-    EXPECT_OK(condconv_prepare(layer, 2, 6, 6));
-    size_t ws_bytes = 0;
-    EXPECT_OK(condconv_get_workspace_size(layer, 2, 6, 6, &ws_bytes));
-    eu_buffer dx = eu_buffer_make((size_t)2 * 8 * 36, 0), dy = eu_buffer_make((size_t)2 * 12 * 36, 0);
-    float *x = eu_random(dx.n, -1.0f, 1.0f);
-    eu_upload(&dx, x);
-    void *ws = tu_dev_alloc_bytes(ws_bytes);
-    const condconv_status st = condconv_forward(layer, 2, 6, 6, dx.data, dy.data, NULL, NULL, ws, ws_bytes);
+    const condconv_status st = condconv_prepare(layer, 2, 6, 6);
     EXPECT_STATUS(st, CONDCONV_STATUS_CUBLAS_ERROR);
-    printf("  NOT SUPPORTED on the CPU layer: gemm_batched prepares, its forward -> %s (%s)\n",
-           condconv_status_string(st), condconv_last_error());
-    float *y = eu_floats(dy.n);
-    eu_download(&dy, y);
-    int untouched = 1;
-    for (size_t i = 0; i < dy.n; ++i) untouched &= y[i] != y[i]; /* still the NaN poison */
-    EXPECT(untouched, "gemm_batched's failed forward wrote y");
-    free(y);
-    free(x);
-    TU_CUDA(cudaFree(ws));
-    eu_buffer_free(&dx);
-    eu_buffer_free(&dy);
+    printf("  NOT SUPPORTED on the CPU layer: gemm_batched's prepare -> %s (%s)\n", condconv_status_string(st),
+           condconv_last_error());
     EXPECT_OK(condconv_layer_destroy(layer));
     tu_free_params(&p);
     condconv_layer_desc_destroy(desc);

@@ -3,7 +3,7 @@
  * packing, plan, tile choice, split-K buffers), routing and the fused kernel
  * run on the CPU, compared with condconv_forward_cpu. Forced, and through
  * AUTO's measurement (on this layer the cuDNN algorithms refuse and
- * gemm_batched's cuBLAS call fails when timed, so AUTO must pick fused).
+ * gemm_batched's trial cuBLAS call at prepare fails, so AUTO must pick fused).
  * Random dense, grouped and pointwise layers: strides, dilation, padding,
  * E from 1 to 32, biases, every activation and routing mode, x and y 4 bytes
  * off 16-byte alignment in some cases. Tolerance as tests/test_gpu_forward.c:

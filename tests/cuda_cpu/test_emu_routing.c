@@ -1,8 +1,9 @@
 /* kernels/routing.cu on the CPU execution layer, against a double-precision
  * reference: alpha[n][e] = act(b[e] + sum_c W[e][c] * mean_hw x[n][c][hw]).
  *
- * The sweep reaches both instances (16-byte loads when HW % 4 == 0 and x is
- * aligned; scalar loads otherwise, also for HW % 4 == 0 with x 4 bytes off),
+ * The sweep reaches all 12 instances (dtype x layout x 16-byte or scalar
+ * loads; f32 NCHW: 16-byte loads when HW % 4 == 0 and x is aligned, scalar
+ * otherwise, also for HW % 4 == 0 with x 4 bytes off),
  * E from 1 to 128 across the four accumulators per lane, channel counts
  * that leave a warp's last group of kChannelsPerWarp short, and splits over
  * blocks: the production choice (cc_routing_splits for 132 SMs), 1, 2, 3 and
@@ -14,8 +15,24 @@
  * float sums of C terms; each is within (terms + 40) * 2^-24 of its
  * magnitude mag_e = |b_e| + sum_c |W_ec| * mean|x_c|, far below 1e-5 * mag_e
  * for these sizes. The sigmoid's slope is at most 1/4; the softmax's
- * changes by at most 2 * (1/T) * max_e |dz_e|. Plus 1e-6 for expf. */
+ * changes by at most 2 * (1/T) * max_e |dz_e|. Plus 1e-6 for expf. With
+ * C in the thousands (the large-C cases) 1e-5 is raised to
+ * (HW + C + splits + 48) * 2^-24 (the splits' partial logits and the
+ * 8 warps' partials are sums too).
+ *
+ * Every case runs for each dtype (f32, f16, bf16) of x and each layout
+ * (NCHW [N][C][HW], NHWC [N][HW][C]). x is generated as floats and rounded
+ * to the dtype, and the reference takes the rounded values, so the
+ * tolerance is the f32 one: a half converts exactly and the pooling and FC
+ * are f32 for every dtype; alpha is f32. NCHW with 16-bit x: 16-byte loads
+ * when HW % 8 == 0 and x is aligned. NHWC: splits share pixels (more splits
+ * than pixels leave empty blocks, which must still count in), the
+ * vectorised path when C % (16 / sizeof) == 0 and x is aligned, channel
+ * chunks of 256 columns (C past 256 vectors). The 16-bit dtypes share the
+ * case lists between them (f16 every other case, bf16 the rest), to keep
+ * the run time down; each gets every split kind and the large-C cases. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,15 +44,89 @@
 
 static int cases, launches;
 
+/* --- f16 and bf16 on the host: round to nearest even, as __float2half_rn
+ * and __float2bfloat16_rn (finite inputs well inside the range here). */
+static uint16_t to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: inf (NaN never occurs here) */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal, in units of 2^-24 */
+        float v;
+        memcpy(&v, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)nearbyint((double)v * 16777216.0));
+    }
+    uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax & 0x7fffffu) >> 13));
+    const uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h; /* a carry into the exponent is right */
+    return (uint16_t)(sign | h);
+}
+static float from_f16(uint16_t h)
+{
+    const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    const double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+    return (float)((h & 0x8000u) ? -v : v);
+}
+static uint16_t to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+static float from_bf16(uint16_t h)
+{
+    const uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+/* Bytes of an element (not formats.h's cc_dtype_size, whose name the host may change). */
+static size_t elem_size(int dtype) { return dtype == CC_DTYPE_F32 ? 4 : 2; }
+static const char *dtype_name(int dtype)
+{
+    return dtype == CC_DTYPE_F16 ? "f16" : dtype == CC_DTYPE_BF16 ? "bf16" : "f32";
+}
+
+/* v rounded to the dtype, in place. */
+static void round_to(int dtype, float *v, size_t n)
+{
+    for (size_t i = 0; i < n; ++i)
+        v[i] = dtype == CC_DTYPE_F16    ? from_f16(to_f16(v[i]))
+               : dtype == CC_DTYPE_BF16 ? from_bf16(to_bf16(v[i]))
+                                        : v[i];
+}
+
+/* A device buffer of n elements of the dtype (offset floats off a 16-byte
+ * boundary, as eu_buffer_make), filled with v (already rounded). */
+static eu_buffer upload_as(int dtype, const float *v, size_t n, int offset)
+{
+    const size_t size = elem_size(dtype);
+    eu_buffer b = eu_buffer_make((n * size + 3) / 4, offset);
+    unsigned char *bytes = (unsigned char *)eu_floats((n * size + 3) / 4 + 1);
+    for (size_t i = 0; i < n; ++i) {
+        if (dtype == CC_DTYPE_F32) {
+            memcpy(bytes + 4 * i, &v[i], 4);
+        } else {
+            const uint16_t h = dtype == CC_DTYPE_F16 ? to_f16(v[i]) : to_bf16(v[i]);
+            memcpy(bytes + 2 * i, &h, 2);
+        }
+    }
+    if (n) EU_EXPECT(cudaMemcpy(b.data, bytes, n * size, cudaMemcpyHostToDevice) == cudaSuccess, "upload");
+    free(bytes);
+    return b;
+}
+
 typedef struct routing_case {
     int n, c, hw, e, softmax, splits, misaligned, reversed;
     float inv_temperature;
+    int dtype, layout;
 } routing_case;
 
 static void reference(const routing_case *k, const float *x, const float *wt, const float *b, double *alpha,
                       double *bound)
 {
-    const double rtol = 1e-5, atol = 1e-6;
+    const double atol = 1e-6, rtol = fmax(1e-5, (k->hw + k->c + k->splits + 48) * EU_U);
     for (int n = 0; n < k->n; ++n) {
         double z[CC_ROUTING_MAX_EXPERTS], mag[CC_ROUTING_MAX_EXPERTS], max_mag = 0;
         for (int e = 0; e < k->e; ++e) {
@@ -78,12 +169,21 @@ static void run_case(const routing_case *k)
 {
     ++cases;
     const size_t x_n = (size_t)k->n * k->c * k->hw, w_n = (size_t)k->c * k->e, a_n = (size_t)k->n * k->e;
-    float *x = eu_random(x_n, -2.0f, 2.0f);
+    float *x = eu_random(x_n, -2.0f, 2.0f); /* [N][C][HW], the reference's order */
     float *wt = eu_random(w_n, -1.0f, 1.0f);
     float *b = eu_random((size_t)k->e, -0.5f, 0.5f);
-    eu_buffer dx = eu_buffer_make(x_n, k->misaligned), dw = eu_buffer_make(w_n, 0), db = eu_buffer_make(k->e, 0);
-    eu_buffer da = eu_buffer_make(a_n, 0);
-    eu_upload(&dx, x);
+    round_to(k->dtype, x, x_n);
+    float *xl = x; /* x in the case's layout */
+    if (k->layout == CC_LAYOUT_NHWC) {
+        xl = eu_floats(x_n);
+        for (int n = 0; n < k->n; ++n)
+            for (int c = 0; c < k->c; ++c)
+                for (int i = 0; i < k->hw; ++i)
+                    xl[((size_t)n * k->hw + i) * k->c + c] = x[((size_t)n * k->c + c) * k->hw + i];
+    }
+    eu_buffer dx = upload_as(k->dtype, xl, x_n, k->misaligned), dw = eu_buffer_make(w_n, 0);
+    eu_buffer db = eu_buffer_make(k->e, 0), da = eu_buffer_make(a_n, 0);
+    if (xl != x) free(xl);
     eu_upload(&dw, wt);
     eu_upload(&db, b);
     const size_t partial_n = cc_routing_partial_elems(k->n, k->e, k->splits);
@@ -92,21 +192,21 @@ static void run_case(const routing_case *k)
     if (k->splits > 1) EU_EXPECT(cudaMemset(counters, 0, sizeof(unsigned int) * (size_t)k->n) == cudaSuccess, "memset");
 
     cc_cpu_set_block_order(k->reversed);
-    const long long before = cc_cpu_launch_count("routing_kernel");
-    EU_LAUNCH(cc_launch_routing(dx.data, dw.data, db.data, da.data, k->n, k->c, k->hw, k->e, k->softmax,
-                                k->inv_temperature, k->splits, k->splits > 1 ? dp.data : NULL,
+    const long long before = cc_cpu_launch_count("routing_");
+    EU_LAUNCH(cc_launch_routing(k->dtype, k->layout, dx.data, dw.data, db.data, da.data, k->n, k->c, k->hw, k->e,
+                                k->softmax, k->inv_temperature, k->splits, k->splits > 1 ? dp.data : NULL,
                                 k->splits > 1 ? counters : NULL, NULL));
     cc_cpu_set_block_order(0);
-    launches += (int)(cc_cpu_launch_count("routing_kernel") - before);
+    launches += (int)(cc_cpu_launch_count("routing_") - before);
 
     float *got = eu_floats(a_n);
     double *want = eu_doubles(a_n), *bound = eu_doubles(a_n);
     eu_download(&da, got);
     reference(k, x, wt, b, want, bound);
-    char what[160];
-    snprintf(what, sizeof what, "alpha (N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", k->n, k->c, k->hw, k->e,
-             k->softmax ? "softmax" : "sigmoid", k->splits, k->misaligned ? " x misaligned" : "",
-             k->reversed ? " reversed" : "");
+    char what[200];
+    snprintf(what, sizeof what, "alpha (%s %s N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", dtype_name(k->dtype),
+             k->layout == CC_LAYOUT_NHWC ? "NHWC" : "NCHW", k->n, k->c, k->hw, k->e, k->softmax ? "softmax" : "sigmoid",
+             k->splits, k->misaligned ? " x misaligned" : "", k->reversed ? " reversed" : "");
     eu_compare(what, got, want, bound, a_n, 0.0, 1.0); /* bound[i] is each weight's own tolerance */
     eu_guards_intact(&da, what);
     eu_guards_intact(&dp, "partial logits");
@@ -132,7 +232,7 @@ static void run_case(const routing_case *k)
     eu_buffer_free(&dc);
 }
 
-static void sweep(void)
+static void sweep(int dtype, int layout)
 {
     static const int experts[] = {1, 2, 31, 32, 33, 64, 65, 97, 128};
     static const int hws[] = {1, 3, 4, 7, 16, 49};
@@ -140,14 +240,24 @@ static void sweep(void)
     int i = 0;
     for (size_t ei = 0; ei < sizeof experts / sizeof experts[0]; ++ei)
         for (size_t hi = 0; hi < sizeof hws / sizeof hws[0]; ++hi) {
+            /* 16-bit dtypes: f16 every other case, bf16 the rest (run time). */
+            if (dtype != CC_DTYPE_F32 && i % 2 != (dtype == CC_DTYPE_BF16)) {
+                ++i;
+                continue;
+            }
             routing_case k = {0};
+            k.dtype = dtype;
+            k.layout = layout;
             k.e = experts[ei];
             k.hw = hws[hi];
             k.c = channels[(ei + hi) % 5];
             k.n = 1 + (int)((ei + 2 * hi) % 3);
             k.softmax = (int)((ei + hi) % 2);
             k.inv_temperature = k.softmax ? (float)(0.3 + 0.7 * (double)(i % 4)) : 1.0f;
-            k.misaligned = k.hw % 4 == 0 && i % 3 == 0;
+            /* x misaligned (the scalar fallback) where the 16-byte path would
+             * run otherwise, for every other E (the earlier `i % 3 == 0` never
+             * held where HW % 4 == 0). */
+            k.misaligned = (layout == CC_LAYOUT_NHWC ? k.c % 4 == 0 : k.hw % 4 == 0) && ei % 2 == 0;
             k.splits = 1;
             run_case(&k);
             ++i;
@@ -156,7 +266,10 @@ static void sweep(void)
     static const int split_c[] = {8, 24, 64, 70};
     for (size_t ci = 0; ci < sizeof split_c / sizeof split_c[0]; ++ci)
         for (int s = 0; s < 5; ++s) {
+            if (dtype != CC_DTYPE_F32 && (int)ci % 2 != (dtype == CC_DTYPE_BF16)) continue; /* as above */
             routing_case k = {0};
+            k.dtype = dtype;
+            k.layout = layout;
             k.c = split_c[ci];
             k.hw = ci % 2 ? 9 : 16;
             k.n = 1 + (int)(ci + (size_t)s) % 3;
@@ -170,21 +283,54 @@ static void sweep(void)
             k.misaligned = s == 3;
             run_case(&k);
         }
+    /* C past 256 16-byte vectors (NHWC: several channel chunks), vectorisable
+     * or not, split or not; per case C, HW, splits (0: production), x
+     * misaligned. */
+    static const int big_c[][4] = {{2064, 3, 1, 0}, {2063, 2, 2, 0}, {300, 5, 3, 0}, {1160, 8, 0, 0}, {1160, 16, 2, 1}};
+    for (size_t bi = 0; bi < sizeof big_c / sizeof big_c[0]; ++bi) {
+        routing_case k = {0};
+        k.dtype = dtype;
+        k.layout = layout;
+        k.c = big_c[bi][0];
+        k.hw = big_c[bi][1];
+        k.n = 1 + (int)bi % 2;
+        k.e = (int[]){4, 33, 8, 128, 16}[bi];
+        k.softmax = (int)bi % 2;
+        k.inv_temperature = k.softmax ? 0.7f : 1.0f;
+        k.splits = big_c[bi][2] ? big_c[bi][2] : cc_routing_splits(k.n, k.c, k.hw, 132);
+        k.reversed = bi == 1;
+        k.misaligned = big_c[bi][3];
+        run_case(&k);
+    }
 }
 
 int main(void)
 {
     eu_seed_from_env();
-    sweep();
+    static const int dtypes[] = {CC_DTYPE_F32, CC_DTYPE_F16, CC_DTYPE_BF16};
+    for (int d = 0; d < 3; ++d)
+        for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) sweep(dtypes[d], layout);
     /* Arguments the launcher must refuse without launching. */
-    const long long before = cc_cpu_launch_count("routing_kernel");
-    EU_EXPECT(cc_launch_routing(NULL, NULL, NULL, NULL, 1, 1, 1, CC_ROUTING_MAX_EXPERTS + 1, 0, 1.0f, 1, NULL, NULL,
-                                NULL) == cudaErrorInvalidValue,
+    const long long before = cc_cpu_launch_count("routing_");
+    EU_EXPECT(cc_launch_routing(CC_DTYPE_F32, CC_LAYOUT_NCHW, NULL, NULL, NULL, NULL, 1, 1, 1,
+                                CC_ROUTING_MAX_EXPERTS + 1, 0, 1.0f, 1, NULL, NULL, NULL) == cudaErrorInvalidValue,
               "E > CC_ROUTING_MAX_EXPERTS must be refused");
-    EU_EXPECT(cc_launch_routing(NULL, NULL, NULL, NULL, 1, 8, 1, 4, 0, 1.0f, 2, NULL, NULL, NULL) ==
-                  cudaErrorInvalidValue,
+    EU_EXPECT(cc_launch_routing(CC_DTYPE_F16, CC_LAYOUT_NHWC, NULL, NULL, NULL, NULL, 1, 8, 1, 4, 0, 1.0f, 2, NULL,
+                                NULL, NULL) == cudaErrorInvalidValue,
               "splits > 1 without buffers must be refused");
-    EU_EXPECT(cc_cpu_launch_count("routing_kernel") == before, "a refused call launched a kernel");
+    /* Unknown dtype or layout (valid pointers, so only the format is wrong). */
+    eu_buffer any = eu_buffer_make(64, 0);
+    EU_EXPECT(cc_launch_routing(3, CC_LAYOUT_NCHW, any.data, any.data, any.data, any.data, 1, 4, 4, 4, 0, 1.0f, 1, NULL,
+                                NULL, NULL) == cudaErrorInvalidValue,
+              "an unknown dtype must be refused");
+    EU_EXPECT(cc_launch_routing(CC_DTYPE_BF16, 2, any.data, any.data, any.data, any.data, 1, 4, 4, 4, 0, 1.0f, 1, NULL,
+                                NULL, NULL) == cudaErrorInvalidValue,
+              "an unknown layout must be refused");
+    EU_EXPECT(cc_launch_routing(-1, -1, any.data, any.data, any.data, any.data, 1, 4, 4, 4, 0, 1.0f, 1, NULL, NULL,
+                                NULL) == cudaErrorInvalidValue,
+              "a negative dtype and layout must be refused");
+    eu_buffer_free(&any);
+    EU_EXPECT(cc_cpu_launch_count("routing_") == before, "a refused call launched a kernel");
     eu_expect_all_launched("routing");
     EU_EXPECT(cc_cpu_refused_launches() == 0, "the layer refused %lld launch(es)", cc_cpu_refused_launches());
     printf("test_emu_routing: %d cases, %d launches\n", cases, launches);

@@ -21,6 +21,7 @@
 #include <cuda_cpu/hooks.h>
 
 #include "fused_conv.h"
+#include "fused_reference.h"
 
 namespace {
 
@@ -81,59 +82,6 @@ cc_fused_args args_for(const shape &s)
     return a;
 }
 
-// ---------------------------------------------------------------------------
-// Double reference, from the library's expert layout [E][Cout][Cin/g][kh][kw]
-// (not the packed one), and the magnitude sum |terms| of each output.
-
-double activate(int act, double v)
-{
-    if (act == 1) return v < 0.0 ? 0.0 : v;
-    if (act == 2) return v / (1.0 + exp(-v));
-    return v;
-}
-
-void reference(const cc_fused_args &a, const float *x, const float *experts, const float *bias, const float *alpha,
-               double *ref, double *mag)
-{
-    const int cin_g = a.in_channels / a.groups, mg = a.out_channels / a.groups, taps = a.kernel_h * a.kernel_w;
-    const size_t wsz = (size_t)a.out_channels * cin_g * taps;
-    double *wn = (double *)malloc(sizeof(double) * wsz);
-    for (int n = 0; n < a.n; ++n) {
-        for (size_t j = 0; j < wsz; ++j) {
-            double acc = 0.0;
-            for (int e = 0; e < a.experts; ++e) acc += (double)alpha[n * a.experts + e] * experts[e * wsz + j];
-            wn[j] = acc;
-        }
-        for (int o = 0; o < a.out_channels; ++o) {
-            double b = 0.0;
-            if (bias)
-                for (int e = 0; e < a.experts; ++e)
-                    b += (double)alpha[n * a.experts + e] * bias[e * a.out_channels + o];
-            const int g = o / mg;
-            for (int oy = 0; oy < a.out_h; ++oy)
-                for (int ox = 0; ox < a.out_w; ++ox) {
-                    double acc = b, m = fabs(b);
-                    for (int ci = 0; ci < cin_g; ++ci)
-                        for (int ky = 0; ky < a.kernel_h; ++ky)
-                            for (int kx = 0; kx < a.kernel_w; ++kx) {
-                                const int iy = oy * a.stride_h - a.pad_top + ky * a.dilation_h;
-                                const int ix = ox * a.stride_w - a.pad_left + kx * a.dilation_w;
-                                if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) continue;
-                                const double t =
-                                    wn[((size_t)o * cin_g + ci) * taps + ky * a.kernel_w + kx] *
-                                    x[(((size_t)n * a.in_channels + (size_t)g * cin_g + ci) * a.h + iy) * a.w + ix];
-                                acc += t;
-                                m += fabs(t);
-                            }
-                    const size_t idx = (((size_t)n * a.out_channels + o) * a.out_h + oy) * a.out_w + ox;
-                    ref[idx] = activate(a.activation, acc);
-                    mag[idx] = m;
-                }
-        }
-    }
-    free(wn);
-}
-
 float frand(unsigned int *state)
 {
     *state = *state * 1664525u + 1013904223u;
@@ -181,7 +129,7 @@ void problem_create(problem *p, const shape &s, unsigned int seed)
     p->ref = (double *)malloc(sizeof(double) * p->y_elems);
     p->mag = (double *)malloc(sizeof(double) * p->y_elems);
     p->h_y = (float *)malloc(sizeof(float) * (p->y_elems + 2 * kGuard + 4));
-    reference(a, h_x, h_w, s.bias ? h_b : NULL, h_al, p->ref, p->mag);
+    cc_fused_reference(a, h_x, h_w, s.bias ? h_b : NULL, h_al, p->ref, p->mag);
 
     CUDA_OK(cudaMalloc(&p->d_x_block, sizeof(float) * (p->x_elems + 4)));
     CUDA_OK(cudaMalloc(&p->d_y_block, sizeof(float) * (p->y_elems + 2 * kGuard + 4)));

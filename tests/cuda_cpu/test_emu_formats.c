@@ -1,0 +1,273 @@
+/* condconv_forward and condconv_route end to end on the CPU execution layer
+ * in every dtype and layout: f16 and bf16, NCHW and NHWC (and f32 NHWC),
+ * through the library's host code, unchanged, and the kernels' half and
+ * channels-last instances run on the CPU.
+ *
+ * What runs here is made of condconv's own kernels: routing (condconv_route,
+ * and inside every forward) and depthwise_fused, forced and chosen by AUTO
+ * (measured and by rule). Dense layers in these formats have no algorithm
+ * in this build (cuDNN and cuBLAS are not emulated and fused is f32 NCHW):
+ * AUTO must say NOT_SUPPORTED, and fused must refuse with its reason.
+ *
+ * Reference: tu_reference in double on the dtype's own values (parameters
+ * and x are drawn, rounded to the dtype, and fed to both), compared in NCHW
+ * after transposing NHWC results on the host. Tolerances from
+ * tu_dtype_tolerance (derived in tests/test_gpu_forward.c); depthwise_fused
+ * stores no intermediate, so it is held to the same bound with room to
+ * spare. Outputs are poisoned (all-ones bytes: NaN in every dtype) before
+ * each forward; one case in four passes x and y one element past a 16-byte
+ * boundary, so the kernels' scalar paths run too. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emu_util.h"
+#include "gpu_util.h"
+#include "test_util.h"
+
+static int forwards, routes, refusals;
+
+typedef struct format {
+    condconv_dtype dtype;
+    condconv_layout layout;
+} format;
+
+static const char *format_name(format f)
+{
+    static const char *names[3][2] = {{"f32 NCHW", "f32 NHWC"}, {"f16 NCHW", "f16 NHWC"}, {"bf16 NCHW", "bf16 NHWC"}};
+    return names[f.dtype][f.layout];
+}
+
+/* The spec's parameters rounded to the dtype (in p, for the reference) and a
+ * layer made from them in that dtype and layout. */
+typedef struct format_layer {
+    condconv_layer_t layer;
+    void *half_params[4];
+} format_layer;
+
+static int make_layer(condconv_context_t ctx, const tu_layer_spec *s, tu_params *p, format f, format_layer *out)
+{
+    tu_round_to_dtype(p->experts, p->experts_n, f.dtype);
+    tu_round_to_dtype(p->expert_bias, p->bias_n, f.dtype);
+    tu_round_to_dtype(p->routing_weight, p->routing_weight_n, f.dtype);
+    tu_round_to_dtype(p->routing_bias, p->routing_bias_n, f.dtype);
+    out->half_params[0] = tu_to_dtype(p->experts, p->experts_n, f.dtype);
+    out->half_params[1] = tu_to_dtype(p->expert_bias, p->bias_n, f.dtype);
+    out->half_params[2] = tu_to_dtype(p->routing_weight, p->routing_weight_n, f.dtype);
+    out->half_params[3] = tu_to_dtype(p->routing_bias, p->routing_bias_n, f.dtype);
+    const condconv_params view = {out->half_params[0], out->half_params[1], out->half_params[2], out->half_params[3]};
+    condconv_layer_desc_t desc = tu_make_desc(s);
+    EXPECT_OK(condconv_layer_desc_set_format(desc, f.dtype, f.layout));
+    const int ok = EXPECT_OK(condconv_layer_create(ctx, desc, &view, &out->layer));
+    condconv_layer_desc_destroy(desc);
+    return ok;
+}
+
+static void destroy_layer(format_layer *l)
+{
+    EXPECT_OK(condconv_layer_destroy(l->layer));
+    for (int i = 0; i < 4; ++i) free(l->half_params[i]);
+}
+
+/* Device copy of x (NCHW floats, already the dtype's values) in the format,
+ * `offset` bytes into its allocation. */
+static void *upload_x(const float *x, int n, int c, size_t plane, format f, size_t offset, void **block)
+{
+    const size_t count = (size_t)n * c * plane, elem = tu_dtype_size(f.dtype);
+    float *staged = malloc(count * sizeof(float));
+    if (f.layout == CONDCONV_LAYOUT_NHWC)
+        tu_transpose(x, staged, n, c, plane, 1);
+    else
+        memcpy(staged, x, count * sizeof(float));
+    void *host = tu_to_dtype(staged, count, f.dtype);
+    *block = tu_dev_alloc_bytes(count * elem + offset);
+    void *dev = (unsigned char *)*block + offset;
+    TU_CUDA(cudaMemcpy(dev, host, count * elem, cudaMemcpyHostToDevice));
+    free(staged);
+    free(host);
+    return dev;
+}
+
+/* Device y in the format -> NCHW floats. */
+static void download_y(const void *dev, float *y, int n, int c, size_t plane, format f)
+{
+    const size_t count = (size_t)n * c * plane, elem = tu_dtype_size(f.dtype);
+    void *host = malloc(count * elem);
+    float *staged = malloc(count * sizeof(float));
+    TU_CUDA(cudaMemcpy(host, dev, count * elem, cudaMemcpyDeviceToHost));
+    EXPECT_OK(condconv_convert(f.dtype, host, CONDCONV_DTYPE_F32, staged, count));
+    if (f.layout == CONDCONV_LAYOUT_NHWC)
+        tu_transpose(staged, y, n, c, plane, 0);
+    else
+        memcpy(y, staged, count * sizeof(float));
+    free(host);
+    free(staged);
+}
+
+/* One forward (and one condconv_route) of a depthwise layer in format f. */
+static void depthwise_case(condconv_context_t ctx, format f, condconv_algo algo, int index)
+{
+    tu_layer_spec s = tu_random_spec(TU_DEPTHWISE, 3, 7);
+    if (index % 5 == 0) { /* an EfficientNet-CondConv depthwise stage, wide enough for 16-byte vectors */
+        s.cin = 16 + 8 * (index % 3);
+        s.cout = s.cin * (index % 2 ? 2 : 1);
+        s.groups = s.cin;
+        s.kh = s.kw = index % 2 ? 5 : 3;
+        s.stride_h = s.stride_w = 1 + index % 2;
+        s.dil_h = s.dil_w = 1;
+        s.pad_mode = CONDCONV_PADDING_SAME;
+        s.pad_h = s.pad_w = 0;
+    }
+    static const int batches[] = {1, 2, 3, 5};
+    const int n = batches[index % 4], h = tu_rng_int(1, 11), w = tu_rng_int(1, 11);
+    condconv_layer_desc_t desc = tu_make_desc(&s);
+    int ho = 0, wo = 0;
+    const condconv_status dims = condconv_layer_desc_get_output_dims(desc, h, w, &ho, &wo, NULL);
+    condconv_layer_desc_destroy(desc);
+    if (dims != CONDCONV_STATUS_SUCCESS) return depthwise_case(ctx, f, algo, index); /* empty output: again */
+
+    tu_params p;
+    tu_make_params(&s, &p);
+    format_layer l;
+    if (!make_layer(ctx, &s, &p, f, &l)) {
+        tu_free_params(&p);
+        return;
+    }
+    EXPECT_OK(condconv_layer_set_algo(l.layer, algo));
+    const size_t x_n = (size_t)n * s.cin * h * w, y_n = (size_t)n * s.cout * ho * wo, a_n = (size_t)n * s.experts;
+    const size_t elem = tu_dtype_size(f.dtype), offset = index % 4 == 3 ? elem : 0;
+    float *x = eu_random(x_n, -1.0f, 1.0f), *alpha_in = NULL;
+    tu_round_to_dtype(x, x_n, f.dtype);
+    if (s.routing == CONDCONV_ROUTING_EXTERNAL) alpha_in = eu_random(a_n, -1.0f, 1.0f);
+    float *y = eu_floats(y_n), *y_ref = eu_floats(y_n), *mag = eu_floats(y_n);
+    float *alpha = eu_floats(a_n), *alpha_ref = eu_floats(a_n);
+    EXPECT(tu_reference(&s, &p, n, h, w, x, alpha_in, y_ref, mag, alpha_ref) == 0, "reference");
+
+    void *x_block, *y_block = tu_dev_alloc_bytes(y_n * elem + offset);
+    void *dx = upload_x(x, n, s.cin, (size_t)h * w, f, offset, &x_block), *dy = (unsigned char *)y_block + offset;
+    float *dalpha = tu_dev_alloc(a_n), *dalpha_in = alpha_in ? tu_dev_alloc(a_n) : NULL;
+    if (alpha_in) tu_to_dev(dalpha_in, alpha_in, a_n);
+    TU_CUDA(cudaMemset(dy, 0xFF, y_n * elem));
+    tu_dev_poison(dalpha, a_n);
+    size_t ws_bytes = 0;
+    condconv_plan_info info;
+    if (EXPECT_OK(condconv_get_plan_info(l.layer, n, h, w, &info)) &&
+        EXPECT_OK(condconv_get_workspace_size(l.layer, n, h, w, &ws_bytes))) {
+        EXPECT(info.algo == CONDCONV_ALGO_DEPTHWISE_FUSED, "%s: a depthwise layer runs %s (%s)", format_name(f),
+               condconv_algo_name(info.algo), info.reason);
+        if (index == 0) printf("  %s plan: %s; %s\n", format_name(f), info.reason, info.backend);
+        void *ws = ws_bytes ? tu_dev_alloc_bytes(ws_bytes) : NULL;
+        if (EXPECT_OK(condconv_forward(l.layer, n, h, w, dx, dy, dalpha_in, dalpha, ws, ws_bytes))) {
+            ++forwards;
+            download_y(dy, y, n, s.cout, (size_t)ho * wo, f);
+            tu_to_host(alpha, dalpha, a_n);
+            double atol, rtol, l2_max;
+            tu_dtype_tolerance(f.dtype, &atol, &rtol, &l2_max);
+            const double l2 = tu_relative_l2(y, y_ref, y_n);
+            const size_t bad = tu_compare("y", y, y_ref, mag, y_n, atol, rtol) +
+                               tu_compare("alpha", alpha, alpha_in ? alpha_in : alpha_ref, NULL, a_n, 2e-5, 0.0);
+            EXPECT(bad == 0 && l2 <= l2_max, "%s via %s: n=%d h=%d w=%d %s%s (relative L2 %.3g)", format_name(f),
+                   condconv_algo_name(algo), n, h, w, tu_spec_string(&s), offset ? " (not 16-byte aligned)" : "", l2);
+        }
+        TU_CUDA(cudaFree(ws));
+    }
+    if (s.routing != CONDCONV_ROUTING_EXTERNAL) { /* condconv_route alone, on the same x */
+        tu_dev_poison(dalpha, a_n);
+        if (EXPECT_OK(condconv_route(l.layer, n, h, w, dx, dalpha))) {
+            ++routes;
+            tu_to_host(alpha, dalpha, a_n);
+            EXPECT(tu_compare("alpha", alpha, alpha_ref, NULL, a_n, 2e-5, 0.0) == 0, "%s: condconv_route",
+                   format_name(f));
+        }
+    }
+    TU_CUDA(cudaFree(x_block));
+    TU_CUDA(cudaFree(y_block));
+    TU_CUDA(cudaFree(dalpha));
+    TU_CUDA(cudaFree(dalpha_in));
+    free(x);
+    free(alpha_in);
+    free(y);
+    free(y_ref);
+    free(mag);
+    free(alpha);
+    free(alpha_ref);
+    destroy_layer(&l);
+    tu_free_params(&p);
+}
+
+/* A dense half-precision or NHWC layer has no algorithm in this build: AUTO says
+ * so, fused gives its reason; routing alone still runs (wide channels for
+ * the vector paths, many pixels for a split routing). */
+static void dense_layer(condconv_context_t ctx, format f)
+{
+    tu_layer_spec s = tu_basic_spec(24, 16, 3, 5);
+    s.routing = CONDCONV_ROUTING_SOFTMAX;
+    s.temperature = 0.7f;
+    const int n = 3, h = 19, w = 21;
+    tu_params p;
+    tu_make_params(&s, &p);
+    format_layer l;
+    if (!make_layer(ctx, &s, &p, f, &l)) {
+        tu_free_params(&p);
+        return;
+    }
+    { /* every format here but f32 NCHW */
+        EXPECT_STATUS(condconv_prepare(l.layer, n, h, w), CONDCONV_STATUS_NOT_SUPPORTED);
+        EXPECT_OK(condconv_layer_set_algo(l.layer, CONDCONV_ALGO_FUSED));
+        EXPECT_STATUS(condconv_prepare(l.layer, n, h, w), CONDCONV_STATUS_NOT_SUPPORTED);
+        EXPECT(strstr(condconv_last_error(), "f32 NCHW") != NULL, "fused's refusal should say why: %s",
+               condconv_last_error());
+        ++refusals;
+    }
+    const size_t x_n = (size_t)n * s.cin * h * w, a_n = (size_t)n * s.experts;
+    float *x = eu_random(x_n, -1.0f, 1.0f), *alpha = eu_floats(a_n), *alpha_ref = eu_floats(a_n);
+    float *y_ref = eu_floats((size_t)n * s.cout * h * w); /* the output is smaller (3x3, unpadded) */
+    tu_round_to_dtype(x, x_n, f.dtype);
+    EXPECT(tu_reference(&s, &p, n, h, w, x, NULL, y_ref, NULL, alpha_ref) == 0, "reference");
+    void *x_block;
+    void *dx = upload_x(x, n, s.cin, (size_t)h * w, f, 0, &x_block);
+    float *dalpha = tu_dev_alloc(a_n);
+    tu_dev_poison(dalpha, a_n);
+    if (EXPECT_OK(condconv_route(l.layer, n, h, w, dx, dalpha))) {
+        ++routes;
+        tu_to_host(alpha, dalpha, a_n);
+        EXPECT(tu_compare("alpha", alpha, alpha_ref, NULL, a_n, 2e-5, 0.0) == 0, "%s: condconv_route of a dense layer",
+               format_name(f));
+    }
+    TU_CUDA(cudaFree(x_block));
+    TU_CUDA(cudaFree(dalpha));
+    free(x);
+    free(alpha);
+    free(alpha_ref);
+    free(y_ref);
+    destroy_layer(&l);
+    tu_free_params(&p);
+}
+
+int main(void)
+{
+    tu_seed_from_env();
+    condconv_context_t ctx;
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_emu_formats");
+    static const format formats[] = {{CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NHWC},
+                                     {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW},
+                                     {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC},
+                                     {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW},
+                                     {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC}};
+    const int cases = tu_case_count(10);
+    for (size_t k = 0; k < sizeof formats / sizeof formats[0]; ++k) {
+        /* Forced, then AUTO by measurement, then AUTO by rule. */
+        for (int i = 0; i < cases; ++i) {
+            const condconv_algo_select select = i % 3 == 2 ? CONDCONV_SELECT_HEURISTIC : CONDCONV_SELECT_MEASURE;
+            EXPECT_OK(condconv_context_set_algo_select(ctx, select));
+            depthwise_case(ctx, formats[k], i % 3 == 0 ? CONDCONV_ALGO_DEPTHWISE_FUSED : CONDCONV_ALGO_AUTO, i);
+        }
+        EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
+        dense_layer(ctx, formats[k]);
+    }
+    EXPECT_OK(condconv_context_destroy(ctx));
+    printf("test_emu_formats: %d forwards, %d routings, %d dense half layers refused\n", forwards, routes, refusals);
+    EXPECT(forwards == 5 * cases, "%d of %d forwards ran", forwards, 5 * cases);
+    EXPECT(eu_failures == 0, "%d failure(s) of the buffer checks above", eu_failures);
+    return tu_finish("test_emu_formats");
+}
