@@ -23,6 +23,9 @@ typedef struct cc_algo_state {
     char backend[256];      /* condconv_plan_info.backend */
     cc_cudnn_conv conv;     /* cudnn_grouped, mixture */
     int has_conv;
+    /* The output is computed in NCHW into the workspace at off_z and the
+     * epilogue transposes it into the NHWC y (cudnn_grouped, NHWC layers). */
+    int transpose_out;
     /* Input windows gathered into the workspace first (kernels/gather.h):
      * im2col for a k x k GEMM, subsampling for a strided 1x1 GEMM, the
      * asymmetric padding cuDNN cannot express, or NHWC input transposed for
@@ -31,9 +34,6 @@ typedef struct cc_algo_state {
     cc_gather_args gather_args;
     /* Byte offsets of the pieces within this algorithm's workspace. */
     size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
-    /* The output is computed in NCHW into the workspace at off_z and the
-     * epilogue transposes it into the NHWC y (cudnn_grouped, NHWC layers). */
-    int transpose_out;
     /* fused: the kernel's configuration and its split-K buffers. */
     cc_fused_config fused;
     float *fused_partial;

@@ -102,6 +102,63 @@ static inline void ed_unpack(int dtype, const void *src, float *dst, size_t n)
     for (size_t i = 0; i < n; ++i) dst[i] = dtype == CC_DTYPE_F16 ? ed_from_f16(s[i]) : ed_from_bf16(s[i]);
 }
 
+/* v[0..n) rounded to dtype in place. */
+static inline void ed_round_all(int dtype, float *v, size_t n)
+{
+    for (size_t i = 0; i < n; ++i) v[i] = ed_round(dtype, v[i]);
+}
+
+/* The same in emu_util's float-granular eu_buffers (offset in floats off a
+ * 16-byte boundary), for tests built on them. */
+/* A device buffer of n elements of the dtype (offset floats off a 16-byte
+ * boundary, as eu_buffer_make), filled with v (already rounded). */
+static inline eu_buffer ed_eu_upload(int dtype, const float *v, size_t n, int offset)
+{
+    const size_t size = ed_size(dtype);
+    eu_buffer b = eu_buffer_make((n * size + 3) / 4, offset);
+    unsigned char *bytes = (unsigned char *)eu_floats((n * size + 3) / 4 + 1);
+    for (size_t i = 0; i < n; ++i) {
+        if (dtype == CC_DTYPE_F32) {
+            memcpy(bytes + 4 * i, &v[i], 4);
+        } else {
+            const uint16_t h = dtype == CC_DTYPE_F16 ? ed_to_f16(v[i]) : ed_to_bf16(v[i]);
+            memcpy(bytes + 2 * i, &h, 2);
+        }
+    }
+    if (n) EU_EXPECT(cudaMemcpy(b.data, bytes, n * size, cudaMemcpyHostToDevice) == cudaSuccess, "upload");
+    free(bytes);
+    return b;
+}
+
+/* A device buffer of n elements of the dtype, all bits set (NaN). */
+static inline eu_buffer ed_eu_poisoned(int dtype, size_t n, int offset)
+{
+    eu_buffer b = eu_buffer_make((n * ed_size(dtype) + 3) / 4, offset);
+    if (b.n) EU_EXPECT(cudaMemset(b.data, 0xff, b.n * 4) == cudaSuccess, "poison");
+    return b;
+}
+
+/* The n elements of a dtype buffer as floats; 1 if the bytes after them up
+ * to the buffer's end (the odd half of 16-bit data) are still poison. */
+static inline int ed_eu_download(int dtype, const eu_buffer *b, float *v, size_t n)
+{
+    unsigned char *bytes = (unsigned char *)eu_floats(b->n + 1);
+    EU_EXPECT(cudaMemcpy(bytes, b->data, b->n * 4, cudaMemcpyDeviceToHost) == cudaSuccess, "download");
+    for (size_t i = 0; i < n; ++i) {
+        if (dtype == CC_DTYPE_F32) {
+            memcpy(&v[i], bytes + 4 * i, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, bytes + 2 * i, 2);
+            v[i] = dtype == CC_DTYPE_F16 ? ed_from_f16(h) : ed_from_bf16(h);
+        }
+    }
+    int tail_ok = 1;
+    for (size_t i = n * ed_size(dtype); i < b->n * 4; ++i) tail_ok &= bytes[i] == 0xff;
+    free(bytes);
+    return tail_ok;
+}
+
 /* n uniform values in [lo, hi), each rounded to dtype: what the kernel gets
  * and what the reference computes with. */
 static inline float *ed_random(int dtype, size_t n, float lo, float hi)

@@ -38,111 +38,10 @@
 #include <cuda_runtime.h>
 
 #include "depthwise_fused.h"
+#include "emu_dtype.h"
 #include "emu_util.h"
 
 static int cases, launches;
-
-/* --- f16 and bf16 on the host: round to nearest even, as __float2half_rn
- * and __float2bfloat16_rn (finite inputs well inside the range here). */
-static uint16_t to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: inf (NaN never occurs here) */
-    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal, in units of 2^-24 */
-        float v;
-        memcpy(&v, &ax, 4);
-        return (uint16_t)(sign | (uint32_t)nearbyint((double)v * 16777216.0));
-    }
-    uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax & 0x7fffffu) >> 13));
-    const uint32_t rem = ax & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h; /* a carry into the exponent is right */
-    return (uint16_t)(sign | h);
-}
-static float from_f16(uint16_t h)
-{
-    const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    const double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
-    return (float)((h & 0x8000u) ? -v : v);
-}
-static uint16_t to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-static float from_bf16(uint16_t h)
-{
-    const uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-/* Bytes of an element (not formats.h's cc_dtype_size, whose name the host may change). */
-static size_t elem_size(int dtype) { return dtype == CC_DTYPE_F32 ? 4 : 2; }
-static const char *dtype_name(int dtype)
-{
-    return dtype == CC_DTYPE_F16 ? "f16" : dtype == CC_DTYPE_BF16 ? "bf16" : "f32";
-}
-
-/* v rounded to the dtype, in place. */
-static void round_to(int dtype, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; ++i)
-        v[i] = dtype == CC_DTYPE_F16    ? from_f16(to_f16(v[i]))
-               : dtype == CC_DTYPE_BF16 ? from_bf16(to_bf16(v[i]))
-                                        : v[i];
-}
-
-/* A device buffer of n elements of the dtype (offset floats off a 16-byte
- * boundary, as eu_buffer_make), filled with v (already rounded). */
-static eu_buffer upload_as(int dtype, const float *v, size_t n, int offset)
-{
-    const size_t size = elem_size(dtype);
-    eu_buffer b = eu_buffer_make((n * size + 3) / 4, offset);
-    unsigned char *bytes = (unsigned char *)eu_floats((n * size + 3) / 4 + 1);
-    for (size_t i = 0; i < n; ++i) {
-        if (dtype == CC_DTYPE_F32) {
-            memcpy(bytes + 4 * i, &v[i], 4);
-        } else {
-            const uint16_t h = dtype == CC_DTYPE_F16 ? to_f16(v[i]) : to_bf16(v[i]);
-            memcpy(bytes + 2 * i, &h, 2);
-        }
-    }
-    if (n) EU_EXPECT(cudaMemcpy(b.data, bytes, n * size, cudaMemcpyHostToDevice) == cudaSuccess, "upload");
-    free(bytes);
-    return b;
-}
-
-/* A device buffer of n elements of the dtype, all bits set (NaN). */
-static eu_buffer poisoned_as(int dtype, size_t n, int offset)
-{
-    eu_buffer b = eu_buffer_make((n * elem_size(dtype) + 3) / 4, offset);
-    if (b.n) EU_EXPECT(cudaMemset(b.data, 0xff, b.n * 4) == cudaSuccess, "poison");
-    return b;
-}
-
-/* The n elements of a dtype buffer as floats; 1 if the bytes after them up
- * to the buffer's end (the odd half of 16-bit data) are still poison. */
-static int download_as(int dtype, const eu_buffer *b, float *v, size_t n)
-{
-    unsigned char *bytes = (unsigned char *)eu_floats(b->n + 1);
-    EU_EXPECT(cudaMemcpy(bytes, b->data, b->n * 4, cudaMemcpyDeviceToHost) == cudaSuccess, "download");
-    for (size_t i = 0; i < n; ++i) {
-        if (dtype == CC_DTYPE_F32) {
-            memcpy(&v[i], bytes + 4 * i, 4);
-        } else {
-            uint16_t h;
-            memcpy(&h, bytes + 2 * i, 2);
-            v[i] = dtype == CC_DTYPE_F16 ? from_f16(h) : from_bf16(h);
-        }
-    }
-    int tail_ok = 1;
-    for (size_t i = n * elem_size(dtype); i < b->n * 4; ++i) tail_ok &= bytes[i] == 0xff;
-    free(bytes);
-    return tail_ok;
-}
 
 static double activate(int act, double v)
 {
@@ -171,8 +70,8 @@ static void run_case_at(cc_depthwise_args a, int pad_bottom, int pad_right, int 
     /* x [N][Cin][H][W] and y [N][Cout][Ho][Wo] here, whatever the layout. */
     float *x = eu_random(x_n, -1.0f, 1.0f), *w = eu_random(w_n, -1.0f, 1.0f), *b = eu_random(b_n, -1.0f, 1.0f);
     float *al = eu_random(al_n, 0.0f, 1.0f);
-    round_to(a.dtype, x, x_n);
-    round_to(a.dtype, w, w_n);
+    ed_round_all(a.dtype, x, x_n);
+    ed_round_all(a.dtype, w, w_n);
     const int has_bias = a.bias != NULL, nhwc = a.layout == CC_LAYOUT_NHWC;
     float *xl = x;
     if (nhwc) {
@@ -183,9 +82,9 @@ static void run_case_at(cc_depthwise_args a, int pad_bottom, int pad_right, int 
                     xl[((size_t)s * a.h * a.w + i) * a.in_channels + c] =
                         x[((size_t)s * a.in_channels + c) * a.h * a.w + i];
     }
-    eu_buffer dx = upload_as(a.dtype, xl, x_n, misaligned & 1), dw = upload_as(a.dtype, w, w_n, 0);
+    eu_buffer dx = ed_eu_upload(a.dtype, xl, x_n, misaligned & 1), dw = ed_eu_upload(a.dtype, w, w_n, 0);
     eu_buffer db = eu_buffer_make(b_n, 0), da = eu_buffer_make(al_n, 0);
-    eu_buffer dy = poisoned_as(a.dtype, y_n, (misaligned & 2) != 0);
+    eu_buffer dy = ed_eu_poisoned(a.dtype, y_n, (misaligned & 2) != 0);
     if (xl != x) free(xl);
     eu_upload(&db, b);
     eu_upload(&da, al);
@@ -237,7 +136,7 @@ static void run_case_at(cc_depthwise_args a, int pad_bottom, int pad_right, int 
     char what[240];
     snprintf(what, sizeof what,
              "y (%s %s%s N=%d C=%d m=%d E=%d %dx%d k=%dx%d s=%dx%d d=%dx%d pad=%d,%d,%d,%d out=%dx%d act=%d bias=%d)",
-             dtype_name(a.dtype), nhwc ? "NHWC" : "NCHW",
+             ed_name(a.dtype), nhwc ? "NHWC" : "NCHW",
              misaligned == 1   ? " x misaligned"
              : misaligned == 2 ? " y misaligned"
              : misaligned == 3 ? " x,y misaligned"
@@ -246,7 +145,7 @@ static void run_case_at(cc_depthwise_args a, int pad_bottom, int pad_right, int 
              a.stride_w, a.dilation_h, a.dilation_w, a.pad_top, pad_bottom, a.pad_left, pad_right, a.out_h, a.out_w,
              a.activation, has_bias);
     float *got = eu_floats(y_n), *gl = eu_floats(y_n);
-    EU_EXPECT(download_as(a.dtype, &dy, gl, y_n), "%s: written past the last element", what);
+    EU_EXPECT(ed_eu_download(a.dtype, &dy, gl, y_n), "%s: written past the last element", what);
     for (size_t i = 0; i < y_n; ++i) { /* to [N][Cout][Ho][Wo] */
         const size_t plane = (size_t)a.out_h * a.out_w, s = i / (plane * cout), r = i % (plane * cout);
         got[i] = nhwc ? gl[(s * plane + r % plane) * cout + r / plane] : gl[i];

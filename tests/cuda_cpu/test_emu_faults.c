@@ -202,8 +202,10 @@ int main(void)
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) run_config(&configs[i]);
     EXPECT(cc_cpu_live_allocations() == 0, "%zu device allocation(s) leaked", cc_cpu_live_allocations());
     printf("test_emu_faults: %d sequences, %d failing at the final routing_out copy\n", runs, final_copy_failures);
-    EXPECT(final_copy_failures >= 3, "the final routing_out copy was made to fail %d times, expected one per "
-                                     "configuration with routing_out", final_copy_failures);
+    EXPECT(final_copy_failures >= 3,
+           "the final routing_out copy was made to fail %d times, expected one per "
+           "configuration with routing_out",
+           final_copy_failures);
     EXPECT(eu_failures == 0, "%d failure(s) of the buffer checks above", eu_failures);
     return tu_finish("test_emu_faults");
 }

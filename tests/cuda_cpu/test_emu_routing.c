@@ -39,83 +39,11 @@
 
 #include <cuda_runtime.h>
 
+#include "emu_dtype.h"
 #include "emu_util.h"
 #include "routing.h"
 
 static int cases, launches;
-
-/* --- f16 and bf16 on the host: round to nearest even, as __float2half_rn
- * and __float2bfloat16_rn (finite inputs well inside the range here). */
-static uint16_t to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: inf (NaN never occurs here) */
-    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal, in units of 2^-24 */
-        float v;
-        memcpy(&v, &ax, 4);
-        return (uint16_t)(sign | (uint32_t)nearbyint((double)v * 16777216.0));
-    }
-    uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax & 0x7fffffu) >> 13));
-    const uint32_t rem = ax & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h; /* a carry into the exponent is right */
-    return (uint16_t)(sign | h);
-}
-static float from_f16(uint16_t h)
-{
-    const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    const double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
-    return (float)((h & 0x8000u) ? -v : v);
-}
-static uint16_t to_bf16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-static float from_bf16(uint16_t h)
-{
-    const uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-/* Bytes of an element (not formats.h's cc_dtype_size, whose name the host may change). */
-static size_t elem_size(int dtype) { return dtype == CC_DTYPE_F32 ? 4 : 2; }
-static const char *dtype_name(int dtype)
-{
-    return dtype == CC_DTYPE_F16 ? "f16" : dtype == CC_DTYPE_BF16 ? "bf16" : "f32";
-}
-
-/* v rounded to the dtype, in place. */
-static void round_to(int dtype, float *v, size_t n)
-{
-    for (size_t i = 0; i < n; ++i)
-        v[i] = dtype == CC_DTYPE_F16    ? from_f16(to_f16(v[i]))
-               : dtype == CC_DTYPE_BF16 ? from_bf16(to_bf16(v[i]))
-                                        : v[i];
-}
-
-/* A device buffer of n elements of the dtype (offset floats off a 16-byte
- * boundary, as eu_buffer_make), filled with v (already rounded). */
-static eu_buffer upload_as(int dtype, const float *v, size_t n, int offset)
-{
-    const size_t size = elem_size(dtype);
-    eu_buffer b = eu_buffer_make((n * size + 3) / 4, offset);
-    unsigned char *bytes = (unsigned char *)eu_floats((n * size + 3) / 4 + 1);
-    for (size_t i = 0; i < n; ++i) {
-        if (dtype == CC_DTYPE_F32) {
-            memcpy(bytes + 4 * i, &v[i], 4);
-        } else {
-            const uint16_t h = dtype == CC_DTYPE_F16 ? to_f16(v[i]) : to_bf16(v[i]);
-            memcpy(bytes + 2 * i, &h, 2);
-        }
-    }
-    if (n) EU_EXPECT(cudaMemcpy(b.data, bytes, n * size, cudaMemcpyHostToDevice) == cudaSuccess, "upload");
-    free(bytes);
-    return b;
-}
 
 typedef struct routing_case {
     int n, c, hw, e, softmax, splits, misaligned, reversed;
@@ -172,7 +100,7 @@ static void run_case(const routing_case *k)
     float *x = eu_random(x_n, -2.0f, 2.0f); /* [N][C][HW], the reference's order */
     float *wt = eu_random(w_n, -1.0f, 1.0f);
     float *b = eu_random((size_t)k->e, -0.5f, 0.5f);
-    round_to(k->dtype, x, x_n);
+    ed_round_all(k->dtype, x, x_n);
     float *xl = x; /* x in the case's layout */
     if (k->layout == CC_LAYOUT_NHWC) {
         xl = eu_floats(x_n);
@@ -181,7 +109,7 @@ static void run_case(const routing_case *k)
                 for (int i = 0; i < k->hw; ++i)
                     xl[((size_t)n * k->hw + i) * k->c + c] = x[((size_t)n * k->c + c) * k->hw + i];
     }
-    eu_buffer dx = upload_as(k->dtype, xl, x_n, k->misaligned), dw = eu_buffer_make(w_n, 0);
+    eu_buffer dx = ed_eu_upload(k->dtype, xl, x_n, k->misaligned), dw = eu_buffer_make(w_n, 0);
     eu_buffer db = eu_buffer_make(k->e, 0), da = eu_buffer_make(a_n, 0);
     if (xl != x) free(xl);
     eu_upload(&dw, wt);
@@ -204,7 +132,7 @@ static void run_case(const routing_case *k)
     eu_download(&da, got);
     reference(k, x, wt, b, want, bound);
     char what[200];
-    snprintf(what, sizeof what, "alpha (%s %s N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", dtype_name(k->dtype),
+    snprintf(what, sizeof what, "alpha (%s %s N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", ed_name(k->dtype),
              k->layout == CC_LAYOUT_NHWC ? "NHWC" : "NCHW", k->n, k->c, k->hw, k->e, k->softmax ? "softmax" : "sigmoid",
              k->splits, k->misaligned ? " x misaligned" : "", k->reversed ? " reversed" : "");
     eu_compare(what, got, want, bound, a_n, 0.0, 1.0); /* bound[i] is each weight's own tolerance */
