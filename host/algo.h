@@ -12,6 +12,7 @@
 #include "condconv.h"
 #include "cudnn_conv.h"
 #include "fused_conv.h"
+#include "fused_conv_tc.h"
 #include "gather.h"
 #include "layer.h"
 #include "scratch.h"
@@ -36,6 +37,7 @@ typedef struct cc_algo_state {
     size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
     /* fused: the kernel's configuration and its split-K buffers. */
     cc_fused_config fused;
+    cc_fused_tc_config fused_tc; /* fused, f16/bf16 layers */
     float *fused_partial;
     unsigned int *fused_counters;
     /* Device memory the state owns (freed by cc_algo_state_destroy). */

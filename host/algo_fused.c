@@ -8,7 +8,13 @@
  * The tile, the samples per block and split-K come from the kernel's cost
  * model (cc_fused_choose); plan info's backend says which and why. Split-K
  * needs partial sums and counters that the state owns (allocated here, at
- * prepare; the kernel leaves the counters zero after every launch). */
+ * prepare; the kernel leaves the counters zero after every launch).
+ *
+ * Two kernels behind it: f32 NCHW layers run kernels/fused_conv.cu (strict
+ * f32 FMA on the CUDA cores, whatever the math mode); f16 and bf16 layers,
+ * NCHW or NHWC, run kernels/fused_conv_tc.cu (wmma tensor cores, f32
+ * accumulation, the per-sample tile rounded once to the dtype in shared
+ * memory). f32 NHWC has no fused kernel yet. */
 #include <stdio.h>
 #include <string.h>
 
@@ -19,6 +25,7 @@
 #include "phase_timer.h"
 
 #include "fused_conv.h"
+#include "fused_conv_tc.h"
 
 static cc_fused_args make_args(const struct condconv_layer *layer, const cc_geometry *geom)
 {
@@ -48,14 +55,46 @@ static cc_fused_args make_args(const struct condconv_layer *layer, const cc_geom
     return a;
 }
 
+static cc_fused_tc_args make_tc_args(const struct condconv_layer *layer, const cc_geometry *geom)
+{
+    const cc_fused_args f = make_args(layer, geom);
+    cc_fused_tc_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = (int)layer->weights->info.dtype;
+    a.layout = (int)layer->weights->info.layout;
+    a.expert_bias = f.expert_bias;
+    a.packed = layer->weights->dev_experts_fused;
+    a.n = f.n;
+    a.in_channels = f.in_channels;
+    a.out_channels = f.out_channels;
+    a.groups = f.groups;
+    a.experts = f.experts;
+    a.h = f.h;
+    a.w = f.w;
+    a.out_h = f.out_h;
+    a.out_w = f.out_w;
+    a.kernel_h = f.kernel_h;
+    a.kernel_w = f.kernel_w;
+    a.stride_h = f.stride_h;
+    a.stride_w = f.stride_w;
+    a.dilation_h = f.dilation_h;
+    a.dilation_w = f.dilation_w;
+    a.pad_top = f.pad_top;
+    a.pad_left = f.pad_left;
+    a.activation = f.activation;
+    return a;
+}
+
+/* Which kernel: the tensor-core one for half precision. */
+static int uses_tc(const struct condconv_layer *layer) { return layer->weights->info.dtype != CONDCONV_DTYPE_F32; }
+
 static condconv_status fused_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
-    if (info->dtype != CONDCONV_DTYPE_F32 || info->layout != CONDCONV_LAYOUT_NCHW)
+    if (info->dtype == CONDCONV_DTYPE_F32 && info->layout != CONDCONV_LAYOUT_NCHW)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                       "%s: fused runs f32 NCHW layers so far (its tensor-core and channels-last versions are not "
-                       "written yet); this layer is %s %s",
-                       func, cc_dtype_name(info->dtype), cc_layout_name(info->layout));
+                       "%s: fused runs f32 NCHW, f16 and bf16 layers (no f32 NHWC kernel yet); this layer is f32 NHWC",
+                       func);
     if (info->groups == info->in_channels)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: fused is for dense and grouped layers; this depthwise layer (groups == in_channels) runs "
@@ -63,8 +102,14 @@ static condconv_status fused_check(const struct condconv_layer *layer, const cc_
                        func);
     if (layer->weights->dev_experts_fused == NULL)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused has no packed experts for this layer", func);
-    const cc_fused_args a = make_args(layer, geom);
     char why[160] = "";
+    if (uses_tc(layer)) {
+        const cc_fused_tc_args a = make_tc_args(layer, geom);
+        if (!cc_fused_tc_supported(&a, why, sizeof why))
+            return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused does not run this layer: %s", func, why);
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    const cc_fused_args a = make_args(layer, geom);
     if (!cc_fused_supported(&a, why, sizeof why))
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused does not run this layer: %s", func, why);
     return CONDCONV_STATUS_SUCCESS;
@@ -78,8 +123,19 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
     (void)scratch;
     const condconv_context_t ctx = layer->ctx;
     state->algo = CONDCONV_ALGO_FUSED;
-    state->math = math; /* strict f32 FMA whatever the math mode: no tensor-core path yet */
+    state->math = math; /* f32: strict FMA whatever the math mode (no TF32 kernel yet) */
     state->workspace_bytes = 0;
+    if (uses_tc(layer)) {
+        const cc_fused_tc_args t = make_tc_args(layer, geom);
+        if (!cc_fused_tc_choose(&t, ctx->sm_count, (size_t)ctx->max_smem_per_block_optin, &state->fused_tc))
+            return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused found no tile configuration for this shape", func);
+        snprintf(state->backend, sizeof state->backend,
+                 "condconv fused kernel, %s %s, tensor cores (wmma), f32 "
+                 "accumulation; %s",
+                 cc_dtype_name(layer->weights->info.dtype), cc_layout_name(layer->weights->info.layout),
+                 state->fused_tc.reason);
+        return CONDCONV_STATUS_SUCCESS;
+    }
     const cc_fused_args a = make_args(layer, geom);
     cc_fused_config *cfg = &state->fused;
     if (!cc_fused_choose(&a, ctx->sm_count, (size_t)ctx->max_smem_per_block_optin, CC_FUSED_MAX_SPLITS, cfg))
@@ -103,6 +159,16 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
 static condconv_status fused_run(const struct condconv_layer *layer, const cc_geometry *geom,
                                  const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
 {
+    if (uses_tc(layer)) {
+        cc_fused_tc_args t = make_tc_args(layer, geom);
+        t.x = buffers->x;
+        t.y = buffers->y;
+        t.alpha = buffers->alpha;
+        CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
+        const cudaError_t err = cc_launch_fused_tc(&t, &state->fused_tc, layer->ctx->stream);
+        CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
+        return cc_cuda_status(err, "cc_launch_fused_tc", func);
+    }
     cc_fused_args a = make_args(layer, geom);
     a.x = buffers->x;
     a.y = buffers->y;

@@ -11,6 +11,7 @@
 #include "error.h"
 
 #include "fused_conv.h"
+#include "fused_conv_tc.h"
 
 /* The host copy is f32 whatever the layer's dtype: a half value converts to
  * float exactly, so it holds the very values the caller gave. */
@@ -74,14 +75,17 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t bias_bytes = (size_t)w->sizes.bias_elems * sizeof(float);
     const size_t rw_bytes = (size_t)w->sizes.routing_weight_elems * sizeof(float);
     const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
-    /* The fused algorithm reads its own packing; it runs f32 NCHW dense and
-     * grouped layers only. */
-    const int fused =
-        info->groups != info->in_channels && info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW;
-    const size_t fused_bytes = fused ? cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
-                                                             info->kernel_h, info->kernel_w, info->num_experts) *
-                                           sizeof(float)
-                                     : 0;
+    /* The fused algorithm reads its own packing (layer.h): dense and grouped
+     * layers, f32 NCHW (CUDA-core kernel) or f16/bf16 (tensor-core kernel). */
+    const int tc = info->dtype != CONDCONV_DTYPE_F32;
+    const int fused = info->groups != info->in_channels && (tc || info->layout == CONDCONV_LAYOUT_NCHW);
+    const size_t fused_bytes = !fused ? 0
+                               : tc   ? cc_fused_tc_packed_elems(info->in_channels, info->out_channels, info->groups,
+                                                                 info->kernel_h, info->kernel_w, info->num_experts) *
+                                          elem
+                                    : cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
+                                                            info->kernel_h, info->kernel_w, info->num_experts) *
+                                          sizeof(float);
     const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) + align_up(rw_bytes) +
                          align_up(rb_bytes) + align_up(fused_bytes);
     if (total < experts_bytes)
@@ -123,8 +127,10 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     offset += align_up(rb_bytes);
     const size_t fused_at = offset;
     if (fused_bytes &&
-        !cc_fused_pack(w->experts, (float *)(void *)(staging + offset), info->in_channels, info->out_channels,
-                       info->groups, info->kernel_h, info->kernel_w, info->num_experts)) {
+        !(tc ? cc_fused_tc_pack((int)info->dtype, w->experts, staging + offset, info->in_channels, info->out_channels,
+                                info->groups, info->kernel_h, info->kernel_w, info->num_experts)
+             : cc_fused_pack(w->experts, (float *)(void *)(staging + offset), info->in_channels, info->out_channels,
+                             info->groups, info->kernel_h, info->kernel_w, info->num_experts))) {
         free(staging);
         return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR, "%s: packing the experts for the fused algorithm failed", func);
     }
@@ -153,7 +159,7 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     w->dev_expert_bias = bias_bytes ? (const float *)(const void *)(base + bias_at) : NULL;
     w->dev_routing_weight_t = rw_bytes ? (const float *)(const void *)(base + rw_at) : NULL;
     w->dev_routing_bias = rb_bytes ? (const float *)(const void *)(base + rb_at) : NULL;
-    w->dev_experts_fused = fused_bytes ? (const float *)(const void *)(base + fused_at) : NULL;
+    w->dev_experts_fused = fused_bytes ? base + fused_at : NULL;
     return CONDCONV_STATUS_SUCCESS;
 }
 

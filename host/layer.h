@@ -33,8 +33,10 @@ typedef struct cc_weights {
      * dev_experts if g == 1), [g][E][Cout/g][kh][kw][Cin/g] (cuDNN's NHWC
      * filter format) for NHWC layers. */
     const void *dev_experts_grouped;
-    const float *dev_experts_fused;    /* the fused algorithm's packing (kernels/fused_conv.h); f32 NCHW non-depthwise
-                                          layers only, else NULL */
+    /* The fused algorithm's packing: kernels/fused_conv.h's (f32) for f32 NCHW
+     * layers, kernels/fused_conv_tc.h's (the dtype) for f16/bf16 layers; NULL
+     * for depthwise and f32 NHWC layers. */
+    const void *dev_experts_fused;
     const float *dev_expert_bias;      /* [E][Cout] or NULL */
     const float *dev_routing_weight_t; /* [Cin][E]: transposed, so a warp reads one channel's E weights at once */
     const float *dev_routing_bias;     /* [E] */

@@ -127,14 +127,15 @@ typedef enum condconv_activation {
     CONDCONV_ACTIVATION_SILU = 2 /* x * sigmoid(x), a.k.a. swish */
 } condconv_activation;
 
-/* Every algorithm but CONDCONV_ALGO_FUSED runs every dtype and layout
- * (FUSED: f32 NCHW so far; it reports NOT_SUPPORTED otherwise). Half
- * precision runs on tensor cores where cuDNN and cuBLAS have them, always
- * with f32 accumulation. Where an algorithm must store intermediates, they
- * are in the layer's dtype, rounded once: the per-sample filters of
- * CUDNN_GROUPED and GEMM_BATCHED, and each expert's output of MIXTURE.
- * Per-sample biases, routing weights and every sum are f32;
- * DEPTHWISE_FUSED stores nothing. */
+/* Every algorithm runs every dtype and layout, except FUSED on f32 NHWC
+ * (NOT_SUPPORTED, with the reason). Half precision runs on tensor cores
+ * (cuDNN, cuBLAS, and FUSED's own wmma kernel), always with f32
+ * accumulation. Where an algorithm must store intermediates, they are in
+ * the layer's dtype, rounded once: the per-sample filters of CUDNN_GROUPED
+ * and GEMM_BATCHED (in memory), each expert's output of MIXTURE, and FUSED's
+ * per-sample weight tiles in shared memory (half layers; its f32 kernel
+ * keeps them in f32). Per-sample biases, routing weights and every sum are
+ * f32; DEPTHWISE_FUSED stores nothing. */
 typedef enum condconv_dtype {
     CONDCONV_DTYPE_F32 = 0,
     CONDCONV_DTYPE_F16 = 1, /* IEEE binary16 */

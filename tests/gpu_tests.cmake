@@ -5,8 +5,8 @@ endforeach()
 foreach(algo auto cudnn_grouped gemm_batched mixture)
   condconv_gpu_test(test_gpu_forward ${algo} tf32)
 endforeach()
-# Every algorithm x {f16, bf16} x {NCHW, NHWC}, and f32 NHWC (fused refuses
-# them all so far: its runs check that it says so, and that AUTO avoids it).
+# Every algorithm x {f16, bf16} x {NCHW, NHWC}, and f32 NHWC (fused has no
+# f32 NHWC kernel: that run checks that it says so, and that AUTO avoids it).
 foreach(algo auto auto_heuristic cudnn_grouped gemm_batched depthwise_fused mixture fused)
   condconv_gpu_test(test_gpu_forward ${algo} nhwc)
   foreach(dtype f16 bf16)

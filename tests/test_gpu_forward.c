@@ -92,8 +92,8 @@ static int expected_applicable(condconv_algo algo, const tu_layer_spec *s, const
 {
     switch (algo) {
     case CONDCONV_ALGO_DEPTHWISE_FUSED: return s->groups == s->cin;
-    case CONDCONV_ALGO_FUSED:
-        return m->dtype == CONDCONV_DTYPE_F32 && m->layout == CONDCONV_LAYOUT_NCHW &&
+    case CONDCONV_ALGO_FUSED: /* f32 NCHW or half precision (tensor cores), not depthwise */
+        return !(m->dtype == CONDCONV_DTYPE_F32 && m->layout == CONDCONV_LAYOUT_NHWC) &&
                !(s->groups == s->cin && s->groups > 1);
     /* NHWC makes one GEMM call per group, refused past 64 groups. */
     case CONDCONV_ALGO_GEMM_BATCHED: return m->layout == CONDCONV_LAYOUT_NCHW || s->groups <= 64;

@@ -21,3 +21,16 @@ set_tests_properties(test_fused_conv PROPERTIES LABELS "cpu;emu" TIMEOUT 600)
 
 # condconv_forward with CONDCONV_ALGO_FUSED through the library, end to end.
 cc_emu_test(test_emu_fused_forward cc_cpu_test_util)
+
+# The tensor-core fused kernel (kernels/fused_conv_tc.cu), f16/bf16, NCHW/NHWC.
+# Under ThreadSanitizer it runs a smaller sweep; every instance still runs.
+if("kernels/fused_conv_tc.cu" IN_LIST CONDCONV_KERNEL_SOURCES)
+  add_executable(test_fused_conv_tc ${CMAKE_CURRENT_LIST_DIR}/test_fused_conv_tc.cpp)
+  target_link_libraries(test_fused_conv_tc PRIVATE cc_cpu_kernel_fused_conv_tc)
+  target_include_directories(test_fused_conv_tc PRIVATE ${CC_EMU_ROOT}/bench/dev)
+  target_compile_options(test_fused_conv_tc PRIVATE ${CC_EMU_CXX_WARNINGS})
+  add_test(NAME test_fused_conv_tc COMMAND test_fused_conv_tc)
+  set_tests_properties(test_fused_conv_tc PROPERTIES LABELS "cpu;emu" TIMEOUT 600)
+else()
+  message(WARNING "test_fused_conv_tc: kernels/fused_conv_tc.cu is not in CONDCONV_KERNEL_SOURCES, not built")
+endif()

@@ -4,10 +4,12 @@
  * channels-last instances run on the CPU.
  *
  * What runs here is made of condconv's own kernels: routing (condconv_route,
- * and inside every forward) and depthwise_fused, forced and chosen by AUTO
- * (measured and by rule). Dense layers in these formats have no algorithm
- * in this build (cuDNN and cuBLAS are not emulated and fused is f32 NCHW):
- * AUTO must say NOT_SUPPORTED, and fused must refuse with its reason.
+ * and inside every forward), depthwise_fused on depthwise layers, forced and
+ * chosen by AUTO (measured and by rule), and the fused tensor-core kernel on
+ * dense, grouped and 1x1 half-precision layers, forced and chosen by AUTO
+ * (cuDNN and cuBLAS are not emulated, so AUTO must find it). A dense f32 NHWC
+ * layer has no algorithm in this build: AUTO must say NOT_SUPPORTED, and
+ * fused must refuse with its reason.
  *
  * Reference: tu_reference in double on the dtype's own values (parameters
  * and x are drawn, rounded to the dtype, and fed to both), compared in NCHW
@@ -104,20 +106,12 @@ static void download_y(const void *dev, float *y, int n, int c, size_t plane, fo
     free(staged);
 }
 
-/* One forward (and one condconv_route) of a depthwise layer in format f. */
-static void depthwise_case(condconv_context_t ctx, format f, condconv_algo algo, int index)
+/* One forward (and one condconv_route) of a layer in format f, with `algo`
+ * set (forced or AUTO); the plan must run `expected`. */
+static void layer_case(condconv_context_t ctx, format f, const tu_layer_spec *spec, condconv_algo algo,
+                       condconv_algo expected, int index)
 {
-    tu_layer_spec s = tu_random_spec(TU_DEPTHWISE, 3, 7);
-    if (index % 5 == 0) { /* an EfficientNet-CondConv depthwise stage, wide enough for 16-byte vectors */
-        s.cin = 16 + 8 * (index % 3);
-        s.cout = s.cin * (index % 2 ? 2 : 1);
-        s.groups = s.cin;
-        s.kh = s.kw = index % 2 ? 5 : 3;
-        s.stride_h = s.stride_w = 1 + index % 2;
-        s.dil_h = s.dil_w = 1;
-        s.pad_mode = CONDCONV_PADDING_SAME;
-        s.pad_h = s.pad_w = 0;
-    }
+    const tu_layer_spec s = *spec;
     static const int batches[] = {1, 2, 3, 5};
     const int n = batches[index % 4];
     int h, w, ho = 0, wo = 0, tries = 0;
@@ -158,9 +152,9 @@ static void depthwise_case(condconv_context_t ctx, format f, condconv_algo algo,
     condconv_plan_info info;
     if (EXPECT_OK(condconv_get_plan_info(l.layer, n, h, w, &info)) &&
         EXPECT_OK(condconv_get_workspace_size(l.layer, n, h, w, &ws_bytes))) {
-        EXPECT(info.algo == CONDCONV_ALGO_DEPTHWISE_FUSED, "%s: a depthwise layer runs %s (%s)", format_name(f),
-               condconv_algo_name(info.algo), info.reason);
-        if (index == 0) printf("  %s plan: %s; %s\n", format_name(f), info.reason, info.backend);
+        EXPECT(info.algo == expected, "%s: %s runs %s (%s), expected %s", format_name(f), tu_spec_string(&s),
+               condconv_algo_name(info.algo), info.reason, condconv_algo_name(expected));
+        if (index < 2) printf("  %s plan: %s; %s\n", format_name(f), info.reason, info.backend);
         void *ws = ws_bytes ? tu_dev_alloc_bytes(ws_bytes) : NULL;
         if (EXPECT_OK(condconv_forward(l.layer, n, h, w, dx, dy, dalpha_in, dalpha, ws, ws_bytes))) {
             ++forwards;
@@ -200,10 +194,46 @@ static void depthwise_case(condconv_context_t ctx, format f, condconv_algo algo,
     tu_free_params(&p);
 }
 
-/* A dense half-precision or NHWC layer has no algorithm in this build: AUTO says
- * so, fused gives its reason; routing alone still runs (wide channels for
- * the vector paths, many pixels for a split routing). */
-static void dense_layer(condconv_context_t ctx, format f)
+/* A depthwise layer: depthwise_fused, forced or chosen by AUTO. */
+static void depthwise_case(condconv_context_t ctx, format f, condconv_algo algo, int index)
+{
+    tu_layer_spec s = tu_random_spec(TU_DEPTHWISE, 3, 7);
+    if (index % 5 == 0) { /* an EfficientNet-CondConv depthwise stage, wide enough for 16-byte vectors */
+        s.cin = 16 + 8 * (index % 3);
+        s.cout = s.cin * (index % 2 ? 2 : 1);
+        s.groups = s.cin;
+        s.kh = s.kw = index % 2 ? 5 : 3;
+        s.stride_h = s.stride_w = 1 + index % 2;
+        s.dil_h = s.dil_w = 1;
+        s.pad_mode = CONDCONV_PADDING_SAME;
+        s.pad_h = s.pad_w = 0;
+    }
+    layer_case(ctx, f, &s, algo, CONDCONV_ALGO_DEPTHWISE_FUSED, index);
+}
+
+/* A dense, grouped or 1x1 half-precision layer: the fused tensor-core
+ * kernel, forced or chosen by AUTO (cuDNN and cuBLAS refuse in this build). */
+static void dense_case(condconv_context_t ctx, format f, condconv_algo algo, int index)
+{
+    static const tu_domain domains[] = {TU_DENSE, TU_GROUPED, TU_POINTWISE};
+    tu_layer_spec s;
+    do /* groups == Cin is depthwise to the library (depthwise_fused's) */
+        s = tu_random_spec(domains[index % 3], 12, 5);
+    while (s.groups == s.cin);
+    if (index % 4 == 1) { /* an EfficientNet-CondConv 1x1, wide enough for full tiles */
+        s = tu_basic_spec(40, 72, 1, 8);
+        s.routing = CONDCONV_ROUTING_SIGMOID;
+        s.has_bias = 1;
+        s.activation = CONDCONV_ACTIVATION_SILU;
+    }
+    layer_case(ctx, f, &s, algo, CONDCONV_ALGO_FUSED, index);
+}
+
+/* A dense f32 NHWC layer has no algorithm in this build (fused has no f32
+ * NHWC kernel; cuDNN and cuBLAS refuse): AUTO says so, fused gives its
+ * reason; routing alone still runs (wide channels for the vector paths,
+ * many pixels for a split routing). Half formats: routing alone. */
+static void dense_routing(condconv_context_t ctx, format f)
 {
     tu_layer_spec s = tu_basic_spec(24, 16, 3, 5);
     s.routing = CONDCONV_ROUTING_SOFTMAX;
@@ -216,11 +246,11 @@ static void dense_layer(condconv_context_t ctx, format f)
         tu_free_params(&p);
         return;
     }
-    { /* every format here but f32 NCHW */
+    if (f.dtype == CONDCONV_DTYPE_F32) {
         EXPECT_STATUS(condconv_prepare(l.layer, n, h, w), CONDCONV_STATUS_NOT_SUPPORTED);
         EXPECT_OK(condconv_layer_set_algo(l.layer, CONDCONV_ALGO_FUSED));
         EXPECT_STATUS(condconv_prepare(l.layer, n, h, w), CONDCONV_STATUS_NOT_SUPPORTED);
-        EXPECT(strstr(condconv_last_error(), "f32 NCHW") != NULL, "fused's refusal should say why: %s",
+        EXPECT(strstr(condconv_last_error(), "f32 NHWC") != NULL, "fused's refusal should say why: %s",
                condconv_last_error());
         ++refusals;
     }
@@ -267,12 +297,18 @@ int main(void)
             EXPECT_OK(condconv_context_set_algo_select(ctx, select));
             depthwise_case(ctx, formats[k], i % 3 == 0 ? CONDCONV_ALGO_DEPTHWISE_FUSED : CONDCONV_ALGO_AUTO, i);
         }
+        if (formats[k].dtype != CONDCONV_DTYPE_F32)
+            for (int i = 0; i < cases; ++i) {
+                EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
+                dense_case(ctx, formats[k], i % 2 ? CONDCONV_ALGO_FUSED : CONDCONV_ALGO_AUTO, i);
+            }
         EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
-        dense_layer(ctx, formats[k]);
+        dense_routing(ctx, formats[k]);
     }
     EXPECT_OK(condconv_context_destroy(ctx));
-    printf("test_emu_formats: %d forwards, %d routings, %d dense half layers refused\n", forwards, routes, refusals);
-    EXPECT(forwards == 5 * cases, "%d of %d forwards ran", forwards, 5 * cases);
+    printf("test_emu_formats: %d forwards, %d routings, %d dense f32 NHWC layers refused\n", forwards, routes,
+           refusals);
+    EXPECT(forwards == 9 * cases, "%d of %d forwards ran", forwards, 9 * cases); /* 5 depthwise, 4 dense formats */
     EXPECT(eu_failures == 0, "%d failure(s) of the buffer checks above", eu_failures);
     return tu_finish("test_emu_formats");
 }

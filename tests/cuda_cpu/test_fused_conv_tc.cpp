@@ -1,0 +1,488 @@
+// kernels/fused_conv_tc.cu (tensor-core fused CondConv, f16/bf16, NCHW/NHWC)
+// on the CPU execution layer, against the double reference of
+// bench/dev/fused_reference.h: both tile instances (the chooser's rule at 1
+// SM and at 132 SMs), edge tiles in channels and columns, N not a multiple
+// of the samples per block, samples of 1 to 9 fragments, 1x1 (strides 1 and
+// 2), 3x3 and 5x5 with padding, stride and dilation, groups, E from 1 to 32,
+// with and without bias, each activation; NHWC through the 16-byte input
+// path (Cin/g % 8 == 0, x aligned) and the 2-byte one (Cin/g % 8 != 0, or x
+// one element off alignment); y one element off alignment (the kernel has
+// only 2-byte stores); NaN-poisoned outputs and guard zones around y. Then the
+// refusals, and that cc_fused_tc_pack zeroes its padding.
+//
+// Inputs are drawn, rounded to the dtype, and the same values fed to the
+// reference (NHWC transposed on the host).
+//
+// Tolerance (u = 2^-11 for f16, 2^-8 for bf16; mag = sum |terms| of the
+// reference, bias included): the per-sample weights are rounded once to
+// the dtype (|dW| <= u |W_n|: u * mag), the output once (u * |y|); the f32
+// mixing and accumulation add at most (E + K/16 + 2) * 2^-24 relative to
+// sums of magnitudes no larger than a few mag (alpha in [0, 1], E <= 32,
+// K/16 <= 25 here: < 1e-5 * mag); one more u * mag of slack for the
+// tensor core's own rounding on a GPU; SiLU's slope is at most 1.1:
+//   |got - ref| <= 1.1 (2u + 1e-5) mag + u |ref| + 1e-6 (f16 subnormals).
+// NaN never passes.
+//
+// Usage: test_fused_conv_tc [--quick]   (--quick, and always under
+// ThreadSanitizer: fewer shapes; every kernel instance is still launched)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_cpu/hooks.h>
+
+#include "formats.h"
+#include "fused_conv.h"
+#include "fused_conv_tc.h"
+#include "fused_reference.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define EXPECT(cond, ...)                                                                                              \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);                                            \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fprintf(stderr, "\n");                                                                                     \
+            ++g_failures;                                                                                              \
+        }                                                                                                              \
+    } while (0)
+
+#define CUDA_OK(call)                                                                                                  \
+    do {                                                                                                               \
+        const cudaError_t e_ = (call);                                                                                 \
+        if (e_ != cudaSuccess) {                                                                                       \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));                     \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+const char *dtype_name(int dtype) { return dtype == CC_DTYPE_F16 ? "f16" : "bf16"; }
+const char *layout_name(int layout) { return layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC"; }
+
+uint16_t to_bits(int dtype, float v)
+{
+    uint16_t b;
+    if (dtype == CC_DTYPE_F16) {
+        const __half h = __float2half_rn(v);
+        memcpy(&b, &h, sizeof b);
+    } else {
+        const __nv_bfloat16 h = __float2bfloat16_rn(v);
+        memcpy(&b, &h, sizeof b);
+    }
+    return b;
+}
+
+float from_bits(int dtype, uint16_t b)
+{
+    if (dtype == CC_DTYPE_F16) {
+        __half h;
+        memcpy(&h, &b, sizeof b);
+        return __half2float(h);
+    }
+    __nv_bfloat16 h;
+    memcpy(&h, &b, sizeof b);
+    return __bfloat162float(h);
+}
+
+float round_to(int dtype, float v) { return from_bits(dtype, to_bits(dtype, v)); }
+
+float frand(unsigned int *state)
+{
+    *state = *state * 1664525u + 1013904223u;
+    return (float)((*state >> 8) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
+}
+
+struct shape {
+    const char *name;
+    int n, cin, cout, groups, e;
+    int h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+    int act;
+    bool bias;
+    int x_offset, y_offset; // elements: one off a 16-byte boundary
+};
+
+int out_size(int in, int k, int s, int d, int p0, int p1) { return (in + p0 + p1 - (k - 1) * d - 1) / s + 1; }
+
+cc_fused_tc_args args_for(const shape &s, int dtype, int layout)
+{
+    cc_fused_tc_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = dtype;
+    a.layout = layout;
+    a.n = s.n;
+    a.in_channels = s.cin;
+    a.out_channels = s.cout;
+    a.groups = s.groups;
+    a.experts = s.e;
+    a.h = s.h;
+    a.w = s.w;
+    a.out_h = out_size(s.h, s.kh, s.sh, s.dh, s.pt, s.pb);
+    a.out_w = out_size(s.w, s.kw, s.sw, s.dw, s.pl, s.pr);
+    a.kernel_h = s.kh;
+    a.kernel_w = s.kw;
+    a.stride_h = s.sh;
+    a.stride_w = s.sw;
+    a.dilation_h = s.dh;
+    a.dilation_w = s.dw;
+    a.pad_top = s.pt;
+    a.pad_left = s.pl;
+    a.activation = s.act;
+    return a;
+}
+
+// The reference's argument struct (NCHW, f32 layout of the same layer).
+cc_fused_args ref_args(const cc_fused_tc_args &t)
+{
+    cc_fused_args a;
+    memset(&a, 0, sizeof a);
+    a.n = t.n;
+    a.in_channels = t.in_channels;
+    a.out_channels = t.out_channels;
+    a.groups = t.groups;
+    a.experts = t.experts;
+    a.h = t.h;
+    a.w = t.w;
+    a.out_h = t.out_h;
+    a.out_w = t.out_w;
+    a.kernel_h = t.kernel_h;
+    a.kernel_w = t.kernel_w;
+    a.stride_h = t.stride_h;
+    a.stride_w = t.stride_w;
+    a.dilation_h = t.dilation_h;
+    a.dilation_w = t.dilation_w;
+    a.pad_top = t.pad_top;
+    a.pad_left = t.pad_left;
+    a.activation = t.activation;
+    return a;
+}
+
+constexpr int kGuard = 64;              // elements of guard zone before and after y
+constexpr uint16_t kGuardBits = 0x5a5a; // finite in both dtypes
+constexpr uint16_t kPoison = 0xffff;    // NaN in both dtypes
+
+struct tally {
+    long long runs = 0, failed = 0, by_tile[2] = {0, 0}, outputs = 0;
+    double worst = 0.0; // largest |got - ref| / (u mag + u |ref|): how much of the bound is used
+};
+
+// One shape in one dtype, both layouts, every tile the chooser picks.
+void run_shape(const shape &s, int dtype, unsigned int seed, tally *t)
+{
+    const cc_fused_tc_args a0 = args_for(s, dtype, CC_LAYOUT_NCHW);
+    const cc_fused_args ra = ref_args(a0);
+    const int cin_g = s.cin / s.groups, taps = s.kh * s.kw;
+    const size_t P = (size_t)a0.out_h * a0.out_w, HW = (size_t)s.h * s.w;
+    const size_t x_elems = (size_t)s.n * s.cin * HW, y_elems = (size_t)s.n * s.cout * P;
+    const size_t w_elems = (size_t)s.e * s.cout * cin_g * taps, b_elems = (size_t)s.e * s.cout;
+    const size_t al_elems = (size_t)s.n * s.e;
+    const size_t packed_elems = cc_fused_tc_packed_elems(s.cin, s.cout, s.groups, s.kh, s.kw, s.e);
+    float *x = (float *)malloc(sizeof(float) * x_elems), *w = (float *)malloc(sizeof(float) * w_elems);
+    float *b = (float *)malloc(sizeof(float) * b_elems), *al = (float *)malloc(sizeof(float) * al_elems);
+    for (size_t i = 0; i < x_elems; ++i) x[i] = round_to(dtype, frand(&seed));
+    for (size_t i = 0; i < w_elems; ++i) w[i] = round_to(dtype, 0.5f * frand(&seed));
+    for (size_t i = 0; i < b_elems; ++i) b[i] = frand(&seed);
+    for (size_t i = 0; i < al_elems; ++i) al[i] = 0.5f * (frand(&seed) + 1.0f);
+    double *ref = (double *)malloc(sizeof(double) * y_elems), *mag = (double *)malloc(sizeof(double) * y_elems);
+    cc_fused_reference(ra, x, w, s.bias ? b : NULL, al, ref, mag);
+
+    uint16_t *packed = (uint16_t *)malloc(2 * packed_elems);
+    EXPECT(cc_fused_tc_pack(dtype, w, packed, s.cin, s.cout, s.groups, s.kh, s.kw, s.e), "%s: pack", s.name);
+    void *d_packed, *d_alpha, *d_bias, *d_x, *d_y;
+    CUDA_OK(cudaMalloc(&d_packed, 2 * packed_elems));
+    CUDA_OK(cudaMalloc(&d_alpha, sizeof(float) * al_elems));
+    CUDA_OK(cudaMalloc(&d_bias, sizeof(float) * b_elems));
+    CUDA_OK(cudaMalloc(&d_x, 2 * (x_elems + 8)));
+    const size_t y_total = y_elems + 2 * kGuard + 8;
+    CUDA_OK(cudaMalloc(&d_y, 2 * y_total));
+    CUDA_OK(cudaMemcpy(d_packed, packed, 2 * packed_elems, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_alpha, al, sizeof(float) * al_elems, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(d_bias, b, sizeof(float) * b_elems, cudaMemcpyHostToDevice));
+    uint16_t *hx = (uint16_t *)malloc(2 * x_elems), *hy = (uint16_t *)malloc(2 * y_total);
+    const double u = dtype == CC_DTYPE_F16 ? 1.0 / 2048.0 : 1.0 / 256.0;
+
+    for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) {
+        // x in this layout, one element off alignment where the shape says.
+        for (int n = 0; n < s.n; ++n)
+            for (int c = 0; c < s.cin; ++c)
+                for (size_t px = 0; px < HW; ++px) {
+                    const size_t src = ((size_t)n * s.cin + c) * HW + px;
+                    const size_t dst = layout == CC_LAYOUT_NCHW ? src : ((size_t)n * HW + px) * s.cin + c;
+                    hx[dst] = to_bits(dtype, x[src]);
+                }
+        CUDA_OK(cudaMemcpy((uint16_t *)d_x + s.x_offset, hx, 2 * x_elems, cudaMemcpyHostToDevice));
+        cc_fused_tc_args a = args_for(s, dtype, layout);
+        a.x = (uint16_t *)d_x + s.x_offset;
+        a.y = (uint16_t *)d_y + kGuard + s.y_offset;
+        a.alpha = (const float *)d_alpha;
+        a.expert_bias = s.bias ? (const float *)d_bias : NULL;
+        a.packed = d_packed;
+        char reason[256];
+        EXPECT(cc_fused_tc_supported(&a, reason, sizeof reason), "%s: unsupported: %s", s.name, reason);
+        // The chooser at 1 SM (64-row tiles unless Mg mod 64 is in 1..32) and
+        // at 132 (32-row tiles fill more SMs): both instances where they differ.
+        cc_fused_tc_config cfgs[2] = {};
+        int count = 0;
+        for (int sms : {1, 132}) {
+            cc_fused_tc_config c = {};
+            EXPECT(cc_fused_tc_choose(&a, sms, 227 * 1024, &c), "%s: choose", s.name);
+            EXPECT(strlen(c.reason) > 0, "%s: a reason", s.name);
+            if (count == 0 || cfgs[0].tile_m != c.tile_m) cfgs[count++] = c;
+        }
+        for (int ci = 0; ci < count; ++ci) {
+            const cc_fused_tc_config &c = cfgs[ci];
+            char what[256];
+            snprintf(what, sizeof what, "%s %s %s tile %dx%d (<= %d samples)", s.name, dtype_name(dtype),
+                     layout_name(layout), c.tile_m, c.tile_n, c.samples_cap);
+            for (size_t i = 0; i < y_total; ++i) hy[i] = kGuardBits;
+            const size_t y0 = kGuard + (size_t)s.y_offset;
+            for (size_t i = 0; i < y_elems; ++i) hy[y0 + i] = kPoison;
+            CUDA_OK(cudaMemcpy(d_y, hy, 2 * y_total, cudaMemcpyHostToDevice));
+            // Alternate block orders: a block writing past its tile is
+            // overwritten by its neighbour in one order, not in the other.
+            cc_cpu_set_block_order((layout + ci) & 1);
+            const cudaError_t err = cc_launch_fused_tc(&a, &c, 0);
+            cc_cpu_set_block_order(0);
+            EXPECT(err == cudaSuccess, "%s: launch: %s", what, cudaGetErrorString(err));
+            CUDA_OK(cudaDeviceSynchronize());
+            CUDA_OK(cudaMemcpy(hy, d_y, 2 * y_total, cudaMemcpyDeviceToHost));
+            long long bad = 0;
+            for (size_t i = 0; i < y_total; ++i) {
+                if (i >= y0 && i < y0 + y_elems) continue;
+                if (hy[i] != kGuardBits) {
+                    if (bad < 3) fprintf(stderr, "  %s: guard [%zd] overwritten\n", what, (ssize_t)i - (ssize_t)y0);
+                    ++bad;
+                }
+            }
+            for (int n = 0; n < s.n; ++n)
+                for (int o = 0; o < s.cout; ++o)
+                    for (size_t px = 0; px < P; ++px) {
+                        const size_t ri = ((size_t)n * s.cout + o) * P + px;
+                        const size_t gi = layout == CC_LAYOUT_NCHW ? ri : ((size_t)n * P + px) * s.cout + o;
+                        const double got = from_bits(dtype, hy[y0 + gi]);
+                        const double tol = 1.1 * (2.0 * u + 1e-5) * mag[ri] + u * fabs(ref[ri]) + 1e-6;
+                        const double ratio = fabs(got - ref[ri]) / (u * mag[ri] + u * fabs(ref[ri]) + 1e-30);
+                        if (ratio > t->worst) t->worst = ratio;
+                        if (!(fabs(got - ref[ri]) <= tol)) {
+                            if (bad < 3)
+                                fprintf(stderr, "  %s: y[n %d][o %d][p %zu] = %.7g, reference %.7g (tol %.3g)\n", what,
+                                        n, o, px, got, ref[ri], tol);
+                            ++bad;
+                        }
+                    }
+            ++t->runs;
+            ++t->by_tile[c.tile_m == 64 ? 0 : 1];
+            t->outputs += (long long)y_elems;
+            if (bad) {
+                fprintf(stderr, "FAIL fused_tc: %s: %lld mismatches\n", what, bad);
+                ++t->failed;
+                ++g_failures;
+            }
+        }
+    }
+    CUDA_OK(cudaFree(d_packed));
+    CUDA_OK(cudaFree(d_alpha));
+    CUDA_OK(cudaFree(d_bias));
+    CUDA_OK(cudaFree(d_x));
+    CUDA_OK(cudaFree(d_y));
+    free(x);
+    free(w);
+    free(b);
+    free(al);
+    free(ref);
+    free(mag);
+    free(packed);
+    free(hx);
+    free(hy);
+}
+
+// ---------------------------------------------------------------------------
+// Refusals, and the packed layout's padding.
+
+void refusals()
+{
+    const shape s = {"refusals", 2, 16, 16, 1, 4, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, true, 0, 0};
+    const cc_fused_tc_args a = args_for(s, CC_DTYPE_F16, CC_LAYOUT_NCHW);
+    char reason[256];
+    EXPECT(cc_fused_tc_supported(&a, reason, sizeof reason) == 1, "plain 1x1: %s", reason);
+    cc_fused_tc_args b = a;
+    b.dtype = CC_DTYPE_BF16;
+    b.layout = CC_LAYOUT_NHWC;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 1, "bf16 NHWC: %s", reason);
+    b = a;
+    b.groups = 16; // depthwise
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "depthwise"), "depthwise: %s",
+           reason);
+    b = a;
+    b.dtype = CC_DTYPE_F32;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "dtype"), "f32: %s", reason);
+    b.dtype = 7;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "dtype"), "dtype 7: %s", reason);
+    b = a;
+    b.layout = 2;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "layout"), "layout 2: %s", reason);
+    b = a;
+    b.experts = CC_FUSED_TC_MAX_EXPERTS + 1;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "experts"), "E 129: %s", reason);
+    b.experts = CC_FUSED_TC_MAX_EXPERTS;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 1, "E 128: %s", reason);
+    b = a;
+    b.groups = 3; // 16 % 3
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0, "indivisible groups");
+    b = a;
+    b.activation = 7;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0, "activation 7");
+    b = a;
+    b.stride_h = 0;
+    EXPECT(cc_fused_tc_supported(&b, NULL, 0) == 0, "stride 0, no reason buffer");
+    b = a;
+    b.n = 1 << 20; // N*Cin*H*W = 2^28: fine; *256 more is not
+    b.h = b.w = b.out_h = b.out_w = 64;
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "large"), "int overflow: %s",
+           reason);
+    EXPECT(cc_fused_tc_supported(NULL, reason, sizeof reason) == 0, "NULL args");
+    cc_fused_tc_config c;
+    EXPECT(cc_fused_tc_choose(&b, 132, 227 * 1024, &c) == 0, "choose of an unsupported shape");
+    EXPECT(cc_fused_tc_packed_elems(16, 16, 3, 1, 1, 4) == 0, "packed size of indivisible groups");
+
+    // Packing: padding zeroed (the buffer starts as NaN bytes), every weight
+    // where the layout [g][tap][Cin/g pad 16][E][Cout/g pad 8] says.
+    {
+        const int cin = 6, cout = 10, groups = 2, kh = 3, kw = 2, e_count = 3;
+        const int cin_g = cin / groups, mg = cout / groups, taps = kh * kw, cpad = 16, mg8 = 8;
+        const size_t total = cc_fused_tc_packed_elems(cin, cout, groups, kh, kw, e_count);
+        EXPECT(total == (size_t)groups * taps * cpad * e_count * mg8, "packed elems %zu", total);
+        const size_t w_elems = (size_t)e_count * cout * cin_g * taps;
+        float *w = (float *)malloc(sizeof(float) * w_elems);
+        unsigned int seed = 7u;
+        for (size_t i = 0; i < w_elems; ++i) w[i] = round_to(CC_DTYPE_BF16, frand(&seed) + 2.0f); // never 0
+        uint16_t *pk = (uint16_t *)malloc(2 * total);
+        for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16}) {
+            memset(pk, 0xff, 2 * total);
+            EXPECT(cc_fused_tc_pack(dtype, w, pk, cin, cout, groups, kh, kw, e_count) == 1, "pack %s",
+                   dtype_name(dtype));
+            long long wrong = 0;
+            for (int g = 0; g < groups; ++g)
+                for (int tap = 0; tap < taps; ++tap)
+                    for (int ci = 0; ci < cpad; ++ci)
+                        for (int e = 0; e < e_count; ++e)
+                            for (int m = 0; m < mg8; ++m) {
+                                const size_t at = ((((size_t)g * taps + tap) * cpad + ci) * e_count + e) * mg8 + m;
+                                float want = 0.0f;
+                                if (ci < cin_g && m < mg)
+                                    want = w[(((size_t)e * cout + g * mg + m) * cin_g + ci) * taps + tap];
+                                const uint16_t bits = pk[at];
+                                if (ci < cin_g && m < mg ? from_bits(dtype, bits) != round_to(dtype, want) : bits != 0)
+                                    ++wrong;
+                            }
+            EXPECT(wrong == 0, "%s pack: %lld elements wrong (padding must be +0)", dtype_name(dtype), wrong);
+        }
+        EXPECT(cc_fused_tc_pack(CC_DTYPE_F32, w, pk, cin, cout, groups, kh, kw, e_count) == 0, "pack of f32");
+        EXPECT(cc_fused_tc_pack(9, w, pk, cin, cout, groups, kh, kw, e_count) == 0, "pack of dtype 9");
+        EXPECT(cc_fused_tc_pack(CC_DTYPE_F16, NULL, pk, cin, cout, groups, kh, kw, e_count) == 0, "pack of NULL");
+        EXPECT(cc_fused_tc_pack(CC_DTYPE_F16, w, NULL, cin, cout, groups, kh, kw, e_count) == 0, "pack to NULL");
+        EXPECT(cc_fused_tc_pack(CC_DTYPE_F16, w, pk, cin, cout, 4, kh, kw, e_count) == 0, "pack of bad groups");
+        free(w);
+        free(pk);
+    }
+
+    // The launcher refuses configs that do not match the shape, and NULL or
+    // misaligned pointers, before touching anything.
+    void *d_buf;
+    CUDA_OK(cudaMalloc(&d_buf, 1 << 16));
+    cc_fused_tc_args l = a;
+    l.x = d_buf;
+    l.y = (char *)d_buf + 4096;
+    l.alpha = (const float *)(void *)((unsigned char *)d_buf + 8192);
+    l.packed = (char *)d_buf + 16384;
+    EXPECT(cc_fused_tc_choose(&l, 132, 227 * 1024, &c), "choose");
+    EXPECT(cc_fused_tc_choose(&l, 132, 1024, &c) == 0, "nothing fits 1 KiB");
+    EXPECT(cc_fused_tc_choose(&l, 132, 227 * 1024, &c), "choose");
+    cc_fused_tc_config wrong = c;
+    wrong.samples_cap += 1;
+    EXPECT(cc_launch_fused_tc(&l, &wrong, 0) == cudaErrorInvalidValue, "samples_cap mismatch");
+    wrong = c;
+    wrong.tile_m = 48;
+    EXPECT(cc_launch_fused_tc(&l, &wrong, 0) == cudaErrorInvalidValue, "no such tile");
+    wrong = c;
+    wrong.tile_n = 128;
+    EXPECT(cc_launch_fused_tc(&l, &wrong, 0) == cudaErrorInvalidValue, "no such tile width");
+    wrong = c;
+    wrong.smem_bytes += 32;
+    EXPECT(cc_launch_fused_tc(&l, &wrong, 0) == cudaErrorInvalidValue, "smem mismatch");
+    cc_fused_tc_args m = l;
+    m.packed = (const char *)l.packed + 2;
+    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "misaligned packed experts");
+    m = l;
+    m.y = NULL;
+    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "NULL y");
+    m = l;
+    m.dtype = CC_DTYPE_F32;
+    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "f32");
+    m = l;
+    m.groups = 16;
+    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "depthwise");
+    EXPECT(cc_launch_fused_tc(&l, NULL, 0) == cudaErrorInvalidValue, "NULL config");
+    CUDA_OK(cudaFree(d_buf));
+}
+
+} // namespace
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FUSED_TC_TEST_TSAN 1
+#endif
+#endif
+#ifndef FUSED_TC_TEST_TSAN
+#define FUSED_TC_TEST_TSAN 0
+#endif
+
+int main(int argc, char **argv)
+{
+    const bool quick = FUSED_TC_TEST_TSAN || (argc > 1 && strcmp(argv[1], "--quick") == 0);
+    // name, N, Cin, Cout, groups, E, H, W, kh, kw, sh, sw, dh, dw, pad t l b r, act, bias, x/y offsets (elements)
+    const shape shapes[] = {
+        // P = 16 (one fragment per sample: 4 samples per block), N = 5 not a multiple; Mg 40 (both tiles).
+        {"1x1 P16 E8", 5, 24, 40, 1, 8, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0},
+        // 1x1 stride 2 (7x7 -> 4x4), Cin 19 (not a multiple of 16), Mg 70 (edge tile), E 9, x misaligned.
+        {"1x1 s2 Cin19", 3, 19, 70, 1, 9, 7, 7, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, true, 1, 0},
+        // P = 49 (4 fragments, 15 padded columns), E = 1, no bias, y misaligned.
+        {"1x1 7x7 E1", 6, 33, 36, 1, 1, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, false, 0, 1},
+        // 3x3 "same", P = 30 (2 fragments: blocks straddle samples), relu.
+        {"3x3 pad1", 3, 20, 48, 1, 4, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true, 1, 1},
+        // 5x5 stride 2 dilation 2, asymmetric padding, E = 17, silu.
+        {"5x5 s2 d2 asym", 3, 12, 20, 1, 17, 11, 9, 5, 5, 2, 2, 2, 2, 2, 2, 2, 1, 2, true, 0, 0},
+        // 3x3 stride 2, groups 4 (Cin/g = 16), E = 32.
+        {"3x3 s2 g4 E32", 2, 64, 64, 4, 32, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 0, true, 0, 0},
+        // Groups 3, Mg = 5, P = 1: 4 samples per block, 10 column blocks.
+        {"1x1 P1 g3", 40, 12, 15, 3, 5, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 1, 1},
+        // Mg 112: 64-row tiles with an edge tile of 48; E = 2.
+        {"1x1 Cout112", 2, 8, 112, 1, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 0, 0},
+        // 3x3 grouped (g 2, Mg 48), P = 90 (6 fragments), both offsets.
+        {"3x3 g2 P90", 3, 32, 96, 2, 6, 9, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 1, 1},
+        // 5x5 pad 2, N = 1, P = 144 (9 fragments, 3 column blocks), Mg 64.
+        {"5x5 pad2 N1", 1, 16, 64, 1, 3, 12, 12, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 0, true, 0, 0},
+    };
+    const int count = (int)(sizeof shapes / sizeof shapes[0]);
+    tally t;
+    for (int i = 0; i < count; ++i) {
+        if (quick && i % 2 == 1) continue;
+        for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16}) run_shape(shapes[i], dtype, 100u + (unsigned int)i, &t);
+        printf("%-16s done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
+    }
+    refusals();
+    printf("fused_conv_tc: %lld runs (tiles 64x64 %lld, 32x64 %lld; %lld outputs checked, largest error "
+           "%.2f u (mag + |ref|)), %lld failed, %d failures in all\n",
+           t.runs, t.by_tile[0], t.by_tile[1], t.outputs, t.worst, t.failed, g_failures);
+    const int unlaunched = cc_cpu_report_unlaunched("fused_conv_tc");
+    EXPECT(unlaunched == 0, "%d kernel instances never launched", unlaunched);
+    return g_failures == 0 ? 0 : 1;
+}
