@@ -10,11 +10,11 @@
  * needs partial sums and counters that the state owns (allocated here, at
  * prepare; the kernel leaves the counters zero after every launch).
  *
- * Two kernels behind it: f32 NCHW layers run kernels/fused_conv.cu (strict
- * f32 FMA on the CUDA cores, whatever the math mode); f16 and bf16 layers,
- * NCHW or NHWC, run kernels/fused_conv_tc.cu (wmma tensor cores, f32
- * accumulation, the per-sample tile rounded once to the dtype in shared
- * memory). f32 NHWC has no fused kernel yet. */
+ * Two kernels behind it: strict f32 NCHW layers run kernels/fused_conv.cu
+ * (FMA on the CUDA cores); f16 and bf16 layers, and f32 layers when the
+ * context allows TF32, run kernels/fused_conv_tc.cu in either layout (wmma
+ * tensor cores, f32 accumulation; half layers' per-sample tiles rounded
+ * once to the dtype in shared memory). Strict f32 NHWC has no fused kernel. */
 #include <stdio.h>
 #include <string.h>
 
@@ -63,7 +63,7 @@ static cc_fused_tc_args make_tc_args(const struct condconv_layer *layer, const c
     a.dtype = (int)layer->weights->info.dtype;
     a.layout = (int)layer->weights->info.layout;
     a.expert_bias = f.expert_bias;
-    a.packed = layer->weights->dev_experts_fused;
+    a.packed = layer->weights->dev_experts_fused_tc;
     a.n = f.n;
     a.in_channels = f.in_channels;
     a.out_channels = f.out_channels;
@@ -85,25 +85,32 @@ static cc_fused_tc_args make_tc_args(const struct condconv_layer *layer, const c
     return a;
 }
 
-/* Which kernel: the tensor-core one for half precision. */
-static int uses_tc(const struct condconv_layer *layer) { return layer->weights->info.dtype != CONDCONV_DTYPE_F32; }
+/* Which kernel: the tensor-core one for half precision, and for f32 when
+ * TF32 is allowed (the plan's math mode, which is the context's when the
+ * plan is made). */
+static int uses_tc(const struct condconv_layer *layer, condconv_math math)
+{
+    return layer->weights->info.dtype != CONDCONV_DTYPE_F32 || math == CONDCONV_MATH_TF32;
+}
 
 static condconv_status fused_check(const struct condconv_layer *layer, const cc_geometry *geom, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
-    if (info->dtype == CONDCONV_DTYPE_F32 && info->layout != CONDCONV_LAYOUT_NCHW)
+    const int tc = uses_tc(layer, layer->ctx->math);
+    if (!tc && info->layout != CONDCONV_LAYOUT_NCHW)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                       "%s: fused runs f32 NCHW, f16 and bf16 layers (no f32 NHWC kernel yet); this layer is f32 NHWC",
+                       "%s: fused has no strict-f32 NHWC kernel; an f32 NHWC layer runs fused on TF32 tensor cores "
+                       "when the context allows TF32 (condconv_context_set_math)",
                        func);
     if (info->groups == info->in_channels)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: fused is for dense and grouped layers; this depthwise layer (groups == in_channels) runs "
                        "depthwise_fused",
                        func);
-    if (layer->weights->dev_experts_fused == NULL)
+    if ((tc ? layer->weights->dev_experts_fused_tc : layer->weights->dev_experts_fused) == NULL)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused has no packed experts for this layer", func);
     char why[160] = "";
-    if (uses_tc(layer)) {
+    if (tc) {
         const cc_fused_tc_args a = make_tc_args(layer, geom);
         if (!cc_fused_tc_supported(&a, why, sizeof why))
             return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused does not run this layer: %s", func, why);
@@ -123,17 +130,17 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
     (void)scratch;
     const condconv_context_t ctx = layer->ctx;
     state->algo = CONDCONV_ALGO_FUSED;
-    state->math = math; /* f32: strict FMA whatever the math mode (no TF32 kernel yet) */
+    state->math = math;
     state->workspace_bytes = 0;
-    if (uses_tc(layer)) {
+    if (uses_tc(layer, math)) {
         const cc_fused_tc_args t = make_tc_args(layer, geom);
         if (!cc_fused_tc_choose(&t, ctx->sm_count, (size_t)ctx->max_smem_per_block_optin, &state->fused_tc))
             return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused found no tile configuration for this shape", func);
         snprintf(state->backend, sizeof state->backend,
-                 "condconv fused kernel, %s %s, tensor cores (wmma), f32 "
+                 "condconv fused kernel, %s %s, %s tensor cores (wmma), f32 "
                  "accumulation; %s",
                  cc_dtype_name(layer->weights->info.dtype), cc_layout_name(layer->weights->info.layout),
-                 state->fused_tc.reason);
+                 layer->weights->info.dtype == CONDCONV_DTYPE_F32 ? "tf32" : "half", state->fused_tc.reason);
         return CONDCONV_STATUS_SUCCESS;
     }
     const cc_fused_args a = make_args(layer, geom);
@@ -159,7 +166,7 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
 static condconv_status fused_run(const struct condconv_layer *layer, const cc_geometry *geom,
                                  const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func)
 {
-    if (uses_tc(layer)) {
+    if (uses_tc(layer, state->math)) {
         cc_fused_tc_args t = make_tc_args(layer, geom);
         t.x = buffers->x;
         t.y = buffers->y;

@@ -75,19 +75,21 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t bias_bytes = (size_t)w->sizes.bias_elems * sizeof(float);
     const size_t rw_bytes = (size_t)w->sizes.routing_weight_elems * sizeof(float);
     const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
-    /* The fused algorithm reads its own packing (layer.h): dense and grouped
-     * layers, f32 NCHW (CUDA-core kernel) or f16/bf16 (tensor-core kernel). */
-    const int tc = info->dtype != CONDCONV_DTYPE_F32;
-    const int fused = info->groups != info->in_channels && (tc || info->layout == CONDCONV_LAYOUT_NCHW);
-    const size_t fused_bytes = !fused ? 0
-                               : tc   ? cc_fused_tc_packed_elems(info->in_channels, info->out_channels, info->groups,
-                                                                 info->kernel_h, info->kernel_w, info->num_experts) *
-                                          elem
-                                    : cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
-                                                            info->kernel_h, info->kernel_w, info->num_experts) *
-                                          sizeof(float);
+    /* The fused algorithm's packings (layer.h), dense and grouped layers only:
+     * the tensor-core kernel's for every dtype (f32 runs it with TF32), and
+     * the CUDA-core kernel's for strict f32 NCHW. */
+    const int dense = info->groups != info->in_channels;
+    const int fma = dense && info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW;
+    const size_t fused_bytes = fma ? cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
+                                                           info->kernel_h, info->kernel_w, info->num_experts) *
+                                         sizeof(float)
+                                   : 0;
+    const size_t fused_tc_bytes = dense ? cc_fused_tc_packed_elems(info->in_channels, info->out_channels, info->groups,
+                                                                   info->kernel_h, info->kernel_w, info->num_experts) *
+                                              elem
+                                        : 0;
     const size_t total = align_up(experts_bytes) + align_up(grouped_bytes) + align_up(bias_bytes) + align_up(rw_bytes) +
-                         align_up(rb_bytes) + align_up(fused_bytes);
+                         align_up(rb_bytes) + align_up(fused_bytes) + align_up(fused_tc_bytes);
     if (total < experts_bytes)
         return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the device copy of the parameters overflows size_t", func);
 
@@ -125,12 +127,13 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t rb_at = offset;
     if (rb_bytes) memcpy(staging + offset, w->routing_bias, rb_bytes);
     offset += align_up(rb_bytes);
-    const size_t fused_at = offset;
-    if (fused_bytes &&
-        !(tc ? cc_fused_tc_pack((int)info->dtype, w->experts, staging + offset, info->in_channels, info->out_channels,
-                                info->groups, info->kernel_h, info->kernel_w, info->num_experts)
-             : cc_fused_pack(w->experts, (float *)(void *)(staging + offset), info->in_channels, info->out_channels,
-                             info->groups, info->kernel_h, info->kernel_w, info->num_experts))) {
+    const size_t fused_at = offset, fused_tc_at = offset + align_up(fused_bytes);
+    if ((fused_bytes &&
+         !cc_fused_pack(w->experts, (float *)(void *)(staging + fused_at), info->in_channels, info->out_channels,
+                        info->groups, info->kernel_h, info->kernel_w, info->num_experts)) ||
+        (fused_tc_bytes &&
+         !cc_fused_tc_pack((int)info->dtype, w->experts, staging + fused_tc_at, info->in_channels, info->out_channels,
+                           info->groups, info->kernel_h, info->kernel_w, info->num_experts))) {
         free(staging);
         return cc_fail(CONDCONV_STATUS_INTERNAL_ERROR, "%s: packing the experts for the fused algorithm failed", func);
     }
@@ -159,7 +162,8 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     w->dev_expert_bias = bias_bytes ? (const float *)(const void *)(base + bias_at) : NULL;
     w->dev_routing_weight_t = rw_bytes ? (const float *)(const void *)(base + rw_at) : NULL;
     w->dev_routing_bias = rb_bytes ? (const float *)(const void *)(base + rb_at) : NULL;
-    w->dev_experts_fused = fused_bytes ? base + fused_at : NULL;
+    w->dev_experts_fused = fused_bytes ? (const float *)(const void *)(base + fused_at) : NULL;
+    w->dev_experts_fused_tc = fused_tc_bytes ? base + fused_tc_at : NULL;
     return CONDCONV_STATUS_SUCCESS;
 }
 

@@ -33,10 +33,11 @@ typedef struct cc_weights {
      * dev_experts if g == 1), [g][E][Cout/g][kh][kw][Cin/g] (cuDNN's NHWC
      * filter format) for NHWC layers. */
     const void *dev_experts_grouped;
-    /* The fused algorithm's packing: kernels/fused_conv.h's (f32) for f32 NCHW
-     * layers, kernels/fused_conv_tc.h's (the dtype) for f16/bf16 layers; NULL
-     * for depthwise and f32 NHWC layers. */
-    const void *dev_experts_fused;
+    /* The fused algorithm's packings, NULL for depthwise layers:
+     * kernels/fused_conv.h's (f32, strict-f32 NCHW layers only, else NULL) and
+     * kernels/fused_conv_tc.h's (the dtype; f32 layers run it with TF32). */
+    const float *dev_experts_fused;
+    const void *dev_experts_fused_tc;
     const float *dev_expert_bias;      /* [E][Cout] or NULL */
     const float *dev_routing_weight_t; /* [Cin][E]: transposed, so a warp reads one channel's E weights at once */
     const float *dev_routing_bias;     /* [E] */

@@ -1,7 +1,8 @@
-// Fused CondConv convolution on tensor cores (nvcuda::wmma m16n16k16, f32
-// accumulators), f16 and bf16, NCHW and NHWC. The f32 kernel
-// (fused_conv.cu) explains the fusion; this is the same GEMM with the
-// product on tensor cores and one rounding of the mixed weights.
+// Fused CondConv convolution on tensor cores (nvcuda::wmma, f32
+// accumulators), NCHW and NHWC: f16 and bf16 on m16n16k16, f32 on TF32
+// m16n16k8 (precision::tf32). The f32 kernel (fused_conv.cu) explains the
+// fusion; this is the same GEMM with the product on tensor cores and one
+// rounding of the mixed weights.
 //
 // Per sample n and group g the convolution is a GEMM
 //   Y[n][g] (Mg x P) = W_n[g] (Mg x K) * X[n][g] (K x P),
@@ -21,32 +22,42 @@
 //      to shared memory), multiplied by alpha in f32 into the sums of the
 //      block's samples (f32 registers); each sum is rounded ONCE to the dtype
 //      into that sample's A tile in shared memory ([16][BM+8], wmma col_major).
-//      This is the only rounding of the weights.
+//      This is the only rounding of the weights. f32: the tile is f32 and
+//      the sum rounded once to TF32 (wmma::__float_to_tf32, nearest), as
+//      the real API wants tf32 fragments filled; 8 weights are two
+//      16-byte loads.
 //   2. stage the 16 x 64 input tile in the dtype (exact copies, zeros for
 //      padding, channels past Cin/g and columns past P): NCHW threads own a
 //      column (pixel) and walk channels, NHWC threads own a channel and walk
 //      columns, so consecutive threads read consecutive addresses; NHWC with
 //      Cin/g % 8 == 0 and x 16-byte aligned: a thread reads 8 channels of a
-//      pixel with one 16-byte load (else the 2-byte path).
+//      pixel with one 16-byte load (else the 2-byte path). f32: the same
+//      with two 16-byte loads (else 4-byte ones), each value rounded to
+//      TF32 as it is staged.
 //   3. barrier; each warp: B fragment once, for each row fragment the A
-//      fragment of its sample's tile, mma_sync into f32; barrier.
+//      fragment of its sample's tile, mma_sync into f32; barrier. TF32
+//      (k = 8): the same for k rows 0..7, then 8..15 of the tiles.
 // Epilogue: accumulators to shared memory (store_matrix_sync, f32), + the
 // per-sample bias mixed in f32 in the prologue, cc_activate in f32, rounded
 // once to the dtype, scalar stores to NCHW or NHWC (coalesced along pixels
 // or channels). Errors: weights u*sum|w x| (one rounding), output u*|y|,
-// the f32 sums' own (K+E) 2^-24 relative: the test's bound.
+// the f32 sums' own (K+E) 2^-24 relative: the test's bound. f32: weights
+// and inputs each cut to TF32 (u = 2^-11 rounded, 2^-10 if a GPU
+// truncated), the output not rounded.
 //
 // Shared memory (bytes, each part 32-byte aligned), under 48 KiB for every
-// supported shape (BM 64, S 4, E 128: 33 KiB), so no opt-in is needed:
+// supported shape (BM 64, S 4, E 128: 33 KiB; f32, whose A and B tiles
+// take twice the bytes: 43.5 KiB), so no opt-in is needed:
 //   C tile f32 [BM][72] | A tiles dtype [S][16][BM+8] | B tile dtype [16][72]
 //   | alpha f32 [S][E] | bias f32 [S][BM]
-// The +8 halves of the row pitches keep the wmma pointers 32-byte aligned,
-// ldm a multiple of 8 halves (4 floats) and spread the rows over the banks.
+// The +8 elements of the row pitches keep the wmma pointers 32-byte aligned
+// (also at the k = 8 substep of TF32), ldm a multiple of 16 bytes and
+// spread the rows over the banks.
 // One buffer and two barriers per K step: simple rather than fast (no
 // double buffering, no cp.async); the mixing, E 16-byte loads and S*E*8
 // FMAs per thread per step, is on the CUDA cores.
 //
-// Tile instances (x dtype x {NCHW, NHWC, NHWC 16-byte} = 12 kernels):
+// Tile instances (x 3 dtypes x {NCHW, NHWC, NHWC 16-byte} = 18 kernels):
 // 64x64 and 32x64, 128 threads. cc_fused_tc_choose: 32x64 when Mg mod 64 is in 1..32 (64 rows
 // would pad more than half a tile), or when 64x64 has fewer blocks than SMs
 // and 32x64 has more (fill the GPU); else 64x64 (half the expert and mixing
@@ -105,12 +116,13 @@ struct smem_layout {
 
 __host__ __device__ inline size_t al32(size_t v) { return (v + 31) & ~(size_t)31; }
 
-__host__ __device__ inline smem_layout layout_for(int bm, int s_cap, int experts)
+// esize: bytes of an A/B tile element (2 for f16/bf16, 4 for f32/TF32).
+__host__ __device__ inline smem_layout layout_for(int bm, int s_cap, int experts, int esize)
 {
     smem_layout l;
     l.a = al32((size_t)bm * kPitchN * sizeof(float));
-    l.b = l.a + al32((size_t)s_cap * kBK * (bm + 8) * 2);
-    l.alpha = l.b + al32((size_t)kBK * kPitchN * 2);
+    l.b = l.a + al32((size_t)s_cap * kBK * (bm + 8) * esize);
+    l.alpha = l.b + al32((size_t)kBK * kPitchN * esize);
     l.bias = l.alpha + al32((size_t)s_cap * experts * sizeof(float));
     l.total = l.bias + al32((size_t)s_cap * bm * sizeof(float));
     return l;
@@ -120,10 +132,76 @@ struct alignas(128) tc_smem_unit {
     unsigned char b[128];
 };
 
+// The wmma operands per storage type: f16/bf16 m16n16k16; f32 runs TF32
+// m16n16k8 (precision::tf32 fragments hold floats), two k-substeps per K
+// step of 16.
+template <typename T>
+struct tc_op {
+    using frag = T;
+    static constexpr int kK = 16;
+};
+template <>
+struct tc_op<float> {
+    using frag = nvcuda::wmma::precision::tf32;
+    static constexpr int kK = 8;
+};
+
+// A value as it goes into an A/B tile: f16/bf16 rounded once to the dtype
+// (exact for inputs, which already are); f32 rounded once to TF32 (nearest,
+// ties away: cvt.rna.tf32.f32). The real API wants tf32 fragments filled
+// with __float_to_tf32 values (NVIDIA's tf32 GEMM sample converts after
+// load_matrix_sync); converting as the tile is written does it once per
+// element instead of once per warp that loads it.
+template <typename T>
+__device__ __forceinline__ T cc_tc_operand(float v)
+{
+    if constexpr (std::is_same<T, float>::value)
+        return nvcuda::wmma::__float_to_tf32(v);
+    else
+        return cc_from_float<T>(v);
+}
+
+// 8 consecutive elements (16-byte aligned): one 16-byte load of 16-bit
+// elements, two of floats.
+template <typename T>
+__device__ __forceinline__ void cc_tc_ldg8(const T *p, float (&f)[8])
+{
+    if constexpr (std::is_same<T, float>::value) {
+        float lo[4], hi[4];
+        cc_vec_ldg<float, 4>(p, lo);
+        cc_vec_ldg<float, 4>(p + 4, hi);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            f[i] = lo[i];
+            f[4 + i] = hi[i];
+        }
+    } else {
+        cc_vec_ldg<T, 8>(p, f);
+    }
+}
+
+// 8 operands to shared memory (16-byte aligned), each cc_tc_operand'ed.
+template <typename T>
+__device__ __forceinline__ void cc_tc_store8(T *p, const float (&f)[8])
+{
+    if constexpr (std::is_same<T, float>::value) {
+        float lo[4], hi[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            lo[i] = cc_tc_operand<float>(f[i]);
+            hi[i] = cc_tc_operand<float>(f[4 + i]);
+        }
+        cc_vec_store<float, 4>(p, lo);
+        cc_vec_store<float, 4>(p + 4, hi);
+    } else {
+        cc_vec_store<T, 8>(p, f);
+    }
+}
+
 // Input tile loader. NCHW: a thread owns one column (pixel) and 8 channel
 // rows; NHWC: one channel row and 8 columns; NHWC with kVec (Cin/g % 8 == 0,
 // x 16-byte aligned): one column and 8 consecutive channels, one 16-byte
-// load. Window origins once per column.
+// load (two for f32). Window origins once per column.
 template <typename T, int kLayout, bool kVec>
 struct x_loader {
     static_assert(!kVec || kLayout == CC_LAYOUT_NHWC, "16-byte input loads are for NHWC");
@@ -182,9 +260,9 @@ struct x_loader {
             const int ci = ci0 + r0; // a multiple of 8: all 8 channels valid or none (Cin/g % 8 == 0)
             float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
             if (ok[0] && iy >= 0 && iy < a.h && ix >= 0 && ix < a.w && ci < a.cin_g)
-                cc_vec_ldg<T, 8>(x + base[0] + ((size_t)iy * a.w + ix) * a.cin + ci, v);
+                cc_tc_ldg8<T>(x + base[0] + ((size_t)iy * a.w + ix) * a.cin + ci, v);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) bs[(r0 + i) * kPitchN + c0] = cc_from_float<T>(v[i]);
+            for (int i = 0; i < 8; ++i) bs[(r0 + i) * kPitchN + c0] = cc_tc_operand<T>(v[i]);
         } else {
 #pragma unroll
             for (int jc = 0; jc < kCols; ++jc) {
@@ -201,7 +279,7 @@ struct x_loader {
                                                                     : base[jc] + pix * a.cin + ci;
                         v = cc_load(x + at);
                     }
-                    bs[r * kPitchN + col_of(j)] = cc_from_float<T>(v); // exact: v is a T value
+                    bs[r * kPitchN + col_of(j)] = cc_tc_operand<T>(v); // f16/bf16: exact; f32: to TF32
                 }
             }
         }
@@ -270,7 +348,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc_kernel(const tc
     const bool f_active = fcol < a.total_cols; // warp-uniform
     const int f_s = f_active ? (int)(fcol / a.pp) - s_first : 0;
 
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kFragM];
+    using FT = typename tc_op<T>::frag; // T, or precision::tf32 for f32
+    constexpr int kK = tc_op<T>::kK;    // wmma K: 16, or 8 for TF32
+    constexpr int kSub = kBK / kK;      // wmma steps per K step
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kFragM];
 #pragma unroll
     for (int i = 0; i < kFragM; ++i) wmma::fill_fragment(acc[i], 0.0f);
 
@@ -286,7 +367,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc_kernel(const tc
             const T *src = packed + w_base + ((size_t)tap * a.cpad + ci0) * k_row;
             for (int e = 0; e < a.experts; ++e) {
                 float wv[8];
-                cc_vec_ldg<T, 8>(src + (size_t)e * a.mg8, wv);
+                cc_tc_ldg8<T>(src + (size_t)e * a.mg8, wv);
 #pragma unroll
                 for (int j = 0; j < kPer; ++j) {
                     const int s = first_s + j * kSplit;
@@ -301,21 +382,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc_kernel(const tc
 #pragma unroll
         for (int j = 0; j < kPer; ++j) {
             const int s = first_s + j * kSplit;
-            if (s < s_count) cc_vec_store<T, 8>(as + (size_t)s * kBK * kPitchA + r * kPitchA + 8 * mq, sum[j]);
+            if (s < s_count) cc_tc_store8<T>(as + (size_t)s * kBK * kPitchA + r * kPitchA + 8 * mq, sum[j]);
         }
         // 2. the input tile.
         xl.stage(a, kt, bs);
         __syncthreads();
         // 3. the product.
         if (f_active) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
-            wmma::load_matrix_sync(fb, bs + 16 * warp, kPitchN);
             const T *at = as + (size_t)f_s * kBK * kPitchA;
 #pragma unroll
-            for (int i = 0; i < kFragM; ++i) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa;
-                wmma::load_matrix_sync(fa, at + 16 * i, kPitchA);
-                wmma::mma_sync(acc[i], fa, fb, acc[i]);
+            for (int ks = 0; ks < kSub; ++ks) {
+                wmma::fragment<wmma::matrix_b, 16, 16, kK, FT, wmma::row_major> fb;
+                wmma::load_matrix_sync(fb, bs + ks * kK * kPitchN + 16 * warp, kPitchN);
+#pragma unroll
+                for (int i = 0; i < kFragM; ++i) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, kK, FT, wmma::col_major> fa;
+                    wmma::load_matrix_sync(fa, at + ks * kK * kPitchA + 16 * i, kPitchA);
+                    wmma::mma_sync(acc[i], fa, fb, acc[i]);
+                }
             }
         }
         __syncthreads();
@@ -368,8 +452,8 @@ bool derive(const cc_fused_tc_args *a, derived *d, char *reason, size_t len)
         say(reason, len, "fused_tc: no arguments");
         return false;
     }
-    if (a->dtype != CC_DTYPE_F16 && a->dtype != CC_DTYPE_BF16) {
-        say(reason, len, "fused_tc: dtype %d, the tensor-core kernel takes f16 and bf16", a->dtype);
+    if (a->dtype != CC_DTYPE_F16 && a->dtype != CC_DTYPE_BF16 && a->dtype != CC_DTYPE_F32) {
+        say(reason, len, "fused_tc: dtype %d, the tensor-core kernel takes f16, bf16 and f32 (TF32)", a->dtype);
         return false;
     }
     if (a->layout != CC_LAYOUT_NCHW && a->layout != CC_LAYOUT_NHWC) {
@@ -473,9 +557,13 @@ extern "C" int cc_fused_tc_pack(int dtype, const float *experts, void *packed, i
 {
     const size_t total = cc_fused_tc_packed_elems(in_channels, out_channels, groups, kernel_h, kernel_w, experts_count);
     if (total == 0 || experts == nullptr || packed == nullptr) return 0;
-    if (dtype != CC_DTYPE_F16 && dtype != CC_DTYPE_BF16) return 0;
+    if (dtype != CC_DTYPE_F16 && dtype != CC_DTYPE_BF16 && dtype != CC_DTYPE_F32) return 0;
     unsigned short *const out = static_cast<unsigned short *>(packed);
-    std::fill(out, out + total, (unsigned short)0); // +0 in both dtypes
+    float *const out32 = static_cast<float *>(packed);
+    if (dtype == CC_DTYPE_F32)
+        std::fill(out32, out32 + total, 0.0f);
+    else
+        std::fill(out, out + total, (unsigned short)0); // +0 in both dtypes
     const size_t cin_g = (size_t)(in_channels / groups), mg = (size_t)(out_channels / groups);
     const size_t taps = (size_t)kernel_h * (size_t)kernel_w;
     const size_t cpad = (size_t)round_up((long long)cin_g, kBK), mg8 = (size_t)round_up((long long)mg, kMPad);
@@ -488,6 +576,11 @@ extern "C" int cc_fused_tc_pack(int dtype, const float *experts, void *packed, i
                     const float *src = experts + ((e * (size_t)out_channels + g * mg + m) * cin_g + ci) * taps;
                     for (size_t tap = 0; tap < taps; ++tap) {
                         const float v = src[tap];
+                        const size_t at = (((g * taps + tap) * cpad + ci) * e_count + e) * mg8 + m;
+                        if (dtype == CC_DTYPE_F32) {
+                            out32[at] = v; // kept in f32: the mixed weights are rounded to TF32 once
+                            continue;
+                        }
                         unsigned short bits;
                         if (dtype == CC_DTYPE_F16) {
                             const __half h = __float2half_rn(v);
@@ -496,7 +589,7 @@ extern "C" int cc_fused_tc_pack(int dtype, const float *experts, void *packed, i
                             const __nv_bfloat16 b = __float2bfloat16_rn(v);
                             memcpy(&bits, &b, sizeof bits);
                         }
-                        out[(((g * taps + tap) * cpad + ci) * e_count + e) * mg8 + m] = bits;
+                        out[at] = bits;
                     }
                 }
     return 1;
@@ -517,7 +610,7 @@ extern "C" int cc_fused_tc_choose(const cc_fused_tc_args *args, int sm_count, si
     const bool fill_rule = blocks64 < sm_count && blocks32 > blocks64;
     int bm = pad_rule || fill_rule ? 32 : 64;
     if (bm == 64 && ceil_div(d.mg, 64) * args->groups > 65535) bm = 32;
-    const size_t smem = layout_for(bm, s_cap, args->experts).total;
+    const size_t smem = layout_for(bm, s_cap, args->experts, cc_element_size(args->dtype)).total;
     if (smem > smem_optin || smem > 48 * 1024) return 0;
     memset(cfg, 0, sizeof *cfg);
     cfg->tile_m = bm;
@@ -540,10 +633,11 @@ extern "C" cudaError_t cc_launch_fused_tc(const cc_fused_tc_args *args, const cc
     const int bm = cfg->tile_m;
     if ((bm != 32 && bm != 64) || cfg->tile_n != kBN || cfg->samples_cap != samples_cap(d, args->n))
         return cudaErrorInvalidValue;
-    const smem_layout l = layout_for(bm, cfg->samples_cap, args->experts);
+    const size_t esize = cc_element_size(args->dtype);
+    const smem_layout l = layout_for(bm, cfg->samples_cap, args->experts, (int)esize);
     if (cfg->smem_bytes != l.total || l.total > 48 * 1024) return cudaErrorInvalidValue;
     if (args->x == nullptr || args->y == nullptr || args->alpha == nullptr || args->packed == nullptr ||
-        !cc_aligned16(args->packed) || ((uintptr_t)args->x & 1u) != 0 || ((uintptr_t)args->y & 1u) != 0)
+        !cc_aligned16(args->packed) || (uintptr_t)args->x % esize != 0 || (uintptr_t)args->y % esize != 0)
         return cudaErrorInvalidValue;
     const long long col_tiles = ceil_div(d.total_cols, kBN);
     const long long m_tiles = ceil_div(d.mg, bm);
@@ -594,13 +688,8 @@ extern "C" cudaError_t cc_launch_fused_tc(const cc_fused_tc_args *args, const cc
     const size_t smem = l.total;
     return cc_dispatch_dtype(args->dtype, [&](auto tag) -> cudaError_t {
         using T = typename decltype(tag)::type;
-        if constexpr (std::is_same<T, float>::value) {
-            return cudaErrorInvalidValue;
-        } else {
-            if (args->layout == CC_LAYOUT_NCHW)
-                return launch_layout<T, CC_LAYOUT_NCHW, false>(bm, grid, smem, stream, p);
-            return vec_x ? launch_layout<T, CC_LAYOUT_NHWC, true>(bm, grid, smem, stream, p)
-                         : launch_layout<T, CC_LAYOUT_NHWC, false>(bm, grid, smem, stream, p);
-        }
+        if (args->layout == CC_LAYOUT_NCHW) return launch_layout<T, CC_LAYOUT_NCHW, false>(bm, grid, smem, stream, p);
+        return vec_x ? launch_layout<T, CC_LAYOUT_NHWC, true>(bm, grid, smem, stream, p)
+                     : launch_layout<T, CC_LAYOUT_NHWC, false>(bm, grid, smem, stream, p);
     });
 }

@@ -1,10 +1,18 @@
-/* Fused CondConv convolution on tensor cores (nvcuda::wmma m16n16k16, f32
- * accumulators) for f16 and bf16 activations and weights, NCHW or NHWC:
- * per-sample kernels W_n = sum_e alpha[n][e] W_e are mixed tile by tile in
- * f32 in shared memory, rounded once to the dtype there, and never reach
+/* Fused CondConv convolution on tensor cores (nvcuda::wmma, f32
+ * accumulators) for f16 and bf16 (m16n16k16) and f32 (TF32, m16n16k8)
+ * activations and weights, NCHW or NHWC: per-sample kernels
+ * W_n = sum_e alpha[n][e] W_e are mixed tile by tile in f32 in shared
+ * memory, rounded once to the dtype (TF32 for f32) there, and never reach
  * global memory; per-sample bias and the activation are applied in f32 in
- * the epilogue, the output rounded once. Dense and grouped layers, not
- * depthwise. kernels/fused_conv_tc.cu explains the design. */
+ * the epilogue, the output rounded once (f32: not rounded). Dense and
+ * grouped layers, not depthwise. kernels/fused_conv_tc.cu explains the
+ * design.
+ *
+ * f32 runs on TF32 tensor cores: both operands of every product, the mixed
+ * weight and the input, are rounded to TF32 (10-bit mantissa, relative
+ * error up to 2^-11; up to 2^-10 where hardware truncates), products summed
+ * in f32. Not an exact-f32 convolution: only for callers that allow TF32
+ * (fused_conv.h's f32 kernel is the exact one). */
 #ifndef CONDCONV_KERNELS_FUSED_CONV_TC_H
 #define CONDCONV_KERNELS_FUSED_CONV_TC_H
 
@@ -20,10 +28,10 @@ extern "C" {
 #define CC_FUSED_TC_MAX_EXPERTS 128
 
 typedef struct cc_fused_tc_args {
-    int dtype;                /* CC_DTYPE_F16 or CC_DTYPE_BF16 */
+    int dtype;                /* CC_DTYPE_F16, CC_DTYPE_BF16 or CC_DTYPE_F32 (TF32 products) */
     int layout;               /* CC_LAYOUT_NCHW or CC_LAYOUT_NHWC: x and y */
-    const void *x;            /* [N][Cin][H][W] or [N][H][W][Cin], dtype */
-    void *y;                  /* [N][Cout][Ho][Wo] or [N][Ho][Wo][Cout], dtype */
+    const void *x;            /* [N][Cin][H][W] or [N][H][W][Cin], dtype, element-aligned */
+    void *y;                  /* [N][Cout][Ho][Wo] or [N][Ho][Wo][Cout], dtype, element-aligned */
     const float *alpha;       /* [N][E], f32 */
     const float *expert_bias; /* [E][Cout] f32, or NULL */
     const void *packed;       /* experts in cc_fused_tc_pack's layout, dtype, 256-byte aligned */
@@ -50,8 +58,10 @@ int cc_fused_tc_supported(const cc_fused_tc_args *args, char *reason, size_t rea
 size_t cc_fused_tc_packed_elems(int in_channels, int out_channels, int groups, int kernel_h, int kernel_w, int experts);
 
 /* Host code, no CUDA call: experts [E][Cout][Cin/g][kh][kw] as floats holding
- * values of the dtype (exact) -> packed in the dtype, padding zeroed. 0 for
- * invalid sizes/dtype or NULL pointers, else 1. */
+ * values of the dtype (exact) -> packed in the dtype, padding zeroed. For
+ * CC_DTYPE_F32 the floats are copied as they are (f32, not cut to TF32: the
+ * kernel rounds the mixed weights once). 0 for invalid sizes/dtype or NULL
+ * pointers, else 1. */
 int cc_fused_tc_pack(int dtype, const float *experts, void *packed, int in_channels, int out_channels, int groups,
                      int kernel_h, int kernel_w, int experts_count);
 

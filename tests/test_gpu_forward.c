@@ -92,8 +92,8 @@ static int expected_applicable(condconv_algo algo, const tu_layer_spec *s, const
 {
     switch (algo) {
     case CONDCONV_ALGO_DEPTHWISE_FUSED: return s->groups == s->cin;
-    case CONDCONV_ALGO_FUSED: /* f32 NCHW or half precision (tensor cores), not depthwise */
-        return !(m->dtype == CONDCONV_DTYPE_F32 && m->layout == CONDCONV_LAYOUT_NHWC) &&
+    case CONDCONV_ALGO_FUSED: /* not depthwise; strict f32 only in NCHW (TF32 and half: tensor cores) */
+        return !(m->dtype == CONDCONV_DTYPE_F32 && m->math == CONDCONV_MATH_F32 && m->layout == CONDCONV_LAYOUT_NHWC) &&
                !(s->groups == s->cin && s->groups > 1);
     /* NHWC makes one GEMM call per group, refused past 64 groups. */
     case CONDCONV_ALGO_GEMM_BATCHED: return m->layout == CONDCONV_LAYOUT_NCHW || s->groups <= 64;
@@ -284,8 +284,8 @@ int main(int argc, char **argv)
     const int cases = tu_case_count(80);
     /* An algorithm that runs no layer in this format: every draw must be
      * refused, with NOT_SUPPORTED (run_case checks the status). */
-    const int never =
-        m.algo == CONDCONV_ALGO_FUSED && m.dtype == CONDCONV_DTYPE_F32 && m.layout == CONDCONV_LAYOUT_NHWC;
+    const int never = m.algo == CONDCONV_ALGO_FUSED && m.dtype == CONDCONV_DTYPE_F32 && m.math == CONDCONV_MATH_F32 &&
+                      m.layout == CONDCONV_LAYOUT_NHWC;
     int draws = 0;
     if (never) {
         while (cases_refused < cases && draws++ < 20 * cases && tu_failures == 0) (void)run_case(ctx, &m, draws);

@@ -6,10 +6,11 @@
  * What runs here is made of condconv's own kernels: routing (condconv_route,
  * and inside every forward), depthwise_fused on depthwise layers, forced and
  * chosen by AUTO (measured and by rule), and the fused tensor-core kernel on
- * dense, grouped and 1x1 half-precision layers, forced and chosen by AUTO
- * (cuDNN and cuBLAS are not emulated, so AUTO must find it). A dense f32 NHWC
- * layer has no algorithm in this build: AUTO must say NOT_SUPPORTED, and
- * fused must refuse with its reason.
+ * dense, grouped and 1x1 half-precision layers, and f32 NHWC ones with TF32
+ * allowed, forced and chosen by AUTO (cuDNN and cuBLAS are not emulated, so
+ * AUTO must find it). A dense f32 NHWC layer in strict f32 has no algorithm
+ * in this build: AUTO must say NOT_SUPPORTED, and fused must refuse with its
+ * reason.
  *
  * Reference: tu_reference in double on the dtype's own values (parameters
  * and x are drawn, rounded to the dtype, and fed to both), compared in NCHW
@@ -28,6 +29,8 @@
 #include "test_util.h"
 
 static int forwards, routes, refusals;
+/* TF32 allowed in the context: f32 outputs are checked as tests/test_gpu_forward.c checks TF32. */
+static int tf32;
 
 typedef struct format {
     condconv_dtype dtype;
@@ -162,6 +165,7 @@ static void layer_case(condconv_context_t ctx, format f, const tu_layer_spec *sp
             tu_to_host(alpha, dalpha, a_n);
             double atol, rtol, l2_max;
             tu_dtype_tolerance(f.dtype, &atol, &rtol, &l2_max);
+            if (tf32 && f.dtype == CONDCONV_DTYPE_F32) atol = 1e-5, rtol = 2e-3, l2_max = 2e-3;
             const double l2 = tu_relative_l2(y, y_ref, y_n);
             const size_t bad = tu_compare("y", y, y_ref, mag, y_n, atol, rtol) +
                                tu_compare("alpha", alpha, alpha_in ? alpha_in : alpha_ref, NULL, a_n, 2e-5, 0.0);
@@ -297,18 +301,23 @@ int main(void)
             EXPECT_OK(condconv_context_set_algo_select(ctx, select));
             depthwise_case(ctx, formats[k], i % 3 == 0 ? CONDCONV_ALGO_DEPTHWISE_FUSED : CONDCONV_ALGO_AUTO, i);
         }
-        if (formats[k].dtype != CONDCONV_DTYPE_F32)
-            for (int i = 0; i < cases; ++i) {
-                EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
-                dense_case(ctx, formats[k], i % 2 ? CONDCONV_ALGO_FUSED : CONDCONV_ALGO_AUTO, i);
-            }
+        /* Dense layers: half precision, and f32 NHWC with TF32 allowed, run fused on tensor cores. */
+        const int f32 = formats[k].dtype == CONDCONV_DTYPE_F32;
+        EXPECT_OK(condconv_context_set_math(ctx, f32 ? CONDCONV_MATH_TF32 : CONDCONV_MATH_F32));
+        tf32 = f32;
+        for (int i = 0; i < cases; ++i) {
+            EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
+            dense_case(ctx, formats[k], i % 2 ? CONDCONV_ALGO_FUSED : CONDCONV_ALGO_AUTO, i);
+        }
+        tf32 = 0;
+        EXPECT_OK(condconv_context_set_math(ctx, CONDCONV_MATH_F32));
         EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
         dense_routing(ctx, formats[k]);
     }
     EXPECT_OK(condconv_context_destroy(ctx));
     printf("test_emu_formats: %d forwards, %d routings, %d dense f32 NHWC layers refused\n", forwards, routes,
            refusals);
-    EXPECT(forwards == 9 * cases, "%d of %d forwards ran", forwards, 9 * cases); /* 5 depthwise, 4 dense formats */
+    EXPECT(forwards == 10 * cases, "%d of %d forwards ran", forwards, 10 * cases); /* 5 formats x depthwise, dense */
     EXPECT(eu_failures == 0, "%d failure(s) of the buffer checks above", eu_failures);
     return tu_finish("test_emu_formats");
 }

@@ -6,8 +6,10 @@
  * gemm_batched's trial cuBLAS call at prepare fails, so AUTO must pick fused).
  * Random dense, grouped and pointwise layers: strides, dilation, padding,
  * E from 1 to 32, biases, every activation and routing mode, x and y 4 bytes
- * off 16-byte alignment in some cases. Tolerance as tests/test_gpu_forward.c:
- * 1e-5 * mag + 1e-6 for y, 2e-5 for the routing weights. */
+ * off 16-byte alignment in some cases; then forced again with TF32 allowed,
+ * which runs the tensor-core kernel (kernels/fused_conv_tc.cu) on f32 data.
+ * Tolerance as tests/test_gpu_forward.c: 1e-5 * mag + 1e-6 for y (TF32:
+ * 2e-3 * mag + 1e-5), 2e-5 for the routing weights. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +18,10 @@
 #include "gpu_util.h"
 #include "test_util.h"
 
-static int forwards, splitk_plans;
+static int forwards, splitk_plans, tf32_forwards;
+/* The context's math mode: TF32 runs the tensor-core kernel on f32 data,
+ * checked as tests/test_gpu_forward.c checks TF32 (2e-3 * mag + 1e-5). */
+static condconv_math math_mode = CONDCONV_MATH_F32;
 
 static void run_case(condconv_context_t ctx, condconv_algo algo, int index)
 {
@@ -75,7 +80,9 @@ static void run_case(condconv_context_t ctx, condconv_algo algo, int index)
         eu_download(&dy, y);
         eu_download(&da, alpha);
         if (tu_reference(&s, &p, n, h, w, x, alpha_in, y_ref, mag, a_ref) == 0) {
-            const size_t bad = tu_compare("y", y, y_ref, mag, y_n, 1e-6, 1e-5) +
+            const int tf32 = math_mode == CONDCONV_MATH_TF32;
+            tf32_forwards += tf32;
+            const size_t bad = tu_compare("y", y, y_ref, mag, y_n, tf32 ? 1e-5 : 1e-6, tf32 ? 2e-3 : 1e-5) +
                                tu_compare("alpha", alpha, a_ref, NULL, a_n, 2e-5, 0.0);
             EXPECT(bad == 0, "%s forward %d: n=%d h=%d w=%d %s (%s)", condconv_algo_name(algo), again, n, h, w,
                    tu_spec_string(&s), info.backend);
@@ -115,6 +122,13 @@ int main(void)
     const int cases = tu_case_count(12);
     for (int i = 0; i < cases; ++i) run_case(ctx, CONDCONV_ALGO_FUSED, i);
     for (int i = 0; i < (cases + 2) / 3; ++i) run_case(ctx, CONDCONV_ALGO_AUTO, i);
+    /* TF32 allowed: fused runs f32 on the tensor-core kernel (wmma tf32). */
+    math_mode = CONDCONV_MATH_TF32;
+    EXPECT_OK(condconv_context_set_math(ctx, CONDCONV_MATH_TF32));
+    for (int i = 0; i < (cases + 1) / 2; ++i) run_case(ctx, CONDCONV_ALGO_FUSED, i);
+    EXPECT(tf32_forwards > 0, "no TF32 forward ran");
+    math_mode = CONDCONV_MATH_F32;
+    EXPECT_OK(condconv_context_set_math(ctx, CONDCONV_MATH_F32));
     /* A depthwise layer is not fused's: forced, it refuses at prepare. */
     tu_layer_spec dw = tu_basic_spec(6, 6, 3, 2);
     dw.groups = 6;
@@ -131,7 +145,8 @@ int main(void)
     }
     tu_free_params(&p);
     condconv_layer_desc_destroy(desc);
-    printf("test_emu_fused_forward: %d forwards compared (%d plans split K)\n", forwards, splitk_plans);
+    printf("test_emu_fused_forward: %d forwards compared (%d plans split K, %d with TF32)\n", forwards, splitk_plans,
+           tf32_forwards);
     EXPECT(forwards >= 2 * cases, "only %d forwards ran", forwards);
     EXPECT_OK(condconv_context_destroy(ctx));
     TU_CUDA(cudaStreamDestroy(stream));

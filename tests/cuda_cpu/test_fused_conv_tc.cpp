@@ -1,17 +1,19 @@
-// kernels/fused_conv_tc.cu (tensor-core fused CondConv, f16/bf16, NCHW/NHWC)
+// kernels/fused_conv_tc.cu (tensor-core fused CondConv, f16/bf16 and f32 on
+// TF32, NCHW/NHWC)
 // on the CPU execution layer, against the double reference of
 // bench/dev/fused_reference.h: both tile instances (the chooser's rule at 1
 // SM and at 132 SMs), edge tiles in channels and columns, N not a multiple
 // of the samples per block, samples of 1 to 9 fragments, 1x1 (strides 1 and
 // 2), 3x3 and 5x5 with padding, stride and dilation, groups, E from 1 to 32,
 // with and without bias, each activation; NHWC through the 16-byte input
-// path (Cin/g % 8 == 0, x aligned) and the 2-byte one (Cin/g % 8 != 0, or x
-// one element off alignment); y one element off alignment (the kernel has
-// only 2-byte stores); NaN-poisoned outputs and guard zones around y. Then the
+// path (Cin/g % 8 == 0, x aligned) and the element-wise one (Cin/g % 8 != 0,
+// or x one element off alignment); y one element off alignment (the kernel
+// has only element-wide stores); NaN-poisoned outputs and guard zones around y. Then the
 // refusals, and that cc_fused_tc_pack zeroes its padding.
 //
 // Inputs are drawn, rounded to the dtype, and the same values fed to the
-// reference (NHWC transposed on the host).
+// reference (NHWC transposed on the host). f32 inputs and weights are full
+// f32 values (not TF32), so the kernel's TF32 cuts are what is measured.
 //
 // Tolerance (u = 2^-11 for f16, 2^-8 for bf16; mag = sum |terms| of the
 // reference, bias included): the per-sample weights are rounded once to
@@ -21,6 +23,17 @@
 // K/16 <= 25 here: < 1e-5 * mag); one more u * mag of slack for the
 // tensor core's own rounding on a GPU; SiLU's slope is at most 1.1:
 //   |got - ref| <= 1.1 (2u + 1e-5) mag + u |ref| + 1e-6 (f16 subnormals).
+// f32 (TF32 tensor cores): each operand is cut to TF32 as it enters the
+// product, the mixed weight W_n (mixed in f32) and the input x: the kernel
+// rounds both to nearest (cvt.rna, relative error <= 2^-11), the CPU
+// layer's mma would truncate a non-TF32 operand (<= 2^-10) and so may a
+// GPU's tensor core; take the larger, u = 2^-10 per operand. A product
+// |w x| (1 + d1)(1 + d2) is off by <= (2u + u^2) |w x|; products are summed
+// in f32 (the same (E + K/8 + 2) 2^-24 < 1e-5 relative to mag as above,
+// and a GPU's f32 accumulation in the tensor core is no worse than
+// 2^-23 per addition, K/8 <= 50 here); the output stays f32 (no rounding
+// to storage). SiLU's slope 1.1 again:
+//   |got - ref| <= 1.1 (2 * 2^-10 + 1e-5) mag + 1e-6.
 // NaN never passes.
 //
 // Usage: test_fused_conv_tc [--quick]   (--quick, and always under
@@ -65,7 +78,10 @@ int g_failures = 0;
         }                                                                                                              \
     } while (0)
 
-const char *dtype_name(int dtype) { return dtype == CC_DTYPE_F16 ? "f16" : "bf16"; }
+const char *dtype_name(int dtype)
+{
+    return dtype == CC_DTYPE_F16 ? "f16" : dtype == CC_DTYPE_BF16 ? "bf16" : "f32 (TF32)";
+}
 const char *layout_name(int layout) { return layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC"; }
 
 uint16_t to_bits(int dtype, float v)
@@ -93,7 +109,21 @@ float from_bits(int dtype, uint16_t b)
     return __bfloat162float(h);
 }
 
-float round_to(int dtype, float v) { return from_bits(dtype, to_bits(dtype, v)); }
+float round_to(int dtype, float v) { return dtype == CC_DTYPE_F32 ? v : from_bits(dtype, to_bits(dtype, v)); }
+
+// Element i of a buffer of the dtype.
+void put(int dtype, void *buf, size_t i, float v)
+{
+    if (dtype == CC_DTYPE_F32)
+        static_cast<float *>(buf)[i] = v;
+    else
+        static_cast<uint16_t *>(buf)[i] = to_bits(dtype, v);
+}
+float get(int dtype, const void *buf, size_t i)
+{
+    if (dtype == CC_DTYPE_F32) return static_cast<const float *>(buf)[i];
+    return from_bits(dtype, static_cast<const uint16_t *>(buf)[i]);
+}
 
 float frand(unsigned int *state)
 {
@@ -165,13 +195,13 @@ cc_fused_args ref_args(const cc_fused_tc_args &t)
     return a;
 }
 
-constexpr int kGuard = 64;              // elements of guard zone before and after y
-constexpr uint16_t kGuardBits = 0x5a5a; // finite in both dtypes
-constexpr uint16_t kPoison = 0xffff;    // NaN in both dtypes
+constexpr int kGuard = 64;                  // elements of guard zone before and after y
+constexpr unsigned char kGuardByte = 0x5a;  // 0x5a5a(5a5a): finite in every dtype
+constexpr unsigned char kPoisonByte = 0xff; // 0xffff(ffff): NaN in every dtype
 
 struct tally {
     long long runs = 0, failed = 0, by_tile[2] = {0, 0}, outputs = 0;
-    double worst = 0.0; // largest |got - ref| / (u mag + u |ref|): how much of the bound is used
+    double worst[3] = {0.0, 0.0, 0.0}; // per dtype (f32, f16, bf16): largest |got - ref| / (u mag + u_out |ref|)
 };
 
 // One shape in one dtype, both layouts, every tile the chooser picks.
@@ -194,20 +224,24 @@ void run_shape(const shape &s, int dtype, unsigned int seed, tally *t)
     double *ref = (double *)malloc(sizeof(double) * y_elems), *mag = (double *)malloc(sizeof(double) * y_elems);
     cc_fused_reference(ra, x, w, s.bias ? b : NULL, al, ref, mag);
 
-    uint16_t *packed = (uint16_t *)malloc(2 * packed_elems);
+    const size_t es = cc_element_size(dtype);
+    void *packed = malloc(es * packed_elems);
     EXPECT(cc_fused_tc_pack(dtype, w, packed, s.cin, s.cout, s.groups, s.kh, s.kw, s.e), "%s: pack", s.name);
     void *d_packed, *d_alpha, *d_bias, *d_x, *d_y;
-    CUDA_OK(cudaMalloc(&d_packed, 2 * packed_elems));
+    CUDA_OK(cudaMalloc(&d_packed, es * packed_elems));
     CUDA_OK(cudaMalloc(&d_alpha, sizeof(float) * al_elems));
     CUDA_OK(cudaMalloc(&d_bias, sizeof(float) * b_elems));
-    CUDA_OK(cudaMalloc(&d_x, 2 * (x_elems + 8)));
+    CUDA_OK(cudaMalloc(&d_x, es * (x_elems + 8)));
     const size_t y_total = y_elems + 2 * kGuard + 8;
-    CUDA_OK(cudaMalloc(&d_y, 2 * y_total));
-    CUDA_OK(cudaMemcpy(d_packed, packed, 2 * packed_elems, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMalloc(&d_y, es * y_total));
+    CUDA_OK(cudaMemcpy(d_packed, packed, es * packed_elems, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(d_alpha, al, sizeof(float) * al_elems, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(d_bias, b, sizeof(float) * b_elems, cudaMemcpyHostToDevice));
-    uint16_t *hx = (uint16_t *)malloc(2 * x_elems), *hy = (uint16_t *)malloc(2 * y_total);
-    const double u = dtype == CC_DTYPE_F16 ? 1.0 / 2048.0 : 1.0 / 256.0;
+    void *hx = malloc(es * x_elems);
+    unsigned char *hy = (unsigned char *)malloc(es * y_total);
+    // f32: u = 2^-10 per TF32 operand, no rounding of the output (see the top).
+    const double u = dtype == CC_DTYPE_F16 ? 1.0 / 2048.0 : dtype == CC_DTYPE_BF16 ? 1.0 / 256.0 : 1.0 / 1024.0;
+    const double u_out = dtype == CC_DTYPE_F32 ? 0.0 : u;
 
     for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) {
         // x in this layout, one element off alignment where the shape says.
@@ -216,12 +250,12 @@ void run_shape(const shape &s, int dtype, unsigned int seed, tally *t)
                 for (size_t px = 0; px < HW; ++px) {
                     const size_t src = ((size_t)n * s.cin + c) * HW + px;
                     const size_t dst = layout == CC_LAYOUT_NCHW ? src : ((size_t)n * HW + px) * s.cin + c;
-                    hx[dst] = to_bits(dtype, x[src]);
+                    put(dtype, hx, dst, x[src]);
                 }
-        CUDA_OK(cudaMemcpy((uint16_t *)d_x + s.x_offset, hx, 2 * x_elems, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy((char *)d_x + es * s.x_offset, hx, es * x_elems, cudaMemcpyHostToDevice));
         cc_fused_tc_args a = args_for(s, dtype, layout);
-        a.x = (uint16_t *)d_x + s.x_offset;
-        a.y = (uint16_t *)d_y + kGuard + s.y_offset;
+        a.x = (char *)d_x + es * s.x_offset;
+        a.y = (char *)d_y + es * (kGuard + s.y_offset);
         a.alpha = (const float *)d_alpha;
         a.expert_bias = s.bias ? (const float *)d_bias : NULL;
         a.packed = d_packed;
@@ -242,10 +276,10 @@ void run_shape(const shape &s, int dtype, unsigned int seed, tally *t)
             char what[256];
             snprintf(what, sizeof what, "%s %s %s tile %dx%d (<= %d samples)", s.name, dtype_name(dtype),
                      layout_name(layout), c.tile_m, c.tile_n, c.samples_cap);
-            for (size_t i = 0; i < y_total; ++i) hy[i] = kGuardBits;
             const size_t y0 = kGuard + (size_t)s.y_offset;
-            for (size_t i = 0; i < y_elems; ++i) hy[y0 + i] = kPoison;
-            CUDA_OK(cudaMemcpy(d_y, hy, 2 * y_total, cudaMemcpyHostToDevice));
+            memset(hy, kGuardByte, es * y_total);
+            memset(hy + es * y0, kPoisonByte, es * y_elems);
+            CUDA_OK(cudaMemcpy(d_y, hy, es * y_total, cudaMemcpyHostToDevice));
             // Alternate block orders: a block writing past its tile is
             // overwritten by its neighbour in one order, not in the other.
             cc_cpu_set_block_order((layout + ci) & 1);
@@ -253,12 +287,13 @@ void run_shape(const shape &s, int dtype, unsigned int seed, tally *t)
             cc_cpu_set_block_order(0);
             EXPECT(err == cudaSuccess, "%s: launch: %s", what, cudaGetErrorString(err));
             CUDA_OK(cudaDeviceSynchronize());
-            CUDA_OK(cudaMemcpy(hy, d_y, 2 * y_total, cudaMemcpyDeviceToHost));
+            CUDA_OK(cudaMemcpy(hy, d_y, es * y_total, cudaMemcpyDeviceToHost));
             long long bad = 0;
-            for (size_t i = 0; i < y_total; ++i) {
-                if (i >= y0 && i < y0 + y_elems) continue;
-                if (hy[i] != kGuardBits) {
-                    if (bad < 3) fprintf(stderr, "  %s: guard [%zd] overwritten\n", what, (ssize_t)i - (ssize_t)y0);
+            for (size_t i = 0; i < es * y_total; ++i) {
+                if (i >= es * y0 && i < es * (y0 + y_elems)) continue;
+                if (hy[i] != kGuardByte) {
+                    if (bad < 3)
+                        fprintf(stderr, "  %s: guard byte [%zd] overwritten\n", what, (ssize_t)i - (ssize_t)(es * y0));
                     ++bad;
                 }
             }
@@ -267,10 +302,10 @@ void run_shape(const shape &s, int dtype, unsigned int seed, tally *t)
                     for (size_t px = 0; px < P; ++px) {
                         const size_t ri = ((size_t)n * s.cout + o) * P + px;
                         const size_t gi = layout == CC_LAYOUT_NCHW ? ri : ((size_t)n * P + px) * s.cout + o;
-                        const double got = from_bits(dtype, hy[y0 + gi]);
-                        const double tol = 1.1 * (2.0 * u + 1e-5) * mag[ri] + u * fabs(ref[ri]) + 1e-6;
-                        const double ratio = fabs(got - ref[ri]) / (u * mag[ri] + u * fabs(ref[ri]) + 1e-30);
-                        if (ratio > t->worst) t->worst = ratio;
+                        const double got = get(dtype, hy, y0 + gi);
+                        const double tol = 1.1 * (2.0 * u + 1e-5) * mag[ri] + u_out * fabs(ref[ri]) + 1e-6;
+                        const double ratio = fabs(got - ref[ri]) / (u * mag[ri] + u_out * fabs(ref[ri]) + 1e-30);
+                        if (ratio > t->worst[dtype]) t->worst[dtype] = ratio;
                         if (!(fabs(got - ref[ri]) <= tol)) {
                             if (bad < 3)
                                 fprintf(stderr, "  %s: y[n %d][o %d][p %zu] = %.7g, reference %.7g (tol %.3g)\n", what,
@@ -322,8 +357,8 @@ void refusals()
     EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "depthwise"), "depthwise: %s",
            reason);
     b = a;
-    b.dtype = CC_DTYPE_F32;
-    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "dtype"), "f32: %s", reason);
+    b.dtype = CC_DTYPE_F32; // TF32 tensor cores
+    EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 1, "f32: %s", reason);
     b.dtype = 7;
     EXPECT(cc_fused_tc_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "dtype"), "dtype 7: %s", reason);
     b = a;
@@ -364,9 +399,9 @@ void refusals()
         float *w = (float *)malloc(sizeof(float) * w_elems);
         unsigned int seed = 7u;
         for (size_t i = 0; i < w_elems; ++i) w[i] = round_to(CC_DTYPE_BF16, frand(&seed) + 2.0f); // never 0
-        uint16_t *pk = (uint16_t *)malloc(2 * total);
-        for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16}) {
-            memset(pk, 0xff, 2 * total);
+        void *pk = malloc(4 * total);
+        for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16, CC_DTYPE_F32}) {
+            memset(pk, 0xff, 4 * total);
             EXPECT(cc_fused_tc_pack(dtype, w, pk, cin, cout, groups, kh, kw, e_count) == 1, "pack %s",
                    dtype_name(dtype));
             long long wrong = 0;
@@ -379,13 +414,14 @@ void refusals()
                                 float want = 0.0f;
                                 if (ci < cin_g && m < mg)
                                     want = w[(((size_t)e * cout + g * mg + m) * cin_g + ci) * taps + tap];
-                                const uint16_t bits = pk[at];
-                                if (ci < cin_g && m < mg ? from_bits(dtype, bits) != round_to(dtype, want) : bits != 0)
-                                    ++wrong;
+                                const size_t es = cc_element_size(dtype);
+                                const unsigned char *bytes = (const unsigned char *)pk + es * at;
+                                bool zero = true;
+                                for (size_t k = 0; k < es; ++k) zero = zero && bytes[k] == 0;
+                                if (ci < cin_g && m < mg ? get(dtype, pk, at) != round_to(dtype, want) : !zero) ++wrong;
                             }
             EXPECT(wrong == 0, "%s pack: %lld elements wrong (padding must be +0)", dtype_name(dtype), wrong);
         }
-        EXPECT(cc_fused_tc_pack(CC_DTYPE_F32, w, pk, cin, cout, groups, kh, kw, e_count) == 0, "pack of f32");
         EXPECT(cc_fused_tc_pack(9, w, pk, cin, cout, groups, kh, kw, e_count) == 0, "pack of dtype 9");
         EXPECT(cc_fused_tc_pack(CC_DTYPE_F16, NULL, pk, cin, cout, groups, kh, kw, e_count) == 0, "pack of NULL");
         EXPECT(cc_fused_tc_pack(CC_DTYPE_F16, w, NULL, cin, cout, groups, kh, kw, e_count) == 0, "pack to NULL");
@@ -425,8 +461,12 @@ void refusals()
     m.y = NULL;
     EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "NULL y");
     m = l;
-    m.dtype = CC_DTYPE_F32;
-    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "f32");
+    m.dtype = CC_DTYPE_F32; // f16 config: A/B tiles of 2-byte elements, so the smem size differs
+    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "f32 with an f16 config");
+    EXPECT(cc_fused_tc_choose(&m, 132, 227 * 1024, &c), "choose f32");
+    m.y = (char *)l.y + 2; // f32 y must be 4-byte aligned
+    EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "f32 y 2 bytes off");
+    EXPECT(cc_fused_tc_choose(&l, 132, 227 * 1024, &c), "choose");
     m = l;
     m.groups = 16;
     EXPECT(cc_launch_fused_tc(&m, &c, 0) == cudaErrorInvalidValue, "depthwise");
@@ -475,13 +515,15 @@ int main(int argc, char **argv)
     tally t;
     for (int i = 0; i < count; ++i) {
         if (quick && i % 2 == 1) continue;
-        for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16}) run_shape(shapes[i], dtype, 100u + (unsigned int)i, &t);
+        for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16, CC_DTYPE_F32})
+            run_shape(shapes[i], dtype, 100u + (unsigned int)i, &t);
         printf("%-16s done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
     }
     refusals();
     printf("fused_conv_tc: %lld runs (tiles 64x64 %lld, 32x64 %lld; %lld outputs checked, largest error "
-           "%.2f u (mag + |ref|)), %lld failed, %d failures in all\n",
-           t.runs, t.by_tile[0], t.by_tile[1], t.outputs, t.worst, t.failed, g_failures);
+           "%.2f u (mag + |ref|) f16, %.2f bf16, %.2f u mag f32 (u = 2^-10)), %lld failed, %d failures in all\n",
+           t.runs, t.by_tile[0], t.by_tile[1], t.outputs, t.worst[CC_DTYPE_F16], t.worst[CC_DTYPE_BF16],
+           t.worst[CC_DTYPE_F32], t.failed, g_failures);
     const int unlaunched = cc_cpu_report_unlaunched("fused_conv_tc");
     EXPECT(unlaunched == 0, "%d kernel instances never launched", unlaunched);
     return g_failures == 0 ? 0 : 1;
