@@ -67,7 +67,7 @@ static void usage(FILE *out)
             "  --math f32|tf32|both  f32: strict FP32 everywhere (default); tf32: cuDNN/cuBLAS may use TF32\n"
             "  --dtype f32|f16|bf16  element type of x, y and the parameters (default f32); the static\n"
             "                        yardstick runs in it too. Half precision: tensor cores, f32 accumulation\n"
-            "                        (fused runs f32 NCHW only so far: its rows then say n/a and why)\n"
+            "                        for every algorithm\n"
             "  --layout nchw|nhwc    activation layout (default nchw)\n"
             "  --routing sigmoid|softmax|external   routing function of each layer (default sigmoid: GAP->FC->sigmoid\n"
             "                        inside the forward, as timm's CondConv; external: alpha given, no routing work)\n"

@@ -10,11 +10,11 @@
  * needs partial sums and counters that the state owns (allocated here, at
  * prepare; the kernel leaves the counters zero after every launch).
  *
- * Two kernels behind it: strict f32 NCHW layers run kernels/fused_conv.cu
+ * Two kernels behind it: strict f32 layers run kernels/fused_conv.cu
  * (FMA on the CUDA cores); f16 and bf16 layers, and f32 layers when the
  * context allows TF32, run kernels/fused_conv_tc.cu in either layout (wmma
  * tensor cores, f32 accumulation; half layers' per-sample tiles rounded
- * once to the dtype in shared memory). Strict f32 NHWC has no fused kernel. */
+ * once to the dtype in shared memory). Both kernels take NCHW and NHWC. */
 #include <stdio.h>
 #include <string.h>
 
@@ -52,6 +52,7 @@ static cc_fused_args make_args(const struct condconv_layer *layer, const cc_geom
     a.pad_top = geom->pad_top;
     a.pad_left = geom->pad_left;
     a.activation = (int)info->activation;
+    a.layout = (int)info->layout;
     return a;
 }
 
@@ -97,11 +98,6 @@ static condconv_status fused_check(const struct condconv_layer *layer, const cc_
 {
     const condconv_layer_info *info = &layer->weights->info;
     const int tc = uses_tc(layer, layer->ctx->math);
-    if (!tc && info->layout != CONDCONV_LAYOUT_NCHW)
-        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                       "%s: fused has no strict-f32 NHWC kernel; an f32 NHWC layer runs fused on TF32 tensor cores "
-                       "when the context allows TF32 (condconv_context_set_math)",
-                       func);
     if (info->groups == info->in_channels)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
                        "%s: fused is for dense and grouped layers; this depthwise layer (groups == in_channels) runs "

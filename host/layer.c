@@ -77,9 +77,9 @@ static condconv_status upload_weights(cc_weights *w, const char *func)
     const size_t rb_bytes = (size_t)w->sizes.routing_bias_elems * sizeof(float);
     /* The fused algorithm's packings (layer.h), dense and grouped layers only:
      * the tensor-core kernel's for every dtype (f32 runs it with TF32), and
-     * the CUDA-core kernel's for strict f32 NCHW. */
+     * the CUDA-core kernel's for strict f32. */
     const int dense = info->groups != info->in_channels;
-    const int fma = dense && info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW;
+    const int fma = dense && info->dtype == CONDCONV_DTYPE_F32;
     const size_t fused_bytes = fma ? cc_fused_packed_elems(info->in_channels, info->out_channels, info->groups,
                                                            info->kernel_h, info->kernel_w, info->num_experts) *
                                          sizeof(float)

@@ -34,7 +34,7 @@ typedef struct cc_weights {
      * filter format) for NHWC layers. */
     const void *dev_experts_grouped;
     /* The fused algorithm's packings, NULL for depthwise layers:
-     * kernels/fused_conv.h's (f32, strict-f32 NCHW layers only, else NULL) and
+     * kernels/fused_conv.h's (f32; f32 layers only, else NULL) and
      * kernels/fused_conv_tc.h's (the dtype; f32 layers run it with TF32). */
     const float *dev_experts_fused;
     const void *dev_experts_fused_tc;

@@ -127,16 +127,12 @@ typedef enum condconv_activation {
     CONDCONV_ACTIVATION_SILU = 2 /* x * sigmoid(x), a.k.a. swish */
 } condconv_activation;
 
-/* Every algorithm runs every dtype and layout, except FUSED on f32 NHWC in
- * strict f32 (NOT_SUPPORTED, with the reason; with CONDCONV_MATH_TF32 it
- * runs). Half precision runs on tensor cores (cuDNN, cuBLAS, and FUSED's own
- * wmma kernel, which also runs f32 data when TF32 is allowed), always with
- * f32 accumulation. Where an algorithm must store intermediates, they are in
- * the layer's dtype, rounded once: the per-sample filters of CUDNN_GROUPED
- * and GEMM_BATCHED (in memory), each expert's output of MIXTURE, and FUSED's
- * per-sample weight tiles in shared memory (half layers; its f32 kernel
- * keeps them in f32). Per-sample biases, routing weights and every sum are
- * f32; DEPTHWISE_FUSED stores nothing. */
+/* Every algorithm runs every dtype and layout. Half precision runs on tensor cores (cuDNN, cuBLAS, and FUSED's
+ * own wmma kernel, which also runs f32 data when TF32 is allowed), always with f32 accumulation. Where an
+ * algorithm must store intermediates, they are in the layer's dtype, rounded once: the per-sample filters of
+ * CUDNN_GROUPED and GEMM_BATCHED (in memory), each expert's output of MIXTURE, and FUSED's per-sample weight
+ * tiles (in shared memory only). Per-sample biases, routing weights and every sum are f32; DEPTHWISE_FUSED
+ * stores nothing. */
 typedef enum condconv_dtype {
     CONDCONV_DTYPE_F32 = 0,
     CONDCONV_DTYPE_F16 = 1, /* IEEE binary16 */

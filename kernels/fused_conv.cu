@@ -21,8 +21,9 @@
 //      mixed tiles go to shared memory. The experts are read from L2 once
 //      per block and K step: once per BN columns, not per sample's P.
 //   2. stage the 16 x BN input tile: 16-byte loads for a 1x1 stride-1
-//      unpadded layer with P % 4 == 0 and an aligned x, else 4-byte loads
-//      from window origins computed once per thread, zeros outside the image.
+//      unpadded NCHW layer with P % 4 == 0 and an aligned x, else 4-byte
+//      loads from window origins computed once per thread, zeros outside the
+//      image (NHWC always: a step's 16 rows are 16 adjacent channels of a pixel).
 //   3. product: a thread owns 8 output channels x 1 or 2 quads (8x4 or 8x8
 //      outputs in registers) and reads 16-byte fragments of its sample's
 //      mixed tile and of the input tile.
@@ -32,7 +33,8 @@
 // latency, and one barrier per K step suffices. Experts past those are
 // loaded after the product, in groups, with the partial mixes kept in shared
 // memory. Epilogue: + per-sample bias (mixed from the expert biases in the
-// prologue), activation (cc_activate), 16-byte stores where aligned.
+// prologue), activation (cc_activate), 16-byte stores where aligned (NCHW;
+// NHWC y[n][p][o] takes scalar stores, a quad's pixels being Cout apart).
 //
 // Split-K (config.splits > 1) cuts K into ranges when the output tiles do
 // not fill the GPU (7x7 layers, even at batch 128: 1152->192 has 78 tiles of
@@ -40,9 +42,11 @@
 // block of a tile to count itself (one atomic counter per tile, the
 // threadFenceReduction pattern of kernels/routing.cu) sums the partials in
 // split order (deterministic whichever block is last), adds bias and
-// activation, and resets the counter to zero for the next launch.
+// activation, and resets the counter to zero for the next launch. The
+// partials are laid out as an NCHW y whatever the layout.
 //
-// Tile instances, each in the 16-byte and the window input path (8 kernels):
+// Tile instances, each in the NCHW 16-byte and window input paths and the
+// NHWC window path (12 kernels; the layout is a template parameter):
 //   64x256  256 thr, 8x8/thread, 1 block/SM (~225 regs: 8 experts and the
 //           input prefetched). Least L2 traffic: 4*(E/256 + 1/64) B/FMA.
 //   64x128  256 thr, 8x4, 2 blocks/SM (<= 128 regs, 4 experts prefetched):
@@ -177,10 +181,12 @@ __device__ __forceinline__ void fma4(float4 &acc, float a, const float4 &w)
 // Input tile loader, 4-byte path: any kernel size, stride, dilation and
 // padding. A thread owns one column (a pixel of a sample) for the whole K
 // loop, so its window origin is computed once; a K step has one tap, so the
-// bounds test is once per step and the thread's rows are one plane apart.
-// Consecutive threads take consecutive pixels: coalesced along x rows.
-template <int kBN, int kThreads>
+// bounds test is once per step and the thread's rows are one plane apart
+// (NCHW) or adjacent channels of one pixel (NHWC). Consecutive threads take
+// consecutive pixels: coalesced along x rows in NCHW, Cin floats apart in NHWC.
+template <int kBN, int kThreads, int kLayout>
 struct x_loader_window {
+    static constexpr bool kNhwc = kLayout == CC_LAYOUT_NHWC;
     static constexpr int kRows = kBK * kBN / kThreads; // rows per thread
     static constexpr int kRowStep = kThreads / kBN;    // threads per column
     const float *col;
@@ -201,7 +207,10 @@ struct x_loader_window {
         const int oy = p / a.out_w, ox = p - oy * a.out_w;
         iy0 = oy * a.stride_h - a.pad_top;
         ix0 = ox * a.stride_w - a.pad_left;
-        col = a.x + ((size_t)n * a.cin + (size_t)g * a.cin_g) * (size_t)a.hw;
+        if (kNhwc) // the group's channel 0 of pixel 0
+            col = a.x + (size_t)n * (size_t)a.hw * a.cin + (size_t)g * a.cin_g;
+        else
+            col = a.x + ((size_t)n * a.cin + (size_t)g * a.cin_g) * (size_t)a.hw;
     }
 
     __device__ __forceinline__ void load(const fused_params &a, int kt)
@@ -211,10 +220,12 @@ struct x_loader_window {
         const int ky = tap / a.kernel_w, kx = tap - ky * a.kernel_w;
         const int iy = iy0 + ky * a.dilation_h, ix = ix0 + kx * a.dilation_w;
         const bool in = ok && iy >= 0 && iy < a.h && ix >= 0 && ix < a.w;
-        const float *src = in ? col + (size_t)ci0 * (size_t)a.hw + (size_t)iy * a.w + ix : a.x;
+        const size_t pix = (size_t)iy * a.w + ix;
+        const float *src = !in ? a.x : kNhwc ? col + pix * a.cin + ci0 : col + (size_t)ci0 * (size_t)a.hw + pix;
+        const size_t row_step = kNhwc ? (size_t)kRowStep : (size_t)kRowStep * (size_t)a.hw;
 #pragma unroll
         for (int j = 0; j < kRows; ++j)
-            v[j] = (in && ci0 + j * kRowStep < a.cin_g) ? __ldg(src + (size_t)(j * kRowStep) * (size_t)a.hw) : 0.0f;
+            v[j] = (in && ci0 + j * kRowStep < a.cin_g) ? __ldg(src + (size_t)j * row_step) : 0.0f;
     }
 
     __device__ __forceinline__ void store(float *bs) const
@@ -357,13 +368,14 @@ __device__ __forceinline__ float4 load_quad_cg(const float *src, bool vec, int v
     return v;
 }
 
-template <int kBM, int kBN, int kQPT, bool kVecX>
+template <int kBM, int kBN, int kQPT, bool kVecX, int kLayout>
 __global__ void __launch_bounds__(tile_shape<kBM, kBN, kQPT>::kThreads, tile_shape<kBM, kBN, kQPT>::kMinBlocks)
     fused_conv_kernel(const fused_params a)
 {
     using T = tile_shape<kBM, kBN, kQPT>;
-    using loader =
-        typename std::conditional<kVecX, x_loader_vec<kBN, T::kThreads>, x_loader_window<kBN, T::kThreads>>::type;
+    static_assert(!kVecX || kLayout == CC_LAYOUT_NCHW, "the 16-byte input path is NCHW's");
+    using loader = typename std::conditional<kVecX, x_loader_vec<kBN, T::kThreads>,
+                                             x_loader_window<kBN, T::kThreads, kLayout>>::type;
 
     CC_DYNAMIC_SHARED(float4, cc_fused_smem);
     __shared__ int is_last;
@@ -545,7 +557,16 @@ __global__ void __launch_bounds__(tile_shape<kBM, kBN, kQPT>::kThreads, tile_sha
             v.y = cc_activate(a.activation, v.y + b);
             v.z = cc_activate(a.activation, v.z + b);
             v.w = cc_activate(a.activation, v.w + b);
-            store_quad(a.y + idx, v, a.vec_out != 0, valid);
+            if (kLayout == CC_LAYOUT_NHWC) {
+                // y[n][p][channel]: the quad's pixels are Cout floats apart, scalar stores.
+                float *dst = a.y + ((size_t)n * plane + p0) * a.cout + (size_t)g * a.mg + o;
+                dst[0] = v.x;
+                if (valid > 1) dst[a.cout] = v.y;
+                if (valid > 2) dst[2 * (size_t)a.cout] = v.z;
+                if (valid > 3) dst[3 * (size_t)a.cout] = v.w;
+            } else {
+                store_quad(a.y + idx, v, a.vec_out != 0, valid);
+            }
         }
     }
 }
@@ -605,6 +626,10 @@ bool derive(const cc_fused_args *a, derived *d, char *reason, size_t len)
     }
     if (a->activation < CC_ACT_NONE || a->activation > CC_ACT_SILU) {
         say(reason, len, "fused: unknown activation %d", a->activation);
+        return false;
+    }
+    if (a->layout != CC_LAYOUT_NCHW && a->layout != CC_LAYOUT_NHWC) {
+        say(reason, len, "fused: unknown layout %d", a->layout);
         return false;
     }
     d->cin_g = a->in_channels / a->groups;
@@ -730,7 +755,7 @@ double model_cycles(const cc_fused_args *a, const derived &d, const cc_fused_con
 
 constexpr double kClockGHz = 1.755; // H100 SXM boost, to state the model in microseconds
 
-template <int kBM, int kBN, int kQPT, bool kVecX>
+template <int kBM, int kBN, int kQPT, bool kVecX, int kLayout>
 cudaError_t launch_instance(dim3 grid, size_t smem, cudaStream_t stream, const fused_params &p)
 {
     // Past 48 KiB a kernel needs the opt-in, per instance and device: it is
@@ -747,21 +772,23 @@ cudaError_t launch_instance(dim3 grid, size_t smem, cudaStream_t stream, const f
         size_t *slot = dev >= 0 && dev < kDevices ? &granted[dev] : nullptr;
         if (slot == nullptr || *slot < smem) {
             // The const void * overload: the templated one exists only under nvcc.
-            err = cudaFuncSetAttribute(reinterpret_cast<const void *>(&fused_conv_kernel<kBM, kBN, kQPT, kVecX>),
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            err =
+                cudaFuncSetAttribute(reinterpret_cast<const void *>(&fused_conv_kernel<kBM, kBN, kQPT, kVecX, kLayout>),
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             if (err != cudaSuccess) return err;
             if (slot != nullptr) *slot = smem;
         }
     }
-    return cc_launch(fused_conv_kernel<kBM, kBN, kQPT, kVecX>, grid, dim3(tile_shape<kBM, kBN, kQPT>::kThreads), smem,
-                     stream, p);
+    return cc_launch(fused_conv_kernel<kBM, kBN, kQPT, kVecX, kLayout>, grid,
+                     dim3(tile_shape<kBM, kBN, kQPT>::kThreads), smem, stream, p);
 }
 
 template <int kBM, int kBN, int kQPT>
-cudaError_t launch_tile(bool vec_x, dim3 grid, size_t smem, cudaStream_t stream, const fused_params &p)
+cudaError_t launch_tile(int layout, bool vec_x, dim3 grid, size_t smem, cudaStream_t stream, const fused_params &p)
 {
-    return vec_x ? launch_instance<kBM, kBN, kQPT, true>(grid, smem, stream, p)
-                 : launch_instance<kBM, kBN, kQPT, false>(grid, smem, stream, p);
+    if (layout == CC_LAYOUT_NHWC) return launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NHWC>(grid, smem, stream, p);
+    return vec_x ? launch_instance<kBM, kBN, kQPT, true, CC_LAYOUT_NCHW>(grid, smem, stream, p)
+                 : launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NCHW>(grid, smem, stream, p);
 }
 
 } // namespace
@@ -929,16 +956,16 @@ extern "C" cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_
     p.m_tiles = (int)m_tiles;
     p.activation = args->activation;
     p.vec_out = d.p % 4 == 0 && cc_aligned16(args->y) && (cfg->splits == 1 || cc_aligned16(args->partial));
-    // The 16-byte input path: a quad is 4 consecutive floats of x.
-    const bool vec_x = args->kernel_h == 1 && args->kernel_w == 1 && args->stride_h == 1 && args->stride_w == 1 &&
-                       args->pad_top == 0 && args->pad_left == 0 && args->out_h == args->h && args->out_w == args->w &&
-                       d.hw % 4 == 0 && cc_aligned16(args->x);
+    // The 16-byte input path (NCHW only): a quad is 4 consecutive floats of x.
+    const bool vec_x = args->layout == CC_LAYOUT_NCHW && args->kernel_h == 1 && args->kernel_w == 1 &&
+                       args->stride_h == 1 && args->stride_w == 1 && args->pad_top == 0 && args->pad_left == 0 &&
+                       args->out_h == args->h && args->out_w == args->w && d.hw % 4 == 0 && cc_aligned16(args->x);
 
     const dim3 grid((unsigned int)col_tiles, (unsigned int)(m_tiles * args->groups), (unsigned int)cfg->splits);
     switch (cfg->tile) {
-    case CC_FUSED_TILE_64x256: return launch_tile<64, 256, 2>(vec_x, grid, cfg->smem_bytes, stream, p);
-    case CC_FUSED_TILE_64x128: return launch_tile<64, 128, 1>(vec_x, grid, cfg->smem_bytes, stream, p);
-    case CC_FUSED_TILE_32x256: return launch_tile<32, 256, 1>(vec_x, grid, cfg->smem_bytes, stream, p);
-    default: return launch_tile<32, 128, 1>(vec_x, grid, cfg->smem_bytes, stream, p);
+    case CC_FUSED_TILE_64x256: return launch_tile<64, 256, 2>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
+    case CC_FUSED_TILE_64x128: return launch_tile<64, 128, 1>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
+    case CC_FUSED_TILE_32x256: return launch_tile<32, 256, 1>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
+    default: return launch_tile<32, 128, 1>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
     }
 }

@@ -2,14 +2,17 @@
  * per-sample kernels W_b = sum_e alpha[b][e] W_e are mixed tile by tile in
  * shared memory inside the convolution and never reach global memory;
  * per-sample bias and the activation are applied in the epilogue. Strict
- * f32 (FMA on CUDA cores), NCHW, 1x1 at any stride and k x k as an implicit
- * GEMM over the input windows. kernels/fused_conv.cu explains the design. */
+ * f32 (FMA on CUDA cores), NCHW or NHWC, 1x1 at any stride and k x k as an
+ * implicit GEMM over the input windows. kernels/fused_conv.cu explains the
+ * design. */
 #ifndef CONDCONV_KERNELS_FUSED_CONV_H
 #define CONDCONV_KERNELS_FUSED_CONV_H
 
 #include <stddef.h>
 
 #include <cuda_runtime.h>
+
+#include "formats.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,8 +36,8 @@ typedef enum cc_fused_tile {
 } cc_fused_tile;
 
 typedef struct cc_fused_args {
-    const float *x;           /* [N][Cin][H][W] */
-    float *y;                 /* [N][Cout][out_h][out_w] */
+    const float *x;           /* [N][Cin][H][W], NHWC: [N][H][W][Cin] */
+    float *y;                 /* [N][Cout][out_h][out_w], NHWC: [N][out_h][out_w][Cout] */
     const float *alpha;       /* [N][E], from the routing kernel */
     const float *expert_bias; /* [E][Cout], or NULL */
     const float *packed;      /* experts in cc_fused_pack's layout, 16-byte aligned */
@@ -50,6 +53,7 @@ typedef struct cc_fused_args {
     int kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
     int pad_top, pad_left; /* bottom/right padding follows from out_h/out_w */
     int activation;        /* condconv_activation */
+    int layout;            /* CC_LAYOUT_NCHW (0) or CC_LAYOUT_NHWC, of x and y */
 } cc_fused_args;
 
 typedef struct cc_fused_config {

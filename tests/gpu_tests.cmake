@@ -6,9 +6,7 @@ foreach(algo auto cudnn_grouped gemm_batched mixture fused)
   condconv_gpu_test(test_gpu_forward ${algo} tf32)
 endforeach()
 condconv_gpu_test(test_gpu_forward fused tf32 nhwc)
-# Every algorithm x {f16, bf16} x {NCHW, NHWC}, and f32 NHWC (fused has no
-# strict-f32 NHWC kernel: that run checks that it says so, and that AUTO
-# avoids it; with tf32 it runs on tensor cores, above).
+# Every algorithm x {f16, bf16} x {NCHW, NHWC}, and f32 NHWC.
 foreach(algo auto auto_heuristic cudnn_grouped gemm_batched depthwise_fused mixture fused)
   condconv_gpu_test(test_gpu_forward ${algo} nhwc)
   foreach(dtype f16 bf16)

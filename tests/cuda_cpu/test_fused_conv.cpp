@@ -8,6 +8,9 @@
 // E from 1 to 32 (the expert chunks past the prefetched ones), no bias,
 // misaligned x and y (scalar fallbacks), guard zones around y, NaN-poisoned
 // outputs; then the refusals of cc_fused_supported and the launcher.
+// Most shapes run again in NHWC (x transposed before the upload, y back
+// before the comparison; the window path and scalar stores), with at most
+// two column runs per tile and split-K factor.
 //
 // Usage: test_fused_conv [--quick]   (--quick, and always under
 // ThreadSanitizer: a smaller sweep; every instance and path is still reached)
@@ -97,6 +100,7 @@ constexpr float kGuardValue = 12345.0f;
 struct problem {
     shape s;
     cc_fused_args a;
+    float *h_t; // NHWC: y transposed back to NCHW
     size_t x_elems, y_elems;
     float *h_y;
     double *ref, *mag;
@@ -105,11 +109,26 @@ struct problem {
     size_t partial_cap, counter_cap;
 };
 
-void problem_create(problem *p, const shape &s, unsigned int seed)
+// [N][C][HW] <-> [N][HW][C]: to_nhwc, or back.
+void transpose(const float *src, float *dst, int n, int c, size_t hw, bool to_nhwc)
+{
+    for (int i = 0; i < n; ++i)
+        for (int ch = 0; ch < c; ++ch)
+            for (size_t q = 0; q < hw; ++q) {
+                const size_t nchw = ((size_t)i * c + ch) * hw + q, nhwc = ((size_t)i * hw + q) * c + ch;
+                if (to_nhwc)
+                    dst[nhwc] = src[nchw];
+                else
+                    dst[nchw] = src[nhwc];
+            }
+}
+
+void problem_create(problem *p, const shape &s, unsigned int seed, int layout = CC_LAYOUT_NCHW)
 {
     memset(p, 0, sizeof *p);
     p->s = s;
     p->a = args_for(s);
+    p->a.layout = layout;
     const cc_fused_args &a = p->a;
     p->x_elems = (size_t)a.n * a.in_channels * a.h * a.w;
     p->y_elems = (size_t)a.n * a.out_channels * a.out_h * a.out_w;
@@ -136,6 +155,13 @@ void problem_create(problem *p, const shape &s, unsigned int seed)
     CUDA_OK(cudaMalloc(&p->d_alpha, sizeof(float) * al_elems));
     CUDA_OK(cudaMalloc(&p->d_bias, sizeof(float) * b_elems));
     CUDA_OK(cudaMalloc(&p->d_packed, sizeof(float) * packed_elems));
+    if (layout == CC_LAYOUT_NHWC) {
+        float *t = (float *)malloc(sizeof(float) * p->x_elems);
+        transpose(h_x, t, a.n, a.in_channels, (size_t)a.h * a.w, true);
+        free(h_x);
+        h_x = t;
+        p->h_t = (float *)malloc(sizeof(float) * p->y_elems);
+    }
     CUDA_OK(cudaMemcpy(p->d_x_block + s.x_offset, h_x, sizeof(float) * p->x_elems, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(p->d_alpha, h_al, sizeof(float) * al_elems, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(p->d_bias, h_b, sizeof(float) * b_elems, cudaMemcpyHostToDevice));
@@ -162,6 +188,7 @@ void problem_destroy(problem *p)
     if (p->d_partial) CUDA_OK(cudaFree(p->d_partial));
     if (p->d_counters) CUDA_OK(cudaFree(p->d_counters));
     free(p->h_y);
+    free(p->h_t);
     free(p->ref);
     free(p->mag);
 }
@@ -208,13 +235,20 @@ long long run(problem *p, const cc_fused_config &c, const char *what)
             ++bad;
         }
     }
+    // y in NCHW order, as the reference has it.
+    const float *y = p->h_y + y0;
+    if (p->a.layout == CC_LAYOUT_NHWC) {
+        transpose(y, p->h_t, p->a.n, p->a.out_channels, (size_t)p->a.out_h * p->a.out_w, false);
+        y = p->h_t;
+    }
     const double u = 1.0 / 16777216.0;
     const int k = (p->a.in_channels / p->a.groups) * p->a.kernel_h * p->a.kernel_w;
     for (size_t i = 0; i < p->y_elems; ++i) {
         const double tol = (k + p->a.experts + 8) * u * p->mag[i] + 4.0 * u * fabs(p->ref[i]) + 1e-30;
-        const double d = fabs((double)p->h_y[y0 + i] - p->ref[i]);
+        const double d = fabs((double)y[i] - p->ref[i]);
         if (!(d <= tol)) {
-            if (bad < 3) fprintf(stderr, "  %s: y[%zu] = %.9g, reference %.9g\n", what, i, p->h_y[y0 + i], p->ref[i]);
+            if (bad < 3)
+                fprintf(stderr, "  %s: y[%zu] (NCHW index) = %.9g, reference %.9g\n", what, i, y[i], p->ref[i]);
             ++bad;
         }
     }
@@ -241,13 +275,15 @@ int distinct_configs(const cc_fused_args &a, int tile, int splits, cc_fused_conf
 struct tally {
     long long runs = 0, failed = 0;
     long long by_tile[CC_FUSED_TILE_COUNT] = {};
-    long long split_runs = 0, short_runs = 0;
+    long long split_runs = 0, short_runs = 0, nhwc_runs = 0;
 };
 
-void sweep_shape(const shape &s, unsigned int seed, bool quick, tally *t)
+void sweep_shape(const shape &s, unsigned int seed, bool quick, int layout, tally *t)
 {
     problem p;
-    problem_create(&p, s, seed);
+    problem_create(&p, s, seed, layout);
+    const bool nhwc = layout == CC_LAYOUT_NHWC;
+    const char *lname = nhwc ? " NHWC" : "";
     char reason[256];
     if (!cc_fused_supported(&p.a, reason, sizeof reason)) {
         EXPECT(false, "%s: unexpectedly unsupported: %s", s.name, reason);
@@ -257,10 +293,10 @@ void sweep_shape(const shape &s, unsigned int seed, bool quick, tally *t)
     for (int tile = 0; tile < CC_FUSED_TILE_COUNT; ++tile)
         for (int splits = 1; splits <= 3; ++splits) {
             cc_fused_config cs[4];
-            const int count = distinct_configs(p.a, tile, splits, cs, quick ? 2 : 4);
+            const int count = distinct_configs(p.a, tile, splits, cs, quick || nhwc ? 2 : 4);
             for (int i = 0; i < count; ++i) {
                 char what[200];
-                snprintf(what, sizeof what, "%s tile %s splits %d run %d quads (<= %d samples)", s.name,
+                snprintf(what, sizeof what, "%s%s tile %s splits %d run %d quads (<= %d samples)", s.name, lname,
                          kTileNames[tile], splits, cs[i].quads_per_block, cs[i].samples_cap);
                 // Alternate block orders: a block writing past its tile is
                 // overwritten by its neighbour in one order, not in the other.
@@ -278,6 +314,7 @@ void sweep_shape(const shape &s, unsigned int seed, bool quick, tally *t)
                 ++t->by_tile[tile];
                 t->split_runs += splits > 1;
                 t->short_runs += i > 0;
+                t->nhwc_runs += nhwc;
                 if (bad) {
                     fprintf(stderr, "FAIL %s: %lld mismatches\n", what, bad);
                     ++t->failed;
@@ -290,8 +327,9 @@ void sweep_shape(const shape &s, unsigned int seed, bool quick, tally *t)
     EXPECT(strlen(c.reason) > 0, "%s: a reason", s.name);
     const long long bad = run(&p, c, "chosen");
     ++t->runs;
+    t->nhwc_runs += nhwc;
     if (bad) {
-        fprintf(stderr, "FAIL %s chosen (%s): %lld mismatches\n", s.name, c.reason, bad);
+        fprintf(stderr, "FAIL %s%s chosen (%s): %lld mismatches\n", s.name, lname, c.reason, bad);
         ++t->failed;
         ++g_failures;
     }
@@ -319,6 +357,13 @@ void refusals()
     b = a;
     b.activation = 7;
     EXPECT(cc_fused_supported(&b, reason, sizeof reason) == 0, "activation");
+    b = a;
+    b.layout = CC_LAYOUT_NHWC;
+    EXPECT(cc_fused_supported(&b, reason, sizeof reason) == 1, "NHWC: %s", reason);
+    b.layout = 2;
+    EXPECT(cc_fused_supported(&b, reason, sizeof reason) == 0 && strstr(reason, "layout"), "layout 2: %s", reason);
+    b.layout = -1;
+    EXPECT(cc_fused_supported(&b, NULL, 0) == 0, "layout -1");
     b = a;
     b.stride_h = 0;
     EXPECT(cc_fused_supported(&b, NULL, 0) == 0, "stride 0, no reason buffer");
@@ -356,6 +401,10 @@ void refusals()
     m.y = NULL;
     EXPECT(cc_launch_fused_conv(&m, &c, 0) == cudaErrorInvalidValue, "NULL y");
     EXPECT(cc_launch_fused_conv(&p.a, NULL, 0) == cudaErrorInvalidValue, "NULL config");
+    m = p.a;
+    m.layout = 2;
+    EXPECT(cc_launch_fused_conv(&m, &c, 0) == cudaErrorInvalidValue, "unknown layout");
+    EXPECT(cc_fused_make_config(&m, 0, 1, 227 * 1024, &wrong) == 0, "config for an unknown layout");
     problem_destroy(&p);
 }
 
@@ -398,17 +447,28 @@ int main(int argc, char **argv)
         {"1x1 Cout 136", 2, 8, 136, 1, 2, 2, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 0, 0},
     };
     const int count = (int)(sizeof shapes / sizeof shapes[0]);
+    // Shapes that run in NHWC too: the 1x1 that NCHW reads 16 bytes at a
+    // time, edge tiles (Cin 19, Cout 70), misaligned x and y, strides,
+    // padding and dilation, groups (Cin/g 16 and 4, Cout/g 24 and 5), E 1 to 17.
+    const bool in_nhwc[] = {true, true, false, true, true, true, true, false, true, false};
+    static_assert(sizeof in_nhwc / sizeof in_nhwc[0] == sizeof shapes / sizeof shapes[0], "one flag per shape");
     tally t;
     for (int i = 0; i < count; ++i) {
         if (quick && (i % 2 == 1 && i != 3)) continue; // the TSan build: half the shapes, both paths
-        sweep_shape(shapes[i], 100u + (unsigned int)i, quick, &t);
+        sweep_shape(shapes[i], 100u + (unsigned int)i, quick, CC_LAYOUT_NCHW, &t);
         printf("%-16s done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
+    }
+    for (int i = 0; i < count; ++i) {
+        // TSan: misaligned (3, every tile) and grouped P = 1 (8).
+        if (!in_nhwc[i] || (quick && i != 3 && i != 8)) continue;
+        sweep_shape(shapes[i], 200u + (unsigned int)i, quick, CC_LAYOUT_NHWC, &t);
+        printf("%-16s NHWC done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
     }
     refusals();
     printf("fused_conv: %lld runs (tiles 64x256 %lld, 64x128 %lld, 32x256 %lld, 32x128 %lld; split-K %lld; short "
-           "runs %lld), %lld failed, %d failures in all\n",
-           t.runs, t.by_tile[0], t.by_tile[1], t.by_tile[2], t.by_tile[3], t.split_runs, t.short_runs, t.failed,
-           g_failures);
+           "runs %lld; NHWC %lld), %lld failed, %d failures in all\n",
+           t.runs, t.by_tile[0], t.by_tile[1], t.by_tile[2], t.by_tile[3], t.split_runs, t.short_runs, t.nhwc_runs,
+           t.failed, g_failures);
     // Every instance of kernels/fused_conv.cu must have run.
     const int unlaunched = cc_cpu_report_unlaunched("fused_conv");
     EXPECT(unlaunched == 0, "%d kernel instances never launched", unlaunched);
