@@ -124,6 +124,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "fused_checks.cuh"
 #include "fused_conv.h"
 
 namespace {
@@ -590,14 +591,7 @@ struct derived {
 long long round_up(long long v, long long m) { return (v + m - 1) / m * m; }
 long long ceil_div(long long v, long long m) { return (v + m - 1) / m; }
 
-__attribute__((format(printf, 3, 4))) void say(char *reason, size_t len, const char *fmt, ...)
-{
-    if (reason == nullptr || len == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(reason, len, fmt, ap);
-    va_end(ap);
-}
+using cc_fused_checks::say;
 
 bool derive(const cc_fused_args *a, derived *d, char *reason, size_t len)
 {
@@ -605,29 +599,7 @@ bool derive(const cc_fused_args *a, derived *d, char *reason, size_t len)
         say(reason, len, "fused: no arguments");
         return false;
     }
-    if (a->n < 1 || a->in_channels < 1 || a->out_channels < 1 || a->groups < 1 || a->h < 1 || a->w < 1 ||
-        a->out_h < 1 || a->out_w < 1 || a->kernel_h < 1 || a->kernel_w < 1 || a->stride_h < 1 || a->stride_w < 1 ||
-        a->dilation_h < 1 || a->dilation_w < 1 || a->pad_top < 0 || a->pad_left < 0) {
-        say(reason, len, "fused: sizes, strides and dilations must be positive, paddings non-negative");
-        return false;
-    }
-    if (a->in_channels % a->groups != 0 || a->out_channels % a->groups != 0) {
-        say(reason, len, "fused: channels %d -> %d not divisible by %d groups", a->in_channels, a->out_channels,
-            a->groups);
-        return false;
-    }
-    if (a->groups == a->in_channels && a->groups > 1) {
-        say(reason, len, "fused: depthwise (groups == in_channels == %d) is depthwise_fused's", a->groups);
-        return false;
-    }
-    if (a->experts < 1 || a->experts > CC_FUSED_MAX_EXPERTS) {
-        say(reason, len, "fused: %d experts, the kernel takes 1 to %d", a->experts, CC_FUSED_MAX_EXPERTS);
-        return false;
-    }
-    if (a->activation < CC_ACT_NONE || a->activation > CC_ACT_SILU) {
-        say(reason, len, "fused: unknown activation %d", a->activation);
-        return false;
-    }
+    if (!cc_fused_checks::geometry_ok(a, "fused", CC_FUSED_MAX_EXPERTS, reason, len)) return false;
     if (a->layout != CC_LAYOUT_NCHW && a->layout != CC_LAYOUT_NHWC) {
         say(reason, len, "fused: unknown layout %d", a->layout);
         return false;

@@ -75,6 +75,7 @@
 #include <string.h>
 
 #include "common.cuh"
+#include "fused_checks.cuh"
 #include "element.cuh"
 #include "element_vec.cuh"
 #include "fused_conv_tc.h"
@@ -430,14 +431,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc_kernel(const tc
     }
 }
 
-__attribute__((format(printf, 3, 4))) void say(char *reason, size_t len, const char *fmt, ...)
-{
-    if (reason == nullptr || len == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(reason, len, fmt, ap);
-    va_end(ap);
-}
+using cc_fused_checks::say;
 
 struct derived {
     int cin_g, mg, mg8, cpad, taps, ct, kt_total, p, pp;
@@ -460,29 +454,7 @@ bool derive(const cc_fused_tc_args *a, derived *d, char *reason, size_t len)
         say(reason, len, "fused_tc: unknown layout %d", a->layout);
         return false;
     }
-    if (a->n < 1 || a->in_channels < 1 || a->out_channels < 1 || a->groups < 1 || a->h < 1 || a->w < 1 ||
-        a->out_h < 1 || a->out_w < 1 || a->kernel_h < 1 || a->kernel_w < 1 || a->stride_h < 1 || a->stride_w < 1 ||
-        a->dilation_h < 1 || a->dilation_w < 1 || a->pad_top < 0 || a->pad_left < 0) {
-        say(reason, len, "fused_tc: sizes, strides and dilations must be positive, paddings non-negative");
-        return false;
-    }
-    if (a->in_channels % a->groups != 0 || a->out_channels % a->groups != 0) {
-        say(reason, len, "fused_tc: channels %d -> %d not divisible by %d groups", a->in_channels, a->out_channels,
-            a->groups);
-        return false;
-    }
-    if (a->groups == a->in_channels && a->groups > 1) {
-        say(reason, len, "fused_tc: depthwise (groups == in_channels == %d) is depthwise_fused's", a->groups);
-        return false;
-    }
-    if (a->experts < 1 || a->experts > CC_FUSED_TC_MAX_EXPERTS) {
-        say(reason, len, "fused_tc: %d experts, the kernel takes 1 to %d", a->experts, CC_FUSED_TC_MAX_EXPERTS);
-        return false;
-    }
-    if (a->activation < CC_ACT_NONE || a->activation > CC_ACT_SILU) {
-        say(reason, len, "fused_tc: unknown activation %d", a->activation);
-        return false;
-    }
+    if (!cc_fused_checks::geometry_ok(a, "fused_tc", CC_FUSED_TC_MAX_EXPERTS, reason, len)) return false;
     d->cin_g = a->in_channels / a->groups;
     d->mg = a->out_channels / a->groups;
     d->mg8 = (int)round_up(d->mg, kMPad);
