@@ -1,0 +1,460 @@
+"""condconv's forward as torch.library custom ops, and the cache of C layers behind them.
+
+Two ops, registered once at import:
+
+    condconv::cond_conv2d(x, routing_weights, weight, bias?, geom, layer_id) -> y
+        alpha given by the caller (timm's CondConv2d, EfficientNet-CondConv blocks)
+    condconv::routed_cond_conv2d(x, weight, bias?, routing_weight, routing_bias?, geom, routing, temperature,
+                                 layer_id) -> y
+        alpha = sigmoid(FC(GAP(x))) or softmax(FC(GAP(x)) / temperature), computed by the library
+
+Custom ops take tensors and numbers, not Python objects, so every parameter travels as a tensor (torch.compile and
+torch.export see them as the graph's inputs), the geometry as ``geom`` (see ``GEOM_FIELDS``), and the module's
+identity as an integer ``layer_id`` that keys the cache of C layers. Each op has a fake implementation that only
+computes the output's shape and strides, so torch.compile(fullgraph=True), torch.export and CUDA-graph capture see
+through it.
+
+The C layer cache. A condconv layer keeps its own copy of the parameters (host, and on a GPU context device), in
+one dtype and activation layout, with its plans. The cache holds, per layer_id, one C layer per
+(device, dtype, layout, math) and remembers the parameters it was built from by (data_ptr, _version, dtype, shape)
+of each tensor. Any change to a parameter - an in-place update (``load_state_dict``, ``copy_``, an optimiser step;
+each bumps ``_version``), a new tensor (``param.data = ...``, ``.to()``, ``.half()``) - drops every C layer of that
+id, and the next call rebuilds them from the current values (a host copy of the parameters, synchronous). An entry
+is created on first use and freed when its module is garbage-collected; an id without a module (an exported program
+run later) gets an entry on first use all the same, since the op carries everything it needs.
+
+CUDA: a call runs on the tensors' device and torch's current stream. The first call at a new (N, H, W) prepares
+the shape (plan, algorithm choice; may synchronise) and must happen outside a CUDA-graph capture; inside a capture
+an unprepared shape raises. Then each call takes its workspace from torch's caching allocator and launches without
+synchronising the host. Math mode: TF32 for f32 when ``torch.backends.cudnn.allow_tf32`` is set, strict f32
+otherwise.
+
+CPU: the library's reference path (condconv_forward_cpu: direct convolution, double accumulation).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _native
+
+GEOM_FIELDS = (
+    "in_channels",
+    "out_channels",
+    "kernel_h",
+    "kernel_w",
+    "stride_h",
+    "stride_w",
+    "pad_h",
+    "pad_w",
+    "dilation_h",
+    "dilation_w",
+    "groups",
+    "same",
+)
+
+_DTYPES = {torch.float32: _native.DTYPE_F32, torch.float16: _native.DTYPE_F16, torch.bfloat16: _native.DTYPE_BF16}
+
+_ROUTING_NAMES = {_native.ROUTING_SIGMOID: "sigmoid", _native.ROUTING_SOFTMAX: "softmax"}
+
+
+class CondConvInputError(ValueError):
+    """A condconv.torch call was given tensors it cannot run on (the message says which and why)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shapes and checks (shared by the real and the fake implementations, so torch.compile raises the same errors)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def output_hw(h: int, w: int, geom: list[int]) -> tuple[int, int]:
+    _, _, kh, kw, sh, sw, ph, pw, dh, dw, _, same = geom
+    if same:
+        # TensorFlow/timm 'same': ceil(H / stride), whatever the kernel.
+        return -(-h // sh), -(-w // sw)
+    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def is_nhwc(x: torch.Tensor) -> bool:
+    """Runs as NHWC: channels-last and not also plain contiguous (then NCHW wins; both hold when C or H*W is 1)."""
+    return (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _check_common(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geom: list[int], op: str) -> None:
+    if len(geom) != len(GEOM_FIELDS):
+        raise CondConvInputError(f"{op}: geom has {len(geom)} values, expected {len(GEOM_FIELDS)} ({GEOM_FIELDS})")
+    cin, cout, kh, kw = geom[0], geom[1], geom[2], geom[3]
+    groups = geom[10]
+    if x.dim() != 4:
+        raise CondConvInputError(f"{op}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise CondConvInputError(f"{op}: x has dtype {x.dtype}; condconv runs float32, float16 and bfloat16")
+    if x.dtype != weight.dtype:
+        raise CondConvInputError(
+            f"{op}: x has dtype {x.dtype} but the layer's weight is {weight.dtype}; convert one of them "
+            f"(e.g. model.to(dtype))"
+        )
+    if x.device != weight.device:
+        raise CondConvInputError(f"{op}: x is on {x.device} but the layer's weight is on {weight.device}")
+    if bias is not None and (bias.device != weight.device or bias.dtype != weight.dtype):
+        raise CondConvInputError(f"{op}: bias ({bias.dtype}, {bias.device}) must match weight ({weight.dtype}, "
+                                 f"{weight.device})")
+    if x.shape[1] != cin:
+        raise CondConvInputError(f"{op}: x has {x.shape[1]} channels, the layer expects {cin}")
+    if x.shape[0] == 0:
+        raise CondConvInputError(f"{op}: empty batch (N = 0); condconv needs at least one sample")
+    if x.shape[2] <= 0 or x.shape[3] <= 0:
+        raise CondConvInputError(f"{op}: empty image {x.shape[2]}x{x.shape[3]}")
+    per_expert = cout * (cin // groups) * kh * kw
+    if weight.dim() != 2 or weight.shape[1] != per_expert:
+        raise CondConvInputError(
+            f"{op}: weight must be [E, {per_expert}] (Cout*Cin/groups*kh*kw), got {tuple(weight.shape)}"
+        )
+    if bias is not None and (bias.dim() != 2 or bias.shape[0] != weight.shape[0] or bias.shape[1] != cout):
+        raise CondConvInputError(f"{op}: bias must be [E, Cout] = [{weight.shape[0]}, {cout}], got {tuple(bias.shape)}")
+    ho, wo = output_hw(x.shape[2], x.shape[3], geom)
+    if ho <= 0 or wo <= 0:
+        raise CondConvInputError(f"{op}: a {x.shape[2]}x{x.shape[3]} input gives an empty {ho}x{wo} output")
+
+
+def _check_alpha(x: torch.Tensor, alpha: torch.Tensor, num_experts: int) -> None:
+    op = "condconv::cond_conv2d"
+    if alpha.device != x.device:
+        raise CondConvInputError(f"{op}: routing_weights are on {alpha.device} but x is on {x.device}")
+    if not alpha.is_floating_point():
+        raise CondConvInputError(f"{op}: routing_weights must be floating point, got {alpha.dtype}")
+    if alpha.dim() != 2 or alpha.shape[0] != x.shape[0] or alpha.shape[1] != num_experts:
+        raise CondConvInputError(
+            f"{op}: routing_weights must be [N, E] = [{x.shape[0]}, {num_experts}], got {tuple(alpha.shape)}"
+        )
+
+
+def _empty_output(x: torch.Tensor, geom: list[int]) -> torch.Tensor:
+    ho, wo = output_hw(x.shape[2], x.shape[3], geom)
+    fmt = torch.channels_last if is_nhwc(x) else torch.contiguous_format
+    return torch.empty((x.shape[0], geom[1], ho, wo), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Contexts and the layer cache
+# ----------------------------------------------------------------------------------------------------------------
+
+_contexts: dict[tuple[int, int], _native.NativeContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def _context(device: int, math: int) -> _native.NativeContext:
+    key = (device, math)
+    ctx = _contexts.get(key)
+    if ctx is None:
+        with _contexts_lock:
+            ctx = _contexts.get(key)
+            if ctx is None:
+                ctx = _native.NativeContext(device, math)
+                _contexts[key] = ctx
+    return ctx
+
+
+@dataclass
+class _Entry:
+    fingerprint: tuple[object, ...] = ()
+    layers: dict[tuple[object, ...], _native.NativeLayer] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def clear(self) -> None:
+        for layer in self.layers.values():
+            layer.close()
+        self.layers.clear()
+
+
+_registry: dict[int, _Entry] = {}
+_registry_lock = threading.Lock()
+_next_id = 1
+
+
+def new_layer_id(owner: object) -> int:
+    """A fresh id for a module; its C layers are freed when ``owner`` is garbage-collected."""
+    global _next_id
+    with _registry_lock:
+        layer_id = _next_id
+        _next_id += 1
+    weakref.finalize(owner, release_layer_id, layer_id)
+    return layer_id
+
+
+def release_layer_id(layer_id: int) -> None:
+    entry = _registry.pop(layer_id, None)
+    if entry is not None:
+        entry.clear()
+
+
+def cached_layer_count(layer_id: int) -> int:
+    """How many C layers the cache holds for this id (for tests and diagnostics)."""
+    entry = _registry.get(layer_id)
+    return len(entry.layers) if entry is not None else 0
+
+
+def _fingerprint(tensors: tuple[torch.Tensor | None, ...]) -> tuple[object, ...]:
+    return tuple(
+        None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for t in tensors
+    )
+
+
+def _host(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(device="cpu", dtype=dtype).contiguous()
+
+
+def _get_layer(
+    layer_id: int,
+    device: int,
+    dtype: torch.dtype,
+    nhwc: bool,
+    math: int,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor | None,
+    routing_bias: torch.Tensor | None,
+) -> _native.NativeLayer:
+    entry = _registry.get(layer_id)
+    if entry is None:
+        with _registry_lock:
+            entry = _registry.setdefault(layer_id, _Entry())
+    fp = _fingerprint((weight, bias, routing_weight, routing_bias))
+    key = (device, dtype, nhwc, math, tuple(geom), routing, temperature)
+    with entry.lock:
+        if fp != entry.fingerprint:
+            # The parameters changed since the C layers were built: every copy is stale.
+            entry.clear()
+            entry.fingerprint = fp
+        layer = entry.layers.get(key)
+        if layer is not None:
+            return layer
+        if device >= 0 and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "condconv: this layer has no C layer yet for (cuda:%d, %s, %s%s) and the current stream is "
+                "capturing a CUDA graph; run the model once with the same dtype, layout and shapes before capturing"
+                % (device, dtype, "NHWC" if nhwc else "NCHW", ", TF32" if math == _native.MATH_TF32 else "")
+            )
+        host = [_host(t, dtype) for t in (weight, bias, routing_weight, routing_bias)]
+        layer = _native.NativeLayer(
+            _context(device, math),
+            geom,
+            num_experts=int(weight.shape[0]),
+            has_bias=bias is not None,
+            routing=routing,
+            temperature=temperature,
+            dtype=_DTYPES[dtype],
+            layout=_native.LAYOUT_NHWC if nhwc else _native.LAYOUT_NCHW,
+            experts_ptr=host[0].data_ptr(),  # type: ignore[union-attr]
+            bias_ptr=0 if host[1] is None else host[1].data_ptr(),
+            routing_weight_ptr=0 if host[2] is None else host[2].data_ptr(),
+            routing_bias_ptr=0 if host[3] is None else host[3].data_ptr(),
+        )
+        entry.layers[key] = layer
+        return layer
+
+
+def _run(
+    layer_id: int,
+    x: torch.Tensor,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor | None,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+) -> torch.Tensor:
+    nhwc = is_nhwc(x)
+    if not nhwc and not x.is_contiguous():
+        x = x.contiguous()
+    n, _, h, w = x.shape
+    y = _empty_output(x, geom)
+    if alpha is not None:
+        # The library takes routing weights in f32 whatever the layer's dtype.
+        alpha = alpha.to(torch.float32).contiguous()
+    if x.device.type == "cpu":
+        layer = _get_layer(
+            layer_id, _native.CONDCONV_DEVICE_CPU, x.dtype, nhwc, _native.MATH_F32, geom, routing, temperature,
+            weight, bias, routing_weight, routing_bias,
+        )
+        with layer.context.lock:
+            layer.forward_cpu(n, h, w, x.data_ptr(), y.data_ptr(), 0 if alpha is None else alpha.data_ptr())
+        return y
+    if x.device.type != "cuda":
+        raise CondConvInputError(f"condconv: tensors on {x.device} are not supported (CPU and CUDA only)")
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    math = (
+        _native.MATH_TF32
+        if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+        else _native.MATH_F32
+    )
+    layer = _get_layer(
+        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    )
+    guard = torch.cuda.device(device) if device != torch.cuda.current_device() else None
+    if guard is not None:
+        guard.__enter__()
+    try:
+        ctx = layer.context
+        with ctx.lock:
+            ctx.set_stream(torch.cuda.current_stream(device).cuda_stream)
+            ws_bytes = layer.prepared.get((n, h, w))
+            if ws_bytes is None:
+                if torch.cuda.is_current_stream_capturing():
+                    raise RuntimeError(
+                        f"condconv: shape N={n} H={h} W={w} was never run by this layer and the current stream is "
+                        f"capturing a CUDA graph; run it once with this shape before capturing (preparing a shape "
+                        f"may allocate and synchronise, which a capture forbids)"
+                    )
+                ws_bytes = layer.prepare(n, h, w)
+            ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device) if ws_bytes else None
+            layer.forward(
+                n, h, w, x.data_ptr(), y.data_ptr(), 0 if alpha is None else alpha.data_ptr(),
+                0 if ws is None else ws.data_ptr(), ws_bytes,
+            )
+    finally:
+        if guard is not None:
+            guard.__exit__(None, None, None)
+    return y
+
+
+def plan_info(
+    layer_id: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geom: list[int],
+    routing: int = _native.ROUTING_EXTERNAL, temperature: float = 1.0,
+    routing_weight: torch.Tensor | None = None, routing_bias: torch.Tensor | None = None,
+) -> dict[str, object]:
+    """What the GPU runs for this input (algorithm, backend, why); prepares the shape. CUDA tensors only."""
+    if x.device.type != "cuda":
+        return {"algo": "cpu_reference", "reason": "CPU tensors run condconv_forward_cpu", "backend": "plain C"}
+    nhwc = is_nhwc(x)
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
+    layer = _get_layer(
+        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    )
+    n, _, h, w = x.shape
+    with torch.cuda.device(device), layer.context.lock:
+        layer.context.set_stream(torch.cuda.current_stream(device).cuda_stream)
+        if (n, h, w) not in layer.prepared:
+            layer.prepare(n, h, w)
+        return layer.plan_info(n, h, w)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The custom ops
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("condconv::cond_conv2d", mutates_args=())
+def cond_conv2d(
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geom: list[int],
+    layer_id: int,
+) -> torch.Tensor:
+    """CondConv with caller-given routing weights [N, E]: y_b = conv(x_b, sum_e alpha_be W_e) + sum_e alpha_be b_e."""
+    _check_common(x, weight, bias, geom, "condconv::cond_conv2d")
+    _check_alpha(x, routing_weights, int(weight.shape[0]))
+    return _run(layer_id, x, routing_weights, weight, bias, None, None, geom, _native.ROUTING_EXTERNAL, 1.0)
+
+
+@cond_conv2d.register_fake
+def _cond_conv2d_fake(
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geom: list[int],
+    layer_id: int,
+) -> torch.Tensor:
+    _check_common(x, weight, bias, geom, "condconv::cond_conv2d")
+    _check_alpha(x, routing_weights, int(weight.shape[0]))
+    return _empty_output(x, geom)
+
+
+@torch.library.custom_op("condconv::routed_cond_conv2d", mutates_args=())
+def routed_cond_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    layer_id: int,
+) -> torch.Tensor:
+    """CondConv that routes itself: alpha = sigmoid(FC(GAP(x))) or softmax(FC(GAP(x)) / temperature)."""
+    _check_routed(x, weight, bias, routing_weight, routing_bias, geom, routing, temperature)
+    return _run(layer_id, x, None, weight, bias, routing_weight, routing_bias, geom, routing, temperature)
+
+
+@routed_cond_conv2d.register_fake
+def _routed_cond_conv2d_fake(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    layer_id: int,
+) -> torch.Tensor:
+    _check_routed(x, weight, bias, routing_weight, routing_bias, geom, routing, temperature)
+    return _empty_output(x, geom)
+
+
+def _check_routed(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+) -> None:
+    op = "condconv::routed_cond_conv2d"
+    _check_common(x, weight, bias, geom, op)
+    if routing not in _ROUTING_NAMES:
+        raise CondConvInputError(f"{op}: routing must be {_ROUTING_NAMES} , got {routing}")
+    if not temperature > 0.0:
+        raise CondConvInputError(f"{op}: temperature must be > 0, got {temperature}")
+    e, cin = int(weight.shape[0]), geom[0]
+    if tuple(routing_weight.shape) != (e, cin):
+        raise CondConvInputError(f"{op}: routing weight must be [E, Cin] = [{e}, {cin}], got "
+                                 f"{tuple(routing_weight.shape)}")
+    if routing_bias is not None and tuple(routing_bias.shape) != (e,):
+        raise CondConvInputError(f"{op}: routing bias must be [E] = [{e}], got {tuple(routing_bias.shape)}")
+    for name, t in (("routing weight", routing_weight), ("routing bias", routing_bias)):
+        if t is not None and (t.device != weight.device or t.dtype != weight.dtype):
+            raise CondConvInputError(f"{op}: {name} ({t.dtype}, {t.device}) must match weight ({weight.dtype}, "
+                                     f"{weight.device})")
+
+
+def _no_backward(ctx: object, grad: torch.Tensor) -> None:
+    raise RuntimeError(
+        "condconv: backward is not implemented (inference only); run the model under torch.no_grad() or "
+        "torch.inference_mode(), or use timm's CondConv2d for training"
+    )
+
+
+def _setup_context(ctx: object, inputs: tuple[object, ...], output: torch.Tensor) -> None:
+    return None
+
+
+# A gradient through these ops would be silently wrong (or silently absent), so backward raises.
+torch.library.register_autograd("condconv::cond_conv2d", _no_backward, setup_context=_setup_context)
+torch.library.register_autograd("condconv::routed_cond_conv2d", _no_backward, setup_context=_setup_context)
