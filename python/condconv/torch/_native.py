@@ -14,32 +14,36 @@ import threading
 
 from condconv import _lib
 
-CONDCONV_DEVICE_CPU = -1
+CONDCONV_DEVICE_CPU = _lib.DEVICE_CPU
 
-# Enum values of include/condconv.h (mirrored here so that this module reads without the header).
-DTYPE_F32, DTYPE_F16, DTYPE_BF16 = 0, 1, 2
-LAYOUT_NCHW, LAYOUT_NHWC = 0, 1
-PADDING_EXPLICIT, PADDING_SAME = 0, 1
-ROUTING_SIGMOID, ROUTING_SOFTMAX, ROUTING_EXTERNAL = 0, 1, 2
-ACTIVATION_NONE = 0
-MATH_F32, MATH_TF32 = 0, 1
+# Plain ints of the core's enum mirrors: they travel through torch custom ops and cache keys.
+DTYPE_F32, DTYPE_F16, DTYPE_BF16 = int(_lib.DType.F32), int(_lib.DType.F16), int(_lib.DType.BF16)
+LAYOUT_NCHW, LAYOUT_NHWC = int(_lib.Layout.NCHW), int(_lib.Layout.NHWC)
+PADDING_EXPLICIT, PADDING_SAME = int(_lib.PaddingMode.EXPLICIT), int(_lib.PaddingMode.SAME)
+ROUTING_SIGMOID, ROUTING_SOFTMAX, ROUTING_EXTERNAL = (
+    int(_lib.Routing.SIGMOID),
+    int(_lib.Routing.SOFTMAX),
+    int(_lib.Routing.EXTERNAL),
+)
+ACTIVATION_NONE = int(_lib.Activation.NONE)
+MATH_F32, MATH_TF32 = int(_lib.Math.F32), int(_lib.Math.TF32)
 
 
 def _lib_handle() -> ctypes.CDLL:
     return _lib.lib()
 
 
-def _check(status: int) -> None:
-    _lib.check(status)
+def _call(name: str, *args: object) -> None:
+    """Calls one C function and raises condconv.CondConvError (status name, last error) unless it succeeded."""
+    _lib.check(getattr(_lib.lib(), name)(*args), name)
 
 
 class NativeContext:
     """A condconv context on one CUDA device (or the CPU), with one math mode; lives for the process."""
 
     def __init__(self, device: int, math: int = MATH_F32) -> None:
-        lib = _lib_handle()
         handle = ctypes.c_void_p()
-        _check(lib.condconv_context_create(ctypes.byref(handle), device))
+        _call("condconv_context_create", ctypes.byref(handle), device)
         self.handle = handle
         self.device = device
         self.math = math
@@ -47,11 +51,11 @@ class NativeContext:
         self.lock = threading.Lock()
         self._stream: int | None = None
         if device != CONDCONV_DEVICE_CPU:
-            _check(lib.condconv_context_set_math(handle, math))
+            _call("condconv_context_set_math", handle, math)
 
     def set_stream(self, stream: int) -> None:
         if stream != self._stream:
-            _check(_lib_handle().condconv_context_set_stream(self.handle, ctypes.c_void_p(stream)))
+            _call("condconv_context_set_stream", self.handle, ctypes.c_void_p(stream))
             self._stream = stream
 
 
@@ -76,25 +80,25 @@ class NativeLayer:
         lib = _lib_handle()
         cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, same = geom
         desc = ctypes.c_void_p()
-        _check(lib.condconv_layer_desc_create(ctypes.byref(desc)))
+        _call("condconv_layer_desc_create", ctypes.byref(desc))
         layer = ctypes.c_void_p()
         try:
-            _check(lib.condconv_layer_desc_set_conv(desc, cin, cout, kh, kw, sh, sw, dh, dw, groups))
+            _call("condconv_layer_desc_set_conv", desc, cin, cout, kh, kw, sh, sw, dh, dw, groups)
             if same:
-                _check(lib.condconv_layer_desc_set_padding(desc, PADDING_SAME, 0, 0))
+                _call("condconv_layer_desc_set_padding", desc, PADDING_SAME, 0, 0)
             else:
-                _check(lib.condconv_layer_desc_set_padding(desc, PADDING_EXPLICIT, ph, pw))
-            _check(lib.condconv_layer_desc_set_experts(desc, num_experts, 1 if has_bias else 0))
-            _check(lib.condconv_layer_desc_set_routing(desc, routing, ctypes.c_float(temperature)))
-            _check(lib.condconv_layer_desc_set_activation(desc, ACTIVATION_NONE))
-            _check(lib.condconv_layer_desc_set_format(desc, dtype, layout))
-            params = _lib.condconv_params(
+                _call("condconv_layer_desc_set_padding", desc, PADDING_EXPLICIT, ph, pw)
+            _call("condconv_layer_desc_set_experts", desc, num_experts, 1 if has_bias else 0)
+            _call("condconv_layer_desc_set_routing", desc, routing, ctypes.c_float(temperature))
+            _call("condconv_layer_desc_set_activation", desc, ACTIVATION_NONE)
+            _call("condconv_layer_desc_set_format", desc, dtype, layout)
+            params = _lib.Params(
                 ctypes.c_void_p(experts_ptr or None),
                 ctypes.c_void_p(bias_ptr or None),
                 ctypes.c_void_p(routing_weight_ptr or None),
                 ctypes.c_void_p(routing_bias_ptr or None),
             )
-            _check(lib.condconv_layer_create(context.handle, desc, ctypes.byref(params), ctypes.byref(layer)))
+            _call("condconv_layer_create", context.handle, desc, ctypes.byref(params), ctypes.byref(layer))
         finally:
             lib.condconv_layer_desc_destroy(desc)
         self.handle = layer
@@ -103,39 +107,23 @@ class NativeLayer:
         self.prepared: dict[tuple[int, int, int], int] = {}
 
     def prepare(self, n: int, h: int, w: int) -> int:
-        lib = _lib_handle()
-        _check(lib.condconv_prepare(self.handle, n, h, w))
+        _call("condconv_prepare", self.handle, n, h, w)
         size = ctypes.c_size_t()
-        _check(lib.condconv_get_workspace_size(self.handle, n, h, w, ctypes.byref(size)))
+        _call("condconv_get_workspace_size", self.handle, n, h, w, ctypes.byref(size))
         self.prepared[(n, h, w)] = size.value
         return size.value
 
     def forward(self, n: int, h: int, w: int, x: int, y: int, alpha: int, ws: int, ws_bytes: int) -> None:
-        _check(
-            _lib_handle().condconv_forward(
-                self.handle,
-                n,
-                h,
-                w,
-                ctypes.c_void_p(x),
-                ctypes.c_void_p(y),
-                ctypes.c_void_p(alpha or None),
-                None,
-                ctypes.c_void_p(ws or None),
-                ctypes.c_size_t(ws_bytes),
-            )
-        )
+        status = _lib_handle().condconv_forward(self.handle, n, h, w, x, y, alpha or None, None, ws or None, ws_bytes)
+        if status:
+            _lib.check(status, "condconv_forward")
 
     def forward_cpu(self, n: int, h: int, w: int, x: int, y: int, alpha: int) -> None:
-        _check(
-            _lib_handle().condconv_forward_cpu(
-                self.handle, n, h, w, ctypes.c_void_p(x), ctypes.c_void_p(y), ctypes.c_void_p(alpha or None), None
-            )
-        )
+        _call("condconv_forward_cpu", self.handle, n, h, w, x, y, alpha or None, None)
 
     def plan_info(self, n: int, h: int, w: int) -> dict[str, object]:
-        info = _lib.condconv_plan_info()
-        _check(_lib_handle().condconv_get_plan_info(self.handle, n, h, w, ctypes.byref(info)))
+        info = _lib.PlanInfo()
+        _call("condconv_get_plan_info", self.handle, n, h, w, ctypes.byref(info))
         algo_name = _lib_handle().condconv_algo_name(info.algo)
         return {
             "algo": algo_name.decode() if isinstance(algo_name, bytes) else str(algo_name),
@@ -146,11 +134,11 @@ class NativeLayer:
         }
 
     def close(self) -> None:
-        if self.handle:
+        if self.handle.value:
             try:
                 _lib_handle().condconv_layer_destroy(self.handle)
-            except Exception:  # noqa: BLE001 - interpreter shutdown may have unloaded ctypes; nothing to report
-                pass
+            except (AttributeError, TypeError, OSError):
+                pass  # interpreter shutdown: module globals may already be gone; the process frees the memory
             self.handle = ctypes.c_void_p()
 
 

@@ -101,8 +101,9 @@ def _check_common(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if x.device != weight.device:
         raise CondConvInputError(f"{op}: x is on {x.device} but the layer's weight is on {weight.device}")
     if bias is not None and (bias.device != weight.device or bias.dtype != weight.dtype):
-        raise CondConvInputError(f"{op}: bias ({bias.dtype}, {bias.device}) must match weight ({weight.dtype}, "
-                                 f"{weight.device})")
+        raise CondConvInputError(
+            f"{op}: bias ({bias.dtype}, {bias.device}) must match weight ({weight.dtype}, {weight.device})"
+        )
     if x.shape[1] != cin:
         raise CondConvInputError(f"{op}: x has {x.shape[1]} channels, the layer expects {cin}")
     if x.shape[0] == 0:
@@ -199,9 +200,7 @@ def cached_layer_count(layer_id: int) -> int:
 
 
 def _fingerprint(tensors: tuple[torch.Tensor | None, ...]) -> tuple[object, ...]:
-    return tuple(
-        None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for t in tensors
-    )
+    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for t in tensors)
 
 
 def _host(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -237,10 +236,12 @@ def _get_layer(
         if layer is not None:
             return layer
         if device >= 0 and torch.cuda.is_current_stream_capturing():
+            what = (
+                f"cuda:{device}, {dtype}, {'NHWC' if nhwc else 'NCHW'}{', TF32' if math == _native.MATH_TF32 else ''}"
+            )
             raise RuntimeError(
-                "condconv: this layer has no C layer yet for (cuda:%d, %s, %s%s) and the current stream is "
-                "capturing a CUDA graph; run the model once with the same dtype, layout and shapes before capturing"
-                % (device, dtype, "NHWC" if nhwc else "NCHW", ", TF32" if math == _native.MATH_TF32 else "")
+                f"condconv: this layer has no C layer yet for ({what}) and the current stream is capturing a CUDA "
+                f"graph; run the model once with the same dtype, layout and shapes before capturing"
             )
         host = [_host(t, dtype) for t in (weight, bias, routing_weight, routing_bias)]
         layer = _native.NativeLayer(
@@ -283,8 +284,18 @@ def _run(
         alpha = alpha.to(torch.float32).contiguous()
     if x.device.type == "cpu":
         layer = _get_layer(
-            layer_id, _native.CONDCONV_DEVICE_CPU, x.dtype, nhwc, _native.MATH_F32, geom, routing, temperature,
-            weight, bias, routing_weight, routing_bias,
+            layer_id,
+            _native.CONDCONV_DEVICE_CPU,
+            x.dtype,
+            nhwc,
+            _native.MATH_F32,
+            geom,
+            routing,
+            temperature,
+            weight,
+            bias,
+            routing_weight,
+            routing_bias,
         )
         with layer.context.lock:
             layer.forward_cpu(n, h, w, x.data_ptr(), y.data_ptr(), 0 if alpha is None else alpha.data_ptr())
@@ -292,11 +303,7 @@ def _run(
     if x.device.type != "cuda":
         raise CondConvInputError(f"condconv: tensors on {x.device} are not supported (CPU and CUDA only)")
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    math = (
-        _native.MATH_TF32
-        if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-        else _native.MATH_F32
-    )
+    math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
     layer = _get_layer(
         layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
     )
@@ -318,8 +325,14 @@ def _run(
                 ws_bytes = layer.prepare(n, h, w)
             ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device) if ws_bytes else None
             layer.forward(
-                n, h, w, x.data_ptr(), y.data_ptr(), 0 if alpha is None else alpha.data_ptr(),
-                0 if ws is None else ws.data_ptr(), ws_bytes,
+                n,
+                h,
+                w,
+                x.data_ptr(),
+                y.data_ptr(),
+                0 if alpha is None else alpha.data_ptr(),
+                0 if ws is None else ws.data_ptr(),
+                ws_bytes,
             )
     finally:
         if guard is not None:
@@ -328,9 +341,15 @@ def _run(
 
 
 def plan_info(
-    layer_id: int, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geom: list[int],
-    routing: int = _native.ROUTING_EXTERNAL, temperature: float = 1.0,
-    routing_weight: torch.Tensor | None = None, routing_bias: torch.Tensor | None = None,
+    layer_id: int,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int = _native.ROUTING_EXTERNAL,
+    temperature: float = 1.0,
+    routing_weight: torch.Tensor | None = None,
+    routing_bias: torch.Tensor | None = None,
 ) -> dict[str, object]:
     """What the GPU runs for this input (algorithm, backend, why); prepares the shape. CUDA tensors only."""
     if x.device.type != "cuda":
@@ -434,14 +453,16 @@ def _check_routed(
         raise CondConvInputError(f"{op}: temperature must be > 0, got {temperature}")
     e, cin = int(weight.shape[0]), geom[0]
     if tuple(routing_weight.shape) != (e, cin):
-        raise CondConvInputError(f"{op}: routing weight must be [E, Cin] = [{e}, {cin}], got "
-                                 f"{tuple(routing_weight.shape)}")
+        raise CondConvInputError(
+            f"{op}: routing weight must be [E, Cin] = [{e}, {cin}], got {tuple(routing_weight.shape)}"
+        )
     if routing_bias is not None and tuple(routing_bias.shape) != (e,):
         raise CondConvInputError(f"{op}: routing bias must be [E] = [{e}], got {tuple(routing_bias.shape)}")
     for name, t in (("routing weight", routing_weight), ("routing bias", routing_bias)):
         if t is not None and (t.device != weight.device or t.dtype != weight.dtype):
-            raise CondConvInputError(f"{op}: {name} ({t.dtype}, {t.device}) must match weight ({weight.dtype}, "
-                                     f"{weight.device})")
+            raise CondConvInputError(
+                f"{op}: {name} ({t.dtype}, {t.device}) must match weight ({weight.dtype}, {weight.device})"
+            )
 
 
 def _no_backward(ctx: object, grad: torch.Tensor) -> None:

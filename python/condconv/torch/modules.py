@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 from torch import nn
 
 from . import _native, _ops
 
-IntOrPair = Union[int, tuple[int, int]]
+IntOrPair = int | tuple[int, int]
 
 __all__ = ["CondConv2d", "RoutedCondConv2d", "convert", "padding_value"]
 
@@ -29,7 +28,7 @@ def _symmetric_padding(kernel: int, stride: int, dilation: int) -> int:
 
 
 def padding_value(
-    padding: Union[int, tuple[int, int], str], kernel_size: IntOrPair, stride: IntOrPair, dilation: IntOrPair
+    padding: int | tuple[int, int] | str, kernel_size: IntOrPair, stride: IntOrPair, dilation: IntOrPair
 ) -> tuple[tuple[int, int], bool]:
     """timm's ``get_padding_value``: (explicit padding per axis, dynamic 'same').
 
@@ -81,7 +80,7 @@ class CondConv2d(nn.Module):
         out_channels: int,
         kernel_size: IntOrPair = 3,
         stride: IntOrPair = 1,
-        padding: Union[int, tuple[int, int], str] = "",
+        padding: int | tuple[int, int] | str = "",
         dilation: IntOrPair = 1,
         groups: int = 1,
         bias: bool = False,
@@ -91,7 +90,9 @@ class CondConv2d(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must divide by groups {groups}")
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} must divide by groups {groups}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -199,7 +200,7 @@ class RoutedCondConv2d(CondConv2d):
         out_channels: int,
         kernel_size: IntOrPair = 3,
         stride: IntOrPair = 1,
-        padding: Union[int, tuple[int, int], str] = "",
+        padding: int | tuple[int, int] | str = "",
         dilation: IntOrPair = 1,
         groups: int = 1,
         bias: bool = False,
@@ -241,8 +242,15 @@ class RoutedCondConv2d(CondConv2d):
     def plan_info(self, x: torch.Tensor) -> dict[str, object]:
         mode = _native.ROUTING_SIGMOID if self.routing == "sigmoid" else _native.ROUTING_SOFTMAX
         return _ops.plan_info(
-            self.layer_id, x, self.weight, self.bias, self.geom, mode, self.temperature,
-            self.routing_fn.weight, self.routing_fn.bias,
+            self.layer_id,
+            x,
+            self.weight,
+            self.bias,
+            self.geom,
+            mode,
+            self.temperature,
+            self.routing_fn.weight,
+            self.routing_fn.bias,
         )
 
 
