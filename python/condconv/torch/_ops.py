@@ -89,6 +89,11 @@ def _check_common(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         raise CondConvInputError(f"{op}: geom has {len(geom)} values, expected {len(GEOM_FIELDS)} ({GEOM_FIELDS})")
     cin, cout, kh, kw = geom[0], geom[1], geom[2], geom[3]
     groups = geom[10]
+    if min(geom[:6]) < 1 or min(geom[8:11]) < 1 or min(geom[6:8]) < 0 or cin % groups or cout % groups:
+        raise CondConvInputError(
+            f"{op}: bad geometry {dict(zip(GEOM_FIELDS, geom))}: channels, kernel, stride, dilation and groups must "
+            f"be >= 1, padding >= 0, channels divisible by groups"
+        )
     if x.dim() != 4:
         raise CondConvInputError(f"{op}: x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in _DTYPES:
