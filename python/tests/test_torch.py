@@ -12,11 +12,10 @@ import pytest
 torch = pytest.importorskip("torch", reason="condconv.torch tests need PyTorch")
 timm = pytest.importorskip("timm", reason="condconv.torch tests need timm (the reference CondConv2d)")
 
-import torch.nn.functional as F  # noqa: E402
-from timm.layers import CondConv2d as TimmCondConv2d  # noqa: E402
-
-import condconv.torch as cct  # noqa: E402
-from condconv.torch import CondConvInputError  # noqa: E402
+import condconv.torch as cct
+import torch.nn.functional as F
+from condconv.torch import CondConvInputError
+from timm.layers import CondConv2d as TimmCondConv2d
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -112,14 +111,28 @@ def test_layer_state_dict_both_ways() -> None:
 
 
 LAYER_CASES = [
-    dict(in_channels=8, out_channels=12, kernel_size=3),
-    dict(in_channels=8, out_channels=12, kernel_size=3, padding="valid", bias=True),
-    dict(in_channels=8, out_channels=8, kernel_size=5, stride=2, padding="same", groups=8),  # dynamic SAME
-    dict(in_channels=8, out_channels=16, kernel_size=3, stride=2, padding="", groups=2, bias=True),
-    dict(in_channels=6, out_channels=9, kernel_size=(3, 1), padding=(1, 0), dilation=2, groups=3),
-    dict(in_channels=8, out_channels=8, kernel_size=3, dilation=2, padding="same"),  # static SAME
-    dict(in_channels=8, out_channels=10, kernel_size=4, stride=3, padding="same", bias=True),  # asymmetric SAME
-    dict(in_channels=8, out_channels=10, kernel_size=1, num_experts=1),
+    {"in_channels": 8, "out_channels": 12, "kernel_size": 3},
+    {"in_channels": 8, "out_channels": 12, "kernel_size": 3, "padding": "valid", "bias": True},
+    {
+        "in_channels": 8,
+        "out_channels": 8,
+        "kernel_size": 5,
+        "stride": 2,
+        "padding": "same",
+        "groups": 8,
+    },  # dynamic SAME
+    {"in_channels": 8, "out_channels": 16, "kernel_size": 3, "stride": 2, "padding": "", "groups": 2, "bias": True},
+    {"in_channels": 6, "out_channels": 9, "kernel_size": (3, 1), "padding": (1, 0), "dilation": 2, "groups": 3},
+    {"in_channels": 8, "out_channels": 8, "kernel_size": 3, "dilation": 2, "padding": "same"},  # static SAME
+    {
+        "in_channels": 8,
+        "out_channels": 10,
+        "kernel_size": 4,
+        "stride": 3,
+        "padding": "same",
+        "bias": True,
+    },  # asymmetric SAME
+    {"in_channels": 8, "out_channels": 10, "kernel_size": 1, "num_experts": 1},
 ]
 
 
