@@ -12,10 +12,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="condconv.torch tests need PyTorch")
 timm = pytest.importorskip("timm", reason="condconv.torch tests need timm (the reference CondConv2d)")
 
-import condconv.torch as cct
-import torch.nn.functional as F
-from condconv.torch import CondConvInputError
-from timm.layers import CondConv2d as TimmCondConv2d
+import torch.nn.functional as F  # noqa: E402
+from timm.layers import CondConv2d as TimmCondConv2d  # noqa: E402
+
+import condconv.torch as cct  # noqa: E402
+from condconv.torch import CondConvInputError  # noqa: E402
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,9 +55,8 @@ def test_converted_network_equals_timm(name: str, expected_layers: int) -> None:
     assert sum(isinstance(m, TimmCondConv2d) and not isinstance(m, cct.CondConv2d) for m in model.modules()) == 0
     # The blocks still route once: every converted layer is fed by its block's routing_fn.
     blocks = [m for m in model.modules() if type(m).__name__ == "CondConvResidual"]
-    assert blocks and all(
-        isinstance(b.conv_pw, cct.CondConv2d) and isinstance(b.conv_dw, cct.CondConv2d) for b in blocks
-    )
+    assert blocks
+    assert all(isinstance(b.conv_pw, cct.CondConv2d) and isinstance(b.conv_dw, cct.CondConv2d) for b in blocks)
     assert got.shape == expected.shape
     diff = rel_diff(got, expected)
     assert diff <= 1e-5, f"{name}: converted vs timm max abs diff / max abs = {diff:.3g}"
@@ -69,9 +69,11 @@ def test_convert_keeps_parameters_dtype_and_device() -> None:
     after = model.state_dict()
     assert before.keys() == after.keys()
     for k, v in before.items():
-        assert after[k].data_ptr() == v.data_ptr() and after[k].dtype == v.dtype, k  # the same tensors, not copies
+        assert after[k].data_ptr() == v.data_ptr(), k  # the same tensors, not copies
+        assert after[k].dtype == v.dtype, k
     convs = [m for m in model.modules() if isinstance(m, cct.CondConv2d)]
-    assert len(convs) == 24 and all(c.weight.dtype == torch.bfloat16 for c in convs)
+    assert len(convs) == 24
+    assert all(c.weight.dtype == torch.bfloat16 for c in convs)
     assert cct.convert(model) == 0  # nothing left to replace
 
 
@@ -86,7 +88,8 @@ def test_state_dict_round_trip_bitwise() -> None:
     back = timm.create_model("efficientnet_cc_b0_8e", pretrained=False).eval()
     back.load_state_dict(ours_sd, strict=True)
     for k, v in back.state_dict().items():
-        assert torch.equal(v, original[k]) and v.dtype == original[k].dtype, k
+        assert v.dtype == original[k].dtype, k
+        assert torch.equal(v, original[k]), k
     # A timm state_dict loads into a freshly converted model, bitwise too.
     fresh = timm.create_model("efficientnet_cc_b0_8e", pretrained=False)
     cct.convert(fresh)
@@ -99,7 +102,8 @@ def test_layer_state_dict_both_ways() -> None:
     ref = TimmCondConv2d(16, 32, 3, stride=2, padding="same", groups=2, bias=True, num_experts=6)
     ours = cct.CondConv2d(16, 32, 3, stride=2, padding="same", groups=2, bias=True, num_experts=6)
     assert ours.weight.shape == ref.weight.shape == (6, 32 * 8 * 9)
-    assert ours.bias is not None and ours.bias.shape == ref.bias.shape == (6, 32)
+    assert ours.bias is not None
+    assert ours.bias.shape == ref.bias.shape == (6, 32)
     ours.load_state_dict(ref.state_dict(), strict=True)
     back = TimmCondConv2d(16, 32, 3, stride=2, padding="same", groups=2, bias=True, num_experts=6)
     back.load_state_dict(ours.state_dict(), strict=True)
@@ -141,7 +145,8 @@ LAYER_CASES = [
 def test_layer_equals_timm(kw: dict[str, object], layout: str) -> None:
     kw = {"num_experts": 4, **kw}
     ref, ours = timm_pair(**kw)
-    assert ours.padding == ref.padding and ours.dynamic_padding == ref.dynamic_padding
+    assert ours.padding == ref.padding
+    assert ours.dynamic_padding == ref.dynamic_padding
     torch.manual_seed(5)
     x = torch.randn(3, kw["in_channels"], 13, 10)
     alpha = torch.rand(3, kw["num_experts"])
@@ -149,7 +154,8 @@ def test_layer_equals_timm(kw: dict[str, object], layout: str) -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
         x = torch.randn(3, kw["in_channels"], 13, 20)[:, :, :, ::2]  # neither layout: made contiguous once
-        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+        assert not x.is_contiguous()
+        assert not x.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = ref(x, alpha)
         got = ours(x, alpha)
@@ -312,7 +318,7 @@ def test_wrong_dtype(layer: cct.CondConv2d) -> None:
     with torch.no_grad():
         with pytest.raises(CondConvInputError, match="float64"):
             layer(torch.randn(2, 8, 5, 5, dtype=torch.float64), torch.rand(2, 4))
-        with pytest.raises(CondConvInputError, match="weight is torch.float32"):
+        with pytest.raises(CondConvInputError, match=r"weight is torch\.float32"):
             layer(torch.randn(2, 8, 5, 5, dtype=torch.float16), torch.rand(2, 4))
         with pytest.raises(CondConvInputError, match="floating point"):
             layer(torch.randn(2, 8, 5, 5), torch.ones(2, 4, dtype=torch.int64))

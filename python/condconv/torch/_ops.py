@@ -57,7 +57,7 @@ GEOM_FIELDS = (
     "same",
 )
 
-_DTYPES = {torch.float32: _native.DTYPE_F32, torch.float16: _native.DTYPE_F16, torch.bfloat16: _native.DTYPE_BF16}
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _ROUTING_NAMES = {_native.ROUTING_SIGMOID: "sigmoid", _native.ROUTING_SOFTMAX: "softmax"}
 
@@ -249,20 +249,7 @@ def _get_layer(
                 f"graph; run the model once with the same dtype, layout and shapes before capturing"
             )
         host = [_host(t, dtype) for t in (weight, bias, routing_weight, routing_bias)]
-        layer = _native.NativeLayer(
-            _context(device, math),
-            geom,
-            num_experts=int(weight.shape[0]),
-            has_bias=bias is not None,
-            routing=routing,
-            temperature=temperature,
-            dtype=_DTYPES[dtype],
-            layout=_native.LAYOUT_NHWC if nhwc else _native.LAYOUT_NCHW,
-            experts_ptr=host[0].data_ptr(),  # type: ignore[union-attr]
-            bias_ptr=0 if host[1] is None else host[1].data_ptr(),
-            routing_weight_ptr=0 if host[2] is None else host[2].data_ptr(),
-            routing_bias_ptr=0 if host[3] is None else host[3].data_ptr(),
-        )
+        layer = _native.NativeLayer(_context(device, math), geom, routing, temperature, dtype, nhwc, host)
         entry.layers[key] = layer
         return layer
 

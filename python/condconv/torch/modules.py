@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 from torch import nn
 
 from . import _native, _ops
 
-IntOrPair = int | tuple[int, int]
+IntOrPair = Union[int, tuple[int, int]]  # a runtime alias: Union for Python 3.9
 
 __all__ = ["CondConv2d", "RoutedCondConv2d", "convert", "padding_value"]
 
@@ -103,7 +104,7 @@ class CondConv2d(nn.Module):
         self.dilation = _pair(dilation)
         self.groups = groups
         self.num_experts = num_experts
-        self.weight_shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = nn.Parameter(torch.empty(num_experts, math.prod(self.weight_shape), device=device, dtype=dtype))
         if bias:
             self.bias_shape = (out_channels,)
@@ -173,7 +174,7 @@ class CondConv2d(nn.Module):
         new.dilation = _pair(module.dilation)
         new.groups = int(module.groups)
         new.num_experts = int(module.num_experts)
-        new.weight_shape = (new.out_channels, new.in_channels // new.groups) + new.kernel_size
+        new.weight_shape = (new.out_channels, new.in_channels // new.groups, *new.kernel_size)
         new.weight = module.weight
         if module.bias is not None:
             new.bias_shape = (new.out_channels,)
