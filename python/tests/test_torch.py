@@ -409,3 +409,18 @@ def test_bad_geometry_is_refused() -> None:
     geom[4] = 0  # stride 0
     with torch.no_grad(), pytest.raises(CondConvInputError, match="stride"):
         torch.ops.condconv.cond_conv2d(torch.randn(1, 8, 5, 5), torch.rand(1, 4), layer.weight, None, geom, 0)
+
+
+def test_parameters_made_in_inference_mode() -> None:
+    """Inference tensors carry no version counter: the layer still runs, and invalidate() picks up in-place edits."""
+    ref, _ = timm_pair(in_channels=8, out_channels=8, kernel_size=3, num_experts=4)
+    x, alpha = torch.randn(2, 8, 7, 7), torch.rand(2, 4)
+    with torch.inference_mode():
+        model = torch.nn.ModuleDict({"conv": copy.deepcopy(ref)})
+        model = copy.deepcopy(model)  # parameters are inference tensors now
+        assert model["conv"].weight.is_inference()
+        assert cct.convert(model) == 1
+        assert rel_diff(model["conv"](x, alpha), ref(x, alpha)) <= 1e-5
+        model["conv"].weight.mul_(3.0)  # invisible to the cache without a version counter
+        assert cct.invalidate(model) == 1
+        assert rel_diff(model["conv"](x, alpha), 3.0 * ref(x, alpha)) <= 1e-5

@@ -13,7 +13,7 @@ Importing this module imports torch; ``import condconv`` alone does not.
 from __future__ import annotations
 
 from ._ops import GEOM_FIELDS, CondConvInputError, cached_layer_count
-from .modules import CondConv2d, RoutedCondConv2d, convert, padding_value
+from .modules import CondConv2d, RoutedCondConv2d, convert, invalidate, padding_value
 
 __all__ = [
     "GEOM_FIELDS",
@@ -22,5 +22,6 @@ __all__ = [
     "RoutedCondConv2d",
     "cached_layer_count",
     "convert",
+    "invalidate",
     "padding_value",
 ]

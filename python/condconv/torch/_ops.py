@@ -19,7 +19,10 @@ one dtype and activation layout, with its plans. The cache holds, per layer_id, 
 (device, dtype, layout, math) and remembers the parameters it was built from by (data_ptr, _version, dtype, shape)
 of each tensor. Any change to a parameter - an in-place update (``load_state_dict``, ``copy_``, an optimiser step;
 each bumps ``_version``), a new tensor (``param.data = ...``, ``.to()``, ``.half()``) - drops every C layer of that
-id, and the next call rebuilds them from the current values (a host copy of the parameters, synchronous). An entry
+id, and the next call rebuilds them from the current values (a host copy of the parameters, synchronous). One
+exception: parameters that are inference tensors (created under ``torch.inference_mode``) have no version counter,
+so an in-place update of one inside inference mode is not seen; call ``condconv.torch.invalidate(model)`` after
+such an update. An entry
 is created on first use and freed when its module is garbage-collected; an id without a module (an exported program
 run later) gets an entry on first use all the same, since the op carries everything it needs.
 
@@ -198,6 +201,15 @@ def release_layer_id(layer_id: int) -> None:
         entry.clear()
 
 
+def invalidate(layer_id: int) -> None:
+    """Drops the C layers of this id; the next call rebuilds them from the parameters' current values."""
+    entry = _registry.get(layer_id)
+    if entry is not None:
+        with entry.lock:
+            entry.clear()
+            entry.fingerprint = ()
+
+
 def cached_layer_count(layer_id: int) -> int:
     """How many C layers the cache holds for this id (for tests and diagnostics)."""
     entry = _registry.get(layer_id)
@@ -205,7 +217,11 @@ def cached_layer_count(layer_id: int) -> int:
 
 
 def _fingerprint(tensors: tuple[torch.Tensor | None, ...]) -> tuple[object, ...]:
-    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for t in tensors)
+    # Inference tensors (made under torch.inference_mode) have no version counter: only a new tensor is seen.
+    return tuple(
+        None if t is None else (t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, tuple(t.shape), t.device)
+        for t in tensors
+    )
 
 
 def _host(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from . import _native, _ops
 
 IntOrPair = Union[int, tuple[int, int]]  # a runtime alias: Union for Python 3.9
 
-__all__ = ["CondConv2d", "RoutedCondConv2d", "convert", "padding_value"]
+__all__ = ["CondConv2d", "RoutedCondConv2d", "convert", "invalidate", "padding_value"]
 
 
 def _pair(v: IntOrPair) -> tuple[int, int]:
@@ -281,3 +281,15 @@ def convert(model: nn.Module) -> int:
                 setattr(parent, name, CondConv2d.from_timm(child))
                 replaced += 1
     return replaced
+
+
+def invalidate(model: nn.Module) -> int:
+    """Drops the cached C layers of every condconv layer in ``model`` (itself included); returns how many layers.
+
+    Needed only after an in-place update of parameters that are inference tensors (made under
+    ``torch.inference_mode``), which carry no version counter; every other change is detected by itself.
+    """
+    layers = [m for m in model.modules() if isinstance(m, CondConv2d)]
+    for m in layers:
+        _ops.invalidate(m.layer_id)
+    return len(layers)
