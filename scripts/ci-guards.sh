@@ -26,8 +26,14 @@
 #             with TSan, every emu test in each, then the bug-injection
 #             proof (tests/cuda_cpu/inject_bugs.sh: every listed kernel bug
 #             must make its test fail)
+#   python    ruff check and ruff format --check over python/ (config in
+#             pyproject.toml), then one real `pip install .` of the clone
+#             into a throwaway virtual environment (its own, no system or
+#             cached-venv packages; built for sm_90 only), then a smoke import
+#             and one CPU forward from the installed wheel, the library
+#             resolving every dependency through its RPATH
 #
-# Usage: scripts/ci-guards.sh [GUARD...]   (default: all seven, in that order)
+# Usage: scripts/ci-guards.sh [GUARD...]   (default: all eight, in that order)
 # Environment: GUARDS_BUILD_PREFIX (default build: builds go to build-werror
 # and build-asan), JOBS (default 2, CI's cores).
 # Tools come from Debian packages: scripts/setup.sh --ci installs missing
@@ -41,7 +47,7 @@ jobs=${JOBS:-2}
 prefix=${GUARDS_BUILD_PREFIX:-build}
 werror_dir=$root/$prefix-werror
 asan_dir=$root/$prefix-asan
-all_guards=(werror asan valgrind format tidy cppcheck emu)
+all_guards=(werror asan valgrind format tidy cppcheck emu python)
 guards=("$@")
 ((${#guards[@]})) || guards=("${all_guards[@]}")
 for g in "${guards[@]}"; do
@@ -274,6 +280,53 @@ guard_emu() {
   done
   ((failed == 0)) || return 1
   JOBS=$jobs tests/cuda_cpu/inject_bugs.sh "$prefix-emu-bugs" || return 1
+}
+
+guard_python() {
+  local venv=${CONDCONV_VENV:-$HOME/.cache/condconv/venv}
+  # ruff (pinned) from the cached environment; torch is not needed here.
+  scripts/setup-python.sh --no-torch || { echo "ci-guards: scripts/setup-python.sh failed"; return 1; }
+  "$venv/bin/ruff" check python || { echo "ci-guards: ruff findings (above)"; return 1; }
+  "$venv/bin/ruff" format --check python || { echo "ci-guards: unformatted (fix with: ruff format python)"; return 1; }
+
+  # The one command a user runs, from this clone, into a fresh environment: no
+  # --system-site-packages and not the cached venv, so nothing there can
+  # stand in for what the wheel should carry. pip's own wheel cache
+  # (~/.cache/pip) spares downloading numpy and the build backend again.
+  # The build directory is fresh too (not pyproject's build-py/), so the
+  # wheel is built from the sources alone. CMAKE_ARGS builds the kernels for
+  # sm_90 only, half the compile time of the default sm_80;sm_90: the guard
+  # checks packaging, the architectures are the C build's business.
+  local tmp rc=0
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/condconv-pip.XXXXXX")
+  python3 -m venv "$tmp/venv" || { echo "ci-guards: python3 -m venv failed (Debian: python3-venv)"; rm -rf "$tmp"; return 1; }
+  CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" "$tmp/venv/bin/python" -m pip install --disable-pip-version-check \
+    --config-settings=build-dir="$tmp/build" . >"$tmp/pip.log" 2>&1 ||
+    { tail -n 60 "$tmp/pip.log"; echo "ci-guards: pip install . failed (log above)"; rm -rf "$tmp"; return 1; }
+  # Outside the clone and without CONDCONV_LIBRARY/PYTHONPATH: only the installed package can answer.
+  (cd "$tmp" && env -u CONDCONV_LIBRARY -u PYTHONPATH "$tmp/venv/bin/python" - <<'PY') || rc=1
+import pathlib, subprocess, sys
+
+import numpy as np
+
+import condconv
+from condconv import _lib
+
+path = _lib.library_path()
+assert pathlib.Path(sys.prefix).resolve() in path.resolve().parents, f"loaded {path}, not the wheel's copy"
+ldd = subprocess.run(["ldd", str(path)], capture_output=True, text=True, check=True).stdout
+assert "not found" not in ldd, ldd
+with condconv.Context("cpu") as ctx:
+    spec = condconv.LayerSpec(4, 8, 3, padding="same", num_experts=2, activation="silu")
+    rng = np.random.default_rng(0)
+    layer = condconv.Layer(ctx, spec, rng.standard_normal(spec.expert_shape), rng.standard_normal((2, 8)),
+                           rng.standard_normal((2, 4)))
+    y = layer.forward(rng.standard_normal((1, 4, 5, 5)).astype(np.float32))
+    assert y.shape == (1, 8, 5, 5) and np.isfinite(y).all()
+print(f"  installed condconv {condconv.version()} from {path}: one CPU forward ok")
+PY
+  rm -rf "$tmp"
+  return "$rc"
 }
 
 # --- run them ----------------------------------------------------------------
