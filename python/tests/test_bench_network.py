@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import pathlib
+import types
 
 import pytest
 
@@ -14,7 +15,7 @@ pytest.importorskip("timm", reason="the network benchmark needs timm")
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "bench" / "network" / "bench_network.py"
 
 
-def _load():
+def _load() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("bench_network", SCRIPT)
     assert spec is not None
     assert spec.loader is not None

@@ -7,6 +7,7 @@ until a device check runs them).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,7 +41,7 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(autouse=True)
-def _restore_tf32():
+def _restore_tf32() -> Iterator[None]:
     saved = torch.backends.cudnn.allow_tf32
     yield
     torch.backends.cudnn.allow_tf32 = saved
