@@ -6,7 +6,8 @@
 #   3. condconv-bench --quick (the bench layer set, batch 1/32/128, E = 8,
 #      every algorithm and the static yardstick) with its CSV and JSON, then
 #      the timm side by side, the merged table and the plots; then the same
-#      sweep in f16 NHWC (E = 1/8/32) with timm fp16 channels-last (into logs/)
+#      sweep in f16 NHWC (E = 1/8/32) with timm fp16 channels-last (into logs/);
+#      between them the whole-network benchmark (bench/network, into logs/)
 #   4. ncu metrics of each custom kernel on two shapes (duration, DRAM
 #      throughput, occupancy, registers), so kernels can be tuned later
 #      without a GPU; the aggregation kernel's variants (bench/dev)
@@ -102,6 +103,7 @@ finish() {
   echo "---- bench (tail) ----"
   tar -xzOf "$OUT/logs.tar.gz" logs/bench.log 2>/dev/null | tail -n 60
   [[ -s "$OUT/merged.md" ]] && { echo "---- condconv vs timm vs static ----"; head -n 60 "$OUT/merged.md"; }
+  tar -xzOf "$OUT/logs.tar.gz" logs/network/network.md 2>/dev/null | head -n 45 | sed '1i ---- whole network (bench/network) ----'
   echo "---- summary ----"
   cat "$summary"
 }
@@ -173,6 +175,22 @@ if [[ -s "$OUT/bench.csv" ]]; then
   step plot 40 python3 bench/plot.py "$OUT/bench.csv" --out "$OUT/plots" --mode both &&
     tar -czf "$OUT/plots.tar.gz" -C "$OUT" plots
   rm -rf "$OUT/plots"
+fi
+
+# 3a. whole networks (issue 17): timm's CC-B0-8e, the same converted to
+#     condconv.torch, static B0; eager and CUDA graph; f32, TF32, f16 and bf16
+#     channels-last; batch 1/32/128, target points first. The package comes from
+#     this build (CONDCONV_LIBRARY + PYTHONPATH; the machine has torch and timm
+#     but no registry to pip install from). It stops starting points 45 s before
+#     its cap so that it writes its table; into logs/ (the eight files are taken).
+net_cap=180
+net_left=$(left)
+((net_left < net_cap)) && net_cap=$net_left
+gpu_step network "$net_cap" env PYTHONPATH="$root/python" python3 bench/network/bench_network.py \
+  --library "$build/libcondconv.so" --out "$OUT/logs/network" --warmup 3 --iters 10 --reps 3 \
+  --budget-seconds $((net_cap > 90 ? net_cap - 45 : net_cap / 2))
+if [[ -s "$OUT/logs/network/network.md" ]]; then
+  grep -E '^\| (tf32|f16) \| (32|128) \|' "$OUT/logs/network/network.md" | sed 's/^/    /' | tee -a "$summary"
 fi
 
 # 3b. the same sweep in f16 channels-last (issue 12's target: <= 2x static f16

@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="forwards per timed repeat")
     p.add_argument("--reps", type=int, default=5, help="timed repeats (median reported)")
     p.add_argument("--budget-seconds", type=float, default=0.0, help="stop starting new points after this (0: none)")
+    p.add_argument("--library", type=Path, help="libcondconv.so to load (sets CONDCONV_LIBRARY; default: as set)")
     p.add_argument("--dry-run", action="store_true", help="no GPU: batch 1, 32x32, f32, eager, on the CPU")
     return p.parse_args(argv)
 
@@ -291,6 +292,11 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, header: list[str]) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.library is not None:
+        if not args.library.is_file():
+            print(f"bench_network: --library {args.library} is not a file", file=sys.stderr)
+            return 2
+        os.environ["CONDCONV_LIBRARY"] = str(args.library.resolve())
     try:
         import timm  # noqa: F401
         import torch
