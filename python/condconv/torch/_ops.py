@@ -14,17 +14,17 @@ identity as an integer ``layer_id`` that keys the cache of C layers. Each op has
 computes the output's shape and strides, so torch.compile(fullgraph=True), torch.export and CUDA-graph capture see
 through it.
 
-The C layer cache. A condconv layer keeps its own copy of the parameters (host, and on a GPU context device), in
-one dtype and activation layout, with its plans. The cache holds, per layer_id, one C layer per
-(device, dtype, layout, math) and remembers the parameters it was built from by (data_ptr, _version, dtype, shape)
-of each tensor. Any change to a parameter - an in-place update (``load_state_dict``, ``copy_``, an optimiser step;
-each bumps ``_version``), a new tensor (``param.data = ...``, ``.to()``, ``.half()``) - drops every C layer of that
-id, and the next call rebuilds them from the current values (a host copy of the parameters, synchronous). One
-exception: parameters that are inference tensors (created under ``torch.inference_mode``) have no version counter,
-so an in-place update of one inside inference mode is not seen; call ``condconv.torch.invalidate(model)`` after
-such an update. An entry
-is created on first use and freed when its module is garbage-collected; an id without a module (an exported program
-run later) gets an entry on first use all the same, since the op carries everything it needs.
+The C layer cache. A condconv layer keeps its own copy of the parameters (host, and on a GPU context device), in one
+dtype and activation layout, with its plans. The cache holds, per layer_id, one C layer per (device, dtype, layout,
+math) and remembers the parameters it was built from by (data_ptr, _version, dtype, shape) of each tensor, and holds
+those storages (so that no later allocation can reuse their addresses while the fingerprint names them). Any change
+to a parameter - an in-place update (``load_state_dict``, ``copy_``, an optimiser step; each bumps ``_version``), a
+new tensor (``param.data = ...``, ``.to()``, ``.half()``) - drops every C layer of that id, and the next call
+rebuilds them from the current values (a host copy of the parameters, synchronous). One exception: parameters that
+are inference tensors (created under ``torch.inference_mode``) have no version counter, so an in-place update of one
+inside inference mode is not seen; call ``condconv.torch.invalidate(model)`` after such an update. An entry is
+created on first use and freed when its module is garbage-collected; an id without a module (an exported program run
+later) gets an entry on first use all the same, since the op carries everything it needs.
 
 CUDA: a call runs on the tensors' device and torch's current stream. The first call at a new (N, H, W) prepares
 the shape (plan, algorithm choice; may synchronise) and must happen outside a CUDA-graph capture; inside a capture
@@ -171,6 +171,7 @@ def _context(device: int, math: int) -> _native.NativeContext:
 @dataclass
 class _Entry:
     fingerprint: tuple[object, ...] = ()
+    keep: tuple[torch.Tensor | None, ...] = ()
     layers: dict[tuple[object, ...], _native.NativeLayer] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -178,6 +179,7 @@ class _Entry:
         for layer in self.layers.values():
             layer.close()
         self.layers.clear()
+        self.keep = ()
 
 
 _registry: dict[int, _Entry] = {}
@@ -253,6 +255,10 @@ def _get_layer(
             # The parameters changed since the C layers were built: every copy is stale.
             entry.clear()
             entry.fingerprint = fp
+            # Holding the storages the fingerprint names keeps their addresses from being reused by a later
+            # allocation, so an equal data_ptr always means the same storage (detach: a later `param.data = ...`
+            # does not move what is held).
+            entry.keep = tuple(None if t is None else t.detach() for t in (weight, bias, routing_weight, routing_bias))
         layer = entry.layers.get(key)
         if layer is not None:
             return layer
