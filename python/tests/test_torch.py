@@ -424,3 +424,18 @@ def test_parameters_made_in_inference_mode() -> None:
         model["conv"].weight.mul_(3.0)  # invisible to the cache without a version counter
         assert cct.invalidate(model) == 1
         assert rel_diff(model["conv"](x, alpha), 3.0 * ref(x, alpha)) <= 1e-5
+
+
+def test_eager_fast_path_equals_registered_op() -> None:
+    """Plain eager calls skip the dispatcher (same implementation); the registered op gives the same bits."""
+    layer = cct.CondConv2d(8, 12, 3, bias=True, num_experts=4)
+    routed = cct.RoutedCondConv2d(8, 12, 3, num_experts=4, routing="softmax", temperature=3.0)
+    x, alpha = torch.randn(2, 8, 9, 9), torch.rand(2, 4)
+    with torch.inference_mode():
+        via_op = torch.ops.condconv.cond_conv2d(x, alpha, layer.weight, layer.bias, layer.geom, layer.layer_id)
+        assert torch.equal(layer(x, alpha), via_op)
+        fc = routed.routing_fn
+        via_op = torch.ops.condconv.routed_cond_conv2d(
+            x, routed.weight, routed.bias, fc.weight, fc.bias, routed.geom, 1, 3.0, routed.layer_id
+        )
+        assert torch.equal(routed(x), via_op)

@@ -387,8 +387,7 @@ def plan_info(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("condconv::cond_conv2d", mutates_args=())
-def cond_conv2d(
+def cond_conv2d_impl(
     x: torch.Tensor,
     routing_weights: torch.Tensor,
     weight: torch.Tensor,
@@ -400,6 +399,10 @@ def cond_conv2d(
     _check_common(x, weight, bias, geom, "condconv::cond_conv2d")
     _check_alpha(x, routing_weights, int(weight.shape[0]))
     return _run(layer_id, x, routing_weights, weight, bias, None, None, geom, _native.ROUTING_EXTERNAL, 1.0)
+
+
+# The registered op runs the same function; modules call cond_conv2d_impl directly in plain eager mode.
+cond_conv2d = torch.library.custom_op("condconv::cond_conv2d", cond_conv2d_impl, mutates_args=())
 
 
 @cond_conv2d.register_fake
@@ -416,8 +419,7 @@ def _cond_conv2d_fake(
     return _empty_output(x, geom)
 
 
-@torch.library.custom_op("condconv::routed_cond_conv2d", mutates_args=())
-def routed_cond_conv2d(
+def routed_cond_conv2d_impl(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -431,6 +433,9 @@ def routed_cond_conv2d(
     """CondConv that routes itself: alpha = sigmoid(FC(GAP(x))) or softmax(FC(GAP(x)) / temperature)."""
     _check_routed(x, weight, bias, routing_weight, routing_bias, geom, routing, temperature)
     return _run(layer_id, x, None, weight, bias, routing_weight, routing_bias, geom, routing, temperature)
+
+
+routed_cond_conv2d = torch.library.custom_op("condconv::routed_cond_conv2d", routed_cond_conv2d_impl, mutates_args=())
 
 
 @routed_cond_conv2d.register_fake

@@ -52,14 +52,21 @@ def padding_value(
 
 
 def _check_no_grad(module: nn.Module, *tensors: torch.Tensor | None) -> None:
+    """``tensors``: the call's inputs and the module's parameters (passed explicitly: cheaper than parameters())."""
     if not torch.is_grad_enabled():
         return
-    if any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters()):
+    if any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
             f"condconv {type(module).__name__} is inference only (no backward yet), and this call would need "
             f"gradients: grad mode is on and an input or parameter requires grad. Run it under torch.no_grad() or "
             f"torch.inference_mode() (or call module.requires_grad_(False) and pass inputs that do not require grad)"
         )
+
+
+def _eager(*tensors: torch.Tensor) -> bool:
+    """A plain eager call: not traced by torch.compile/export and no tensor subclass (fake, functional, proxy)
+    involved. Only then may the module skip the registered op; anything that traces goes through it."""
+    return not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
 
 
 class CondConv2d(nn.Module):
@@ -152,7 +159,10 @@ class CondConv2d(nn.Module):
         return s + ("" if self.bias is not None else ", bias=False")
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        _check_no_grad(self, x, routing_weights)
+        _check_no_grad(self, x, routing_weights, self.weight, self.bias)
+        if _eager(x, routing_weights):
+            # Plain eager call: the op's own implementation, without the dispatcher's per-call overhead.
+            return _ops.cond_conv2d_impl(x, routing_weights, self.weight, self.bias, self.geom, self.layer_id)
         return torch.ops.condconv.cond_conv2d(x, routing_weights, self.weight, self.bias, self.geom, self.layer_id)
 
     def plan_info(self, x: torch.Tensor) -> dict[str, object]:
@@ -226,9 +236,11 @@ class RoutedCondConv2d(CondConv2d):
         return super().extra_repr() + f", routing={self.routing}, temperature={self.temperature}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        _check_no_grad(self, x)
+        fc = self.routing_fn
+        _check_no_grad(self, x, self.weight, self.bias, fc.weight, fc.bias)
         mode = _native.ROUTING_SIGMOID if self.routing == "sigmoid" else _native.ROUTING_SOFTMAX
-        return torch.ops.condconv.routed_cond_conv2d(
+        op = _ops.routed_cond_conv2d_impl if _eager(x) else torch.ops.condconv.routed_cond_conv2d
+        return op(
             x,
             self.weight,
             self.bias,
