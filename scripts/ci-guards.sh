@@ -31,7 +31,8 @@
 #             into a throwaway virtual environment (its own, no system or
 #             cached-venv packages; built for sm_90 only), then a smoke import
 #             and one CPU forward from the installed wheel, the library
-#             resolving every dependency through its RPATH
+#             resolving every dependency through its RPATH, and the core's
+#             tests (python/tests/test_core.py) against that wheel
 #
 # Usage: scripts/ci-guards.sh [GUARD...]   (default: all eight, in that order)
 # Environment: GUARDS_BUILD_PREFIX (default build: builds go to build-werror
@@ -325,6 +326,13 @@ with condconv.Context("cpu") as ctx:
     assert y.shape == (1, 8, 5, 5) and np.isfinite(y).all()
 print(f"  installed condconv {condconv.version()} from {path}: one CPU forward ok")
 PY
+  readelf -d "$tmp"/venv/lib/python3*/site-packages/condconv/_native/libcondconv.so | grep -E 'RUNPATH|RPATH' || true
+  # The core's tests against the installed wheel (pytest from the pinned version; python/ is not on the path).
+  if ((rc == 0)); then
+    "$tmp/venv/bin/python" -m pip install --disable-pip-version-check --quiet pytest==9.2.0 >>"$tmp/pip.log" 2>&1 &&
+      env -u CONDCONV_LIBRARY -u PYTHONPATH "$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider \
+        python/tests/test_core.py || rc=1
+  fi
   rm -rf "$tmp"
   return "$rc"
 }

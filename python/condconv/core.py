@@ -86,8 +86,11 @@ def _enum(table: Mapping[str, Any], value: str | int, what: str) -> Any:
     raise ValueError(f"unknown {what} {value!r}; one of {sorted(table)}")
 
 
+_DTYPE_ENUMS: dict[str, DType] = {k: v[0] for k, v in _DTYPES.items()}
+
+
 def _dtype_name(dtype: str | int) -> str:
-    return _name_of({k: v[0] for k, v in _DTYPES.items()}, _enum({k: v[0] for k, v in _DTYPES.items()}, dtype, "dtype"))
+    return _name_of(_DTYPE_ENUMS, _enum(_DTYPE_ENUMS, dtype, "dtype"))
 
 
 def numpy_dtype(dtype: str | int) -> np.dtype[Any]:
@@ -305,7 +308,7 @@ class LayerSpec:
             _pair(self.padding, "padding")
         _enum(_ROUTINGS, self.routing, "routing")
         _enum(_ACTIVATIONS, self.activation, "activation")
-        _enum({k: v[0] for k, v in _DTYPES.items()}, self.dtype, "dtype")
+        _enum(_DTYPE_ENUMS, self.dtype, "dtype")
         _enum(_LAYOUTS, self.layout, "layout")
 
     # --- derived values ---------------------------------------------------------------------------------------
@@ -418,7 +421,7 @@ class LayerSpec:
             routing=_name_of(_ROUTINGS, info.routing),  # type: ignore[arg-type]
             temperature=float(info.temperature),
             activation=_name_of(_ACTIVATIONS, info.activation),  # type: ignore[arg-type]
-            dtype=_name_of({k: v[0] for k, v in _DTYPES.items()}, info.dtype),  # type: ignore[arg-type]
+            dtype=_name_of(_DTYPE_ENUMS, info.dtype),  # type: ignore[arg-type]
             layout=_name_of(_LAYOUTS, info.layout),  # type: ignore[arg-type]
         )
 
@@ -521,10 +524,10 @@ class Layer:
                 arrays["routing_weight"] = _as_param(routing_weight, (e, cin), spec.dtype, "routing_weight")
                 if routing_bias is not None:
                     arrays["routing_bias"] = _as_param(routing_bias, (e,), spec.dtype, "routing_bias")
-            params = _lib.Params(*(_ptr(a.ctypes.data) if a is not None else None for a in (
-                arrays.get("experts"), arrays.get("expert_bias"), arrays.get("routing_weight"),
-                arrays.get("routing_bias"),
-            )))  # fmt: skip
+            # The arrays stay referenced by `arrays` until condconv_layer_create has copied them.
+            params = _lib.Params()
+            for name, array in arrays.items():
+                setattr(params, name, array.ctypes.data if array is not None else None)
             h = ctypes.c_void_p()
             status = lib().condconv_layer_create(context.handle, desc.handle, ctypes.byref(params), ctypes.byref(h))
             check(status, "condconv_layer_create")
