@@ -1,3 +1,4 @@
+# ruff: noqa: UP045
 """condconv's forward as torch.library custom ops, and the cache of C layers behind them.
 
 Two ops, registered once at import:
@@ -40,6 +41,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -387,11 +389,13 @@ def plan_info(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# torch.library reads these signatures at run time to make the ops' schemas: Optional (not `X | None`, hence the
+# file-wide noqa UP045 at the top) keeps them readable on Python 3.9.
 def cond_conv2d_impl(
     x: torch.Tensor,
     routing_weights: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    bias: Optional[torch.Tensor],
     geom: list[int],
     layer_id: int,
 ) -> torch.Tensor:
@@ -410,7 +414,7 @@ def _cond_conv2d_fake(
     x: torch.Tensor,
     routing_weights: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    bias: Optional[torch.Tensor],
     geom: list[int],
     layer_id: int,
 ) -> torch.Tensor:
@@ -422,9 +426,9 @@ def _cond_conv2d_fake(
 def routed_cond_conv2d_impl(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    bias: Optional[torch.Tensor],
     routing_weight: torch.Tensor,
-    routing_bias: torch.Tensor | None,
+    routing_bias: Optional[torch.Tensor],
     geom: list[int],
     routing: int,
     temperature: float,
@@ -442,9 +446,9 @@ routed_cond_conv2d = torch.library.custom_op("condconv::routed_cond_conv2d", rou
 def _routed_cond_conv2d_fake(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    bias: Optional[torch.Tensor],
     routing_weight: torch.Tensor,
-    routing_bias: torch.Tensor | None,
+    routing_bias: Optional[torch.Tensor],
     geom: list[int],
     routing: int,
     temperature: float,
