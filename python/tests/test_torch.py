@@ -439,3 +439,24 @@ def test_eager_fast_path_equals_registered_op() -> None:
             x, routed.weight, routed.bias, fc.weight, fc.bias, routed.geom, 1, 3.0, routed.layer_id
         )
         assert torch.equal(routed(x), via_op)
+
+
+def test_deepcopy_and_pickle_get_their_own_layer_id() -> None:
+    import io
+
+    ref, ours = timm_pair(in_channels=8, out_channels=8, kernel_size=3, num_experts=4)
+    x, alpha = torch.randn(2, 8, 7, 7), torch.rand(2, 4)
+    with torch.no_grad():
+        ours(x, alpha)
+        twin = copy.deepcopy(ours)
+        assert twin.layer_id != ours.layer_id
+        twin.weight.mul_(2.0)
+        assert rel_diff(twin(x, alpha), 2.0 * ref(x, alpha)) <= 1e-5
+        assert rel_diff(ours(x, alpha), ref(x, alpha)) <= 1e-5
+        assert cct.cached_layer_count(ours.layer_id) == 1  # the original's C layer was not rebuilt by the twin
+        buf = io.BytesIO()
+        torch.save(ours, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert loaded.layer_id not in (ours.layer_id, twin.layer_id)
+        assert torch.equal(loaded(x, alpha), ours(x, alpha))

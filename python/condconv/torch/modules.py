@@ -123,6 +123,12 @@ class CondConv2d(nn.Module):
         self.layer_id = _ops.new_layer_id(self)
         self.reset_parameters()
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # copy.deepcopy and unpickling come through here: the copy gets its own id, so that it never shares (and
+        # keeps rebuilding) the original's C layers.
+        super().__setstate__(state)
+        self.layer_id = _ops.new_layer_id(self)
+
     @property
     def geom(self) -> list[int]:
         """The geometry the custom op takes (``condconv.torch._ops.GEOM_FIELDS``)."""
