@@ -26,7 +26,7 @@
 #             with TSan, every emu test in each, then the bug-injection
 #             proof (tests/cuda_cpu/inject_bugs.sh: every listed kernel bug
 #             must make its test fail)
-#   python    ruff check and ruff format --check over python/ (config in
+#   python    ruff check and ruff format --check over python/ and bench/network/ (config in
 #             pyproject.toml), then one real `pip install .` of the clone
 #             into a throwaway virtual environment (its own, no system or
 #             cached-venv packages; built for sm_90 only), then a smoke import
@@ -287,8 +287,8 @@ guard_python() {
   local venv=${CONDCONV_VENV:-$HOME/.cache/condconv/venv}
   # ruff (pinned) from the cached environment; torch is not needed here.
   scripts/setup-python.sh --no-torch || { echo "ci-guards: scripts/setup-python.sh failed"; return 1; }
-  "$venv/bin/ruff" check python || { echo "ci-guards: ruff findings (above)"; return 1; }
-  "$venv/bin/ruff" format --check python || { echo "ci-guards: unformatted (fix with: ruff format python)"; return 1; }
+  "$venv/bin/ruff" check python bench/network || { echo "ci-guards: ruff findings (above)"; return 1; }
+  "$venv/bin/ruff" format --check python bench/network || { echo "ci-guards: unformatted (fix with: ruff format python bench/network)"; return 1; }
 
   # The one command a user runs, from this clone, into a fresh environment: no
   # --system-site-packages and not the cached venv, so nothing there can
