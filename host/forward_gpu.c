@@ -60,9 +60,10 @@ condconv_status condconv_get_plan_info(condconv_layer_t layer, int n, int h, int
 }
 
 /* x, y and the routing weights need the alignment of their element type
- * (the layer's dtype for x and y, f32 for routing weights): cuDNN and
- * cuBLAS require it; our kernels test for 16 bytes at launch and take their
- * scalar paths otherwise. */
+ * (the layer's dtype for x and y, f32 for routing weights); nothing more:
+ * our kernels test for 16 bytes at launch and take their scalar paths
+ * otherwise, and the library calls get x and y staged through the
+ * workspace when they are less than 16-byte aligned (staging.h). */
 static condconv_status check_element_alignment(const void *ptr, size_t elem, const char *name, const char *func)
 {
     if (ptr != NULL && (uintptr_t)ptr % elem != 0)

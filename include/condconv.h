@@ -444,6 +444,14 @@ typedef struct condconv_plan_info {
      * strided-batched GEMM, f32 NCHW, f32 compute", "condconv kernel, bf16
      * NHWC, f32 fma". */
     char backend[256];
+    /* What runs when x or y is less than 16-byte aligned (element-aligned
+     * views and slices): cuBLAS and cuDNN then read a copy of x and write
+     * y through the workspace, and condconv's kernels take their scalar
+     * paths, so AUTO measures that class apart (measured_unaligned_us,
+     * like measured_us) and may choose another algorithm for it. Equal to
+     * algo when forced or chosen by rule. The workspace size covers both. */
+    condconv_algo algo_unaligned;
+    float measured_unaligned_us[CONDCONV_ALGO_COUNT];
 } condconv_plan_info;
 
 /* Describes the plan for this shape (prepares if needed). */
@@ -452,7 +460,10 @@ CONDCONV_API condconv_status condconv_get_plan_info(condconv_layer_t layer, int 
 
 /* Runs the layer on device memory: x [N][Cin][H][W] -> y [N][Cout][Ho][Wo]
  * (NHWC layers: [N][H][W][Cin] -> [N][Ho][Wo][Cout]), x and y in the layer's
- * dtype and aligned to its element size.
+ * dtype and aligned to its element size; any such pointer (a view or slice)
+ * runs every algorithm: where cuBLAS or cuDNN would touch an x or y less
+ * than 16-byte aligned, x is copied into the workspace and y written
+ * through it (condconv_plan_info.algo_unaligned says what runs then).
  * routing_in: alpha [N][E] on the device, required with external routing and
  *   ignored otherwise.
  * routing_out: optional (NULL) device buffer [N][E] that receives the routing
