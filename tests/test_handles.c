@@ -139,9 +139,9 @@ static void context_with_layers(void)
     condconv_context_t a, b;
     EXPECT_OK(condconv_context_create(&a, CONDCONV_DEVICE_CPU));
     EXPECT_OK(condconv_context_create(&b, CONDCONV_DEVICE_CPU));
-    tu_params params;
+    tu_params params, params2;
     condconv_layer_t source = small_layer(a, &params);
-    condconv_layer_t second = small_layer(a, &params); /* same values, its own parameters */
+    condconv_layer_t second = small_layer(a, &params2); /* parameters of its own */
     condconv_layer_t shared = NULL;
     EXPECT_OK(condconv_layer_create_shared(b, source, &shared));
 
@@ -166,6 +166,7 @@ static void context_with_layers(void)
     EXPECT_OK(condconv_layer_destroy(shared));
     EXPECT_OK(condconv_context_destroy(b));
     tu_free_params(&params);
+    tu_free_params(&params2);
 }
 
 /* Many handles, destroyed in random order: the hash table's deletions keep
