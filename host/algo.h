@@ -16,6 +16,7 @@
 #include "gather.h"
 #include "layer.h"
 #include "scratch.h"
+#include "staging.h"
 
 typedef struct cc_algo_state {
     condconv_algo algo;
@@ -35,6 +36,11 @@ typedef struct cc_algo_state {
     cc_gather_args gather_args;
     /* Byte offsets of the pieces within this algorithm's workspace. */
     size_t off_gather, off_filters, off_biases, off_z, off_conv_workspace;
+    /* What the algorithm's cuDNN/cuBLAS call touches directly, and where a
+     * less-aligned x or y is staged (staging.h); the workspace always has
+     * room for both, so its size does not depend on the pointers. */
+    int lib_reads_x, lib_writes_y;
+    size_t off_stage_x, off_stage_y, stage_x_bytes, stage_y_bytes;
     /* fused: the kernel's configuration and its split-K buffers. */
     cc_fused_config fused;
     cc_fused_tc_config fused_tc; /* fused, f16/bf16 layers */
@@ -93,10 +99,22 @@ size_t cc_layout_aggregated_workspace(const struct condconv_layer *layer, const 
  * channel, filter and group counts, which differ between algorithms. */
 cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geometry *geom,
                                 const cc_algo_state *state);
-/* Runs the gather of the input into the workspace if the state asks for it;
- * *x_used is the input the convolution should read. */
+/* Sets lib_reads_x (the library reads x itself: nothing gathered) and
+ * lib_writes_y, and reserves the staging of both after `end` (the end
+ * offset of the algorithm's other pieces); returns the new end. */
+size_t cc_reserve_staging(const struct condconv_layer *layer, const cc_geometry *geom, int lib_writes_y,
+                          cc_algo_state *state, size_t end);
+/* Runs the gather of the input into the workspace if the state asks for it,
+ * or else stages a less-aligned x that the library would read; *x_used is
+ * the input the convolution should read. */
 condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
                               const cc_forward_buffers *buffers, const void **x_used, const char *func);
+/* Where the library should write y: y itself, or its staging slot when y
+ * is less aligned than CC_LIB_ALIGNMENT and the library writes it. */
+void *cc_library_y(const cc_algo_state *state, const cc_forward_buffers *buffers);
+/* Copies a staged y into the caller's y (nothing when y was not staged). */
+condconv_status cc_unstage_y(const struct condconv_layer *layer, const cc_algo_state *state,
+                             const cc_forward_buffers *buffers, const char *func);
 /* Per-sample filters and biases [N][...] into the workspace. */
 condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_geometry *geom,
                                  const cc_algo_state *state, const cc_forward_buffers *buffers, const char *func);

@@ -165,11 +165,50 @@ cc_conv_shape cc_conv_shape_for(const struct condconv_layer *layer, const cc_geo
     return shape;
 }
 
+size_t cc_reserve_staging(const struct condconv_layer *layer, const cc_geometry *geom, int lib_writes_y,
+                          cc_algo_state *state, size_t end)
+{
+    const size_t elem = cc_dtype_size(layer->weights->info.dtype);
+    state->lib_reads_x = !state->gather;
+    state->lib_writes_y = lib_writes_y;
+    state->off_stage_x = cc_align256(end);
+    state->stage_x_bytes = state->lib_reads_x ? elem * (size_t)geom->x_elems : 0;
+    state->off_stage_y = state->off_stage_x + cc_align256(state->stage_x_bytes);
+    state->stage_y_bytes = lib_writes_y ? elem * (size_t)geom->y_elems : 0;
+    return state->off_stage_y + cc_align256(state->stage_y_bytes);
+}
+
+void *cc_library_y(const cc_algo_state *state, const cc_forward_buffers *buffers)
+{
+    const cc_staging st = cc_staging_decide(state->lib_reads_x, state->lib_writes_y, buffers->x, buffers->y);
+    return st.y ? (void *)(buffers->workspace + state->off_stage_y) : buffers->y;
+}
+
+condconv_status cc_unstage_y(const struct condconv_layer *layer, const cc_algo_state *state,
+                             const cc_forward_buffers *buffers, const char *func)
+{
+    const cc_staging st = cc_staging_decide(state->lib_reads_x, state->lib_writes_y, buffers->x, buffers->y);
+    if (!st.y) return CONDCONV_STATUS_SUCCESS;
+    return cc_cuda_status(cudaMemcpyAsync(buffers->y, buffers->workspace + state->off_stage_y, state->stage_y_bytes,
+                                          cudaMemcpyDeviceToDevice, layer->ctx->stream),
+                          "cudaMemcpyAsync(staged y)", func);
+}
+
 condconv_status cc_run_gather(const struct condconv_layer *layer, const cc_algo_state *state,
                               const cc_forward_buffers *buffers, const void **x_used, const char *func)
 {
     *x_used = buffers->x;
-    if (!state->gather) return CONDCONV_STATUS_SUCCESS;
+    if (!state->gather) {
+        const cc_staging st = cc_staging_decide(state->lib_reads_x, state->lib_writes_y, buffers->x, buffers->y);
+        if (!st.x) return CONDCONV_STATUS_SUCCESS;
+        /* cudaMemcpyAsync takes any alignment and runs at copy bandwidth. */
+        void *dst = buffers->workspace + state->off_stage_x;
+        CC_TRY(cc_cuda_status(
+            cudaMemcpyAsync(dst, buffers->x, state->stage_x_bytes, cudaMemcpyDeviceToDevice, layer->ctx->stream),
+            "cudaMemcpyAsync(staged x)", func));
+        *x_used = dst;
+        return CONDCONV_STATUS_SUCCESS;
+    }
     void *dst = buffers->workspace + state->off_gather;
     CC_PHASE_BEGIN(CC_PHASE_GATHER, "condconv.gather", layer->ctx->stream);
     const cudaError_t err = cc_launch_gather(buffers->x, dst, &state->gather_args, layer->ctx->stream);

@@ -52,7 +52,10 @@ static condconv_status grouped_prepare(const struct condconv_layer *layer, const
     cc_cudnn_conv_describe(&state->conv, state->backend, sizeof state->backend);
 
     state->off_conv_workspace = cc_layout_aggregated_workspace(layer, geom, state);
-    state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;
+    /* cuDNN reads x unless it was gathered, and writes y unless NHWC's
+     * transpose goes through the workspace. */
+    state->workspace_bytes = cc_reserve_staging(layer, geom, !state->transpose_out, state,
+                                                state->off_conv_workspace + state->conv.workspace_bytes);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -65,12 +68,13 @@ static condconv_status grouped_run(const struct condconv_layer *layer, const cc_
     CC_TRY(cc_run_aggregate(layer, geom, state, buffers, func));
     const void *x;
     CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
-    void *out = state->transpose_out ? (void *)(buffers->workspace + state->off_z) : buffers->y;
+    void *out = state->transpose_out ? (void *)(buffers->workspace + state->off_z) : cc_library_y(state, buffers);
     CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
     const condconv_status st = cc_cudnn_conv_run(layer->ctx, &state->conv, x, filters, biases, out,
                                                  buffers->workspace + state->off_conv_workspace, func);
     CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(st);
+    if (!state->transpose_out) CC_TRY(cc_unstage_y(layer, state, buffers, func));
     if (state->conv.fused_bias_relu) return CONDCONV_STATUS_SUCCESS;
     return cc_run_bias_activation(layer, geom, state, buffers, biases, func);
 }

@@ -140,7 +140,9 @@ static condconv_status gemm_prepare(const struct condconv_layer *layer, const cc
              needs_im2col(info, geom) ? ", im2col" : "", nhwc && info->groups > 1 ? ", one call per group" : "");
     state->gather = needs_im2col(info, geom);
     if (state->gather) cc_plan_gather_im2col(layer, geom, nhwc ? CC_GATHER_ROWS : CC_GATHER_PLANES, state);
-    state->workspace_bytes = cc_layout_aggregated_workspace(layer, geom, state);
+    /* cuBLAS reads x unless it was gathered (im2col), and always writes y. */
+    state->workspace_bytes =
+        cc_reserve_staging(layer, geom, 1, state, cc_layout_aggregated_workspace(layer, geom, state));
     /* One GEMM of one sample on scratch memory, so that a cuBLAS which cannot
      * run this dtype and compute type (bf16 on an older GPU, say) says so
      * here, where AUTO can skip the candidate, not at the first forward. */
@@ -166,9 +168,10 @@ static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geo
     const void *x;
     CC_TRY(cc_run_gather(layer, state, buffers, &x, func));
     CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
-    const cublasStatus_t err = gemm_calls(layer, geom, state, x, filters, buffers->y, geom->n);
+    const cublasStatus_t err = gemm_calls(layer, geom, state, x, filters, cc_library_y(state, buffers), geom->n);
     CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
     CC_TRY(cc_cublas_status(err, "cublasGemmStridedBatchedEx", func));
+    CC_TRY(cc_unstage_y(layer, state, buffers, func));
     return cc_run_bias_activation(layer, geom, state, buffers, biases, func);
 }
 

@@ -52,7 +52,9 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     state->off_gather = 0;
     state->off_z = cc_align256(cc_gather_bytes(state));
     state->off_conv_workspace = state->off_z + cc_align256(z_bytes);
-    state->workspace_bytes = state->off_conv_workspace + state->conv.workspace_bytes;
+    /* cuDNN reads x unless it was gathered; it writes z, never y. */
+    state->workspace_bytes =
+        cc_reserve_staging(layer, geom, 0, state, state->off_conv_workspace + state->conv.workspace_bytes);
     return CONDCONV_STATUS_SUCCESS;
 }
 

@@ -5,6 +5,7 @@
 
 #include "cuda_status.h"
 #include "error.h"
+#include "registry.h"
 
 int condconv_device_count(void)
 {
@@ -46,6 +47,11 @@ condconv_status condconv_context_create(condconv_context_t *context, int device)
     struct condconv_context *ctx = malloc(sizeof *ctx);
     if (ctx == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
     *ctx = c;
+    const condconv_status s = cc_registry_add(ctx, CC_HANDLE_CONTEXT, NULL, func);
+    if (s != CONDCONV_STATUS_SUCCESS) {
+        free(ctx);
+        return s;
+    }
     *context = ctx;
     return CONDCONV_STATUS_SUCCESS;
 }
@@ -53,11 +59,16 @@ condconv_status condconv_context_create(condconv_context_t *context, int device)
 condconv_status condconv_context_destroy(condconv_context_t ctx)
 {
     if (ctx == NULL) return CONDCONV_STATUS_SUCCESS;
-    condconv_status status = CONDCONV_STATUS_SUCCESS;
     static const char func[] = "condconv_context_destroy";
+    /* Refused while layers use the context (condconv.h), and for a handle
+     * that is not live: nothing is released twice. */
+    CC_TRY(cc_registry_remove(ctx, CC_HANDLE_CONTEXT, func));
+    condconv_status status = CONDCONV_STATUS_SUCCESS;
     if (ctx->cudnn || ctx->cublas || ctx->cublas_workspace) {
         /* Best effort: release everything even when one call fails, report the first failure. */
-        condconv_status s = cc_context_set_device(ctx, func);
+        cc_device_scope scope;
+        condconv_status s = cc_device_scope_begin(ctx, &scope, func);
+        if (s == CONDCONV_STATUS_SUCCESS) s = cc_context_set_device(ctx, func);
         if (ctx->cublas) {
             condconv_status t = cc_cublas_status(cublasDestroy(ctx->cublas), "cublasDestroy", func);
             if (s == CONDCONV_STATUS_SUCCESS) s = t;
@@ -70,7 +81,7 @@ condconv_status condconv_context_destroy(condconv_context_t ctx)
             condconv_status t = cc_cuda_status(cudaFree(ctx->cublas_workspace), "cudaFree", func);
             if (s == CONDCONV_STATUS_SUCCESS) s = t;
         }
-        status = s;
+        status = cc_device_scope_end(&scope, s, func);
     }
     free(ctx);
     return status;
@@ -84,6 +95,26 @@ condconv_status cc_context_require_gpu(condconv_context_t ctx, const char *func)
                        "context",
                        func);
     return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_device_scope_begin(condconv_context_t ctx, cc_device_scope *scope, const char *func)
+{
+    scope->active = 0;
+    scope->saved = -1;
+    if (ctx->device == CONDCONV_DEVICE_CPU) return CONDCONV_STATUS_SUCCESS; /* never touches CUDA */
+    CC_CUDA_TRY(cudaGetDevice(&scope->saved), func);
+    scope->active = 1;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_device_scope_end(const cc_device_scope *scope, condconv_status status, const char *func)
+{
+    if (!scope->active) return status;
+    int current = -1;
+    cudaError_t err = cudaGetDevice(&current);
+    if (err == cudaSuccess && current != scope->saved) err = cudaSetDevice(scope->saved);
+    if (err == cudaSuccess || status != CONDCONV_STATUS_SUCCESS) return status; /* the first failure is the news */
+    return cc_cuda_status(err, "cudaSetDevice(the caller's device)", func);
 }
 
 condconv_status cc_context_set_device(condconv_context_t ctx, const char *func)
@@ -120,19 +151,20 @@ condconv_status cc_context_gpu_begin(condconv_context_t ctx, const char *func)
 condconv_status condconv_context_set_stream(condconv_context_t ctx, struct CUstream_st *stream)
 {
     static const char func[] = "condconv_context_set_stream";
-    CC_CHECK_NOT_NULL(ctx, func);
+    CC_CHECK_CONTEXT(ctx, func);
     if (stream != NULL) CC_TRY(cc_context_require_gpu(ctx, func));
     ctx->stream = stream;
-    if (ctx->cudnn || ctx->cublas) {
-        CC_TRY(cc_context_set_device(ctx, func));
-        CC_TRY(bind_stream(ctx, func));
-    }
-    return CONDCONV_STATUS_SUCCESS;
+    if (!(ctx->cudnn || ctx->cublas)) return CONDCONV_STATUS_SUCCESS;
+    cc_device_scope scope;
+    CC_TRY(cc_device_scope_begin(ctx, &scope, func));
+    condconv_status s = cc_context_set_device(ctx, func);
+    if (s == CONDCONV_STATUS_SUCCESS) s = bind_stream(ctx, func);
+    return cc_device_scope_end(&scope, s, func);
 }
 
 condconv_status condconv_context_get_stream(condconv_context_t ctx, struct CUstream_st **stream)
 {
-    CC_CHECK_NOT_NULL(ctx, "condconv_context_get_stream");
+    CC_CHECK_CONTEXT(ctx, "condconv_context_get_stream");
     CC_CHECK_NOT_NULL(stream, "condconv_context_get_stream");
     *stream = ctx->stream;
     return CONDCONV_STATUS_SUCCESS;
@@ -140,7 +172,7 @@ condconv_status condconv_context_get_stream(condconv_context_t ctx, struct CUstr
 
 condconv_status condconv_context_get_device(condconv_context_t ctx, int *device)
 {
-    CC_CHECK_NOT_NULL(ctx, "condconv_context_get_device");
+    CC_CHECK_CONTEXT(ctx, "condconv_context_get_device");
     CC_CHECK_NOT_NULL(device, "condconv_context_get_device");
     *device = ctx->device;
     return CONDCONV_STATUS_SUCCESS;
@@ -149,7 +181,7 @@ condconv_status condconv_context_get_device(condconv_context_t ctx, int *device)
 condconv_status condconv_context_set_math(condconv_context_t ctx, condconv_math math)
 {
     static const char func[] = "condconv_context_set_math";
-    CC_CHECK_NOT_NULL(ctx, func);
+    CC_CHECK_CONTEXT(ctx, func);
     if (math != CONDCONV_MATH_F32 && math != CONDCONV_MATH_TF32)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: unknown math mode %d", func, (int)math);
     ctx->math = math;
@@ -158,7 +190,7 @@ condconv_status condconv_context_set_math(condconv_context_t ctx, condconv_math 
 
 condconv_status condconv_context_get_math(condconv_context_t ctx, condconv_math *math)
 {
-    CC_CHECK_NOT_NULL(ctx, "condconv_context_get_math");
+    CC_CHECK_CONTEXT(ctx, "condconv_context_get_math");
     CC_CHECK_NOT_NULL(math, "condconv_context_get_math");
     *math = ctx->math;
     return CONDCONV_STATUS_SUCCESS;
@@ -167,7 +199,7 @@ condconv_status condconv_context_get_math(condconv_context_t ctx, condconv_math 
 condconv_status condconv_context_set_algo_select(condconv_context_t ctx, condconv_algo_select select)
 {
     static const char func[] = "condconv_context_set_algo_select";
-    CC_CHECK_NOT_NULL(ctx, func);
+    CC_CHECK_CONTEXT(ctx, func);
     if (select != CONDCONV_SELECT_MEASURE && select != CONDCONV_SELECT_HEURISTIC)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: unknown selection mode %d", func, (int)select);
     ctx->select = select;
@@ -176,7 +208,7 @@ condconv_status condconv_context_set_algo_select(condconv_context_t ctx, condcon
 
 condconv_status condconv_context_get_algo_select(condconv_context_t ctx, condconv_algo_select *select)
 {
-    CC_CHECK_NOT_NULL(ctx, "condconv_context_get_algo_select");
+    CC_CHECK_CONTEXT(ctx, "condconv_context_get_algo_select");
     CC_CHECK_NOT_NULL(select, "condconv_context_get_algo_select");
     *select = ctx->select;
     return CONDCONV_STATUS_SUCCESS;

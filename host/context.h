@@ -35,6 +35,19 @@ condconv_status cc_context_require_gpu(condconv_context_t ctx, const char *func)
  * if they do not exist yet (allocates on first call only). Cheap after. */
 condconv_status cc_context_gpu_begin(condconv_context_t ctx, const char *func);
 
+/* The caller's current CUDA device, remembered by every public call that
+ * may switch devices and put back before it returns (condconv.h promises
+ * it): servers drive several GPUs from one thread. A CPU context touches
+ * no CUDA (inactive scope). */
+typedef struct cc_device_scope {
+    int saved;
+    int active;
+} cc_device_scope;
+condconv_status cc_device_scope_begin(condconv_context_t ctx, cc_device_scope *scope, const char *func);
+/* Makes the remembered device current again; returns `status`, or the
+ * CUDA error of putting it back if `status` was SUCCESS. */
+condconv_status cc_device_scope_end(const cc_device_scope *scope, condconv_status status, const char *func);
+
 /* Makes the context's device current; no handle creation, no allocation. */
 condconv_status cc_context_set_device(condconv_context_t ctx, const char *func);
 

@@ -3,11 +3,12 @@
 #include "checked_math.h"
 #include "error.h"
 #include "layer_desc.h"
+#include "registry.h"
 
 condconv_status condconv_cost_model(condconv_layer_desc_t desc, int n, int h, int w, condconv_cost *cost)
 {
     static const char func[] = "condconv_cost_model";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_CHECK_NOT_NULL(cost, func);
     const condconv_layer_info *info = &desc->info;
     CC_TRY(cc_layer_info_validate(info, func));

@@ -32,21 +32,28 @@ void cc_cudnn_conv_destroy(cc_cudnn_conv *conv)
  * cuDNN's heuristic ranking is used (bench/results/2026-11-28-nvidia-h200-2). */
 #define CC_CUDNN_FIND_MAX_GROUPS 64
 
-/* Strict f32 accepts only FMA kernels that sum directly: cuDNN's DEFAULT math
+/* Which of cuDNN's (algorithm, math type) pairs a plan may run. Every mode
+ * admits only algorithms that sum directly (implicit/explicit GEMM, direct):
+ * the FFT and Winograd algorithms transform the operands, and an H200 run
+ * measured 7e-3 relative error from one on a 5x5 f32 layer, above even the
+ * TF32 bound (TF32 keeps 10 mantissa bits, ~1e-3 per product, which direct
+ * summation does not amplify; a transform's rounding is amplified by the
+ * transform's size). Strict f32 also needs FMA math: cuDNN's DEFAULT math
  * permits TF32 on Ampere and later, which would silently cost ~3 decimal
- * digits, and the FFT and Winograd algorithms transform the operands (an H200
- * run measured 7e-3 relative error from one on a 5x5 layer). Half-precision
- * data runs on tensor cores with f32 accumulation, but also sums directly:
- * transforms in 16-bit data would add their rounding to the one the storage
- * type already costs. */
-static int math_allowed(const cc_conv_shape *s, condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
+ * digits. TF32 mode admits FMA and DEFAULT (TF32) math but never
+ * TENSOR_OP_MATH_ALLOW_CONVERSION, which may round f32 operands to f16.
+ * Half-precision data runs on tensor cores with f32 accumulation, and also
+ * sums directly: transforms in 16-bit data would add their rounding to the
+ * one the storage type already costs. */
+int cc_cudnn_algo_allowed(condconv_dtype dtype, condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t)
 {
     const int transform = algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
                           algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
                           algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
-    if (s->dtype != CONDCONV_DTYPE_F32) return !transform;
-    if (math == CONDCONV_MATH_TF32) return 1;
-    return t == CUDNN_FMA_MATH && !transform;
+    if (transform) return 0;
+    if (dtype != CONDCONV_DTYPE_F32) return 1;
+    if (math == CONDCONV_MATH_TF32) return t == CUDNN_FMA_MATH || t == CUDNN_DEFAULT_MATH || t == CUDNN_TENSOR_OP_MATH;
+    return t == CUDNN_FMA_MATH;
 }
 
 static cudnnDataType_t data_type(condconv_dtype dtype)
@@ -152,7 +159,7 @@ static condconv_status choose_algorithm(condconv_context_t ctx, const cc_conv_sh
      * Find has run its choices already; a heuristic choice is run once here. */
     for (int i = 0; i < returned; ++i) {
         if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CC_CUDNN_MAX_WORKSPACE ||
-            !math_allowed(s, math, perf[i].algo, perf[i].mathType))
+            !cc_cudnn_algo_allowed(s->dtype, math, perf[i].algo, perf[i].mathType))
             continue;
         conv->algo = perf[i].algo;
         conv->math_type = perf[i].mathType;

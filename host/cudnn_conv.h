@@ -47,6 +47,11 @@ condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *c
 
 void cc_cudnn_conv_destroy(cc_cudnn_conv *conv);
 
+/* 1 if a plan in this dtype and math mode may run cuDNN's algorithm with
+ * math type t: only algorithms that sum directly (no FFT, no Winograd) in
+ * every mode, FMA only for strict f32 (cudnn_conv.c says why). */
+int cc_cudnn_algo_allowed(condconv_dtype dtype, condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t);
+
 /* The short name of a forward algorithm ("implicit_precomp_gemm"). */
 const char *cc_cudnn_fwd_algo_name(cudnnConvolutionFwdAlgo_t algo);
 

@@ -3,6 +3,7 @@
  * __float2bfloat16_rn (round to nearest, ties to even). */
 #include "dtype.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "error.h"
@@ -151,6 +152,12 @@ condconv_status condconv_convert(condconv_dtype src_dtype, const void *src, cond
      * (dst == src) works when the elements do not grow, since each write then
      * lands on bytes already read; any other overlap is refused. */
     const size_t in_size = cc_dtype_size(src_dtype), out_size = cc_dtype_size(dst_dtype);
+    /* No buffer of count elements can exist if its byte size overflows; the
+     * overlap test below would wrap around and the loop run off the end. */
+    const size_t wider = in_size > out_size ? in_size : out_size;
+    if (count > SIZE_MAX / wider)
+        return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: %zu elements of %zu bytes overflow size_t", func, count,
+                       wider);
     const unsigned char *in = src;
     unsigned char *out = dst;
     const int overlap = in < out + count * out_size && out < in + count * in_size;

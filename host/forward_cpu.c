@@ -12,6 +12,7 @@
 #include "error.h"
 #include "layer.h"
 #include "reference.h"
+#include "registry.h"
 
 /* [N][A][B] -> [N][B][A]: NHWC <-> NCHW with A, B = (H*W, C) or (C, H*W). */
 static void transpose_planes(const float *src, float *dst, uint64_t n, uint64_t a, uint64_t b)
@@ -45,7 +46,7 @@ condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w
 {
     static const char func[] = "condconv_forward_cpu";
     cc_geometry geom = {0};
-    CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, &geom, func));
+    CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, routing_out, &geom, func));
     const condconv_layer_info *info = &layer->weights->info;
     const cc_host_params params = cc_layer_host_params(layer);
     if (info->dtype == CONDCONV_DTYPE_F32 && info->layout == CONDCONV_LAYOUT_NCHW) {
@@ -76,7 +77,7 @@ condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w
 condconv_status condconv_route_cpu(condconv_layer_t layer, int n, int h, int w, const void *x, void *routing_out)
 {
     static const char func[] = "condconv_route_cpu";
-    CC_CHECK_NOT_NULL(layer, func);
+    CC_CHECK_LAYER(layer, func);
     CC_CHECK_NOT_NULL(x, func);
     CC_CHECK_NOT_NULL(routing_out, func);
     const condconv_layer_info *info = &layer->weights->info;

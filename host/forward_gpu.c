@@ -8,23 +8,29 @@
 #include "error.h"
 #include "layer.h"
 #include "plan.h"
+#include "registry.h"
 
 condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo)
 {
     static const char func[] = "condconv_layer_set_algo";
-    CC_CHECK_NOT_NULL(layer, func);
+    CC_CHECK_LAYER(layer, func);
     if ((int)algo < 0 || algo >= CONDCONV_ALGO_COUNT)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: unknown algorithm %d", func, (int)algo);
     layer->requested = algo;
     return CONDCONV_STATUS_SUCCESS;
 }
 
+/* The plan of a shape, prepared if needed; the caller's device is current
+ * again on return. */
 static condconv_status plan_for(condconv_layer_t layer, int n, int h, int w, cc_plan **plan, const char *func)
 {
-    CC_CHECK_NOT_NULL(layer, func);
+    CC_CHECK_LAYER(layer, func);
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(&layer->weights->info, n, h, w, &geom, func));
-    return cc_plan_get(layer, n, h, w, plan, func);
+    CC_TRY(cc_context_require_gpu(layer->ctx, func));
+    cc_device_scope scope;
+    CC_TRY(cc_device_scope_begin(layer->ctx, &scope, func));
+    return cc_device_scope_end(&scope, cc_plan_get(layer, n, h, w, plan, func), func);
 }
 
 condconv_status condconv_prepare(condconv_layer_t layer, int n, int h, int w)
@@ -53,16 +59,11 @@ condconv_status condconv_get_plan_info(condconv_layer_t layer, int n, int h, int
     return CONDCONV_STATUS_SUCCESS;
 }
 
-static int ranges_overlap(const void *a, uint64_t a_bytes, const void *b, uint64_t b_bytes)
-{
-    const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
-    return pa < pb + b_bytes && pb < pa + a_bytes;
-}
-
 /* x, y and the routing weights need the alignment of their element type
- * (the layer's dtype for x and y, f32 for routing weights): cuDNN and
- * cuBLAS require it; our kernels test for 16 bytes at launch and take their
- * scalar paths otherwise. */
+ * (the layer's dtype for x and y, f32 for routing weights); nothing more:
+ * our kernels test for 16 bytes at launch and take their scalar paths
+ * otherwise, and the library calls get x and y staged through the
+ * workspace when they are less than 16-byte aligned (staging.h). */
 static condconv_status check_element_alignment(const void *ptr, size_t elem, const char *name, const char *func)
 {
     if (ptr != NULL && (uintptr_t)ptr % elem != 0)
@@ -71,20 +72,34 @@ static condconv_status check_element_alignment(const void *ptr, size_t elem, con
     return CONDCONV_STATUS_SUCCESS;
 }
 
+static condconv_status forward_on_device(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
+                                         const void *routing_in, void *routing_out, void *workspace,
+                                         size_t workspace_bytes, const char *func);
+
 condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
                                  const void *routing_in, void *routing_out, void *workspace, size_t workspace_bytes)
 {
     static const char func[] = "condconv_forward";
     cc_geometry geom = {0};
-    CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, &geom, func));
+    CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, routing_out, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
     const size_t elem = cc_dtype_size(layer->weights->info.dtype);
     CC_TRY(check_element_alignment(x, elem, "x", func));
     CC_TRY(check_element_alignment(y, elem, "y", func));
     CC_TRY(check_element_alignment(routing_in, sizeof(float), "routing_in", func));
     CC_TRY(check_element_alignment(routing_out, sizeof(float), "routing_out", func));
-    if (ranges_overlap(x, geom.x_elems * elem, y, geom.y_elems * elem))
-        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: x and y overlap; the forward cannot run in place", func);
+    cc_device_scope scope;
+    CC_TRY(cc_device_scope_begin(layer->ctx, &scope, func));
+    const condconv_status st =
+        forward_on_device(layer, n, h, w, x, y, routing_in, routing_out, workspace, workspace_bytes, func);
+    return cc_device_scope_end(&scope, st, func);
+}
+
+/* The part of the forward that may switch devices. */
+static condconv_status forward_on_device(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
+                                         const void *routing_in, void *routing_out, void *workspace,
+                                         size_t workspace_bytes, const char *func)
+{
     cc_plan *plan;
     CC_TRY(cc_plan_get(layer, n, h, w, &plan, func));
     if (workspace_bytes < plan->workspace_bytes)
@@ -105,7 +120,7 @@ condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, co
 condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, const void *x, void *routing_out)
 {
     static const char func[] = "condconv_route";
-    CC_CHECK_NOT_NULL(layer, func);
+    CC_CHECK_LAYER(layer, func);
     CC_CHECK_NOT_NULL(x, func);
     CC_CHECK_NOT_NULL(routing_out, func);
     const cc_weights *wt = layer->weights;
@@ -118,9 +133,12 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
     CC_TRY(check_element_alignment(x, cc_dtype_size(info->dtype), "x", func));
     CC_TRY(check_element_alignment(routing_out, sizeof(float), "routing_out", func));
-    CC_TRY(cc_context_set_device(layer->ctx, func));
+    cc_device_scope scope;
+    CC_TRY(cc_device_scope_begin(layer->ctx, &scope, func));
+    condconv_status st = cc_context_set_device(layer->ctx, func);
     /* A prepared shape routes with its plan's split over blocks; any other
      * with one block per sample (no buffers needed, so nothing allocated). */
-    const cc_plan *plan = cc_plan_lookup(layer, n, h, w);
-    return cc_plan_route(layer, plan, n, h, w, x, routing_out, func);
+    if (st == CONDCONV_STATUS_SUCCESS)
+        st = cc_plan_route(layer, cc_plan_lookup(layer, n, h, w), n, h, w, x, routing_out, func);
+    return cc_device_scope_end(&scope, st, func);
 }

@@ -2,6 +2,7 @@
  * shared between layers by reference count. */
 #include "layer.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,7 @@
 #include "cuda_status.h"
 #include "dtype.h"
 #include "error.h"
+#include "registry.h"
 
 #include "fused_conv.h"
 #include "fused_conv_tc.h"
@@ -183,8 +185,8 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
                                       const condconv_params *params, condconv_layer_t *layer)
 {
     static const char func[] = "condconv_layer_create";
-    CC_CHECK_NOT_NULL(context, func);
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_CONTEXT(context, func);
+    CC_CHECK_DESC(desc, func);
     CC_CHECK_NOT_NULL(params, func);
     CC_CHECK_NOT_NULL(layer, func);
     const condconv_layer_info *info = &desc->info;
@@ -219,17 +221,24 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
         s = cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory for %llu parameters", func,
                     (unsigned long long)sizes.experts_elems + sizes.bias_elems + sizes.routing_weight_elems);
     if (s == CONDCONV_STATUS_SUCCESS && context->device != CONDCONV_DEVICE_CPU) {
-        s = cc_context_set_device(context, func);
-        if (s == CONDCONV_STATUS_SUCCESS) s = upload_weights(w, func);
+        cc_device_scope scope;
+        s = cc_device_scope_begin(context, &scope, func);
+        if (s == CONDCONV_STATUS_SUCCESS) {
+            s = cc_context_set_device(context, func);
+            if (s == CONDCONV_STATUS_SUCCESS) s = upload_weights(w, func);
+            s = cc_device_scope_end(&scope, s, func);
+        }
     }
+    l->ctx = context;
+    l->weights = w;
+    l->requested = CONDCONV_ALGO_AUTO;
+    /* Registered last, with its context, which then counts it as a user. */
+    if (s == CONDCONV_STATUS_SUCCESS) s = cc_registry_add(l, CC_HANDLE_LAYER, context, func);
     if (s != CONDCONV_STATUS_SUCCESS) {
         free_weights_memory(w);
         free(l);
         return s;
     }
-    l->ctx = context;
-    l->weights = w;
-    l->requested = CONDCONV_ALGO_AUTO;
     *layer = l;
     return CONDCONV_STATUS_SUCCESS;
 }
@@ -238,8 +247,8 @@ condconv_status condconv_layer_create_shared(condconv_context_t context, condcon
                                              condconv_layer_t *layer)
 {
     static const char func[] = "condconv_layer_create_shared";
-    CC_CHECK_NOT_NULL(context, func);
-    CC_CHECK_NOT_NULL(source, func);
+    CC_CHECK_CONTEXT(context, func);
+    CC_CHECK_LAYER(source, func);
     CC_CHECK_NOT_NULL(layer, func);
     if (context->device != source->weights->device)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE,
@@ -247,27 +256,42 @@ condconv_status condconv_layer_create_shared(condconv_context_t context, condcon
                        source->weights->device, context->device);
     struct condconv_layer *l = calloc(1, sizeof *l);
     if (l == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "%s: out of host memory", func);
-    atomic_fetch_add(&source->weights->refs, 1);
     l->ctx = context;
     l->weights = source->weights;
     l->requested = source->requested;
+    const condconv_status s = cc_registry_add(l, CC_HANDLE_LAYER, context, func);
+    if (s != CONDCONV_STATUS_SUCCESS) {
+        free(l);
+        return s;
+    }
+    atomic_fetch_add(&source->weights->refs, 1);
     *layer = l;
     return CONDCONV_STATUS_SUCCESS;
 }
 
 condconv_status condconv_layer_destroy(condconv_layer_t layer)
 {
+    static const char func[] = "condconv_layer_destroy";
     if (layer == NULL) return CONDCONV_STATUS_SUCCESS;
+    /* Only a live layer is released, once: a second destroy is refused, and
+     * the context counts one user less. */
+    CC_TRY(cc_registry_remove(layer, CC_HANDLE_LAYER, func));
+    /* The plans' device memory is freed on its own device; the caller's
+     * device comes back after. Nothing here can be undone, so a CUDA failure
+     * is reported after everything is released. */
+    cc_device_scope scope;
+    condconv_status s = cc_device_scope_begin(layer->ctx, &scope, func);
+    if (s == CONDCONV_STATUS_SUCCESS && scope.active) s = cc_context_set_device(layer->ctx, func);
     cc_layer_release_plans(layer);
     if (atomic_fetch_sub(&layer->weights->refs, 1) == 1) free_weights_memory(layer->weights);
     free(layer);
-    return CONDCONV_STATUS_SUCCESS;
+    return cc_device_scope_end(&scope, s, func);
 }
 
 condconv_status condconv_layer_get_desc(condconv_layer_t layer, condconv_layer_desc_t desc)
 {
-    CC_CHECK_NOT_NULL(layer, "condconv_layer_get_desc");
-    CC_CHECK_NOT_NULL(desc, "condconv_layer_get_desc");
+    CC_CHECK_LAYER(layer, "condconv_layer_get_desc");
+    CC_CHECK_DESC(desc, "condconv_layer_get_desc");
     desc->info = layer->weights->info;
     return CONDCONV_STATUS_SUCCESS;
 }
@@ -279,10 +303,41 @@ cc_host_params cc_layer_host_params(const struct condconv_layer *layer)
     return p;
 }
 
-condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
-                                       const void *y, const void *routing_in, cc_geometry *geom, const char *func)
+static int ranges_overlap(const void *a, uint64_t a_bytes, const void *b, uint64_t b_bytes)
 {
-    CC_CHECK_NOT_NULL(layer, func);
+    if (a == NULL || b == NULL) return 0;
+    const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+condconv_status cc_check_forward_overlap(const condconv_layer_info *info, const cc_geometry *geom, const void *x,
+                                         const void *y, const void *routing_in, const void *routing_out,
+                                         const char *func)
+{
+    const uint64_t elem = cc_dtype_size(info->dtype);
+    const uint64_t x_bytes = geom->x_elems * elem, y_bytes = geom->y_elems * elem;
+    const uint64_t alpha_bytes = geom->alpha_elems * sizeof(float);
+    /* External routing weights are read while y is written, so they may not
+     * share y's bytes either. routing_out == routing_in is allowed: the copy
+     * of alpha onto itself is then skipped. */
+    const void *ext = info->routing == CONDCONV_ROUTING_EXTERNAL ? routing_in : NULL;
+    const char *clash = ranges_overlap(x, x_bytes, y, y_bytes)                 ? "x and y"
+                        : ranges_overlap(routing_out, alpha_bytes, x, x_bytes) ? "routing_out and x"
+                        : ranges_overlap(routing_out, alpha_bytes, y, y_bytes) ? "routing_out and y"
+                        : ranges_overlap(ext, alpha_bytes, y, y_bytes)         ? "routing_in and y"
+                        : routing_out != ext && ranges_overlap(routing_out, alpha_bytes, ext, alpha_bytes)
+                            ? "routing_out and routing_in"
+                            : NULL;
+    if (clash != NULL)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: %s overlap; the forward cannot run in place", func, clash);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
+                                       const void *y, const void *routing_in, const void *routing_out,
+                                       cc_geometry *geom, const char *func)
+{
+    CC_CHECK_LAYER(layer, func);
     CC_CHECK_NOT_NULL(x, func);
     CC_CHECK_NOT_NULL(y, func);
     const condconv_layer_info *info = &layer->weights->info;
@@ -291,7 +346,7 @@ condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n
         return cc_fail(CONDCONV_STATUS_MISSING_ROUTING,
                        "%s: the layer uses external routing, so routing_in (alpha [N=%d][E=%d]) is required", func, n,
                        info->num_experts);
-    return CONDCONV_STATUS_SUCCESS;
+    return cc_check_forward_overlap(info, geom, x, y, routing_in, routing_out, func);
 }
 
 const char *cc_dtype_name(condconv_dtype dtype)

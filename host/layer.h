@@ -54,10 +54,19 @@ struct condconv_layer {
 /* The layer's parameters as the reference wants them. */
 cc_host_params cc_layer_host_params(const struct condconv_layer *layer);
 
-/* Checks the arguments every forward shares (layer, x, y, shape, routing
- * weights for external routing) and computes the geometry. */
+/* Checks the arguments every forward shares (a live layer, x, y, shape,
+ * routing weights for external routing, no overlap between the buffers)
+ * and computes the geometry. */
 condconv_status cc_layer_check_forward(const struct condconv_layer *layer, int n, int h, int w, const void *x,
-                                       const void *y, const void *routing_in, cc_geometry *geom, const char *func);
+                                       const void *y, const void *routing_in, const void *routing_out,
+                                       cc_geometry *geom, const char *func);
+
+/* BAD_VALUE naming the pair when x, y, routing_in (external routing only)
+ * and routing_out overlap where the forward would read one while writing
+ * another (NULL pointers overlap nothing). */
+condconv_status cc_check_forward_overlap(const condconv_layer_info *info, const cc_geometry *geom, const void *x,
+                                         const void *y, const void *routing_in, const void *routing_out,
+                                         const char *func);
 
 /* "f32", "f16" or "bf16"; "NCHW" or "NHWC" (for messages). */
 const char *cc_dtype_name(condconv_dtype dtype);

@@ -7,6 +7,7 @@
 
 #include "checked_math.h"
 #include "error.h"
+#include "registry.h"
 
 size_t cc_dtype_size(condconv_dtype dtype) { return dtype == CONDCONV_DTYPE_F32 ? 4u : 2u; }
 
@@ -34,12 +35,20 @@ condconv_status condconv_layer_desc_create(condconv_layer_desc_t *desc)
     struct condconv_layer_desc *d = malloc(sizeof *d);
     if (d == NULL) return cc_fail(CONDCONV_STATUS_ALLOC_FAILED, "condconv_layer_desc_create: out of host memory");
     d->info = default_info();
+    const condconv_status s = cc_registry_add(d, CC_HANDLE_LAYER_DESC, NULL, "condconv_layer_desc_create");
+    if (s != CONDCONV_STATUS_SUCCESS) {
+        free(d);
+        return s;
+    }
     *desc = d;
     return CONDCONV_STATUS_SUCCESS;
 }
 
 condconv_status condconv_layer_desc_destroy(condconv_layer_desc_t desc)
 {
+    if (desc == NULL) return CONDCONV_STATUS_SUCCESS;
+    /* Only a live descriptor is freed, once: a second destroy is refused. */
+    CC_TRY(cc_registry_remove(desc, CC_HANDLE_LAYER_DESC, "condconv_layer_desc_destroy"));
     free(desc);
     return CONDCONV_STATUS_SUCCESS;
 }
@@ -72,7 +81,7 @@ condconv_status condconv_layer_desc_set_conv(condconv_layer_desc_t desc, int in_
                                              int dilation_w, int groups)
 {
     static const char func[] = "condconv_layer_desc_set_conv";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(check_conv(in_channels, out_channels, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, groups,
                       func));
     condconv_layer_info *info = &desc->info;
@@ -105,7 +114,7 @@ condconv_status condconv_layer_desc_set_padding(condconv_layer_desc_t desc, cond
                                                 int pad_w)
 {
     static const char func[] = "condconv_layer_desc_set_padding";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(check_padding(mode, pad_h, pad_w, func));
     desc->info.padding_mode = mode;
     desc->info.pad_h = pad_h;
@@ -124,10 +133,12 @@ static condconv_status check_experts(int num_experts, const char *func)
 condconv_status condconv_layer_desc_set_experts(condconv_layer_desc_t desc, int num_experts, int has_bias)
 {
     static const char func[] = "condconv_layer_desc_set_experts";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(check_experts(num_experts, func));
+    if (has_bias != 0 && has_bias != 1)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: has_bias=%d, must be 0 or 1", func, has_bias);
     desc->info.num_experts = num_experts;
-    desc->info.has_bias = has_bias != 0;
+    desc->info.has_bias = has_bias;
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -144,7 +155,7 @@ static condconv_status check_routing(condconv_routing mode, float temperature, c
 condconv_status condconv_layer_desc_set_routing(condconv_layer_desc_t desc, condconv_routing mode, float temperature)
 {
     static const char func[] = "condconv_layer_desc_set_routing";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(check_routing(mode, temperature, func));
     desc->info.routing = mode;
     desc->info.temperature = mode == CONDCONV_ROUTING_SOFTMAX ? temperature : 1.0f;
@@ -162,7 +173,7 @@ static condconv_status check_activation(condconv_activation activation, const ch
 condconv_status condconv_layer_desc_set_activation(condconv_layer_desc_t desc, condconv_activation activation)
 {
     static const char func[] = "condconv_layer_desc_set_activation";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(check_activation(activation, func));
     desc->info.activation = activation;
     return CONDCONV_STATUS_SUCCESS;
@@ -180,7 +191,7 @@ static condconv_status check_format(condconv_dtype dtype, condconv_layout layout
 condconv_status condconv_layer_desc_set_format(condconv_layer_desc_t desc, condconv_dtype dtype, condconv_layout layout)
 {
     static const char func[] = "condconv_layer_desc_set_format";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(check_format(dtype, layout, func));
     desc->info.dtype = dtype;
     desc->info.layout = layout;
@@ -189,7 +200,7 @@ condconv_status condconv_layer_desc_set_format(condconv_layer_desc_t desc, condc
 
 condconv_status condconv_layer_desc_get_info(condconv_layer_desc_t desc, condconv_layer_info *info)
 {
-    CC_CHECK_NOT_NULL(desc, "condconv_layer_desc_get_info");
+    CC_CHECK_DESC(desc, "condconv_layer_desc_get_info");
     CC_CHECK_NOT_NULL(info, "condconv_layer_desc_get_info");
     *info = desc->info;
     return CONDCONV_STATUS_SUCCESS;
@@ -306,7 +317,7 @@ condconv_status condconv_layer_desc_get_output_dims(condconv_layer_desc_t desc, 
                                                     int pads[4])
 {
     static const char func[] = "condconv_layer_desc_get_output_dims";
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_DESC(desc, func);
     CC_TRY(cc_layer_info_validate(&desc->info, func));
     cc_geometry g = {0};
     CC_TRY(cc_geometry_make(&desc->info, 1, h, w, &g, func));

@@ -37,6 +37,7 @@ static void plan_destroy(cc_plan *plan)
 {
     if (plan == NULL) return;
     cc_algo_state_destroy(&plan->state);
+    if (!plan->unaligned_same) cc_algo_state_destroy(&plan->state_unaligned);
     if (plan->routing_block != NULL) (void)cudaFree(plan->routing_block);
     free(plan);
 }
@@ -115,7 +116,9 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
     }
     if (st == CONDCONV_STATUS_SUCCESS) {
         const cc_forward_buffers buffers = {x, y, alpha, (unsigned char *)workspace + plan->alpha_bytes};
-        st = cc_algo_lookup(plan->state.algo)->run(layer, &plan->geom, &plan->state, &buffers, func);
+        const cc_algo_state *state =
+            cc_align_class(x, y) && !plan->unaligned_same ? &plan->state_unaligned : &plan->state;
+        st = cc_algo_lookup(state->algo)->run(layer, &plan->geom, state, &buffers, func);
     }
     if (st == CONDCONV_STATUS_SUCCESS && routing_out != NULL && routing_out != alpha)
         st = cc_cuda_status(cudaMemcpyAsync(routing_out, alpha, sizeof(float) * (size_t)plan->geom.alpha_elems,
@@ -135,13 +138,20 @@ static int compare_floats(const void *a, const void *b)
  * candidate whose second warm-up forward (the first one pays for lazy module
  * loading) already takes longer than give_up_us (> 0) is not timed further:
  * that time is its measurement. */
-static condconv_status time_plan(const struct condconv_layer *layer, const cc_plan *plan, cc_scratch *scratch,
-                                 float give_up_us, float *median_us, const char *func)
+static condconv_status time_plan(const struct condconv_layer *layer, const cc_plan *plan, int align_class,
+                                 cc_scratch *scratch, float give_up_us, float *median_us, const char *func)
 {
     void *x, *y, *alpha, *ws;
     const size_t elem = cc_dtype_size(layer->weights->info.dtype);
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, elem * (size_t)plan->geom.x_elems, &x, func));
-    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, elem * (size_t)plan->geom.y_elems, &y, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, elem * ((size_t)plan->geom.x_elems + 1), &x, func));
+    CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, elem * ((size_t)plan->geom.y_elems + 1), &y, func));
+    /* The unaligned class on x and y one element past 256-byte-aligned
+     * scratch: what a slice of a tensor gives, and what the forward then
+     * runs (staging for the library calls, scalar paths in our kernels). */
+    if (align_class) {
+        x = (unsigned char *)x + elem;
+        y = (unsigned char *)y + elem;
+    }
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)plan->geom.alpha_elems, &alpha, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, plan->workspace_bytes, &ws, func));
     cudaEvent_t start = NULL, stop = NULL;
@@ -251,15 +261,19 @@ static int skippable(condconv_status st)
            st == CONDCONV_STATUS_CUBLAS_ERROR;
 }
 
-/* Prepares every applicable candidate, times each, keeps the fastest. */
+/* Prepares every applicable candidate and times each in both alignment
+ * classes (plan.h): for x and y 16-byte aligned, and one element off, where
+ * the library algorithms stage them and our kernels take scalar paths. The
+ * fastest of each class is kept. */
 static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                            const char *func)
 {
     cc_algo_state states[CONDCONV_ALGO_COUNT];
     memset(states, 0, sizeof states);
     condconv_plan_info *info = &plan->info;
+    float *unaligned_us = info->measured_unaligned_us;
     condconv_status st = CONDCONV_STATUS_SUCCESS;
-    int best = -1;
+    int best = -1, best_unaligned = -1;
     /* cuDNN with the batch as groups last: it can be 30x slower than the
      * others (cuDNN has no fast kernel for thousands of groups), and once a
      * faster candidate is known, two forwards of it are enough to rule it out. */
@@ -290,24 +304,35 @@ static condconv_status choose_by_measuring(struct condconv_layer *layer, cc_plan
         }
         cc_plan trial = *plan;
         trial.state = states[a];
+        trial.unaligned_same = 1;
         trial.workspace_bytes = plan->alpha_bytes + states[a].workspace_bytes;
         const float give_up_us = best < 0 ? 0.0f : CC_MEASURE_GIVE_UP * info->measured_us[best];
-        st = time_plan(layer, &trial, scratch, give_up_us, &info->measured_us[a], func);
+        st = time_plan(layer, &trial, 0, scratch, give_up_us, &info->measured_us[a], func);
+        if (st == CONDCONV_STATUS_SUCCESS) {
+            const float give_up_unaligned_us =
+                best_unaligned < 0 ? 0.0f : CC_MEASURE_GIVE_UP * unaligned_us[best_unaligned];
+            st = time_plan(layer, &trial, 1, scratch, give_up_unaligned_us, &unaligned_us[a], func);
+        }
         if (skippable(st)) { /* its scratch did not fit, or it failed to run: not a candidate */
             info->measured_us[a] = -1.0f;
+            unaligned_us[a] = -1.0f;
             info->applicable[a] = 0;
             cc_algo_state_destroy(&states[a]);
             st = CONDCONV_STATUS_SUCCESS;
             continue;
         }
-        if (st == CONDCONV_STATUS_SUCCESS && (best < 0 || info->measured_us[a] < info->measured_us[best])) best = a;
+        if (st != CONDCONV_STATUS_SUCCESS) break;
+        if (best < 0 || info->measured_us[a] < info->measured_us[best]) best = a;
+        if (best_unaligned < 0 || unaligned_us[a] < unaligned_us[best_unaligned]) best_unaligned = a;
     }
     if (st == CONDCONV_STATUS_SUCCESS && best < 0)
         st = cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: no algorithm applies to this layer and shape", func);
     for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
-        if (a != best || st != CONDCONV_STATUS_SUCCESS) cc_algo_state_destroy(&states[a]);
+        if ((a != best && a != best_unaligned) || st != CONDCONV_STATUS_SUCCESS) cc_algo_state_destroy(&states[a]);
     if (st != CONDCONV_STATUS_SUCCESS) return st;
     plan->state = states[best];
+    plan->unaligned_same = best_unaligned == best;
+    if (!plan->unaligned_same) plan->state_unaligned = states[best_unaligned];
     int len = snprintf(info->reason, sizeof info->reason, "measured:");
     for (int a = 1; a < CONDCONV_ALGO_COUNT && len > 0 && (size_t)len < sizeof info->reason; ++a)
         if (info->measured_us[a] >= 0.0f)
@@ -369,7 +394,8 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
     pi->requested = layer->requested;
     pi->select = ctx->select;
     pi->math = ctx->math;
-    for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) pi->measured_us[a] = -1.0f;
+    for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) pi->measured_us[a] = pi->measured_unaligned_us[a] = -1.0f;
+    plan->unaligned_same = 1; /* unless measuring finds otherwise */
     for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
         pi->applicable[a] = cc_algo_lookup((condconv_algo)a)->check(layer, &geom, func) == CONDCONV_STATUS_SUCCESS;
 
@@ -396,8 +422,12 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
         plan_destroy(plan);
         return st;
     }
-    plan->workspace_bytes = plan->alpha_bytes + plan->state.workspace_bytes;
+    /* One workspace size whatever the pointers: the larger class's. */
+    const size_t unaligned_ws = plan->unaligned_same ? 0 : plan->state_unaligned.workspace_bytes;
+    plan->workspace_bytes =
+        plan->alpha_bytes + (plan->state.workspace_bytes > unaligned_ws ? plan->state.workspace_bytes : unaligned_ws);
     pi->algo = plan->state.algo;
+    pi->algo_unaligned = plan->unaligned_same ? plan->state.algo : plan->state_unaligned.algo;
     pi->workspace_bytes = plan->workspace_bytes;
     snprintf(pi->backend, sizeof pi->backend, "%s", plan->state.backend);
     layer->plans[layer->plan_count++] = plan;

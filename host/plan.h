@@ -14,9 +14,16 @@ typedef struct cc_plan {
     condconv_math math;
     condconv_algo requested;
     cc_geometry geom;
+    /* What runs for x and y both CC_LIB_ALIGNMENT-aligned (state), and for
+     * any less-aligned x or y (state_unaligned, which stages them;
+     * staging.h). AUTO measures each candidate in both alignment classes;
+     * where one algorithm wins both (and always when forced or chosen by
+     * rule), unaligned_same is set and state serves both. */
     cc_algo_state state;
+    cc_algo_state state_unaligned;
+    int unaligned_same;
     size_t alpha_bytes;     /* the workspace starts with alpha [N][E], 256-aligned */
-    size_t workspace_bytes; /* alpha_bytes + state.workspace_bytes */
+    size_t workspace_bytes; /* alpha_bytes + the larger of the two states' workspace_bytes */
     condconv_plan_info info;
     /* The routing kernel's split over blocks (kernels/routing.h) and its
      * buffers, owned by the plan: partial logits, then N counters that the

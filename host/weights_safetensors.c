@@ -9,6 +9,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "layer_desc.h"
+#include "registry.h"
 #include "safetensors.h"
 
 #define NAME_CHARS 80
@@ -189,8 +190,8 @@ static condconv_status create_from_file(condconv_context_t context, condconv_lay
 static condconv_status check_args(condconv_context_t context, condconv_layer_desc_t desc, const char *prefix,
                                   const char *routing_prefix, const condconv_layer_t *layer, const char *func)
 {
-    CC_CHECK_NOT_NULL(context, func);
-    CC_CHECK_NOT_NULL(desc, func);
+    CC_CHECK_CONTEXT(context, func);
+    CC_CHECK_DESC(desc, func);
     CC_CHECK_NOT_NULL(prefix, func);
     CC_CHECK_NOT_NULL(layer, func);
     const condconv_layer_info *info = &desc->info;

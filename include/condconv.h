@@ -36,6 +36,44 @@
  * and returned in f32; every sum accumulates in f32 (double on the CPU
  * reference path). A half-precision layer's parameters are its dtype's
  * values, so the CPU reference and the GPU use the very same weights.
+ *
+ * Handles. Every context, layer descriptor and layer is registered while it
+ * lives. A call given a handle that is not live (destroyed, never created,
+ * or a handle of another kind) returns CONDCONV_STATUS_BAD_VALUE with a
+ * message and touches nothing; destroying a handle a second time is such a
+ * call; a destroy given NULL is a no-op. Two limits: a later create may
+ * reuse a destroyed handle's address, which the stale handle then names;
+ * and destroying a handle while another thread is still inside a call on it
+ * is the caller's race (nothing can detect it).
+ *
+ * Threads. The library's own state (the registry, each thread's last
+ * error) is thread-safe; the objects are not locked, so:
+ *   - a context, and every layer created on it, is used by one thread at a
+ *     time (they share the context's stream and cuDNN/cuBLAS handles, and
+ *     prepare changes the layer's plan cache);
+ *   - to serve from several threads, give each worker thread its own
+ *     context (and stream) and its own layer made with
+ *     condconv_layer_create_shared: the workers' layers share one copy of
+ *     the parameters, which nothing modifies, and may then run, be created
+ *     and be destroyed concurrently, in any order (the parameters go with
+ *     the last of them);
+ *   - condconv_forward_cpu and condconv_route_cpu only read a layer, so
+ *     several threads may run them on one layer at once (not while another
+ *     thread prepares, forwards or destroys it);
+ *   - a descriptor may be read by several threads at once (layer creation
+ *     reads it) while no thread sets it;
+ *   - functions without a handle (condconv_convert, condconv_status_string,
+ *     condconv_last_error, condconv_version, condconv_device_count) are
+ *     safe from any thread.
+ *
+ * Devices. A GPU context belongs to one CUDA device (an ordinal as the
+ * process sees it, after CUDA_VISIBLE_DEVICES). Every call makes the
+ * context's device current for its work and makes the caller's current
+ * device current again before it returns, whatever the status: a server
+ * that drives several GPUs from one thread keeps its own cudaSetDevice
+ * state. The stream given to a context, the buffers given to its forwards
+ * and layers shared through condconv_layer_create_shared must belong to the
+ * context's device. A CPU context (CONDCONV_DEVICE_CPU) never calls CUDA.
  */
 #ifndef CONDCONV_H
 #define CONDCONV_H
@@ -147,7 +185,8 @@ typedef enum condconv_layout {
 /* Converts count elements between f32, f16 and bf16 on the host (round to
  * nearest even; NaN stays NaN; overflow gives infinity), e.g. to feed a
  * half-precision layer from float data. In place (dst == src) when the
- * elements do not grow; other overlaps are refused. */
+ * elements do not grow; other overlaps are refused. A count whose byte size
+ * overflows size_t is CONDCONV_STATUS_SIZE_OVERFLOW. */
 CONDCONV_API condconv_status condconv_convert(condconv_dtype src_dtype, const void *src, condconv_dtype dst_dtype,
                                               void *dst, size_t count);
 
@@ -201,9 +240,12 @@ struct CUstream_st;
  * (CONDCONV_STATUS_NO_DEVICE otherwise) but creates cuDNN and cuBLAS handles
  * only when a shape is first prepared. The stream is the legacy default
  * stream until condconv_context_set_stream is called. One context serves one
- * host thread at a time; separate contexts are independent. */
+ * host thread at a time; separate contexts are independent (see "Threads"
+ * at the top of this file). */
 CONDCONV_API condconv_status condconv_context_create(condconv_context_t *context, int device);
-/* Destroys a context. Destroy the layers created on it first. NULL is a no-op. */
+/* Destroys a context. Refused with CONDCONV_STATUS_BAD_VALUE, the message
+ * naming how many, while layers created on it are live: destroy them first
+ * (the context stays valid then). NULL is a no-op. */
 CONDCONV_API condconv_status condconv_context_destroy(condconv_context_t context);
 
 /* The stream is a cudaStream_t; written as struct CUstream_st * so that this
@@ -233,6 +275,7 @@ typedef struct condconv_layer_desc *condconv_layer_desc_t;
  * explicit padding 0, 1 expert with bias, sigmoid routing, temperature 1,
  * no activation, f32, NCHW. */
 CONDCONV_API condconv_status condconv_layer_desc_create(condconv_layer_desc_t *desc);
+/* A descriptor may be destroyed while layers made from it live (they copy it). NULL is a no-op. */
 CONDCONV_API condconv_status condconv_layer_desc_destroy(condconv_layer_desc_t desc);
 
 /* Convolution geometry. Depthwise: groups == in_channels. */
@@ -242,6 +285,7 @@ CONDCONV_API condconv_status condconv_layer_desc_set_conv(condconv_layer_desc_t 
 /* pad_h and pad_w are used by CONDCONV_PADDING_EXPLICIT and must be 0 with SAME. */
 CONDCONV_API condconv_status condconv_layer_desc_set_padding(condconv_layer_desc_t desc, condconv_padding_mode mode,
                                                              int pad_h, int pad_w);
+/* has_bias: 1 when the experts have biases, 0 when not (any other value is BAD_VALUE). */
 CONDCONV_API condconv_status condconv_layer_desc_set_experts(condconv_layer_desc_t desc, int num_experts, int has_bias);
 /* temperature: softmax divides logits by it (> 0, finite); ignored otherwise. */
 CONDCONV_API condconv_status condconv_layer_desc_set_routing(condconv_layer_desc_t desc, condconv_routing mode,
@@ -327,9 +371,12 @@ CONDCONV_API condconv_status condconv_layer_create(condconv_context_t context, c
 /* Creates a layer on `context` that shares `source`'s parameters (host and
  * device) but has its own plans: one set of weights for several worker
  * threads, each with its own context and stream. Both contexts must be on
- * the same device (or both CPU). Parameters are freed with the last layer. */
+ * the same device (or both CPU). Parameters are freed with the last layer;
+ * the source may be destroyed first. */
 CONDCONV_API condconv_status condconv_layer_create_shared(condconv_context_t context, condconv_layer_t source,
                                                           condconv_layer_t *layer);
+/* Frees the layer's plans (and the parameters if it is their last layer).
+ * Its context then counts one layer less. NULL is a no-op. */
 CONDCONV_API condconv_status condconv_layer_destroy(condconv_layer_t layer);
 /* Copies the layer's descriptor into desc (created by the caller). */
 CONDCONV_API condconv_status condconv_layer_get_desc(condconv_layer_t layer, condconv_layer_desc_t desc);
@@ -397,6 +444,14 @@ typedef struct condconv_plan_info {
      * strided-batched GEMM, f32 NCHW, f32 compute", "condconv kernel, bf16
      * NHWC, f32 fma". */
     char backend[256];
+    /* What runs when x or y is less than 16-byte aligned (element-aligned
+     * views and slices): cuBLAS and cuDNN then read a copy of x and write
+     * y through the workspace, and condconv's kernels take their scalar
+     * paths, so AUTO measures that class apart (measured_unaligned_us,
+     * like measured_us) and may choose another algorithm for it. Equal to
+     * algo when forced or chosen by rule. The workspace size covers both. */
+    condconv_algo algo_unaligned;
+    float measured_unaligned_us[CONDCONV_ALGO_COUNT];
 } condconv_plan_info;
 
 /* Describes the plan for this shape (prepares if needed). */
@@ -405,7 +460,10 @@ CONDCONV_API condconv_status condconv_get_plan_info(condconv_layer_t layer, int 
 
 /* Runs the layer on device memory: x [N][Cin][H][W] -> y [N][Cout][Ho][Wo]
  * (NHWC layers: [N][H][W][Cin] -> [N][Ho][Wo][Cout]), x and y in the layer's
- * dtype and aligned to its element size.
+ * dtype and aligned to its element size; any such pointer (a view or slice)
+ * runs every algorithm: where cuBLAS or cuDNN would touch an x or y less
+ * than 16-byte aligned, x is copied into the workspace and y written
+ * through it (condconv_plan_info.algo_unaligned says what runs then).
  * routing_in: alpha [N][E] on the device, required with external routing and
  *   ignored otherwise.
  * routing_out: optional (NULL) device buffer [N][E] that receives the routing
@@ -415,7 +473,9 @@ CONDCONV_API condconv_status condconv_get_plan_info(condconv_layer_t layer, int 
  * Asynchronous on the context's stream; no allocation, no host
  * synchronisation once the shape is prepared, so it can be captured into a
  * CUDA graph. An unprepared shape is prepared implicitly, unless the stream
- * is capturing: then CONDCONV_STATUS_NOT_PREPARED. x and y must not overlap. */
+ * is capturing: then CONDCONV_STATUS_NOT_PREPARED. x, y, routing_in and
+ * routing_out must not overlap (routing_out may equal routing_in), or the
+ * call is refused (CONDCONV_STATUS_BAD_VALUE). */
 CONDCONV_API condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
                                               const void *routing_in, void *routing_out, void *workspace,
                                               size_t workspace_bytes);
@@ -433,7 +493,8 @@ CONDCONV_API condconv_status condconv_route(condconv_layer_t layer, int n, int h
  * double accumulation: routing, per-sample kernel and bias aggregation,
  * direct convolution, bias, activation. Written for obviousness, not speed:
  * the reference the GPU is validated against and the fallback without a GPU.
- * Allocates its own scratch memory. */
+ * Allocates its own scratch memory. The same buffers as condconv_forward's
+ * may not overlap either (CONDCONV_STATUS_BAD_VALUE). */
 CONDCONV_API condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
                                                   const void *routing_in, void *routing_out);
 CONDCONV_API condconv_status condconv_route_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,

@@ -194,7 +194,7 @@ foreach(t routing aggregate depthwise_fused epilogue gather)
   cc_emu_test(test_emu_${name} "cc_cpu_emu_util;cc_cpu_kernel_${t}")
 endforeach()
 # condconv_forward end to end, and fault injection.
-foreach(t forward formats faults)
+foreach(t forward formats faults devices staging)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
 endforeach()
 

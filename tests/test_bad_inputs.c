@@ -75,6 +75,8 @@ static void descriptor_setters(void)
     EXPECT_REJECTED(condconv_layer_desc_set_experts(d, 0, 1), CONDCONV_STATUS_BAD_EXPERTS, "num_experts=0");
     EXPECT_REJECTED(condconv_layer_desc_set_experts(d, CONDCONV_MAX_EXPERTS + 1, 1), CONDCONV_STATUS_BAD_EXPERTS,
                     "num_experts=129");
+    EXPECT_REJECTED(condconv_layer_desc_set_experts(d, 2, 2), CONDCONV_STATUS_BAD_VALUE, "has_bias=2");
+    EXPECT_REJECTED(condconv_layer_desc_set_experts(d, 2, -1), CONDCONV_STATUS_BAD_VALUE, "has_bias=-1");
     EXPECT_REJECTED(condconv_layer_desc_set_routing(d, CONDCONV_ROUTING_SOFTMAX, 0.0f), CONDCONV_STATUS_BAD_VALUE,
                     "temperature");
     EXPECT_REJECTED(condconv_layer_desc_set_routing(d, CONDCONV_ROUTING_SOFTMAX, NAN), CONDCONV_STATUS_BAD_VALUE,
@@ -168,6 +170,23 @@ static void layer_and_forward(void)
     EXPECT_REJECTED(condconv_forward_cpu(layer, INT_MAX, INT_MAX, INT_MAX, x, y, NULL, alpha_out),
                     CONDCONV_STATUS_SIZE_OVERFLOW, "overflow");
     EXPECT_REJECTED(condconv_route_cpu(layer, 2, 4, 4, x, NULL), CONDCONV_STATUS_NULL_POINTER, "routing_out");
+    /* Overlapping buffers are refused as on the GPU path (x: 64 floats, y: 16, alpha: 4), and nothing is written. */
+    {
+        static float buf[128], buf_before[128];
+        tu_fill_uniform(buf, 128, -1, 1);
+        memcpy(buf_before, buf, sizeof buf);
+        EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, buf, buf + 60, NULL, NULL), CONDCONV_STATUS_BAD_VALUE,
+                        "x and y overlap");
+        EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, buf + 10, buf, NULL, NULL), CONDCONV_STATUS_BAD_VALUE,
+                        "x and y overlap");
+        EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, buf, buf + 64, NULL, buf + 2), CONDCONV_STATUS_BAD_VALUE,
+                        "routing_out and x overlap");
+        EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, buf, buf + 64, NULL, buf + 78), CONDCONV_STATUS_BAD_VALUE,
+                        "routing_out and y overlap");
+        EXPECT(tu_same_bytes(buf, buf_before, sizeof buf), "a refused overlapping forward wrote");
+        /* Adjacent is not overlapping. */
+        EXPECT_OK(condconv_forward_cpu(layer, 2, 4, 4, buf, buf + 64, NULL, buf + 80));
+    }
     /* GPU entry points on a CPU-only context. */
     EXPECT_REJECTED(condconv_forward(layer, 2, 4, 4, x, y, NULL, NULL, NULL, 0), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
     EXPECT_REJECTED(condconv_prepare(layer, 2, 4, 4), CONDCONV_STATUS_NO_DEVICE, "CPU-only");
@@ -189,6 +208,16 @@ static void layer_and_forward(void)
                     "external routing");
     poison_outputs();
     EXPECT_OK(condconv_forward_cpu(layer, 2, 4, 4, x, y, alpha_in, NULL)); /* and with them it works */
+    EXPECT_REJECTED(condconv_forward_cpu(layer, 2, 4, 4, x, y, y + 2, NULL), CONDCONV_STATUS_BAD_VALUE,
+                    "routing_in and y overlap");
+    {
+        static float alpha_io[8];
+        EXPECT_STATUS(condconv_forward_cpu(layer, 2, 4, 4, x, y, alpha_io, alpha_io + 1), CONDCONV_STATUS_BAD_VALUE);
+        EXPECT(strstr(condconv_last_error(), "routing_out and routing_in") != NULL, "message: %s",
+               condconv_last_error());
+        poison_outputs();
+        EXPECT_OK(condconv_forward_cpu(layer, 2, 4, 4, x, y, alpha_io, alpha_io)); /* the same buffer: allowed */
+    }
     condconv_layer_destroy(layer);
 
     condconv_layer_desc_destroy(d);

@@ -5,6 +5,7 @@
  * (signed zeros, infinities, NaN quieted, overflow, subnormals, the
  * smallest ties), and condconv_convert's argument checks. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +189,17 @@ static void check_convert_api(void)
     EXPECT(untouched[0] == before, "a refused conversion wrote its output");
     EXPECT(strstr(condconv_last_error(), "overlap") != NULL, "message: %s", condconv_last_error());
     EXPECT_OK(condconv_convert(CONDCONV_DTYPE_F32, NULL, CONDCONV_DTYPE_F16, NULL, 0));
+    /* A count whose byte size overflows: refused before any element is touched (it used to run off the end). */
+    untouched[0] = before;
+    const float f0 = f[0];
+    EXPECT_STATUS(condconv_convert(CONDCONV_DTYPE_F16, untouched, CONDCONV_DTYPE_F32, f, SIZE_MAX / 2),
+                  CONDCONV_STATUS_SIZE_OVERFLOW);
+    EXPECT_STATUS(condconv_convert(CONDCONV_DTYPE_F32, f, CONDCONV_DTYPE_F16, untouched, SIZE_MAX / 3),
+                  CONDCONV_STATUS_SIZE_OVERFLOW);
+    EXPECT_STATUS(condconv_convert(CONDCONV_DTYPE_F16, untouched, CONDCONV_DTYPE_BF16, untouched, SIZE_MAX),
+                  CONDCONV_STATUS_SIZE_OVERFLOW);
+    EXPECT(untouched[0] == before && f[0] == f0, "a refused conversion wrote its output");
+    EXPECT(strstr(condconv_last_error(), "overflow") != NULL, "message: %s", condconv_last_error());
 }
 
 int main(void)

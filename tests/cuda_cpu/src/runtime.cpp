@@ -75,7 +75,6 @@ struct runtime_state {
     std::set<CUgraph_st *> graphs;
     std::set<CUgraphExec_st *> execs;
     size_t other_handles = 0; // cuDNN and cuBLAS handles
-    int device = 0;
     // Fault injection.
     long long fail_at = 0, events_seen = 0;
     cc_cpu_event failed = CC_CPU_EVENT_NONE;
@@ -335,26 +334,41 @@ using cc_cpu::rt;
 // NOLINTBEGIN(readability-inconsistent-declaration-parameter-name)
 
 // --- device ----------------------------------------------------------------------------------------
+// Devices the emulated runtime reports (cc_cpu_set_device_count), and the
+// current device, per host thread as in CUDA: a thread starts on device 0.
+static int g_device_count = 1; // under rt().m
+static thread_local int t_current_device = 0;
+
+static int device_count()
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    return g_device_count;
+}
+
+extern "C" void cc_cpu_set_device_count(int n)
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    g_device_count = n < 1 ? 1 : n;
+}
+
 extern "C" cudaError_t cudaGetDeviceCount(int *count)
 {
     if (count == nullptr) return result(cudaErrorInvalidValue);
-    *count = 1;
+    *count = device_count();
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaGetDevice(int *device)
 {
     if (device == nullptr) return result(cudaErrorInvalidValue);
-    const std::lock_guard<std::mutex> lk(rt().m);
-    *device = rt().device;
+    *device = t_current_device;
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaSetDevice(int device)
 {
-    if (device != 0) return result(cudaErrorInvalidDevice);
-    const std::lock_guard<std::mutex> lk(rt().m);
-    rt().device = device;
+    if (device < 0 || device >= device_count()) return result(cudaErrorInvalidDevice);
+    t_current_device = device;
     return cudaSuccess;
 }
 

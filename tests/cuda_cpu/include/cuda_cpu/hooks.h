@@ -58,6 +58,12 @@ long long cc_cpu_events(void);
  * and what it was, e.g. "launch (anonymous namespace)::routing_kernel<true>". */
 cc_cpu_event cc_cpu_failed_event(char *what, size_t what_size);
 
+/* Number of devices cudaGetDeviceCount reports (default 1, at least 1), so
+ * that tests see a multi-GPU machine. cudaSetDevice accepts 0..n-1 and, as in
+ * CUDA, the current device is per host thread (each thread starts on 0). All
+ * devices share the one emulated memory. */
+void cc_cpu_set_device_count(int n);
+
 /* Device allocations (cudaMalloc) not yet freed, and streams, events and
  * cuDNN/cuBLAS handles not yet destroyed. */
 size_t cc_cpu_live_allocations(void);
