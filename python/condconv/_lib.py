@@ -196,6 +196,8 @@ class PlanInfo(ctypes.Structure):
         ("applicable", c_int * ALGO_COUNT),
         ("reason", ctypes.c_char * 160),
         ("backend", ctypes.c_char * 256),
+        ("algo_unaligned", c_int),
+        ("measured_unaligned_us", c_float * ALGO_COUNT),
     ]
 
 

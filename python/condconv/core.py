@@ -670,7 +670,8 @@ class Layer:
 
     def plan_info(self, n: int, h: int, w: int) -> dict[str, Any]:
         """Why the GPU plan for this shape runs what it runs (prepares if needed): algo, requested, select, math,
-        workspace_bytes, measured_us {algo: us or None}, applicable [algos], reason, backend."""
+        workspace_bytes, measured_us {algo: us or None}, applicable [algos], reason, backend, and what runs when x or
+        y is less than 16-byte aligned: algo_unaligned, measured_unaligned_us."""
         info = _lib.PlanInfo()
         check(
             lib().condconv_get_plan_info(self.handle, int(n), int(h), int(w), ctypes.byref(info)),
@@ -688,6 +689,10 @@ class Layer:
             "applicable": [names[i] for i in range(ALGO_COUNT) if info.applicable[i]],
             "reason": info.reason.decode(errors="replace"),
             "backend": info.backend.decode(errors="replace"),
+            "algo_unaligned": names[info.algo_unaligned],
+            "measured_unaligned_us": {
+                names[i]: (float(info.measured_unaligned_us[i]) if info.measured_unaligned_us[i] >= 0 else None)
+                for i in range(ALGO_COUNT)},
         }  # fmt: skip
 
     def forward_ptr(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import struct
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 import condconv
-from condconv import CondConvError, Context, Layer, LayerSpec, Status
+from condconv import CondConvError, Context, Layer, LayerSpec, Status, _lib
 
 # ---------------------------------------------------------------------------------------------------------------
 # Independent helpers: dtype rounding without the library
@@ -620,3 +621,34 @@ def test_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     assert r.stdout.startswith("LNF")
     assert "pip install ." in r.stdout
     assert missing in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The ctypes structs follow include/condconv.h field for field: the library writes whole structs, so a field the
+# header gained and Python lacks would be a write past the Python object (plan_info grew two fields once).
+
+_HEADER = pathlib.Path(__file__).resolve().parents[2] / "include" / "condconv.h"
+
+
+def _header_struct_fields(name: str) -> list[str]:
+    text = re.sub(r"/\*.*?\*/", "", _HEADER.read_text(), flags=re.S)
+    body = re.search(r"typedef struct " + name + r" \{(.*?)\} " + name + ";", text, flags=re.S)
+    assert body, f"struct {name} not found in {_HEADER}"
+    fields: list[str] = []
+    for decl in filter(None, (d.strip() for d in body.group(1).split(";"))):
+        declarators = decl.split(",")
+        first = declarators[0].split()[-1]  # "size_t workspace_bytes" -> the declarator after the type
+        for d in [first, *declarators[1:]]:
+            fields.append(re.sub(r"\[.*\]", "", d).strip(" *"))
+    return fields
+
+
+@pytest.mark.skipif(not _HEADER.exists(), reason="the C header is not beside this test (installed wheel)")
+@pytest.mark.parametrize(
+    ("c_name", "py_struct"),
+    [("condconv_layer_info", "LayerInfo"), ("condconv_cost", "Cost"), ("condconv_params", "Params"),
+     ("condconv_plan_info", "PlanInfo")],
+)  # fmt: skip
+def test_ctypes_structs_match_the_header(c_name: str, py_struct: str) -> None:
+    py_fields = [f[0] for f in getattr(_lib, py_struct)._fields_]
+    assert py_fields == _header_struct_fields(c_name)
