@@ -229,7 +229,7 @@ int bench_csv_open(bench_report *report, const char *path);
 void bench_csv_close(bench_report *report);
 int bench_json_write(const bench_report *report, const char *path);
 void bench_report_free(bench_report *report);
-/* fp32 / tf32 / fp16 / bf16, as in ../shared/anchors: the dtype for half
+/* fp32 / tf32 / fp16 / bf16, as in bench/anchors: the dtype for half
  * runs, the math mode for f32 runs. */
 const char *bench_prec_name(condconv_dtype dtype, condconv_math math);
 /* Element size of a dtype in bytes. */

@@ -26,3 +26,10 @@ if(CONDCONV_BUILD_BENCH AND EXISTS ${CMAKE_SOURCE_DIR}/bench/CMakeLists.txt)
   add_test(NAME test_bench_bad_args COMMAND $<TARGET_FILE:condconv-bench> --dtype f64)
   set_tests_properties(test_bench_bad_args PROPERTIES LABELS cpu WILL_FAIL TRUE)
 endif()
+
+# A clone is complete: nothing the README, the bench or the tests cite lives outside
+# the repository (the anchor tables are in bench/anchors/, issue 18 item 9).
+add_test(NAME test_repo_self_contained
+  COMMAND sh -c "! grep -rn --include=*.md --include=*.c --include=*.h --include=*.cu --include=*.cuh --include=*.py --include=*.sh --include=*.txt --include=*.cmake '\\.\\./shared/anchors' README.md bench examples host include kernels scripts tests CMakeLists.txt"
+  WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(test_repo_self_contained PROPERTIES LABELS cpu)
