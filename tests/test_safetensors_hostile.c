@@ -560,9 +560,8 @@ static void test_header_end_window(void)
         const char *text = variant ? json_empty : json;
         const size_t j = strlen(text), size = 8 + j + PAD;
         const size_t need = variant ? 0 : 4; /* data bytes the tensor needs */
-        char padded[sizeof json + PAD];
-        memset(padded, ' ', sizeof padded);
-        memcpy(padded, text, j);
+        char padded[sizeof json + PAD];      /* the JSON, then PAD spaces */
+        snprintf(padded, sizeof padded, "%-*s", (int)(j + PAD), text);
         /* The header ends `end_at` bytes before the end of the image (negative: after it). */
         for (int end_at = -8; end_at <= 8; ++end_at) {
             const unsigned long long len = (unsigned long long)((long long)(size - 8) - end_at);
