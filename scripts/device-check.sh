@@ -230,8 +230,11 @@ gpu_step racecheck.depthwise_f16_nhwc 50 "${san[@]}" racecheck "$t/test_gpu_forw
 gpu_step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
 gpu_step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
 gpu_step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"
+# The server example's pattern (every GPU, f16 NHWC, 3 chunks in flight, padded and split
+# batches, completion by events): no leak on shutdown, no invalid access.
 gpu_step memcheck.example 50 "${san[@]}" memcheck --leak-check full "$build/examples/condconv_server" \
-  tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --workers 2 --requests 16 --verify
+  tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --devices all --dtype f16 --layout nhwc \
+  --inflight 3 --workers 2 --requests 16 --verify
 # Racecheck is slow on the routing test's 224x224 planes: last, with a bigger cap.
 gpu_step racecheck.routing 120 "${san[@]}" racecheck "$t/test_gpu_routing"
 unset CONDCONV_TEST_CASES

@@ -222,11 +222,15 @@ int main(void)
     *(void **)&inits = dlsym(lib, "cc_nvtx_recorder_inits");
     if (take == NULL || inits == NULL) {
         fprintf(stderr, "test_nvtx_ranges: %s is not the NVTX recorder\n", path);
+        dlclose(lib);
         return 1;
     }
     tu_rng_seed(20261202u);
     condconv_context_t ctx;
-    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_nvtx_ranges");
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) {
+        dlclose(lib);
+        return tu_finish("test_nvtx_ranges");
+    }
     layer_case cases[3];
     cases[0].name = "dense 3x3 8->12, sigmoid";
     cases[0].spec = tu_basic_spec(8, 12, 3, 4);
