@@ -9,7 +9,7 @@ if(NOT TARGET cc_cpu_host)
   return()
 endif()
 add_executable(condconv_server_emu ${PROJECT_SOURCE_DIR}/examples/condconv_server.c
-                                   ${CMAKE_CURRENT_LIST_DIR}/emu_pinned_host.c)
+                                   ${CMAKE_CURRENT_LIST_DIR}/example_emu/pinned_host.c)
 target_link_libraries(condconv_server_emu PRIVATE cc_cpu_host Threads::Threads m)
 set_target_properties(condconv_server_emu PROPERTIES LINKER_LANGUAGE CXX)
 cc_emu_c_warnings(condconv_server_emu)
