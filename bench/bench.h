@@ -93,6 +93,16 @@ typedef int (*bench_launch_fn)(void *arg, int set, char *err, size_t err_len);
 
 void bench_stats_from(double *values, int n, bench_stats *stats); /* sorts values */
 
+/* Whether a timing can be trusted (bench/stats.c). A row is UNSTABLE when
+ * the band between its 10th and 90th percentiles is wider than
+ * BENCH_UNSTABLE_BAND of its median (the table's +-% column shows half the
+ * band: above 10 there); with fewer than BENCH_STABLE_MIN_RUNS timed runs its
+ * spread is unknown. Returns 1 unstable, 0 stable, -1 unknown, and writes a
+ * one-phrase verdict with the numbers into buf. */
+#define BENCH_UNSTABLE_BAND   0.20
+#define BENCH_STABLE_MIN_RUNS 3
+int bench_stats_stability(const bench_stats *stats, char *buf, size_t len);
+
 /* Plain launches: per rep, `iters` forwards back to back between two events,
  * host call overhead included (the GPU waits for a slow host). Also the host
  * time of one call (enqueue only). */
@@ -229,7 +239,7 @@ int bench_csv_open(bench_report *report, const char *path);
 void bench_csv_close(bench_report *report);
 int bench_json_write(const bench_report *report, const char *path);
 void bench_report_free(bench_report *report);
-/* fp32 / tf32 / fp16 / bf16, as in ../shared/anchors: the dtype for half
+/* fp32 / tf32 / fp16 / bf16, as in bench/anchors: the dtype for half
  * runs, the math mode for f32 runs. */
 const char *bench_prec_name(condconv_dtype dtype, condconv_math math);
 /* Element size of a dtype in bytes. */

@@ -19,7 +19,7 @@ static void print_cost(const condconv_cost *c)
 }
 
 static int cpu_row(bench_report *report, condconv_context_t ctx, const bench_layer *l, int batch, int experts,
-                   double max_seconds)
+                   double max_seconds, int *unstable)
 {
     const int has_bias = strcmp(report->epilogue, "none") != 0;
     const condconv_activation act = strcmp(report->epilogue, "bias-act") == 0 ? l->act : CONDCONV_ACTIVATION_NONE;
@@ -60,7 +60,8 @@ static int cpu_row(bench_report *report, condconv_context_t ctx, const bench_lay
     x = malloc(sizeof(float) * x_n);
     y = malloc(sizeof(float) * y_n);
     alpha = malloc(sizeof(float) * (size_t)batch * (size_t)experts);
-    enum { MAX_REPS = 5 };
+    /* Enough runs of a small layer to judge the spread (bench_stats_stability), within max_seconds. */
+    enum { MAX_REPS = 15 };
     times = malloc(sizeof(double) * MAX_REPS);
     if (x == NULL || y == NULL || alpha == NULL || times == NULL) {
         snprintf(row.note, sizeof row.note, "out of host memory");
@@ -91,8 +92,10 @@ static int cpu_row(bench_report *report, condconv_context_t ctx, const bench_lay
     row.bytes = cost.min_bytes;
     row.ok = 1;
     snprintf(row.status, sizeof row.status, "ok");
-    snprintf(row.note, sizeof row.note, "CPU reference, %.2f GMAC/s, median of %d",
-             (double)row.macs / (row.plain.median * 1e3), reps);
+    char verdict[128];
+    if (bench_stats_stability(&row.plain, verdict, sizeof verdict) == 1) ++*unstable;
+    snprintf(row.note, sizeof row.note, "CPU reference, %.2f GMAC/s, median of %d; %s",
+             (double)row.macs / (row.plain.median * 1e3), reps, verdict);
 done:
     bench_report_add(report, &row);
     if (row.ok) print_cost(&cost);
@@ -114,16 +117,21 @@ int bench_run_cpu(bench_report *report, const bench_cpu_options *o)
         fprintf(stderr, "condconv-bench: %s\n", condconv_last_error());
         return -1;
     }
-    int failures = 0;
+    int failures = 0, unstable = 0;
     for (int i = 0; i < layers->count; ++i)
         for (int b = 0; b < o->batch_count; ++b) {
             bench_print_group_header(&layers->items[i], o->batches[b],
                                      bench_prec_name(report->dtype_id, CONDCONV_MATH_F32), report->layout,
                                      report->epilogue);
             for (int e = 0; e < o->expert_count; ++e)
-                if (cpu_row(report, ctx, &layers->items[i], o->batches[b], o->experts[e], o->max_seconds) != 0)
+                if (cpu_row(report, ctx, &layers->items[i], o->batches[b], o->experts[e], o->max_seconds, &unstable) !=
+                    0)
                     ++failures;
         }
+    if (unstable)
+        printf("\n%d row(s) UNSTABLE: their p10-p90 band exceeds %.0f%% of the median (another process shared the "
+               "CPU?); their medians are not comparable\n",
+               unstable, 100.0 * BENCH_UNSTABLE_BAND);
     (void)condconv_context_destroy(ctx);
     return failures ? -1 : 0;
 }

@@ -56,7 +56,7 @@ static const layer_def resnet50[] = {
     {"layer4 3x3", 512, 512, 3, 1, 1, 7, RELU},
 };
 
-/* The six layers of issue 5 and ../shared/anchors/timm-vs-static-*.csv. */
+/* The six layers of issue 5 and bench/anchors/timm-vs-static-*.csv. */
 static const layer_def issue5[] = {
     {"EfficientNet-CC-B0 expand", 112, 672, 1, 1, 1, 14, SILU},
     {"EfficientNet-CC-B0 depthwise 5x5", 672, 672, 5, 1, 672, 14, SILU},
@@ -80,7 +80,7 @@ static const set_def sets[] = {
      "EfficientNet-CondConv-B0's CondConv layers, stages 5-7 (expand, depthwise incl. stride 2, project)"},
     {"mobilenet-v1", mobilenet_v1, COUNT(mobilenet_v1), "MobileNetV1 pointwise layers"},
     {"resnet50", resnet50, COUNT(resnet50), "ResNet-50 3x3 layers (incl. the stride-2 ones)"},
-    {"issue5", issue5, COUNT(issue5), "the six layers of ../shared/anchors (timm side by side)"},
+    {"issue5", issue5, COUNT(issue5), "the six layers of bench/anchors (timm side by side)"},
 };
 
 int bench_layer_pad(const bench_layer *l) { return ((l->stride - 1) + (l->k - 1)) / 2; }
@@ -110,7 +110,7 @@ void bench_layer_set_name(bench_layer *l)
         snprintf(spatial, sizeof spatial, "%d", l->h);
     else
         snprintf(spatial, sizeof spatial, "%dx%d", l->h, l->w);
-    /* As in ../shared/anchors: pw112x672_14, pw512_14, dw5_672_14, c3_256_14. */
+    /* As in bench/anchors: pw112x672_14, pw512_14, dw5_672_14, c3_256_14. */
     const size_t len = strlen(kind);
     const int digit = len > 0 && kind[len - 1] >= '0' && kind[len - 1] <= '9';
     snprintf(l->name, sizeof l->name, "%s%s%s_%s", kind, digit ? "_" : "", chans, spatial);

@@ -43,7 +43,35 @@ typedef struct options {
     const char *floors; /* --floors CARD: print the roofline floors, measure nothing */
     condconv_dtype dtype;
     condconv_layout layout;
+    /* Options given that only the GPU sweep uses, in the order given: the CPU
+     * path names each as ignored, with the reason (gpu_only_note). */
+    struct {
+        char option[48];
+        const char *why;
+    } gpu_only[16];
+    int gpu_only_count;
 } options;
+
+/* Why the CPU reference path ignores an option of the GPU sweep. */
+static const char why_algo[] = "the CPU reference path is one algorithm (cpu_reference); the GPU algorithms, AUTO and "
+                               "the static cuDNN yardstick need a CUDA device",
+                  why_math[] = "the CPU reference accumulates in double; TF32 is a GPU math mode",
+                  why_select[] = "AUTO's measure-or-heuristic choice is made among GPU algorithms",
+                  why_timing[] = "GPU timing (CUDA events, graphs, phases, ceilings); the CPU path times up to 15 "
+                                 "forwards per row within 2 s",
+                  why_device[] = "no CUDA device is used on the CPU path",
+                  why_quick[] = "it picks the GPU sweep's layers, batches, experts and repeats; the CPU path runs "
+                                "one small layer unless --set/--layer choose others";
+
+static void gpu_only_note(options *o, const char *arg, const char *val, const char *why)
+{
+    for (int i = 0; i < o->gpu_only_count; ++i)
+        if (o->gpu_only[i].why == why && strncmp(o->gpu_only[i].option, arg, strlen(arg)) == 0) return;
+    if (o->gpu_only_count == (int)(sizeof o->gpu_only / sizeof o->gpu_only[0])) return;
+    snprintf(o->gpu_only[o->gpu_only_count].option, sizeof o->gpu_only[0].option, "%s%s%s", arg, val ? " " : "",
+             val ? val : "");
+    o->gpu_only[o->gpu_only_count++].why = why;
+}
 
 static const char *const epilogue_names[3] = {"none", "bias", "bias-act"};
 
@@ -54,7 +82,8 @@ static void usage(FILE *out)
             "\n"
             "With no options: EfficientNet-CondConv-B0's CondConv layers at batch 32, experts 1,2,4,8,16,32, f32,\n"
             "every algorithm and AUTO against the static cuDNN convolution. Without a GPU: the CPU reference\n"
-            "path on one small layer, with its timing and the cost model.\n"
+            "path on one small layer (or the --set/--layer layers), with its timing and the cost model; GPU-only\n"
+            "options given are named as ignored, with the reason.\n"
             "\n"
             "What to run:\n"
             "  --set NAME[,NAME]     layer sets: effnet-cc-b0 (default), mobilenet-v1, resnet50, issue5, all\n"
@@ -220,8 +249,10 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (strcmp(arg, "--algo") == 0) {
             NEED_VALUE();
             if (parse_algos(val, o) != 0) return -1;
+            gpu_only_note(o, arg, val, why_algo);
         } else if (strcmp(arg, "--math") == 0) {
             NEED_VALUE();
+            if (strcmp(val, "f32") != 0 && strcmp(val, "fp32") != 0) gpu_only_note(o, arg, val, why_math);
             if (strcmp(val, "f32") == 0 || strcmp(val, "fp32") == 0) {
                 o->maths[0] = CONDCONV_MATH_F32;
                 o->math_count = 1;
@@ -283,6 +314,7 @@ static int parse_args(int argc, char **argv, options *o)
             o->epilogue = found;
         } else if (strcmp(arg, "--select") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_select);
             if (strcmp(val, "measure") == 0)
                 o->select = CONDCONV_SELECT_MEASURE;
             else if (strcmp(val, "heuristic") == 0)
@@ -293,34 +325,43 @@ static int parse_args(int argc, char **argv, options *o)
             }
         } else if (strcmp(arg, "--warmup") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_timing);
             if (parse_positive(val, arg, &o->timing.warmup) != 0) return -1;
             o->timing_set[0] = 1;
         } else if (strcmp(arg, "--reps") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_timing);
             if (parse_positive(val, arg, &o->timing.reps) != 0 || o->timing.reps < 1) return -1;
             o->timing_set[1] = 1;
         } else if (strcmp(arg, "--iters") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_timing);
             if (parse_positive(val, arg, &o->timing.iters) != 0 || o->timing.iters < 1) return -1;
             o->timing_set[2] = 1;
         } else if (strcmp(arg, "--phase-reps") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_timing);
             if (parse_positive(val, arg, &o->timing.phase_reps) != 0) return -1;
             o->timing_set[3] = 1;
         } else if (strcmp(arg, "--max-row-ms") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_timing);
             int ms;
             if (parse_positive(val, arg, &ms) != 0) return -1;
             o->timing.max_row_ms = ms;
             o->timing_set[4] = 1;
         } else if (strcmp(arg, "--no-plain") == 0) {
             o->plain = 0;
+            gpu_only_note(o, arg, NULL, why_timing);
         } else if (strcmp(arg, "--no-graph") == 0) {
             o->graph = 0;
+            gpu_only_note(o, arg, NULL, why_timing);
         } else if (strcmp(arg, "--no-phases") == 0) {
             o->phases = 0;
+            gpu_only_note(o, arg, NULL, why_timing);
         } else if (strcmp(arg, "--no-ceilings") == 0) {
             o->ceilings = 0;
+            gpu_only_note(o, arg, NULL, why_timing);
         } else if (strcmp(arg, "--csv") == 0) {
             NEED_VALUE();
             o->csv = val;
@@ -329,11 +370,13 @@ static int parse_args(int argc, char **argv, options *o)
             o->json = val;
         } else if (strcmp(arg, "--device") == 0) {
             NEED_VALUE();
+            gpu_only_note(o, arg, val, why_device);
             if (parse_positive(val, arg, &o->device) != 0) return -1;
         } else if (strcmp(arg, "--cpu") == 0) {
             o->cpu = 1;
         } else if (strcmp(arg, "--quick") == 0) {
             o->quick = 1;
+            gpu_only_note(o, arg, NULL, why_quick);
         } else if (strcmp(arg, "--list") == 0) {
             o->list = 1;
         } else if (strcmp(arg, "--floors") == 0) {
@@ -499,6 +542,7 @@ typedef struct gpu_run {
     size_t workspace_cap;
     int failures;
     double start_us; /* when the run began: each row's progress line on stderr says how long it has taken */
+    int unstable;    /* rows flagged UNSTABLE (flag_unstable) */
 } gpu_run;
 
 /* The library's message without its "CONDCONV_STATUS_X: condconv_prepare: " prefix. */
@@ -520,6 +564,23 @@ static void set_status(bench_row *row, const char *status, const char *note)
 
 /* Plain, graph and phase timing of one row. A failing graph capture leaves
  * the row valid with a note; a failing plain run fails the row. */
+/* A row whose plain or graph timing spreads too far says so in its note
+ * (bench_stats_stability); the run counts them for its closing line. */
+static void flag_unstable(gpu_run *g, bench_row *row)
+{
+    static const char *const modes[2] = {"plain", "graph"};
+    const bench_stats *stats[2] = {&row->plain, &row->graph};
+    int flagged = 0;
+    for (int m = 0; m < 2; ++m) {
+        char verdict[128];
+        if (stats[m]->n == 0 || bench_stats_stability(stats[m], verdict, sizeof verdict) != 1) continue;
+        const size_t len = strlen(row->note);
+        snprintf(row->note + len, sizeof row->note - len, "%s%s %s", len ? "; " : "", modes[m], verdict);
+        flagged = 1;
+    }
+    g->unstable += flagged;
+}
+
 static void measure(gpu_run *g, bench_row *row, bench_launch_fn fn, void *arg, int sets)
 {
     const options *o = g->o;
@@ -538,6 +599,7 @@ static void measure(gpu_run *g, bench_row *row, bench_launch_fn fn, void *arg, i
         const size_t len = strlen(row->note);
         snprintf(row->note + len, sizeof row->note - len, "%sslower than --max-row-ms: graph and phases not timed",
                  len ? "; " : "");
+        flag_unstable(g, row);
         return;
     }
     if (o->graph && bench_time_graph(g->stream, fn, arg, sets, &o->timing, &row->graph, err, sizeof err) != 0) {
@@ -546,6 +608,7 @@ static void measure(gpu_run *g, bench_row *row, bench_launch_fn fn, void *arg, i
         memset(&row->graph, 0, sizeof row->graph);
         (void)cudaGetLastError();
     }
+    flag_unstable(g, row);
     if (o->phases && bench_time_phases(g->stream, fn, arg, sets, o->timing.phase_reps, &g->timer, row->phase_us, err,
                                        sizeof err) != 0) {
         const size_t len = strlen(row->note);
@@ -787,12 +850,40 @@ static int run_gpu(const options *o, bench_report *report)
         for (int i = 0; i < o->layers.count; ++i)
             for (int b = 0; b < o->batch_count; ++b) layer_batch(&g, &o->layers.items[i], o->batches[b], o->maths[m]);
     }
+    if (g.unstable)
+        printf("\n%d row(s) UNSTABLE: a p10-p90 band wider than %.0f%% of the median (see their notes); rerun them "
+               "with more --reps or on an idle GPU before comparing\n",
+               g.unstable, 100.0 * BENCH_UNSTABLE_BAND);
     if (g.workspace) (void)cudaFree(g.workspace);
     bench_phase_timer_destroy(&g.timer);
     (void)condconv_context_destroy(g.ctx);
     bench_baselines_shutdown();
     (void)cudaStreamDestroy(g.stream);
     return g.failures;
+}
+
+/* What the CPU path runs, said before it runs: the layers --set/--layer chose
+ * (or the small default), and each GPU-only option given, ignored, and why. */
+static void print_cpu_banner(const options *o)
+{
+    printf("Running the CPU reference path (condconv_forward_cpu: plain C, double accumulation) ");
+    if (!o->user_layers) {
+        printf("on one small layer, EfficientNet-CC-B0's 1x1 112->672 at 14x14 (--set/--layer choose others)");
+    } else {
+        enum { SHOWN = 6 };
+        printf("on the %d layer%s that --set/--layer chose (", o->layers.count, o->layers.count == 1 ? "" : "s");
+        for (int i = 0; i < o->layers.count && i < SHOWN; ++i) printf("%s%s", i ? ", " : "", o->layers.items[i].name);
+        if (o->layers.count > SHOWN) printf(" and %d more", o->layers.count - SHOWN);
+        printf(")");
+    }
+    printf(",\nbatch");
+    for (int b = 0; b < o->batch_count; ++b) printf("%s%d", b ? "," : " ", o->batches[b]);
+    printf(", experts");
+    for (int e = 0; e < o->expert_count; ++e) printf("%s%d", e ? "," : " ", o->experts[e]);
+    printf(", with its timing and the cost model. These are CPU numbers, not GPU results.\n");
+    for (int i = 0; i < o->gpu_only_count; ++i)
+        printf("condconv-bench: %s is ignored on the CPU path: %s.\n", o->gpu_only[i].option, o->gpu_only[i].why);
+    printf("\n");
 }
 
 int main(int argc, char **argv)
@@ -864,9 +955,9 @@ int main(int argc, char **argv)
     } else {
         if (!o.cpu)
             printf("condconv-bench: no CUDA device found (condconv_device_count() == 0), so no GPU timing can be "
-                   "measured here.\nRunning the CPU reference path (condconv_forward_cpu: plain C, double "
-                   "accumulation) on a small layer instead,\nwith its timing and the cost model. These are CPU "
-                   "numbers, not GPU results.\n\n");
+                   "measured here.\n");
+        else
+            printf("condconv-bench: --cpu: the CPU reference path, whether or not a GPU is present.\n");
         if (!o.user_layers) {
             /* The small default: EfficientNet-CC-B0's 1x1 112 -> 672 at 14x14. */
             bench_layer_list_free(&o.layers);
@@ -886,6 +977,7 @@ int main(int argc, char **argv)
             o.experts[0] = 8;
             o.expert_count = 1;
         }
+        print_cpu_banner(&o);
         bench_print_env(&report);
         bench_cpu_options cpu = {&o.layers, o.batches, o.batch_count, o.experts, o.expert_count, 2.0};
         failures = bench_run_cpu(&report, &cpu) != 0;

@@ -13,7 +13,7 @@ One row per (layer, batch, precision, experts):
 
 Plain launches (condconv-bench) and eager PyTorch (peer_timm.py) are both
 "no CUDA graph, host overhead included"; they are compared with each other.
-The peer CSV may also be ../shared/anchors/timm-vs-static-h200-*.csv (same
+The peer CSV may also be bench/anchors/timm-vs-static-h200-*.csv (same
 first columns); the table then says the timm numbers come from another run,
 and they are a reference, not a measurement on this card.
 

@@ -14,7 +14,7 @@ the same layers, batch sizes, expert counts and precisions, timed two ways:
 Median of --reps repeats after a warm-up. Every forward reads its own input,
 rotated over enough inputs that they exceed twice the L2 (as condconv-bench).
 
-Methods (as in ../shared/anchors/timm-vs-static-*.csv):
+Methods (as in bench/anchors/timm-vs-static-*.csv):
   static        one F.conv2d of the same shape (the yardstick)
   timm_grouped  timm.layers.CondConv2d with a timm-style routing function:
                 global average pool -> nn.Linear(Cin, E) -> sigmoid, as in

@@ -80,7 +80,7 @@
 // lands is FMA efficiency. "model" is cc_fused_choose's estimate: PREDICTED,
 // NOT MEASURED (no GPU has run this kernel yet). Static cuDNN strict f32 on
 // an H200 ran 112->672 in 41/148 us (N = 32/128) and 1152->192 in 49/121 us
-// (../shared/anchors), i.e. 2.1-3.1x its compute floor.
+// (bench/anchors), i.e. 2.1-3.1x its compute floor.
 //   layer       N    GFLOP  compute  memory | model  x floor  tile   split-K
 //   80->480@14   32  0.48     9.8     4.6   |  18.6   1.90   64x256   1
 //   80->480@14  128  1.93    39.3    17.1   |  58.5   1.49   64x256   1

@@ -207,13 +207,25 @@ if [[ -s "$OUT/logs/bench_f16_nhwc.csv" ]]; then
 fi
 
 # 4. ncu on our kernels, two shapes: EffNet-CC-B0's 1152->192 1x1 at 7x7 and
-#    a 5x5 depthwise at 14x14, batch 32, E = 8.
-gpu_step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+#    a 5x5 depthwise at 14x14, batch 32, E = 8. Kernels are selected by the
+#    library's NVTX range (--nvtx --nvtx-include 'condconv.forward/': launched
+#    inside a forward, wherever that sits in the caller's range stack), and
+#    by name among them: a profile with no kernel means the ranges did not
+#    reach the profiler (tests/nvtx checks them without one), and is reported.
+if gpu_step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+  --nvtx --nvtx-include 'condconv.forward/' \
   --kernel-name-base function --kernel-name 'regex:routing|aggregate|depthwise|bias_activation|mixture_combine|gather|fused' \
   --launch-count 40 --log-file "$OUT/logs/ncu.csv" \
   "$build/bench/condconv-bench" --layer 1152,192,1,1,1,7 --layer 672,672,5,1,672,14 --batch 32 \
   --experts 8 --algo fused,gemm_batched,depthwise_fused,mixture --warmup 1 --reps 1 --iters 1 \
-  --no-graph --no-phases --no-ceilings
+  --no-graph --no-phases --no-ceilings; then
+  kernels=$(grep -c '"Duration"' "$OUT/logs/ncu.csv" 2>/dev/null)
+  if ((${kernels:-0} == 0)); then
+    note "FAILED   ncu: no kernel profiled inside the NVTX range condconv.forward (did the ranges reach ncu?)"
+  else
+    note "    ncu: $kernels kernel(s) inside condconv.forward, selected by NVTX range"
+  fi
+fi
 gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
 
 # 5. compute-sanitizer with whatever time is left, few random cases each.
@@ -236,8 +248,11 @@ gpu_step racecheck.depthwise_f16_nhwc 50 "${san[@]}" racecheck "$t/test_gpu_forw
 gpu_step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
 gpu_step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
 gpu_step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"
+# The server example's pattern (every GPU, f16 NHWC, 3 chunks in flight, padded and split
+# batches, completion by events): no leak on shutdown, no invalid access.
 gpu_step memcheck.example 50 "${san[@]}" memcheck --leak-check full "$build/examples/condconv_server" \
-  tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --workers 2 --requests 16 --verify
+  tests/data/golden_depthwise5x5_s2.safetensors --require-gpu --devices all --dtype f16 --layout nhwc \
+  --inflight 3 --workers 2 --requests 16 --verify
 # Racecheck is slow on the routing test's 224x224 planes: last, with a bigger cap.
 gpu_step racecheck.routing 120 "${san[@]}" racecheck "$t/test_gpu_routing"
 unset CONDCONV_TEST_CASES

@@ -36,7 +36,7 @@ so a half-precision layer is checked tightly against y_exact and loosely
 against timm's own half output.
 
 Usage (torch CPU build, timm and safetensors from the package registry):
-    python scripts/make_golden.py [--out tests/data]
+    python scripts/make_golden.py [--out tests/data] [--only NAME[,NAME]]
 """
 import argparse
 import json
@@ -97,6 +97,12 @@ CONFIGS = [
          n=2, h=9, w=7, dtype="BF16", run_dtype="BF16"),
     dict(name="run_bf16_depthwise3x3", cin=16, cout=16, k=3, stride=1, padding="", dil=1, groups=16, E=4,
          bias=False, n=3, h=9, w=9, dtype="BF16", run_dtype="BF16"),
+    # Unequal dilation and stride per axis (timm takes (h, w) tuples): a reference or
+    # kernel that swaps the two axes, or uses one for both, fails these.
+    dict(name="conv3x3_dil21_s12", cin=8, cout=12, k=3, stride=(1, 2), padding="", dil=(2, 1), groups=1, E=4,
+         bias=True, n=2, h=11, w=10),
+    dict(name="depthwise3x3_dil12_s21", cin=16, cout=16, k=3, stride=(2, 1), padding="", dil=(1, 2), groups=16,
+         E=4, bias=False, n=2, h=10, w=9),
 ]
 
 TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -159,10 +165,10 @@ def make_case(cfg, index):
         "out_channels": cfg["cout"],
         "kernel_h": cfg["k"],
         "kernel_w": cfg["k"],
-        "stride_h": cfg["stride"],
-        "stride_w": cfg["stride"],
-        "dilation_h": cfg["dil"],
-        "dilation_w": cfg["dil"],
+        "stride_h": conv.stride[0],
+        "stride_w": conv.stride[1],
+        "dilation_h": conv.dilation[0],
+        "dilation_w": conv.dilation[1],
         "groups": cfg["groups"],
         "padding_mode": "same" if same else "explicit",
         "pad_h": pad_h,
@@ -182,19 +188,29 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.normpath(os.path.join(here, "..", "tests", "data")))
+    parser.add_argument("--only", default="", help="comma-separated names: write only these files (the others keep "
+                        "the bytes, and the recorded versions, they were made with)")
     args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    unknown = only - {cfg["name"] for cfg in CONFIGS}
+    if unknown:
+        sys.exit(f"--only: unknown configuration(s) {sorted(unknown)}")
     torch.set_num_threads(1)  # one summation order, run to run
     os.makedirs(args.out, exist_ok=True)
     total = 0
+    written = 0
     for index, cfg in enumerate(CONFIGS):
+        if only and cfg["name"] not in only:
+            continue
+        written += 1
         tensors, meta = make_case(cfg, index)
         path = os.path.join(args.out, f"golden_{cfg['name']}.safetensors")
         safetensors.torch.save_file(tensors, path, metadata=meta)
         size = os.path.getsize(path)
         total += size
         print(f"{path}: {size} bytes, y {list(tensors['y'].shape)}")
-    print(f"{len(CONFIGS)} files, {total} bytes (torch {torch.__version__}, timm {timm.__version__})")
-    if total > 2 * 1024 * 1024:
+    print(f"{written} files, {total} bytes (torch {torch.__version__}, timm {timm.__version__})")
+    if not only and total > 2 * 1024 * 1024:
         sys.exit("golden data exceeds 2 MB; shrink the configurations")
 
 

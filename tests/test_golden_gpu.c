@@ -145,7 +145,7 @@ int main(int argc, char **argv)
     condconv_context_t ctx;
     if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_golden_gpu");
     EXPECT_OK(condconv_context_set_stream(ctx, stream));
-    const int count = golden_check_all(dir, 19, ctx, run_case);
+    const int count = golden_check_all(dir, 21, ctx, run_case);
     EXPECT_OK(condconv_context_destroy(ctx));
     TU_CUDA(cudaStreamDestroy(stream));
     for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a)

@@ -37,7 +37,7 @@
  *   what PyTorch's FlopCounterMode reports for timm's models (it counts only
  *   convolutions and matmuls, FLOPs/2): 385,814,752 / 396,513,888 /
  *   407,213,024, the 385.8M / 396.5M / 407.2M of
- *   ../shared/anchors/timm-effnet-models-h200-2026-11-28.csv, and this test
+ *   bench/anchors/timm-effnet-models-h200-2026-11-28.csv, and this test
  *   requires it to match those counts exactly, as it requires the parameter
  *   counts to match timm's exactly (5,288,548 / 13,314,116 / 24,013,284,
  *   measured with timm 1.0.31).

@@ -545,6 +545,69 @@ static void test_round_trip(void)
     condconv_layer_desc_destroy(ext);
 }
 
+/* Header lengths within 8 bytes of the end of the image, on both sides, and
+ * data sections within 8 bytes of what the tensors need: the boundary
+ * arithmetic of the length field (size - 8 - header_len) at every position
+ * of the window. The header is JSON followed by spaces, so that it stays
+ * valid JSON wherever the length field ends it; the bytes after it are the
+ * data section. */
+static void test_header_end_window(void)
+{
+    static const char json[] = "{\"t\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    static const char json_empty[] = "{\"t\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}";
+    enum { PAD = 16 };
+    for (int variant = 0; variant < 2; ++variant) {
+        const char *text = variant ? json_empty : json;
+        const size_t j = strlen(text), size = 8 + j + PAD;
+        const size_t need = variant ? 0 : 4; /* data bytes the tensor needs */
+        char padded[sizeof json + PAD];      /* the JSON, then PAD spaces */
+        snprintf(padded, sizeof padded, "%-*s", (int)(j + PAD), text);
+        /* The header ends `end_at` bytes before the end of the image (negative: after it). */
+        for (int end_at = -8; end_at <= 8; ++end_at) {
+            const unsigned long long len = (unsigned long long)((long long)(size - 8) - end_at);
+            blob b = image_raw(len, padded, j + PAD, NULL, 0);
+            char what[96];
+            snprintf(what, sizeof what, "header ends %d byte(s) %s the end (%s)", end_at < 0 ? -end_at : end_at,
+                     end_at < 0 ? "past" : "before", variant ? "empty tensor" : "4-byte tensor");
+            if (end_at < 0) {
+                expect_refused(what, b, desc_std, "routing_fn", CONDCONV_STATUS_BAD_FILE, "runs past the end");
+            } else if ((size_t)end_at < need) {
+                expect_refused(what, b, desc_std, "routing_fn", CONDCONV_STATUS_BAD_FILE, "data section");
+            } else {
+                /* The parser accepts it, and the tensor's bytes are the first of the data section. */
+                cc_st_file f;
+                const condconv_status st = cc_st_parse(b.p, b.n, "memory image", &f, "test");
+                EXPECT(st == CONDCONV_STATUS_SUCCESS, "%s: cc_st_parse returned %s (%s)", what,
+                       condconv_status_string(st), condconv_last_error());
+                if (st == CONDCONV_STATUS_SUCCESS) {
+                    const cc_st_tensor *t = cc_st_find(&f, "t");
+                    EXPECT(t != NULL && t->data == b.p + 8 + len && t->end - t->begin == need,
+                           "%s: tensor 't' is not where the header put it", what);
+                    cc_st_release(&f);
+                }
+                printf("  %-40s accepted\n", what);
+                free(b.p);
+            }
+        }
+    }
+    /* The layer's own file, its data section cut 0 to 8 bytes short. */
+    spec s[4];
+    standard_specs(s, "F32");
+    char header[4096];
+    header_of(s, 4, NULL, header, sizeof header);
+    unsigned char data[4 * (N_EXPERTS + N_BIAS + N_RW + N_RB)];
+    const size_t n = encode("F32", data);
+    for (size_t cut = 0; cut <= 8; ++cut) {
+        char what[64];
+        snprintf(what, sizeof what, "data section %zu byte(s) short", cut);
+        if (cut == 0)
+            load_and_compare(what, image(header, data, n), 0);
+        else
+            expect_refused(what, image(header, data, n - cut), desc_std, "routing_fn", CONDCONV_STATUS_BAD_FILE,
+                           "data section");
+    }
+}
+
 /* Exact conversion of the special values of each format, via the parser. */
 static void test_conversion(void)
 {
@@ -650,6 +713,7 @@ int main(void)
     desc_std = make_desc(E, 1, CONDCONV_ROUTING_SIGMOID);
 
     test_framing();
+    test_header_end_window();
     test_json();
     test_entries();
     test_layer_mismatch();

@@ -139,7 +139,10 @@ tu_layer_spec tu_random_spec(tu_domain domain, int max_per_group, int max_kernel
     }
     s.stride_h = tu_rng_int(1, 2);
     s.stride_w = tu_rng_int(0, 3) == 0 ? tu_rng_int(1, 3) : s.stride_h;
-    s.dil_h = s.dil_w = tu_rng_int(0, 3) == 0 ? 2 : 1;
+    /* Dilation 1 or 2 per axis, a quarter of the draws apart (as the stride): a reference or
+     * kernel that swaps dil_h and dil_w, or uses one for both, must meet a layer that shows it. */
+    s.dil_h = tu_rng_int(0, 3) == 0 ? 2 : 1;
+    s.dil_w = tu_rng_int(0, 3) == 0 ? 3 - s.dil_h : s.dil_h;
     if (tu_rng_int(0, 2) == 0) {
         s.pad_mode = CONDCONV_PADDING_SAME;
     } else {

@@ -67,7 +67,9 @@ tu_layer_spec tu_basic_spec(int cin, int cout, int k, int experts);
 
 /* Random specs. TU_ANY mixes dense, grouped, depthwise and pointwise
  * layers with strides 1-3, dilation 1-2, explicit or "same" padding, E from
- * 1 to 32, every routing mode and activation; the others pin the kind. */
+ * 1 to 32, every routing mode and activation; the others pin the kind.
+ * Kernel size, stride, dilation and explicit padding are drawn per axis and
+ * differ between h and w in a good share of the draws (test_util_draws). */
 typedef enum tu_domain { TU_ANY, TU_DENSE, TU_GROUPED, TU_DEPTHWISE, TU_POINTWISE } tu_domain;
 tu_layer_spec tu_random_spec(tu_domain domain, int max_per_group, int max_kernel);
 

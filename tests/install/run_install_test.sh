@@ -14,6 +14,16 @@ mkdir -p "$scratch"
 prefix=$scratch/prefix
 
 cmake --install "$build" --prefix "$prefix" >"$scratch/install.log"
+# A clone is complete, and so is an install: the bench's anchor tables and the valgrind
+# suppressions travel with the package.
+# (The anchors come with condconv-bench, when it is built.)
+wanted=(share/condconv/valgrind-cuda-libs.supp)
+[[ -x "$prefix/bin/condconv-bench" ]] &&
+  wanted+=(share/condconv/bench/anchors/README.md share/condconv/bench/anchors/timm-vs-static-h200-2026-11-28.csv
+    share/condconv/bench/anchors/timm-effnet-models-h200-2026-11-28.csv)
+for f in "${wanted[@]}"; do
+  [[ -f "$prefix/$f" ]] || { echo "install test: $f is not installed" >&2; exit 1; }
+done
 
 cmake -S "$consumer" -B "$scratch/build" -DCMAKE_PREFIX_PATH="$prefix${extra:+;$extra}" -DCMAKE_BUILD_TYPE=Release \
   >"$scratch/configure.log" || { cat "$scratch/configure.log"; exit 1; }
@@ -39,4 +49,6 @@ export PKG_CONFIG_PATH=$pc_path${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 cc -std=c11 -o "$scratch/consumer_pc" "$consumer/main.c" $(pkg-config --cflags --libs condconv) \
   -Wl,-rpath,"$libdir"
 "$scratch/consumer_pc"
+supp=$(pkg-config --variable=valgrind_suppressions condconv)
+[[ -f "$supp" ]] || { echo "install test: pkg-config's valgrind_suppressions '$supp' is not an installed file" >&2; exit 1; }
 echo "install test: CMake package (shared, static) and pkg-config consumers passed"
