@@ -173,7 +173,17 @@ static void every_algorithm(condconv_context_t ctx, int count)
     for (int i = 0; i < count; ++i) {
         tu_layer_spec s = tu_random_spec(domains[i % 4], 6, 5);
         if (i % 4 == 1 && s.groups == s.cin) s.groups = 1; /* a grouped draw that came out depthwise */
-        const int n = batches[i % 4], h = tu_rng_int(1, 9), w = tu_rng_int(1, 9);
+        int n = batches[i % 4], h = tu_rng_int(1, 9), w = tu_rng_int(1, 9);
+        if (i == 0) { /* cuDNN's fused bias + ReLU, and one sample of one group: where cuDNN offers FFT first */
+            s = tu_basic_spec(6, 8, 3, 4);
+            s.pad_h = s.pad_w = 1;
+            s.has_bias = 1;
+            s.activation = CONDCONV_ACTIVATION_RELU;
+            s.routing = CONDCONV_ROUTING_SIGMOID;
+            n = 1;
+            h = 7;
+            w = 6;
+        }
         condconv_layer_desc_t desc = tu_make_desc(&s);
         int ho = 0, wo = 0;
         if (condconv_layer_desc_get_output_dims(desc, h, w, &ho, &wo, NULL) != CONDCONV_STATUS_SUCCESS) {
@@ -202,6 +212,11 @@ static void every_algorithm(condconv_context_t ctx, int count)
                 EXPECT(algos[a] == CONDCONV_ALGO_AUTO || info.algo == algos[a], "%s forced, %s planned",
                        condconv_algo_name(algos[a]), condconv_algo_name(info.algo));
                 if (i < 4) printf("  %s: %s\n", condconv_algo_name(info.algo), info.backend);
+                /* Strict f32 sums directly: never a transform algorithm (the emulated cuDNN offers FFT first). */
+                EXPECT(tf32 || strstr(info.backend, "fft") == NULL, "strict f32 runs %s", info.backend);
+                if (i == 0 && info.algo == CONDCONV_ALGO_CUDNN_GROUPED)
+                    EXPECT(strstr(info.backend, "bias+relu fused") != NULL, "cuDNN's bias + ReLU not fused: %s",
+                           info.backend);
                 /* TF32 within its bound: tf32 cases compare as TF32 (below). */
                 tf32_case = tf32;
                 forward_case(layer, &s, &p, n, h, w, i % 4 == 3, i % 3 != 2, condconv_algo_name(algos[a]));
