@@ -13,6 +13,12 @@
  * under-counts it writes into the emulated cudaMalloc's guard zones and
  * stops the run.
  *
+ * A forward whose workspace allocation is 4 bytes shorter than the size the
+ * caller states (as a layout that under-counts its last region would be)
+ * writes into the guard zone after the allocation: run in a child process,
+ * it must stop with the layer's guard-zone report (under ASan: the write
+ * itself, into the poisoned zone).
+ *
  * Also: a forward captured into a CUDA graph and replayed on new inputs
  * equals an eager one (the emulated runtime invalidates a capture in which
  * the forward allocated or synchronised), an unprepared shape inside a
@@ -21,9 +27,13 @@
  *
  * Tolerance as tests/test_gpu_forward.c: 1e-5 * mag + 1e-6 for y, 2e-5 for
  * the routing weights. */
+#define _POSIX_C_SOURCE 200809L
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "emu_util.h"
 #include "test_util.h"
@@ -313,8 +323,81 @@ static void graph_capture(condconv_context_t ctx, cudaStream_t stream)
     condconv_layer_desc_destroy(desc);
 }
 
-int main(void)
+/* The short-workspace forward (run as a child: it must not return).
+ * gemm_batched with biases, NCHW: the workspace ends with the per-sample
+ * biases, 4 x 16 floats = 256 bytes (no padding after them), which the
+ * aggregation kernel writes last. */
+static int short_workspace(void)
 {
+    condconv_context_t ctx;
+    if (condconv_context_create(&ctx, 0) != CONDCONV_STATUS_SUCCESS) return 2;
+    tu_layer_spec s = tu_basic_spec(8, 16, 3, 4);
+    s.has_bias = 1;
+    s.routing = CONDCONV_ROUTING_SIGMOID;
+    const int n = 4, h = 6, w = 6;
+    tu_params p;
+    tu_make_params(&s, &p);
+    condconv_layer_desc_t desc = tu_make_desc(&s);
+    const condconv_params view = tu_params_view(&p);
+    condconv_layer_t layer;
+    size_t ws_bytes = 0;
+    if (condconv_layer_create(ctx, desc, &view, &layer) != CONDCONV_STATUS_SUCCESS ||
+        condconv_layer_set_algo(layer, CONDCONV_ALGO_GEMM_BATCHED) != CONDCONV_STATUS_SUCCESS ||
+        condconv_get_workspace_size(layer, n, h, w, &ws_bytes) != CONDCONV_STATUS_SUCCESS)
+        return 2;
+    eu_buffer dx = eu_buffer_make((size_t)n * s.cin * h * w, 0), dy = eu_buffer_make((size_t)n * s.cout * 4 * 4, 0);
+    float *x = eu_random(dx.n, -1.0f, 1.0f);
+    eu_upload(&dx, x);
+    void *ws = tu_dev_alloc_bytes(ws_bytes - 4); /* one float short */
+    printf("forward with a workspace of %zu bytes stated as %zu\n", ws_bytes - 4, ws_bytes);
+    fflush(stdout);
+    const condconv_status st = condconv_forward(layer, n, h, w, dx.data, dy.data, NULL, NULL, ws, ws_bytes);
+    printf("the forward returned %s and nothing stopped it\n", condconv_status_string(st));
+    return 0;
+}
+
+/* Runs this program with --short-workspace: it must fail saying `expect`. */
+static void expect_short_workspace_caught(const char *expect)
+{
+    char self[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    int fds[2];
+    if (len <= 0 || pipe(fds) != 0) {
+        EXPECT(0, "cannot run this program as a child");
+        return;
+    }
+    self[len] = '\0';
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    char *argv[] = {self, (char *)"--short-workspace", NULL};
+    extern char **environ;
+    pid_t pid;
+    const int spawned = posix_spawn(&pid, self, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    static char output[1 << 16];
+    size_t used = 0;
+    ssize_t got;
+    while ((got = read(fds[0], output + used, sizeof output - 1 - used)) > 0) used += (size_t)got;
+    output[used] = '\0';
+    close(fds[0]);
+    int status = 0;
+    if (spawned != 0 || waitpid(pid, &status, 0) != pid) {
+        EXPECT(0, "could not run the child");
+        return;
+    }
+    const int caught = (!WIFEXITED(status) || WEXITSTATUS(status) != 0) && strstr(output, expect) != NULL;
+    EXPECT(caught, "a forward writing past its workspace allocation: expected \"%s\", got status %d:\n%s", expect,
+           status, output);
+    printf("  a forward on a workspace 4 bytes short: %s\n", caught ? "stopped (guard zone)" : "NOT CAUGHT");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--short-workspace") == 0) return short_workspace();
     tu_seed_from_env();
     condconv_context_t ctx;
     cudaStream_t stream;
@@ -330,6 +413,17 @@ int main(void)
     depthwise_layers(ctx, CONDCONV_ALGO_AUTO, CONDCONV_SELECT_HEURISTIC, count);
     printf("every algorithm, forced where it applies, and AUTO:\n");
     every_algorithm(ctx, tu_case_count(8));
+    printf("guard zones:\n");
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEF_ASAN 1
+#endif
+#endif
+#ifdef TEF_ASAN
+    expect_short_workspace_caught("use-after-poison");
+#else
+    expect_short_workspace_caught("guard zone");
+#endif
     printf("graph capture and routing alone:\n");
     graph_capture(ctx, stream);
     EXPECT_OK(condconv_context_destroy(ctx));
