@@ -292,12 +292,10 @@ int main(void)
     tu_seed_from_env();
     condconv_context_t ctx;
     if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_emu_formats");
-    static const format formats[] = {{CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW},
-                                     {CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NHWC},
-                                     {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW},
-                                     {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC},
-                                     {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW},
-                                     {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC}};
+    static const format formats[] = {
+        {CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW},  {CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NHWC},
+        {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW},  {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC},
+        {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW}, {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC}};
     const int cases = tu_case_count(10), library_cases = (cases + 2) / 3;
     const size_t format_count = sizeof formats / sizeof formats[0];
     int expected_forwards = 0;
@@ -311,7 +309,7 @@ int main(void)
                 tf32 = formats[k].dtype == CONDCONV_DTYPE_F32 && (i + a) % 2;
                 EXPECT_OK(condconv_context_set_math(ctx, tf32 ? CONDCONV_MATH_TF32 : CONDCONV_MATH_F32));
                 EXPECT_OK(condconv_context_set_algo_select(ctx, (i + a) % 3 == 1 ? CONDCONV_SELECT_HEURISTIC
-                                                                                  : CONDCONV_SELECT_MEASURE));
+                                                                                 : CONDCONV_SELECT_MEASURE));
                 library_case(ctx, formats[k], library_algos[a], 3 * i + a);
                 ++expected_forwards;
             }

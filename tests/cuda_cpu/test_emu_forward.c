@@ -176,8 +176,8 @@ static int applies(condconv_algo algo, const tu_layer_spec *s)
 static void every_algorithm(condconv_context_t ctx, int count)
 {
     static const tu_domain domains[] = {TU_DENSE, TU_GROUPED, TU_POINTWISE, TU_DEPTHWISE};
-    static const condconv_algo algos[] = {CONDCONV_ALGO_CUDNN_GROUPED, CONDCONV_ALGO_GEMM_BATCHED,
-                                          CONDCONV_ALGO_MIXTURE,       CONDCONV_ALGO_FUSED,
+    static const condconv_algo algos[] = {CONDCONV_ALGO_CUDNN_GROUPED,   CONDCONV_ALGO_GEMM_BATCHED,
+                                          CONDCONV_ALGO_MIXTURE,         CONDCONV_ALGO_FUSED,
                                           CONDCONV_ALGO_DEPTHWISE_FUSED, CONDCONV_ALGO_AUTO};
     static const int batches[] = {1, 2, 3, 5};
     for (int i = 0; i < count; ++i) {
@@ -216,8 +216,8 @@ static void every_algorithm(condconv_context_t ctx, int count)
             if (algos[a] != CONDCONV_ALGO_AUTO && !applies(algos[a], &s)) {
                 EXPECT_STATUS(st, CONDCONV_STATUS_NOT_SUPPORTED);
             } else if (st != CONDCONV_STATUS_SUCCESS) {
-                EXPECT(0, "%s refuses n=%d h=%d w=%d %s: %s", condconv_algo_name(algos[a]), n, h, w,
-                       tu_spec_string(&s), condconv_last_error());
+                EXPECT(0, "%s refuses n=%d h=%d w=%d %s: %s", condconv_algo_name(algos[a]), n, h, w, tu_spec_string(&s),
+                       condconv_last_error());
             } else {
                 EXPECT(algos[a] == CONDCONV_ALGO_AUTO || info.algo == algos[a], "%s forced, %s planned",
                        condconv_algo_name(algos[a]), condconv_algo_name(info.algo));

@@ -186,8 +186,9 @@ void fault_unless(bool ok, const char *call, const char *what, const void *p, si
         std::abort();
     }
     if (reinterpret_cast<uintptr_t>(p) % align != 0) {
-        std::fprintf(stderr, "cuda_cpu: FAULT: %s: %s %p is not aligned to its %zu-byte elements (misaligned address)\n",
-                     call, what, p, align);
+        std::fprintf(stderr,
+                     "cuda_cpu: FAULT: %s: %s %p is not aligned to its %zu-byte elements (misaligned address)\n", call,
+                     what, p, align);
         std::fflush(stderr);
         std::abort();
     }
@@ -202,22 +203,23 @@ void check_range(const char *call, const char *what, const void *p, size_t bytes
 // --- cuDNN convolution ---------------------------------------------------------------------------------
 elem cudnn_elem(cudnnDataType_t t)
 {
-    return t == CUDNN_DATA_FLOAT ? elem::f32 : t == CUDNN_DATA_HALF ? elem::f16 : t == CUDNN_DATA_BFLOAT16 ? elem::bf16 : elem::none;
+    return t == CUDNN_DATA_FLOAT      ? elem::f32
+           : t == CUDNN_DATA_HALF     ? elem::f16
+           : t == CUDNN_DATA_BFLOAT16 ? elem::bf16
+                                      : elem::none;
 }
 
 bool valid_format(cudnnTensorFormat_t f) { return f == CUDNN_TENSOR_NCHW || f == CUDNN_TENSOR_NHWC; }
 
 size_t tensor_index(const cudnnTensorStruct &t, int n, int c, int h, int w)
 {
-    if (t.format == CUDNN_TENSOR_NHWC)
-        return ((static_cast<size_t>(n) * t.h + h) * t.w + w) * t.c + c;
+    if (t.format == CUDNN_TENSOR_NHWC) return ((static_cast<size_t>(n) * t.h + h) * t.w + w) * t.c + c;
     return ((static_cast<size_t>(n) * t.c + c) * t.h + h) * t.w + w;
 }
 
 size_t filter_index(const cudnnFilterStruct &f, int k, int c, int r, int s)
 {
-    if (f.format == CUDNN_TENSOR_NHWC)
-        return ((static_cast<size_t>(k) * f.h + r) * f.w + s) * f.c + c;
+    if (f.format == CUDNN_TENSOR_NHWC) return ((static_cast<size_t>(k) * f.h + r) * f.w + s) * f.c + c;
     return ((static_cast<size_t>(k) * f.c + c) * f.h + r) * f.w + s;
 }
 
@@ -256,9 +258,10 @@ cudnnStatus_t check_problem(const cudnnTensorStruct *x, const cudnnFilterStruct 
     // for the types condconv uses: FLOAT_CONFIG (float data, float compute),
     // PSEUDO_HALF_CONFIG (half data, float compute), TRUE_HALF_CONFIG (half,
     // half), PSEUDO_BFLOAT16_CONFIG (bfloat16 data, float compute).
-    const bool ok = (x->type == CUDNN_DATA_FLOAT && conv->compute == CUDNN_DATA_FLOAT) ||
-                    (x->type == CUDNN_DATA_HALF && (conv->compute == CUDNN_DATA_FLOAT || conv->compute == CUDNN_DATA_HALF)) ||
-                    (x->type == CUDNN_DATA_BFLOAT16 && conv->compute == CUDNN_DATA_FLOAT);
+    const bool ok =
+        (x->type == CUDNN_DATA_FLOAT && conv->compute == CUDNN_DATA_FLOAT) ||
+        (x->type == CUDNN_DATA_HALF && (conv->compute == CUDNN_DATA_FLOAT || conv->compute == CUDNN_DATA_HALF)) ||
+        (x->type == CUDNN_DATA_BFLOAT16 && conv->compute == CUDNN_DATA_FLOAT);
     if (!ok) return CUDNN_STATUS_NOT_SUPPORTED;
     // The filter's layout follows the tensors' (cuDNN supports NHWC filters with NHWC data only).
     if (w->format != x->format) return CUDNN_STATUS_NOT_SUPPORTED;
@@ -296,8 +299,9 @@ cudnnStatus_t algo_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct
 }
 
 // Offered best first (the order of the estimates, as Get_v7 sorts them).
-const cudnnConvolutionFwdAlgo_t kOffered[] = {CUDNN_CONVOLUTION_FWD_ALGO_FFT, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-                                              CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_GEMM};
+const cudnnConvolutionFwdAlgo_t kOffered[] = {
+    CUDNN_CONVOLUTION_FWD_ALGO_FFT, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_GEMM};
 
 // The perf list of every algorithm: the offered ones that apply first, the
 // others after them with status NOT_SUPPORTED (cudnnGetConvolutionForwardAlgorithm_v7).
@@ -344,10 +348,10 @@ struct conv_call {
     const cudnnConvolutionStruct *cd;
     const void *x, *w;
     void *y;
-    double alpha, beta;          // beta: weight of y's old value
-    const void *z = nullptr;     // residual, weight alpha2
+    double alpha, beta;      // beta: weight of y's old value
+    const void *z = nullptr; // residual, weight alpha2
     double alpha2 = 0.0;
-    const void *bias = nullptr;  // [1][k][1][1] float
+    const void *bias = nullptr; // [1][k][1][1] float
     bool relu = false;
 };
 
@@ -580,8 +584,8 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
                                                      int *returned, cudnnConvolutionFwdAlgoPerf_t *perf,
                                                      void *workspace, size_t workspace_bytes)
 {
-    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1 || x == nullptr ||
-        w == nullptr || y == nullptr)
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1 || x == nullptr || w == nullptr ||
+        y == nullptr)
         return CUDNN_STATUS_BAD_PARAM;
     const cudnnStatus_t st = check_problem(xd, wd, conv, yd);
     if (st != CUDNN_STATUS_SUCCESS) return st;
@@ -594,8 +598,8 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
             perf[i].time = -1.0f;
             continue;
         }
-        const cudnnStatus_t run = run_checked("cudnnFindConvolutionForwardAlgorithmEx", c, perf[i].algo, workspace,
-                                              workspace_bytes);
+        const cudnnStatus_t run =
+            run_checked("cudnnFindConvolutionForwardAlgorithmEx", c, perf[i].algo, workspace, workspace_bytes);
         if (run != CUDNN_STATUS_SUCCESS) perf[i].status = run;
     }
     // Successful ones first, in the list's order of estimated time.
@@ -659,9 +663,9 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const cudnnTensorDescriptor_t zd, const void *z, const cudnnTensorDescriptor_t bias_d, const void *bias,
     const cudnnActivationDescriptor_t act, const cudnnTensorDescriptor_t yd, void *y)
 {
-    if (handle == nullptr || alpha1 == nullptr || alpha2 == nullptr || x == nullptr || w == nullptr ||
-        z == nullptr || zd == nullptr || bias == nullptr || bias_d == nullptr || act == nullptr || y == nullptr ||
-        !zd->set || !bias_d->set || !act->set)
+    if (handle == nullptr || alpha1 == nullptr || alpha2 == nullptr || x == nullptr || w == nullptr || z == nullptr ||
+        zd == nullptr || bias == nullptr || bias_d == nullptr || act == nullptr || y == nullptr || !zd->set ||
+        !bias_d->set || !act->set)
         return CUDNN_STATUS_BAD_PARAM;
     const cudnnStatus_t st = check_problem(xd, wd, conv, yd);
     if (st != CUDNN_STATUS_SUCCESS) return st;

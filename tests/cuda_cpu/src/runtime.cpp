@@ -125,8 +125,8 @@ unsigned char guard_byte(size_t i) { return static_cast<unsigned char>(0x5a ^ (i
 
 void fill_guards(unsigned char *user, size_t size)
 {
-    for (size_t i = 0; i < kGuardBytes; ++i) user[-static_cast<ptrdiff_t>(kGuardBytes) + static_cast<ptrdiff_t>(i)] =
-        user[size + i] = guard_byte(i);
+    for (size_t i = 0; i < kGuardBytes; ++i)
+        user[-static_cast<ptrdiff_t>(kGuardBytes) + static_cast<ptrdiff_t>(i)] = user[size + i] = guard_byte(i);
     ASAN_POISON_MEMORY_REGION(user - kGuardBytes, kGuardBytes);
     ASAN_POISON_MEMORY_REGION(user + size, kGuardBytes);
 }
@@ -390,11 +390,11 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
         }
     ++k->launches;
     const launch_desc copy = desc;
-    const cudaError_t err = issue(s, lk, desc.stream, "a kernel launch on the legacy stream",
-                                  [copy, name, body = std::move(body)] {
-                                      run_grid(copy, name.c_str(), body);
-                                      check_guards(("the end of a grid of " + name).c_str());
-                                  });
+    const cudaError_t err =
+        issue(s, lk, desc.stream, "a kernel launch on the legacy stream", [copy, name, body = std::move(body)] {
+            run_grid(copy, name.c_str(), body);
+            check_guards(("the end of a grid of " + name).c_str());
+        });
     return result(err);
 }
 
@@ -548,8 +548,7 @@ extern "C" cudaError_t cudaMalloc(void **ptr, size_t size)
         return cudaSuccess;
     }
     void *block = nullptr;
-    if (size > SIZE_MAX - 2 * cc_cpu::kGuardBytes ||
-        posix_memalign(&block, 256, size + 2 * cc_cpu::kGuardBytes) != 0)
+    if (size > SIZE_MAX - 2 * cc_cpu::kGuardBytes || posix_memalign(&block, 256, size + 2 * cc_cpu::kGuardBytes) != 0)
         return result(cudaErrorMemoryAllocation);
     unsigned char *p = static_cast<unsigned char *>(block) + cc_cpu::kGuardBytes;
     std::memset(p, 0xff, size); // unwritten device memory reads as NaN
