@@ -342,7 +342,8 @@ static int scenario(const char *name)
         /* 16 floats; the kernel writes 32 from index 0 (past the end) or from -32 (before the start). */
         float *small = dev(16 * sizeof(float));
         const cudaError_t err = st_wrong(ST_GLOBAL_OVERRUN, NULL, small, name[7] == 'o' ? 0 : -32);
-        return err != cudaSuccess ? err : cudaFree(small);
+        if (err != cudaSuccess) return err;
+        return cudaFree(small);
     }
     if (strcmp(name, "handoff_race") == 0) {
         unsigned *flag = dev(sizeof(unsigned));

@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "runtime.h"
@@ -99,12 +100,12 @@ double half_to_double(uint16_t h)
     const int sign = h >> 15, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
     double v;
     if (exp == 0x1f)
-        v = mant ? NAN : INFINITY;
+        v = mant != 0 ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
     else if (exp == 0)
         v = std::ldexp(mant, -24);
     else
         v = std::ldexp(mant + 1024, exp - 25);
-    return sign ? -v : v;
+    return sign != 0 ? -v : v;
 }
 
 // d rounded to nearest even with `bits` significand bits, at most `max_exp`
@@ -119,7 +120,7 @@ double round_to(double d, int bits, int max_exp, int min_ulp_exp)
     if (ulp_exp < min_ulp_exp) ulp_exp = min_ulp_exp;
     const double r = std::ldexp(std::nearbyint(std::ldexp(d, -ulp_exp)), ulp_exp);
     const double largest = std::ldexp(2.0 - std::ldexp(1.0, 1 - bits), max_exp);
-    if (std::fabs(r) > largest) return d < 0 ? -INFINITY : INFINITY;
+    if (std::fabs(r) > largest) return std::copysign(std::numeric_limits<double>::infinity(), d);
     return r;
 }
 

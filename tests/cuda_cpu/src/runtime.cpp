@@ -161,7 +161,10 @@ void check_guard(const unsigned char *user, size_t size, const char *when)
 // Every live allocation's guards. Called with rt().m held.
 void check_all_guards(const runtime_state &s, const char *when)
 {
-    for (const auto &a : s.allocations) check_guard(reinterpret_cast<const unsigned char *>(a.first), a.second, when);
+    // The map is keyed by address: the cast gives back the pointer cudaMalloc returned.
+    for (const auto &a : s.allocations)
+        check_guard(reinterpret_cast<const unsigned char *>(a.first), a.second, // NOLINT(performance-no-int-to-ptr)
+                    when);
 }
 
 bool is_device(const runtime_state &s, const void *p, size_t n)
