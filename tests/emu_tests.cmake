@@ -195,8 +195,8 @@ foreach(t routing aggregate depthwise_fused epilogue gather)
   string(REPLACE "_fused" "" name ${t})
   cc_emu_test(test_emu_${name} "cc_cpu_emu_util;cc_cpu_kernel_${t}")
 endforeach()
-# condconv_forward end to end, and fault injection.
-foreach(t forward formats faults)
+# condconv_forward end to end, fault injection, the emulated cuDNN and cuBLAS.
+foreach(t forward formats faults libs)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
 endforeach()
 

@@ -727,12 +727,13 @@ cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void *workspace, siz
 //  - NOT_INITIALIZED: the handle was not created;
 //  - INVALID_VALUE: m, n, k or batchCount < 0; transa/transb not N, T or C;
 //    lda < max(1, m) for op N (else < max(1, k)), ldb < max(1, k) for op N
-//    (else < max(1, n)), ldc < max(1, m); an invalid algo;
+//    (else < max(1, n)), ldc < max(1, m); alpha or beta NULL;
 //  - NOT_SUPPORTED: "the combination of the parameters Atype, Btype and
 //    Ctype or the algorithm, algo is not supported" (the real-type rows of
 //    cublasGemmEx's table: CUBLAS_COMPUTE_32F takes 16F, 16BF and 32F data
 //    with C of the same type or 32F; CUBLAS_COMPUTE_32F_FAST_TF32 (and the
-//    other FAST_ types) takes 32F only); the scale type is float for both.
+//    other FAST_ types) takes 32F only; 8-bit integer inputs, which cuBLAS
+//    also takes, are not emulated); the scale type is float for both.
 // alpha and beta are host pointers (the default pointer mode). TF32 permits
 // the operands to be rounded; the emulation computes exactly.
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
@@ -747,9 +748,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
     const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
     const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
     if (m < 0 || n < 0 || k < 0 || batch < 0 || !op_ok(transa) || !op_ok(transb) || lda < std::max(1, a_rows) ||
-        ldb < std::max(1, b_rows) || ldc < std::max(1, m) || alpha == nullptr || beta == nullptr ||
-        (algo != CUBLAS_GEMM_DEFAULT && algo != CUBLAS_GEMM_DEFAULT_TENSOR_OP))
+        ldb < std::max(1, b_rows) || ldc < std::max(1, m) || alpha == nullptr || beta == nullptr)
         return CUBLAS_STATUS_INVALID_VALUE;
+    // The emulation has the default algorithms only (the library asks for CUBLAS_GEMM_DEFAULT).
+    if (algo != CUBLAS_GEMM_DEFAULT && algo != CUBLAS_GEMM_DEFAULT_TENSOR_OP) return CUBLAS_STATUS_NOT_SUPPORTED;
     const elem ea = cublas_elem(a_type), ec = cublas_elem(c_type);
     bool types_ok = false;
     if (compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC)
