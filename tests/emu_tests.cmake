@@ -57,8 +57,9 @@ if(NOT DEFINED CONDCONV_KERNEL_SOURCES OR NOT DEFINED CONDCONV_HOST_SOURCES)
   endforeach()
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${CC_EMU_ROOT}/CMakeLists.txt)
 endif()
-# The bug-injection script points this at a copy of kernels/.
+# The bug-injection script points these at copies of kernels/ and host/.
 set(CC_EMU_KERNEL_DIR ${CC_EMU_ROOT}/kernels CACHE PATH "kernel sources the emu layer compiles")
+set(CC_EMU_HOST_DIR ${CC_EMU_ROOT}/host CACHE PATH "host sources the emu layer compiles")
 
 # Only headers of the toolkit and cuDNN: nothing links cudart, cuDNN or cuBLAS.
 if(NOT TARGET Jansson::Jansson)
@@ -153,12 +154,13 @@ endforeach()
 
 set(cc_emu_host)
 foreach(src ${CONDCONV_HOST_SOURCES})
-  list(APPEND cc_emu_host ${CC_EMU_ROOT}/${src})
+  string(REGEX REPLACE "^host/" "" src ${src})
+  list(APPEND cc_emu_host ${CC_EMU_HOST_DIR}/${src})
 endforeach()
 add_library(cc_cpu_host STATIC ${cc_emu_host})
 target_include_directories(cc_cpu_host
   PUBLIC ${CC_EMU_ROOT}/include
-  PRIVATE ${CC_EMU_ROOT}/host ${JANSSON_INCLUDE_DIR})
+  PRIVATE ${CC_EMU_HOST_DIR} ${JANSSON_INCLUDE_DIR})
 if(DEFINED CONDCONV_NVTX)
   target_compile_definitions(cc_cpu_host PRIVATE CONDCONV_WITH_NVTX=$<BOOL:${CONDCONV_NVTX}>)
 else()
@@ -193,8 +195,9 @@ foreach(t routing aggregate depthwise_fused epilogue gather)
   string(REPLACE "_fused" "" name ${t})
   cc_emu_test(test_emu_${name} "cc_cpu_emu_util;cc_cpu_kernel_${t}")
 endforeach()
-# condconv_forward end to end, and fault injection.
-foreach(t forward formats faults devices staging)
+# condconv_forward end to end, fault injection, device restore, pointer staging,
+# the emulated cuDNN and cuBLAS.
+foreach(t forward formats faults devices staging libs)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
 endforeach()
 

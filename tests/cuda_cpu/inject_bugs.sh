@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Proof that the CPU execution layer catches kernel bugs: each bug of
-# tests/cuda_cpu/bugs.txt is injected, one at a time, into a copy of
-# kernels/; the emu test named for it is rebuilt in the build named for it
-# (ASan + UBSan, or TSan) and run, and must fail. First every such test must
+# Proof that the CPU execution layer catches kernel and host-code bugs: each
+# bug of tests/cuda_cpu/bugs.txt is injected, one at a time, into a copy of
+# kernels/ (or of host/, for a file named host/...); the emu test named for
+# it is rebuilt in the build named for it (ASan + UBSan, or TSan) and run,
+# and must fail. First every such test must
 # pass on the unmodified copy, so that a failure means the bug was seen.
 # Exits 1 unless every bug is caught; prints how each one was.
 #
 # The ASan and the TSan bugs run side by side, each build on its own copy.
 #
 # Usage: tests/cuda_cpu/inject_bugs.sh [PREFIX]   (build trees PREFIX-asan and
-#        PREFIX-tsan on copies PREFIX-kernels-asan and -tsan; default build-emu-bugs)
+#        PREFIX-tsan on copies PREFIX-kernels-asan and -tsan, PREFIX-host-asan
+#        and -tsan; default build-emu-bugs)
 # Environment: JOBS (default 2), BUG_TIMEOUT (seconds per test run, default 300).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -46,17 +48,21 @@ fi
 # time stamp, so that whatever was built from its injected version is
 # rebuilt (a copy that kept the original's older stamp would leave the bug
 # compiled in the objects).
-sync_copy() { # copy
+sync_dir() { # source copy
   local f
-  for f in kernels/*; do cmp -s "$f" "$1/${f##*/}" || cp "$f" "$1/" || return 1; done
+  for f in "$1"/*; do cmp -s "$f" "$2/${f##*/}" || cp "$f" "$2/" || return 1; done
+}
+sync_copy() { # build
+  sync_dir kernels "$prefix-kernels-$1" && sync_dir host "$prefix-host-$1"
 }
 configure() { # build (asan|tsan)
   local dir=$prefix-$1 copy=$prefix-kernels-$1 sanitize=address
   [[ $1 == tsan ]] && sanitize=thread
-  mkdir -p "$copy" "$dir" && sync_copy "$copy" || return 1
+  mkdir -p "$copy" "$prefix-host-$1" "$dir" && sync_copy "$1" || return 1
   # -O1: these builds recompile a kernel for every bug.
   cmake -S tests/cuda_cpu -B "$dir" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=None \
     -DCMAKE_C_FLAGS="-O1 -g" -DCMAKE_CXX_FLAGS="-O1 -g" -DCC_EMU_SANITIZE=$sanitize -DCC_EMU_KERNEL_DIR="$copy" \
+    -DCC_EMU_HOST_DIR="$prefix-host-$1" \
     >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; return 1; }
 }
 build() { # build test log
@@ -90,7 +96,7 @@ how() { # log
 # Everything for one build: its tests on the unmodified copy, then its bugs,
 # one at a time; each bug's result goes to a file, printed in list order.
 inject() { # build
-  local b=$1 copy=$prefix-kernels-$1 i log status t0 result
+  local b=$1 i log status t0 result target
   local -A seen
   for i in "${!names[@]}"; do
     [[ ${builds[$i]} == "$b" && -z ${seen[${tests[$i]}]:-} ]] || continue
@@ -105,13 +111,15 @@ inject() { # build
   for i in "${!names[@]}"; do
     [[ ${builds[$i]} == "$b" ]] || continue
     t0=$(date +%s)
-    sync_copy "$copy" # undo the previous bug
+    sync_copy "$b" # undo the previous bug
     log=$prefix-$b/bug$((i + 1)).log
+    target=$prefix-kernels-$b/${files[$i]}
+    [[ ${files[$i]} == host/* ]] && target=$prefix-host-$b/${files[$i]#host/}
     if ! FROM=${froms[$i]} TO=${tos[$i]} perl -0777 -i -pe '
           BEGIN { ($f, $t) = ($ENV{FROM}, $ENV{TO}); s/\\n/\n/g for $f, $t; }
           my $n = () = /\Q$f\E/g;
           die "the text to replace occurs $n times, not once\n" if $n != 1;
-          s/\Q$f\E/$t/;' "$copy/${files[$i]}" 2>"$log"; then
+          s/\Q$f\E/$t/;' "$target" 2>"$log"; then
       result="ERROR   ${names[$i]}: $(cat "$log") (update tests/cuda_cpu/bugs.txt)"
     elif ! build "$b" "${tests[$i]}" "$log"; then
       result="ERROR   ${names[$i]}: the injected bug does not compile (see $log)"
@@ -129,7 +137,7 @@ inject() { # build
     echo "$result" >"$prefix-$b/result.$i"
     echo "  $b: bug $((i + 1))/$count ${result%%  *} ($(($(date +%s) - t0)) s)"
   done
-  sync_copy "$copy"
+  sync_copy "$b"
 }
 
 for b in asan tsan; do configure "$b" || exit 1; done

@@ -223,6 +223,13 @@ __global__ void __launch_bounds__(32) spin_kernel(volatile unsigned *flag)
     }
 }
 
+// Writes out[offset .. offset + 31]: past either end of a smaller allocation
+// (the guard zones of the emulated cudaMalloc must catch it).
+__global__ void __launch_bounds__(32) global_overrun_kernel(float *out, int offset)
+{
+    out[offset + static_cast<int>(threadIdx.x)] = 1.0f;
+}
+
 __global__ void __launch_bounds__(32) shared_overrun_kernel(float *out, int words)
 {
     CC_DYNAMIC_SHARED(float, s);
@@ -323,6 +330,7 @@ extern "C" cudaError_t st_wrong(int which, float *x, float *out, int n)
     case ST_SPIN: return cc_launch(spin_kernel, 1, 32, 0, nullptr, reinterpret_cast<volatile unsigned *>(x));
     case ST_SHARED_OVERRUN: return cc_launch(shared_overrun_kernel, 1, 32, (size_t)n * sizeof(float), nullptr, out, n);
     case ST_MISSING_BARRIER: return cc_launch(missing_barrier_kernel, 1, 64, 0, nullptr, out);
+    case ST_GLOBAL_OVERRUN: return cc_launch(global_overrun_kernel, 1, 32, 0, nullptr, out, n);
     case ST_WARP_ORDER_SHUFFLE: return cc_launch(warp_order_kernel, 1, 32, 0, nullptr, out, 0);
     case ST_WARP_ORDER_SYNCWARP: return cc_launch(warp_order_kernel, 1, 32, 0, nullptr, out, 1);
     case ST_WMMA_MISALIGNED:

@@ -3,13 +3,17 @@
  * through the library's host code, unchanged, and the kernels' half and
  * channels-last instances run on the CPU.
  *
- * What runs here is made of condconv's own kernels: routing (condconv_route,
- * and inside every forward), depthwise_fused on depthwise layers, forced and
- * chosen by AUTO (measured and by rule), and the fused tensor-core kernel on
- * dense, grouped and 1x1 half-precision layers, and the fused kernels on f32
- * NHWC ones (the CUDA-core kernel in strict f32, tensor cores with TF32
- * allowed), forced and chosen by AUTO (cuDNN and cuBLAS are not emulated, so
- * AUTO must find them).
+ * Every algorithm runs: routing (condconv_route, and inside every
+ * forward), depthwise_fused on depthwise layers, forced and chosen by AUTO
+ * (measured and by rule); the fused tensor-core kernel on dense, grouped
+ * and 1x1 half-precision layers, and the fused kernels on f32 NHWC ones (the
+ * CUDA-core kernel in strict f32, tensor cores with TF32 allowed); and
+ * cudnn_grouped, mixture (the layer's emulated cuDNN) and gemm_batched (its
+ * emulated cuBLAS), forced on random dense, grouped, 1x1 and depthwise
+ * layers of every format: each must prepare and match the reference (in
+ * NHWC: the transposes around cudnn_grouped, cuDNN's NHWC filters for
+ * mixture, gemm_batched's per-group calls). AUTO, which measures them all,
+ * may choose any algorithm.
  *
  * Reference: tu_reference in double on the dtype's own values (parameters
  * and x are drawn, rounded to the dtype, and fed to both), compared in NCHW
@@ -154,7 +158,9 @@ static void layer_case(condconv_context_t ctx, format f, const tu_layer_spec *sp
     condconv_plan_info info;
     if (EXPECT_OK(condconv_get_plan_info(l.layer, n, h, w, &info)) &&
         EXPECT_OK(condconv_get_workspace_size(l.layer, n, h, w, &ws_bytes))) {
-        EXPECT(info.algo == expected, "%s: %s runs %s (%s), expected %s", format_name(f), tu_spec_string(&s),
+        /* AUTO measuring may choose any algorithm (the emulated cuDNN and cuBLAS compete). */
+        const int any = algo == CONDCONV_ALGO_AUTO && info.select == CONDCONV_SELECT_MEASURE;
+        EXPECT(any || info.algo == expected, "%s: %s runs %s (%s), expected %s", format_name(f), tu_spec_string(&s),
                condconv_algo_name(info.algo), info.reason, condconv_algo_name(expected));
         if (index < 2) printf("  %s plan: %s; %s\n", format_name(f), info.reason, info.backend);
         void *ws = ws_bytes ? tu_dev_alloc_bytes(ws_bytes) : NULL;
@@ -232,6 +238,15 @@ static void dense_case(condconv_context_t ctx, format f, condconv_algo algo, int
     layer_case(ctx, f, &s, algo, CONDCONV_ALGO_FUSED, index);
 }
 
+/* cudnn_grouped, gemm_batched or mixture forced on a random dense, grouped,
+ * 1x1 or depthwise layer (every one applies to each in every format). */
+static void library_case(condconv_context_t ctx, format f, condconv_algo algo, int index)
+{
+    static const tu_domain domains[] = {TU_DENSE, TU_GROUPED, TU_POINTWISE, TU_DEPTHWISE};
+    const tu_layer_spec s = tu_random_spec(domains[index % 4], 6, 5);
+    layer_case(ctx, f, &s, algo, algo, index);
+}
+
 /* condconv_route alone on a dense layer: wide channels for the vector
  * paths, many pixels for a routing split over blocks. */
 static void dense_routing(condconv_context_t ctx, format f)
@@ -277,13 +292,32 @@ int main(void)
     tu_seed_from_env();
     condconv_context_t ctx;
     if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_emu_formats");
-    static const format formats[] = {{CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NHWC},
-                                     {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW},
-                                     {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC},
-                                     {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW},
-                                     {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC}};
-    const int cases = tu_case_count(10);
-    for (size_t k = 0; k < sizeof formats / sizeof formats[0]; ++k) {
+    static const format formats[] = {
+        {CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW},  {CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NHWC},
+        {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW},  {CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC},
+        {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW}, {CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC}};
+    const int cases = tu_case_count(10), library_cases = (cases + 2) / 3;
+    const size_t format_count = sizeof formats / sizeof formats[0];
+    int expected_forwards = 0;
+    for (size_t k = 0; k < format_count; ++k) {
+        /* cuDNN and cuBLAS, forced; f32 alternately in strict f32 and TF32;
+         * cuDNN chosen by Find and by Get_v7 in turn. */
+        static const condconv_algo library_algos[] = {CONDCONV_ALGO_CUDNN_GROUPED, CONDCONV_ALGO_GEMM_BATCHED,
+                                                      CONDCONV_ALGO_MIXTURE};
+        for (int i = 0; i < library_cases; ++i)
+            for (int a = 0; a < 3; ++a) {
+                tf32 = formats[k].dtype == CONDCONV_DTYPE_F32 && (i + a) % 2;
+                EXPECT_OK(condconv_context_set_math(ctx, tf32 ? CONDCONV_MATH_TF32 : CONDCONV_MATH_F32));
+                EXPECT_OK(condconv_context_set_algo_select(ctx, (i + a) % 3 == 1 ? CONDCONV_SELECT_HEURISTIC
+                                                                                 : CONDCONV_SELECT_MEASURE));
+                library_case(ctx, formats[k], library_algos[a], 3 * i + a);
+                ++expected_forwards;
+            }
+        tf32 = 0;
+        EXPECT_OK(condconv_context_set_math(ctx, CONDCONV_MATH_F32));
+        /* f32 NCHW's depthwise and fused layers are test_emu_forward's. */
+        if (formats[k].dtype == CONDCONV_DTYPE_F32 && formats[k].layout == CONDCONV_LAYOUT_NCHW) continue;
+        expected_forwards += 2 * cases;
         /* Forced, then AUTO by measurement, then AUTO by rule. */
         for (int i = 0; i < cases; ++i) {
             const condconv_algo_select select = i % 3 == 2 ? CONDCONV_SELECT_HEURISTIC : CONDCONV_SELECT_MEASURE;
@@ -307,7 +341,7 @@ int main(void)
     }
     EXPECT_OK(condconv_context_destroy(ctx));
     printf("test_emu_formats: %d forwards, %d routings\n", forwards, routes);
-    EXPECT(forwards == 10 * cases, "%d of %d forwards ran", forwards, 10 * cases); /* 5 formats x depthwise, dense */
+    EXPECT(forwards == expected_forwards, "%d of %d forwards ran", forwards, expected_forwards);
     EXPECT(eu_failures == 0, "%d failure(s) of the buffer checks above", eu_failures);
     return tu_finish("test_emu_formats");
 }

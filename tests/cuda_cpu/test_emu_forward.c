@@ -3,12 +3,21 @@
  * (the emulated device has 132 SMs), AUTO's measurement and rule, and the
  * kernels run on the CPU, compared with condconv_forward_cpu.
  *
- * The algorithms made only of condconv's kernels run: routing +
- * depthwise_fused. The ones built on cuDNN or cuBLAS cannot (the layer
- * emulates no cuDNN convolution or cuBLAS GEMM); the test checks and says
- * how they refuse: cudnn_grouped and mixture with NOT_SUPPORTED at prepare,
- * gemm_batched with CUBLAS_ERROR at prepare (its trial GEMM), AUTO on a
- * dense layer with NOT_SUPPORTED.
+ * Every algorithm runs: routing + depthwise_fused and fused (condconv's
+ * kernels), cudnn_grouped and mixture (on the layer's emulated cuDNN: its
+ * descriptors, Find and Get_v7, fused bias + ReLU, workspace) and
+ * gemm_batched (on its emulated cuBLAS). Each is forced on random dense,
+ * grouped, 1x1 and depthwise f32 layers wherever it applies, and must
+ * prepare and match the reference there; AUTO measures them all. The
+ * workspace is allocated exactly as large as asked, so a layout that
+ * under-counts it writes into the emulated cudaMalloc's guard zones and
+ * stops the run.
+ *
+ * A forward whose workspace allocation is 4 bytes shorter than the size the
+ * caller states (as a layout that under-counts its last region would be)
+ * writes into the guard zone after the allocation: run in a child process,
+ * it must stop with the layer's guard-zone report (under ASan: the write
+ * itself, into the poisoned zone).
  *
  * Also: a forward captured into a CUDA graph and replayed on new inputs
  * equals an eager one (the emulated runtime invalidates a capture in which
@@ -18,9 +27,13 @@
  *
  * Tolerance as tests/test_gpu_forward.c: 1e-5 * mag + 1e-6 for y, 2e-5 for
  * the routing weights. */
+#define _POSIX_C_SOURCE 200809L
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "emu_util.h"
 #include "test_util.h"
@@ -28,6 +41,8 @@
 #include "routing.h"
 
 static int forwards;
+/* The forward may run TF32 (the context allows it): compared with tests/test_gpu_forward.c's TF32 bound. */
+static int tf32_case;
 
 typedef struct buffers {
     float *x, *y, *alpha, *alpha_in;
@@ -45,7 +60,7 @@ static void compare_with_reference(const tu_layer_spec *s, const tu_params *p, i
     const size_t y_n = (size_t)n * s->cout * ho * wo, a_n = (size_t)n * s->experts;
     float *y_ref = eu_floats(y_n), *mag = eu_floats(y_n), *a_ref = eu_floats(a_n);
     if (tu_reference(s, p, n, h, w, x, alpha_in, y_ref, mag, a_ref) == 0) {
-        const size_t bad = tu_compare("y", y, y_ref, mag, y_n, 1e-6, 1e-5) +
+        const size_t bad = tu_compare("y", y, y_ref, mag, y_n, tf32_case ? 1e-5 : 1e-6, tf32_case ? 2e-3 : 1e-5) +
                            (alpha ? tu_compare("alpha", alpha, a_ref, NULL, a_n, 2e-5, 0.0) : 0);
         EXPECT(bad == 0, "%s: n=%d h=%d w=%d %s", what, n, h, w, tu_spec_string(s));
     } else {
@@ -130,8 +145,10 @@ static void depthwise_layers(condconv_context_t ctx, condconv_algo algo, condcon
             EXPECT_OK(condconv_layer_set_algo(layer, algo));
             condconv_plan_info info;
             if (EXPECT_OK(condconv_get_plan_info(layer, n, h, w, &info))) {
-                EXPECT(info.algo == CONDCONV_ALGO_DEPTHWISE_FUSED, "a depthwise layer runs %s (%s)",
-                       condconv_algo_name(info.algo), info.reason);
+                /* Measured, AUTO may take any algorithm (on the CPU, the emulated cuDNN often wins). */
+                EXPECT(info.algo == CONDCONV_ALGO_DEPTHWISE_FUSED ||
+                           (algo == CONDCONV_ALGO_AUTO && select == CONDCONV_SELECT_MEASURE),
+                       "a depthwise layer runs %s (%s)", condconv_algo_name(info.algo), info.reason);
                 if (i == 0) printf("  plan: %s, %s\n", condconv_algo_name(info.algo), info.reason);
                 forward_case(layer, &s, &p, n, h, w, i % 4 == 3, i % 3 != 2, condconv_algo_name(algo));
             }
@@ -142,36 +159,85 @@ static void depthwise_layers(condconv_context_t ctx, condconv_algo algo, condcon
     }
 }
 
-/* What the cuDNN and cuBLAS algorithms do in this build, said and checked. */
-static void unsupported_algorithms(condconv_context_t ctx)
+/* Whether `algo` must run an f32 NCHW layer of this spec (the rules of
+ * host/algo_*.c): depthwise_fused only depthwise layers, fused only the
+ * others, the rest every layer. */
+static int applies(condconv_algo algo, const tu_layer_spec *s)
 {
-    EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
-    tu_layer_spec s = tu_basic_spec(8, 12, 3, 4);
-    s.pad_h = s.pad_w = 1;
-    s.routing = CONDCONV_ROUTING_SIGMOID;
-    tu_params p;
-    tu_make_params(&s, &p);
-    condconv_layer_desc_t desc = tu_make_desc(&s);
-    const condconv_params view = tu_params_view(&p);
-    condconv_layer_t layer;
-    EXPECT_OK(condconv_layer_create(ctx, desc, &view, &layer));
-    static const condconv_algo cudnn_algos[] = {CONDCONV_ALGO_CUDNN_GROUPED, CONDCONV_ALGO_MIXTURE};
-    for (size_t i = 0; i < sizeof cudnn_algos / sizeof cudnn_algos[0]; ++i) {
-        EXPECT_OK(condconv_layer_set_algo(layer, cudnn_algos[i]));
-        const condconv_status st = condconv_prepare(layer, 2, 6, 6);
-        EXPECT_STATUS(st, CONDCONV_STATUS_NOT_SUPPORTED);
-        printf("  NOT SUPPORTED on the CPU layer: %s on a dense 3x3 layer -> %s (%s)\n",
-               condconv_algo_name(cudnn_algos[i]), condconv_status_string(st), condconv_last_error());
+    const int depthwise = s->groups == s->cin;
+    if (algo == CONDCONV_ALGO_DEPTHWISE_FUSED) return depthwise;
+    if (algo == CONDCONV_ALGO_FUSED) return !depthwise;
+    return 1;
+}
+
+/* Every algorithm, forced on random layers of every kind where it applies
+ * (and refusing where it does not), then AUTO: cuDNN chosen by Find
+ * (measured) and by Get_v7 (by rule) in turn, strict f32 and TF32 in turn. */
+static void every_algorithm(condconv_context_t ctx, int count)
+{
+    static const tu_domain domains[] = {TU_DENSE, TU_GROUPED, TU_POINTWISE, TU_DEPTHWISE};
+    static const condconv_algo algos[] = {CONDCONV_ALGO_CUDNN_GROUPED,   CONDCONV_ALGO_GEMM_BATCHED,
+                                          CONDCONV_ALGO_MIXTURE,         CONDCONV_ALGO_FUSED,
+                                          CONDCONV_ALGO_DEPTHWISE_FUSED, CONDCONV_ALGO_AUTO};
+    static const int batches[] = {1, 2, 3, 5};
+    for (int i = 0; i < count; ++i) {
+        tu_layer_spec s = tu_random_spec(domains[i % 4], 6, 5);
+        if (i % 4 == 1 && s.groups == s.cin) s.groups = 1; /* a grouped draw that came out depthwise */
+        int n = batches[i % 4], h = tu_rng_int(1, 9), w = tu_rng_int(1, 9);
+        if (i == 0) { /* cuDNN's fused bias + ReLU, and one sample of one group: where cuDNN offers FFT first */
+            s = tu_basic_spec(6, 8, 3, 4);
+            s.pad_h = s.pad_w = 1;
+            s.has_bias = 1;
+            s.activation = CONDCONV_ACTIVATION_RELU;
+            s.routing = CONDCONV_ROUTING_SIGMOID;
+            n = 1;
+            h = 7;
+            w = 6;
+        }
+        condconv_layer_desc_t desc = tu_make_desc(&s);
+        int ho = 0, wo = 0;
+        if (condconv_layer_desc_get_output_dims(desc, h, w, &ho, &wo, NULL) != CONDCONV_STATUS_SUCCESS) {
+            condconv_layer_desc_destroy(desc);
+            --i; /* an empty output: draw again */
+            continue;
+        }
+        const int tf32 = i % 3 == 1;
+        EXPECT_OK(condconv_context_set_math(ctx, tf32 ? CONDCONV_MATH_TF32 : CONDCONV_MATH_F32));
+        EXPECT_OK(condconv_context_set_algo_select(ctx, i % 2 ? CONDCONV_SELECT_HEURISTIC : CONDCONV_SELECT_MEASURE));
+        tu_params p;
+        tu_make_params(&s, &p);
+        const condconv_params view = tu_params_view(&p);
+        for (size_t a = 0; a < sizeof algos / sizeof algos[0]; ++a) {
+            condconv_layer_t layer;
+            if (!EXPECT_OK(condconv_layer_create(ctx, desc, &view, &layer))) break;
+            EXPECT_OK(condconv_layer_set_algo(layer, algos[a]));
+            condconv_plan_info info;
+            const condconv_status st = condconv_get_plan_info(layer, n, h, w, &info);
+            if (algos[a] != CONDCONV_ALGO_AUTO && !applies(algos[a], &s)) {
+                EXPECT_STATUS(st, CONDCONV_STATUS_NOT_SUPPORTED);
+            } else if (st != CONDCONV_STATUS_SUCCESS) {
+                EXPECT(0, "%s refuses n=%d h=%d w=%d %s: %s", condconv_algo_name(algos[a]), n, h, w, tu_spec_string(&s),
+                       condconv_last_error());
+            } else {
+                EXPECT(algos[a] == CONDCONV_ALGO_AUTO || info.algo == algos[a], "%s forced, %s planned",
+                       condconv_algo_name(algos[a]), condconv_algo_name(info.algo));
+                if (i < 4) printf("  %s: %s\n", condconv_algo_name(info.algo), info.backend);
+                /* Strict f32 sums directly: never a transform algorithm (the emulated cuDNN offers FFT first). */
+                EXPECT(tf32 || strstr(info.backend, "fft") == NULL, "strict f32 runs %s", info.backend);
+                if (i == 0 && info.algo == CONDCONV_ALGO_CUDNN_GROUPED)
+                    EXPECT(strstr(info.backend, "bias+relu fused") != NULL, "cuDNN's bias + ReLU not fused: %s",
+                           info.backend);
+                /* TF32 within its bound: tf32 cases compare as TF32 (below). */
+                tf32_case = tf32;
+                forward_case(layer, &s, &p, n, h, w, i % 4 == 3, i % 3 != 2, condconv_algo_name(algos[a]));
+                tf32_case = 0;
+            }
+            EXPECT_OK(condconv_layer_destroy(layer));
+        }
+        tu_free_params(&p);
+        condconv_layer_desc_destroy(desc);
     }
-    /* gemm_batched runs one trial GEMM at prepare, so the refusal shows there. */
-    EXPECT_OK(condconv_layer_set_algo(layer, CONDCONV_ALGO_GEMM_BATCHED));
-    const condconv_status st = condconv_prepare(layer, 2, 6, 6);
-    EXPECT_STATUS(st, CONDCONV_STATUS_CUBLAS_ERROR);
-    printf("  NOT SUPPORTED on the CPU layer: gemm_batched's prepare -> %s (%s)\n", condconv_status_string(st),
-           condconv_last_error());
-    EXPECT_OK(condconv_layer_destroy(layer));
-    tu_free_params(&p);
-    condconv_layer_desc_destroy(desc);
+    EXPECT_OK(condconv_context_set_math(ctx, CONDCONV_MATH_F32));
 }
 
 /* A captured forward replayed on new inputs equals an eager forward and the reference. */
@@ -257,8 +323,81 @@ static void graph_capture(condconv_context_t ctx, cudaStream_t stream)
     condconv_layer_desc_destroy(desc);
 }
 
-int main(void)
+/* The short-workspace forward (run as a child: it must not return).
+ * gemm_batched with biases, NCHW: the workspace ends with the per-sample
+ * biases, 4 x 16 floats = 256 bytes (no padding after them), which the
+ * aggregation kernel writes last. */
+static int short_workspace(void)
 {
+    condconv_context_t ctx;
+    if (condconv_context_create(&ctx, 0) != CONDCONV_STATUS_SUCCESS) return 2;
+    tu_layer_spec s = tu_basic_spec(8, 16, 3, 4);
+    s.has_bias = 1;
+    s.routing = CONDCONV_ROUTING_SIGMOID;
+    const int n = 4, h = 6, w = 6;
+    tu_params p;
+    tu_make_params(&s, &p);
+    condconv_layer_desc_t desc = tu_make_desc(&s);
+    const condconv_params view = tu_params_view(&p);
+    condconv_layer_t layer;
+    size_t ws_bytes = 0;
+    if (condconv_layer_create(ctx, desc, &view, &layer) != CONDCONV_STATUS_SUCCESS ||
+        condconv_layer_set_algo(layer, CONDCONV_ALGO_GEMM_BATCHED) != CONDCONV_STATUS_SUCCESS ||
+        condconv_get_workspace_size(layer, n, h, w, &ws_bytes) != CONDCONV_STATUS_SUCCESS)
+        return 2;
+    eu_buffer dx = eu_buffer_make((size_t)n * s.cin * h * w, 0), dy = eu_buffer_make((size_t)n * s.cout * 4 * 4, 0);
+    float *x = eu_random(dx.n, -1.0f, 1.0f);
+    eu_upload(&dx, x);
+    void *ws = tu_dev_alloc_bytes(ws_bytes - 4); /* one float short */
+    printf("forward with a workspace of %zu bytes stated as %zu\n", ws_bytes - 4, ws_bytes);
+    fflush(stdout);
+    const condconv_status st = condconv_forward(layer, n, h, w, dx.data, dy.data, NULL, NULL, ws, ws_bytes);
+    printf("the forward returned %s and nothing stopped it\n", condconv_status_string(st));
+    return 0;
+}
+
+/* Runs this program with --short-workspace: it must fail saying `expect`. */
+static void expect_short_workspace_caught(const char *expect)
+{
+    char self[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    int fds[2];
+    if (len <= 0 || pipe(fds) != 0) {
+        EXPECT(0, "cannot run this program as a child");
+        return;
+    }
+    self[len] = '\0';
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    char *argv[] = {self, (char *)"--short-workspace", NULL};
+    extern char **environ;
+    pid_t pid;
+    const int spawned = posix_spawn(&pid, self, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    static char output[1 << 16];
+    size_t used = 0;
+    ssize_t got;
+    while ((got = read(fds[0], output + used, sizeof output - 1 - used)) > 0) used += (size_t)got;
+    output[used] = '\0';
+    close(fds[0]);
+    int status = 0;
+    if (spawned != 0 || waitpid(pid, &status, 0) != pid) {
+        EXPECT(0, "could not run the child");
+        return;
+    }
+    const int caught = (!WIFEXITED(status) || WEXITSTATUS(status) != 0) && strstr(output, expect) != NULL;
+    EXPECT(caught, "a forward writing past its workspace allocation: expected \"%s\", got status %d:\n%s", expect,
+           status, output);
+    printf("  a forward on a workspace 4 bytes short: %s\n", caught ? "stopped (guard zone)" : "NOT CAUGHT");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--short-workspace") == 0) return short_workspace();
     tu_seed_from_env();
     condconv_context_t ctx;
     cudaStream_t stream;
@@ -272,8 +411,19 @@ int main(void)
     depthwise_layers(ctx, CONDCONV_ALGO_AUTO, CONDCONV_SELECT_MEASURE, count);
     printf("AUTO, by rule:\n");
     depthwise_layers(ctx, CONDCONV_ALGO_AUTO, CONDCONV_SELECT_HEURISTIC, count);
-    printf("algorithms built on cuDNN or cuBLAS:\n");
-    unsupported_algorithms(ctx);
+    printf("every algorithm, forced where it applies, and AUTO:\n");
+    every_algorithm(ctx, tu_case_count(8));
+    printf("guard zones:\n");
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEF_ASAN 1
+#endif
+#endif
+#ifdef TEF_ASAN
+    expect_short_workspace_caught("use-after-poison");
+#else
+    expect_short_workspace_caught("guard zone");
+#endif
     printf("graph capture and routing alone:\n");
     graph_capture(ctx, stream);
     EXPECT_OK(condconv_context_destroy(ctx));

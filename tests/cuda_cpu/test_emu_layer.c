@@ -18,7 +18,9 @@
  * divergent __syncthreads, a barrier after some threads returned, a
  * deadlock, a shuffle reading outside its mask, a mask naming lanes that do
  * not exist, a spinning kernel (watchdog), a host pointer as an argument, a
- * misaligned wmma load; under ASan, a dynamic shared memory overrun; under
+ * misaligned wmma load; a kernel writing past the end or before the start
+ * of a device allocation (the guard zones of the emulated cudaMalloc, or
+ * under ASan their poisoning, stop it); under ASan, a dynamic shared memory overrun; under
  * TSan, a missing __syncthreads, a shuffle taken as ordering (it is not),
  * and a race between blocks (with the fence + atomic handoff race-free). */
 #define _POSIX_C_SOURCE 200809L
@@ -336,6 +338,13 @@ static int scenario(const char *name)
         static float host[64];
         return st_wrong(ST_MISSING_BARRIER, x, host, 0);
     }
+    if (strcmp(name, "global_overrun") == 0 || strcmp(name, "global_underrun") == 0) {
+        /* 16 floats; the kernel writes 32 from index 0 (past the end) or from -32 (before the start). */
+        float *small = dev(16 * sizeof(float));
+        const cudaError_t err = st_wrong(ST_GLOBAL_OVERRUN, NULL, small, name[7] == 'o' ? 0 : -32);
+        if (err != cudaSuccess) return err;
+        return cudaFree(small);
+    }
     if (strcmp(name, "handoff_race") == 0) {
         unsigned *flag = dev(sizeof(unsigned));
         return st_handoff(x, flag, out, 0);
@@ -436,6 +445,8 @@ int main(int argc, char **argv)
     expect_child("spin", "watchdog");
     expect_child("host_pointer", "not device memory");
     expect_child("wmma_misaligned", "not 32-byte aligned");
+    expect_child("global_overrun", ST_ASAN ? "use-after-poison" : "guard zone");
+    expect_child("global_underrun", ST_ASAN ? "use-after-poison" : "guard zone");
     if (ST_ASAN)
         expect_child("shared_overrun", "use-after-poison");
     else

@@ -1,16 +1,39 @@
-// cuDNN and cuBLAS for the CPU execution layer: handles and descriptors
-// behave (they are created, set, queried and destroyed, and their creation
-// is an allocation event for fault injection), but no convolution or GEMM is
-// offered. So the library's algorithms built on cuDNN find no algorithm and
-// report CONDCONV_STATUS_NOT_SUPPORTED at prepare, and gemm_batched's GEMM
-// fails with CUBLAS_STATUS_NOT_SUPPORTED at run time: only the algorithms
-// made of condconv's own kernels run end to end on the CPU.
+// cuDNN and cuBLAS for the CPU execution layer: direct reference
+// implementations of exactly the calls condconv's host code makes, so that
+// the algorithms built on them (cudnn_grouped, mixture, gemm_batched) run end
+// to end on the CPU. Each call checks its arguments as the documentation
+// states and returns the documented status otherwise:
+//   cuDNN: the legacy convolution API of the cuDNN 9 API reference
+//     (cudnn_cnn library: cudnnSetTensor4dDescriptor, cudnnSetFilter4dDescriptor,
+//     cudnnSetConvolution2dDescriptor, cudnnGetConvolution2dForwardOutputDim,
+//     cudnnGetConvolutionForwardAlgorithm_v7, cudnnFindConvolutionForwardAlgorithmEx,
+//     cudnnConvolutionForward and its table of supported data type
+//     configurations, cudnnConvolutionBiasActivationForward);
+//   cuBLAS: cublasGemmStridedBatchedEx of the cuBLAS library documentation
+//     (section "cublasGemmEx()": its table of supported compute, scale and
+//     A/B/C type combinations; the leading-dimension and batch rules).
+// The arithmetic is exact: double accumulation, alpha and beta applied in
+// double, one rounding into the output type (round to nearest even), never
+// reading the output when beta is 0. Algorithms are offered as a short list
+// with plausible workspace sizes, and an algorithm really uses its whole
+// workspace (it is overwritten), so a workspace the host code under-counted
+// runs into the guard zones of the emulated cudaMalloc. Pointers must cover
+// what the descriptors say (else: a fault, as a GPU's illegal address) and be
+// aligned to their element size (else: a fault, as a GPU's misaligned
+// address). After every computing call the guard zones are checked.
 #include "cuda_cpu/vector_types.h" // before the toolkit's headers, as in the kernels
 
 #include <cublas_v2.h>
 #include <cudnn.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
 
 #include "runtime.h"
 
@@ -19,16 +42,28 @@ struct cudnnContext {
     cudaStream_t stream = nullptr;
 };
 struct cudnnTensorStruct {
+    bool set = false;
+    cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+    cudnnDataType_t type = CUDNN_DATA_FLOAT;
     int n = 0, c = 0, h = 0, w = 0;
 };
 struct cudnnFilterStruct {
+    bool set = false;
+    cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+    cudnnDataType_t type = CUDNN_DATA_FLOAT;
     int k = 0, c = 0, h = 0, w = 0;
 };
 struct cudnnConvolutionStruct {
+    bool set = false;
     int pad_h = 0, pad_w = 0, u = 1, v = 1, dil_h = 1, dil_w = 1, groups = 1;
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    cudnnDataType_t compute = CUDNN_DATA_FLOAT;
+    cudnnMathType_t math = CUDNN_DEFAULT_MATH;
 };
 struct cudnnActivationStruct {
+    bool set = false;
     cudnnActivationMode_t mode = CUDNN_ACTIVATION_RELU;
+    double coef = 0.0;
 };
 struct cublasContext {
     cudaStream_t stream = nullptr;
@@ -55,20 +90,341 @@ cudnnStatus_t destroy(T *p)
     return CUDNN_STATUS_SUCCESS;
 }
 
-// Every algorithm cuDNN has, each one not supported here.
-cudnnStatus_t no_algorithms(int requested, int *returned, cudnnConvolutionFwdAlgoPerf_t *perf)
+// --- elements: f32, f16 and bf16 in memory, double in arithmetic -----------------------------------------
+enum class elem { f32, f16, bf16, none };
+
+size_t elem_size(elem e) { return e == elem::f32 ? 4 : e == elem::none ? 0 : 2; }
+
+double half_to_double(uint16_t h)
 {
-    if (returned == nullptr || perf == nullptr || requested < 1) return CUDNN_STATUS_BAD_PARAM;
-    const int n = requested < CUDNN_CONVOLUTION_FWD_ALGO_COUNT ? requested : CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-    for (int i = 0; i < n; ++i) {
-        perf[i] = cudnnConvolutionFwdAlgoPerf_t{};
-        perf[i].algo = static_cast<cudnnConvolutionFwdAlgo_t>(i);
-        perf[i].status = CUDNN_STATUS_NOT_SUPPORTED;
-        perf[i].time = -1.0f;
-        perf[i].mathType = CUDNN_FMA_MATH;
+    const int sign = h >> 15, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    double v;
+    if (exp == 0x1f)
+        v = mant != 0 ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+    else if (exp == 0)
+        v = std::ldexp(mant, -24);
+    else
+        v = std::ldexp(mant + 1024, exp - 25);
+    return sign != 0 ? -v : v;
+}
+
+// d rounded to nearest even with `bits` significand bits, at most `max_exp`
+// (largest finite = (2 - 2^(1-bits)) * 2^max_exp) and steps no finer than
+// 2^min_ulp_exp (subnormals): one rounding, straight from double.
+double round_to(double d, int bits, int max_exp, int min_ulp_exp)
+{
+    if (!std::isfinite(d) || d == 0.0) return d;
+    int e;
+    (void)std::frexp(d, &e); // |d| in [2^(e-1), 2^e)
+    int ulp_exp = e - bits;
+    if (ulp_exp < min_ulp_exp) ulp_exp = min_ulp_exp;
+    const double r = std::ldexp(std::nearbyint(std::ldexp(d, -ulp_exp)), ulp_exp);
+    const double largest = std::ldexp(2.0 - std::ldexp(1.0, 1 - bits), max_exp);
+    if (std::fabs(r) > largest) return std::copysign(std::numeric_limits<double>::infinity(), d);
+    return r;
+}
+
+uint16_t double_to_half(double d)
+{
+    const double r = round_to(d, 11, 15, -24);
+    const uint16_t sign = std::signbit(r) ? 0x8000 : 0;
+    if (std::isnan(r)) return 0x7e00;
+    if (std::isinf(r)) return sign | 0x7c00;
+    const double a = std::fabs(r);
+    if (a < std::ldexp(1.0, -14)) return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::ldexp(a, 24)));
+    int e;
+    const double m = std::frexp(a, &e); // a = m 2^e, m in [0.5, 1)
+    const auto mant = static_cast<uint16_t>(std::ldexp(m, 11) - 1024.0);
+    return static_cast<uint16_t>(sign | ((e + 14) << 10) | mant);
+}
+
+double load(elem e, const void *base, size_t i)
+{
+    if (e == elem::f32) {
+        float f;
+        std::memcpy(&f, static_cast<const unsigned char *>(base) + 4 * i, 4);
+        return f;
     }
-    *returned = n;
+    uint16_t h;
+    std::memcpy(&h, static_cast<const unsigned char *>(base) + 2 * i, 2);
+    if (e == elem::f16) return half_to_double(h);
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+void store(elem e, void *base, size_t i, double v)
+{
+    unsigned char *p = static_cast<unsigned char *>(base);
+    if (e == elem::f32) {
+        const auto f = static_cast<float>(v); // IEEE conversion: round to nearest even, once
+        std::memcpy(p + 4 * i, &f, 4);
+    } else if (e == elem::f16) {
+        const uint16_t h = double_to_half(v);
+        std::memcpy(p + 2 * i, &h, 2);
+    } else {
+        // bfloat16: float's exponent range, 8 significand bits; the rounded
+        // value is a float exactly, whose top half is the bfloat16.
+        const auto f = static_cast<float>(round_to(v, 8, 127, -133));
+        uint32_t bits;
+        std::memcpy(&bits, &f, 4);
+        const auto h = std::isnan(f) ? static_cast<uint16_t>(0x7fc0) : static_cast<uint16_t>(bits >> 16);
+        std::memcpy(p + 2 * i, &h, 2);
+    }
+}
+
+// A GPU faults on these; so does the layer (the FAULT line and abort of the
+// emulated runtime: a status could be ignored, a wrong access must not be).
+void fault_unless(bool ok, const char *call, const char *what, const void *p, size_t bytes, size_t align)
+{
+    if (!ok) {
+        std::fprintf(stderr,
+                     "cuda_cpu: FAULT: %s: %s %p, %zu bytes: not (wholly) device memory (a GPU would fault with an "
+                     "illegal address)\n",
+                     call, what, p, bytes);
+        std::fflush(stderr);
+        std::abort();
+    }
+    if (reinterpret_cast<uintptr_t>(p) % align != 0) {
+        std::fprintf(stderr,
+                     "cuda_cpu: FAULT: %s: %s %p is not aligned to its %zu-byte elements (misaligned address)\n", call,
+                     what, p, align);
+        std::fflush(stderr);
+        std::abort();
+    }
+}
+
+void check_range(const char *call, const char *what, const void *p, size_t bytes, size_t align)
+{
+    if (bytes == 0) return;
+    fault_unless(p != nullptr && cc_cpu::is_device_range(p, bytes), call, what, p, bytes, align);
+}
+
+// --- cuDNN convolution ---------------------------------------------------------------------------------
+elem cudnn_elem(cudnnDataType_t t)
+{
+    return t == CUDNN_DATA_FLOAT      ? elem::f32
+           : t == CUDNN_DATA_HALF     ? elem::f16
+           : t == CUDNN_DATA_BFLOAT16 ? elem::bf16
+                                      : elem::none;
+}
+
+bool valid_format(cudnnTensorFormat_t f) { return f == CUDNN_TENSOR_NCHW || f == CUDNN_TENSOR_NHWC; }
+
+size_t tensor_index(const cudnnTensorStruct &t, int n, int c, int h, int w)
+{
+    if (t.format == CUDNN_TENSOR_NHWC) return ((static_cast<size_t>(n) * t.h + h) * t.w + w) * t.c + c;
+    return ((static_cast<size_t>(n) * t.c + c) * t.h + h) * t.w + w;
+}
+
+size_t filter_index(const cudnnFilterStruct &f, int k, int c, int r, int s)
+{
+    if (f.format == CUDNN_TENSOR_NHWC) return ((static_cast<size_t>(k) * f.h + r) * f.w + s) * f.c + c;
+    return ((static_cast<size_t>(k) * f.c + c) * f.h + r) * f.w + s;
+}
+
+size_t tensor_elems(const cudnnTensorStruct &t) { return static_cast<size_t>(t.n) * t.c * t.h * t.w; }
+size_t filter_elems(const cudnnFilterStruct &f) { return static_cast<size_t>(f.k) * f.c * f.h * f.w; }
+
+int out_dim(int in, int pad, int filter, int dil, int stride)
+{
+    return (in + 2 * pad - (dil * (filter - 1) + 1)) / stride + 1;
+}
+
+// cudnnConvolutionForward's BAD_PARAM and NOT_SUPPORTED lists (cuDNN API
+// reference), for the 4-d NCHW/NHWC descriptors condconv sets.
+cudnnStatus_t check_problem(const cudnnTensorStruct *x, const cudnnFilterStruct *w, const cudnnConvolutionStruct *conv,
+                            const cudnnTensorStruct *y)
+{
+    if (x == nullptr || w == nullptr || conv == nullptr || y == nullptr || !x->set || !w->set || !conv->set || !y->set)
+        return CUDNN_STATUS_BAD_PARAM;
+    // "xDesc and wDesc have a non-matching number of input feature maps per
+    // image (or group in case of grouped convolutions)"; "yDesc or wDesc
+    // indicate an output channel count that isn't a multiple of group count".
+    if (x->c != w->c * conv->groups || w->k % conv->groups != 0 || y->c != w->k || x->n != y->n)
+        return CUDNN_STATUS_BAD_PARAM;
+    // "xDesc, wDesc, and yDesc have a non-matching data type".
+    if (x->type != w->type || x->type != y->type) return CUDNN_STATUS_BAD_PARAM;
+    // "wDesc has a spatial size that is larger than the input spatial size
+    // (including zero-padding size)".
+    if (conv->dil_h * (w->h - 1) + 1 > x->h + 2 * conv->pad_h || conv->dil_w * (w->w - 1) + 1 > x->w + 2 * conv->pad_w)
+        return CUDNN_STATUS_BAD_PARAM;
+    // NOT_SUPPORTED: "yDesc spatial sizes do not match with the expected size
+    // as determined by cudnnGetConvolutionNdForwardOutputDim".
+    if (y->h != out_dim(x->h, conv->pad_h, w->h, conv->dil_h, conv->u) ||
+        y->w != out_dim(x->w, conv->pad_w, w->w, conv->dil_w, conv->v))
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    // The table "Supported Datatype Configurations" of cudnnConvolutionForward,
+    // for the types condconv uses: FLOAT_CONFIG (float data, float compute),
+    // PSEUDO_HALF_CONFIG (half data, float compute), TRUE_HALF_CONFIG (half,
+    // half), PSEUDO_BFLOAT16_CONFIG (bfloat16 data, float compute).
+    const bool ok =
+        (x->type == CUDNN_DATA_FLOAT && conv->compute == CUDNN_DATA_FLOAT) ||
+        (x->type == CUDNN_DATA_HALF && (conv->compute == CUDNN_DATA_FLOAT || conv->compute == CUDNN_DATA_HALF)) ||
+        (x->type == CUDNN_DATA_BFLOAT16 && conv->compute == CUDNN_DATA_FLOAT);
+    if (!ok) return CUDNN_STATUS_NOT_SUPPORTED;
+    // The filter's layout follows the tensors' (cuDNN supports NHWC filters with NHWC data only).
+    if (w->format != x->format) return CUDNN_STATUS_NOT_SUPPORTED;
     return CUDNN_STATUS_SUCCESS;
+}
+
+// The algorithms offered: a short list with plausible workspaces. FFT (a
+// transform algorithm, which condconv must not take in strict f32 or half
+// precision) is offered where cuDNN's table restricts it to: NCHW float
+// data, stride 1, no dilation, and here ungrouped; GEMM (explicit im2col)
+// for NCHW only.
+cudnnStatus_t algo_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
+                             const cudnnTensorStruct &y, cudnnConvolutionFwdAlgo_t algo, size_t *bytes)
+{
+    const size_t e = elem_size(cudnn_elem(x.type));
+    const size_t patch = static_cast<size_t>(w.c) * w.h * w.w, pixels = static_cast<size_t>(y.h) * y.w;
+    switch (algo) {
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: *bytes = 0; return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM:
+        *bytes = sizeof(int) * (patch + 64); // the precomputed filter offsets
+        return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM:
+        if (x.format != CUDNN_TENSOR_NCHW) return CUDNN_STATUS_NOT_SUPPORTED;
+        *bytes = e * patch * pixels; // one image's im2col of one group
+        return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT:
+        if (x.format != CUDNN_TENSOR_NCHW || x.type != CUDNN_DATA_FLOAT || conv.u != 1 || conv.v != 1 ||
+            conv.dil_h != 1 || conv.dil_w != 1 || conv.groups != 1)
+            return CUDNN_STATUS_NOT_SUPPORTED;
+        *bytes = sizeof(float) * 2 * (static_cast<size_t>(x.n) * x.c + static_cast<size_t>(w.k) * w.c) *
+                 static_cast<size_t>(x.h + 2 * conv.pad_h) * static_cast<size_t>(x.w + 2 * conv.pad_w);
+        return CUDNN_STATUS_SUCCESS;
+    default: return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+}
+
+// Offered best first (the order of the estimates, as Get_v7 sorts them).
+const cudnnConvolutionFwdAlgo_t kOffered[] = {
+    CUDNN_CONVOLUTION_FWD_ALGO_FFT, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_GEMM};
+
+// The perf list of every algorithm: the offered ones that apply first, the
+// others after them with status NOT_SUPPORTED (cudnnGetConvolutionForwardAlgorithm_v7).
+int algorithm_list(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
+                   const cudnnTensorStruct &y, int requested, cudnnConvolutionFwdAlgoPerf_t *perf)
+{
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> list;
+    bool listed[CUDNN_CONVOLUTION_FWD_ALGO_COUNT] = {};
+    float estimate = 0.01f;
+    for (cudnnConvolutionFwdAlgo_t a : kOffered) {
+        size_t bytes = 0;
+        if (algo_workspace(x, w, conv, y, a, &bytes) != CUDNN_STATUS_SUCCESS) continue;
+        cudnnConvolutionFwdAlgoPerf_t p{};
+        p.algo = a;
+        p.status = CUDNN_STATUS_SUCCESS;
+        p.time = estimate;
+        estimate *= 2.0f;
+        p.memory = bytes;
+        p.determinism = CUDNN_DETERMINISTIC;
+        // Transforms run no tensor ops; the others run the descriptor's math.
+        p.mathType = a == CUDNN_CONVOLUTION_FWD_ALGO_FFT ? CUDNN_FMA_MATH : conv.math;
+        list.push_back(p);
+        listed[a] = true;
+    }
+    for (int a = 0; a < CUDNN_CONVOLUTION_FWD_ALGO_COUNT; ++a) {
+        if (listed[a]) continue;
+        cudnnConvolutionFwdAlgoPerf_t p{};
+        p.algo = static_cast<cudnnConvolutionFwdAlgo_t>(a);
+        p.status = CUDNN_STATUS_NOT_SUPPORTED;
+        p.time = -1.0f;
+        p.mathType = conv.math;
+        list.push_back(p);
+    }
+    const int n = requested < static_cast<int>(list.size()) ? requested : static_cast<int>(list.size());
+    for (int i = 0; i < n; ++i) perf[i] = list[static_cast<size_t>(i)];
+    return n;
+}
+
+// y = act(alpha1 * conv(x, w) + alpha2 * z + bias) (act, z, bias optional),
+// or y = alpha * conv(x, w) + beta * y: double accumulation, one rounding.
+struct conv_call {
+    const cudnnTensorStruct *xd, *yd;
+    const cudnnFilterStruct *wd;
+    const cudnnConvolutionStruct *cd;
+    const void *x, *w;
+    void *y;
+    double alpha, beta;      // beta: weight of y's old value
+    const void *z = nullptr; // residual, weight alpha2
+    double alpha2 = 0.0;
+    const void *bias = nullptr; // [1][k][1][1] float
+    bool relu = false;
+};
+
+void compute(const conv_call &c)
+{
+    const cudnnTensorStruct &x = *c.xd, &y = *c.yd;
+    const cudnnFilterStruct &w = *c.wd;
+    const cudnnConvolutionStruct &cv = *c.cd;
+    const elem e = cudnn_elem(x.type);
+    const int k_per_group = w.k / cv.groups;
+    for (int n = 0; n < y.n; ++n)
+        for (int k = 0; k < y.c; ++k) {
+            const int c0 = (k / k_per_group) * w.c;
+            for (int oh = 0; oh < y.h; ++oh)
+                for (int ow = 0; ow < y.w; ++ow) {
+                    double acc = 0.0;
+                    for (int ci = 0; ci < w.c; ++ci)
+                        for (int r = 0; r < w.h; ++r) {
+                            const int ih = oh * cv.u - cv.pad_h + r * cv.dil_h;
+                            if (ih < 0 || ih >= x.h) continue;
+                            for (int s = 0; s < w.w; ++s) {
+                                const int iw = ow * cv.v - cv.pad_w + s * cv.dil_w;
+                                if (iw < 0 || iw >= x.w) continue;
+                                // CUDNN_CONVOLUTION flips the filter; cross-correlation does not.
+                                const int fr = cv.mode == CUDNN_CONVOLUTION ? w.h - 1 - r : r;
+                                const int fs = cv.mode == CUDNN_CONVOLUTION ? w.w - 1 - s : s;
+                                acc += load(e, c.x, tensor_index(x, n, c0 + ci, ih, iw)) *
+                                       load(e, c.w, filter_index(w, k, ci, fr, fs));
+                            }
+                        }
+                    const size_t out = tensor_index(y, n, k, oh, ow);
+                    double v = c.alpha * acc;
+                    // A zero weight does not read its operand (cuDNN's scaling
+                    // parameters: "with beta zero the output is not read").
+                    if (c.beta != 0.0) v += c.beta * load(e, c.y, out);
+                    if (c.z != nullptr && c.alpha2 != 0.0) v += c.alpha2 * load(e, c.z, out);
+                    if (c.bias != nullptr) v += load(elem::f32, c.bias, static_cast<size_t>(k));
+                    if (c.relu && v < 0.0) v = 0.0;
+                    store(e, c.y, out, v);
+                }
+        }
+}
+
+// The buffers of a convolution: device memory of the described sizes,
+// element-aligned; the workspace as large as the algorithm needs, which it
+// then uses (overwrites) in full.
+cudnnStatus_t run_checked(const char *call, const conv_call &c, cudnnConvolutionFwdAlgo_t algo, void *workspace,
+                          size_t workspace_bytes)
+{
+    size_t need = 0;
+    if (algo_workspace(*c.xd, *c.wd, *c.cd, *c.yd, algo, &need) != CUDNN_STATUS_SUCCESS)
+        return CUDNN_STATUS_NOT_SUPPORTED; // "the chosen algo does not support the parameters provided"
+    // cuDNN fails a call given less workspace than its algorithm needs; the
+    // emulation says BAD_PARAM (workSpace is one of the parameters).
+    if (workspace_bytes < need || (need > 0 && workspace == nullptr)) return CUDNN_STATUS_BAD_PARAM;
+    const size_t e = elem_size(cudnn_elem(c.xd->type));
+    check_range(call, "x", c.x, e * tensor_elems(*c.xd), e);
+    check_range(call, "w", c.w, e * filter_elems(*c.wd), e);
+    check_range(call, "y", c.y, e * tensor_elems(*c.yd), e);
+    if (c.z != nullptr) check_range(call, "z", c.z, e * tensor_elems(*c.yd), e);
+    if (c.bias != nullptr) check_range(call, "bias", c.bias, sizeof(float) * static_cast<size_t>(c.yd->c), 4);
+    check_range(call, "workspace", workspace, need, 1);
+    if (need > 0) std::memset(workspace, 0xa5, need);
+    compute(c);
+    cc_cpu::check_guards(call);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// --- cuBLAS GEMM ---------------------------------------------------------------------------------------
+elem cublas_elem(cudaDataType t)
+{
+    return t == CUDA_R_32F ? elem::f32 : t == CUDA_R_16F ? elem::f16 : t == CUDA_R_16BF ? elem::bf16 : elem::none;
 }
 
 } // namespace
@@ -94,7 +450,7 @@ const char *cudnnGetErrorString(cudnnStatus_t status)
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
     case CUDNN_STATUS_ALLOC_FAILED: return "CUDNN_STATUS_ALLOC_FAILED";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
-    case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED (the CPU execution layer runs no cuDNN)";
+    case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
     default: return "CUDNN_STATUS_UNKNOWN";
     }
 }
@@ -104,13 +460,18 @@ cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *d)
     return create(d, "cudnnCreateTensorDescriptor");
 }
 cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) { return destroy(d); }
+// BAD_PARAM: "at least one of the parameters n, c, h, w was negative or
+// format has an invalid enumerant value or dataType has an invalid
+// enumerant value"; NOT_SUPPORTED: "the total size of the tensor descriptor
+// exceeds the maximum limit of 2 Giga-elements". (Zero sizes are refused
+// too: cuDNN's convolutions take no empty tensors, and condconv sets none.)
 cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t format, cudnnDataType_t type,
                                          int n, int c, int h, int w)
 {
-    (void)format;
-    (void)type;
-    if (d == nullptr || n < 1 || c < 1 || h < 1 || w < 1) return CUDNN_STATUS_BAD_PARAM;
-    *d = cudnnTensorStruct{n, c, h, w};
+    if (d == nullptr || n < 1 || c < 1 || h < 1 || w < 1 || !valid_format(format)) return CUDNN_STATUS_BAD_PARAM;
+    if (cudnn_elem(type) == elem::none) return CUDNN_STATUS_NOT_SUPPORTED; // types the emulation does not compute
+    if (static_cast<double>(n) * c * h * w > 2147483647.0) return CUDNN_STATUS_NOT_SUPPORTED;
+    *d = cudnnTensorStruct{true, format, type, n, c, h, w};
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -119,13 +480,14 @@ cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *d)
     return create(d, "cudnnCreateFilterDescriptor");
 }
 cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d) { return destroy(d); }
+// BAD_PARAM: "at least one of the parameters k, c, h, w is negative or
+// dataType or format has an invalid enumerant value".
 cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type, cudnnTensorFormat_t format,
                                          int k, int c, int h, int w)
 {
-    (void)format;
-    (void)type;
-    if (d == nullptr || k < 1 || c < 1 || h < 1 || w < 1) return CUDNN_STATUS_BAD_PARAM;
-    *d = cudnnFilterStruct{k, c, h, w};
+    if (d == nullptr || k < 1 || c < 1 || h < 1 || w < 1 || !valid_format(format)) return CUDNN_STATUS_BAD_PARAM;
+    if (cudnn_elem(type) == elem::none) return CUDNN_STATUS_NOT_SUPPORTED;
+    *d = cudnnFilterStruct{true, format, type, k, c, h, w};
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -134,62 +496,88 @@ cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *d)
     return create(d, "cudnnCreateConvolutionDescriptor");
 }
 cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d) { return destroy(d); }
+// BAD_PARAM: "the descriptor convDesc is nil"; "one of the parameters
+// pad_h, pad_w is strictly negative"; "one of the parameters u, v is
+// negative or zero"; "one of the parameters dilation_h, dilation_w is
+// negative or zero"; "the parameter mode has an invalid enumerant value".
 cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t d, int pad_h, int pad_w, int u, int v,
                                               int dil_h, int dil_w, cudnnConvolutionMode_t mode,
                                               cudnnDataType_t compute)
 {
-    (void)mode;
-    (void)compute;
-    if (d == nullptr || pad_h < 0 || pad_w < 0 || u < 1 || v < 1 || dil_h < 1 || dil_w < 1)
+    if (d == nullptr || pad_h < 0 || pad_w < 0 || u < 1 || v < 1 || dil_h < 1 || dil_w < 1 ||
+        (mode != CUDNN_CONVOLUTION && mode != CUDNN_CROSS_CORRELATION))
         return CUDNN_STATUS_BAD_PARAM;
+    d->set = true;
     d->pad_h = pad_h;
     d->pad_w = pad_w;
     d->u = u;
     d->v = v;
     d->dil_h = dil_h;
     d->dil_w = dil_w;
+    d->mode = mode;
+    d->compute = compute;
     return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnSetConvolutionGroupCount(cudnnConvolutionDescriptor_t d, int groups)
 {
-    if (d == nullptr || groups < 1) return CUDNN_STATUS_BAD_PARAM;
+    if (d == nullptr || groups < 1) return CUDNN_STATUS_BAD_PARAM; // "invalid groupCount"
     d->groups = groups;
     return CUDNN_STATUS_SUCCESS;
 }
 cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t d, cudnnMathType_t math)
 {
-    (void)math;
-    return d == nullptr ? CUDNN_STATUS_BAD_PARAM : CUDNN_STATUS_SUCCESS;
+    // BAD_PARAM: "the descriptor is NULL or the mathType is not a valid enumerant".
+    if (d == nullptr || (math != CUDNN_DEFAULT_MATH && math != CUDNN_TENSOR_OP_MATH &&
+                         math != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION && math != CUDNN_FMA_MATH))
+        return CUDNN_STATUS_BAD_PARAM;
+    d->math = math;
+    return CUDNN_STATUS_SUCCESS;
 }
 
+// BAD_PARAM: "one or more of the descriptors has not been created
+// correctly"; "the feature maps of the input tensor and output tensor [the
+// filter] differ" (input channels != filter channels x groups); "the data
+// type of the input tensor and the filter are different".
 cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(const cudnnConvolutionDescriptor_t conv,
                                                     const cudnnTensorDescriptor_t x, const cudnnFilterDescriptor_t w,
                                                     int *n, int *c, int *h, int *wo)
 {
     if (conv == nullptr || x == nullptr || w == nullptr || n == nullptr || c == nullptr || h == nullptr ||
-        wo == nullptr)
+        wo == nullptr || !conv->set || !x->set || !w->set)
         return CUDNN_STATUS_BAD_PARAM;
+    if (x->c != w->c * conv->groups || x->type != w->type) return CUDNN_STATUS_BAD_PARAM;
+    const int oh = out_dim(x->h, conv->pad_h, w->h, conv->dil_h, conv->u);
+    const int ow = out_dim(x->w, conv->pad_w, w->w, conv->dil_w, conv->v);
+    if (oh < 1 || ow < 1) return CUDNN_STATUS_BAD_PARAM; // the filter is larger than the padded input
     *n = x->n;
     *c = w->k;
-    *h = (x->h + 2 * conv->pad_h - (conv->dil_h * (w->h - 1) + 1)) / conv->u + 1;
-    *wo = (x->w + 2 * conv->pad_w - (conv->dil_w * (w->w - 1) + 1)) / conv->v + 1;
+    *h = oh;
+    *wo = ow;
     return CUDNN_STATUS_SUCCESS;
 }
 
+// BAD_PARAM: "one of the parameters handle, xDesc, wDesc, convDesc, yDesc,
+// perfResults, returnedAlgoCount is NULL"; "either yDesc or wDesc have
+// different dimensions from xDesc"; "the data types of tensors xDesc, yDesc
+// or wDesc are not all the same"; "the number of feature maps in xDesc and
+// wDesc differs"; "requestedAlgoCount is less than or equal to 0".
 cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t handle, const cudnnTensorDescriptor_t x,
                                                      const cudnnFilterDescriptor_t w,
                                                      const cudnnConvolutionDescriptor_t conv,
                                                      const cudnnTensorDescriptor_t y, const int requested,
                                                      int *returned, cudnnConvolutionFwdAlgoPerf_t *perf)
 {
-    (void)handle;
-    (void)x;
-    (void)w;
-    (void)conv;
-    (void)y;
-    return no_algorithms(requested, returned, perf);
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1) return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(x, w, conv, y);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    *returned = algorithm_list(*x, *w, *conv, *y, requested, perf);
+    return CUDNN_STATUS_SUCCESS;
 }
 
+// Runs every offered algorithm that fits the workspace on the given buffers
+// (y is overwritten, as cuDNN's Find does) and reports them with their
+// times; the ones needing more workspace than given are reported with
+// CUDNN_STATUS_ALLOC_FAILED. BAD_PARAM as Get_v7, and "x, w or y is NULL".
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xd,
                                                      const void *x, const cudnnFilterDescriptor_t wd, const void *w,
                                                      const cudnnConvolutionDescriptor_t conv,
@@ -197,17 +585,29 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
                                                      int *returned, cudnnConvolutionFwdAlgoPerf_t *perf,
                                                      void *workspace, size_t workspace_bytes)
 {
-    (void)handle;
-    (void)xd;
-    (void)x;
-    (void)wd;
-    (void)w;
-    (void)conv;
-    (void)yd;
-    (void)y;
-    (void)workspace;
-    (void)workspace_bytes;
-    return no_algorithms(requested, returned, perf);
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1 || x == nullptr || w == nullptr ||
+        y == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(xd, wd, conv, yd);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const int n = algorithm_list(*xd, *wd, *conv, *yd, requested, perf);
+    conv_call c{xd, yd, wd, conv, x, w, y, 1.0, 0.0};
+    for (int i = 0; i < n; ++i) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+        if (perf[i].memory > workspace_bytes) {
+            perf[i].status = CUDNN_STATUS_ALLOC_FAILED;
+            perf[i].time = -1.0f;
+            continue;
+        }
+        const cudnnStatus_t run =
+            run_checked("cudnnFindConvolutionForwardAlgorithmEx", c, perf[i].algo, workspace, workspace_bytes);
+        if (run != CUDNN_STATUS_SUCCESS) perf[i].status = run;
+    }
+    // Successful ones first, in the list's order of estimated time.
+    std::stable_partition(perf, perf + n,
+                          [](const cudnnConvolutionFwdAlgoPerf_t &p) { return p.status == CUDNN_STATUS_SUCCESS; });
+    *returned = n;
+    return CUDNN_STATUS_SUCCESS;
 }
 
 cudnnStatus_t cudnnCreateActivationDescriptor(cudnnActivationDescriptor_t *d)
@@ -215,38 +615,48 @@ cudnnStatus_t cudnnCreateActivationDescriptor(cudnnActivationDescriptor_t *d)
     return create(d, "cudnnCreateActivationDescriptor");
 }
 cudnnStatus_t cudnnDestroyActivationDescriptor(cudnnActivationDescriptor_t d) { return destroy(d); }
+// BAD_PARAM: "mode or reluNanOpt has an invalid enumerant value".
 cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnActivationMode_t mode,
                                            cudnnNanPropagation_t nan, double coef)
 {
-    (void)nan;
-    (void)coef;
-    if (d == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    if (d == nullptr || mode < CUDNN_ACTIVATION_SIGMOID || mode > CUDNN_ACTIVATION_SWISH ||
+        (nan != CUDNN_NOT_PROPAGATE_NAN && nan != CUDNN_PROPAGATE_NAN))
+        return CUDNN_STATUS_BAD_PARAM;
+    d->set = true;
     d->mode = mode;
+    d->coef = coef;
     return CUDNN_STATUS_SUCCESS;
 }
 
+// y = alpha conv(x, w) + beta y. BAD_PARAM/NOT_SUPPORTED: check_problem's
+// lists; "at least one of handle, xDesc, wDesc, convDesc, yDesc, x, w, y,
+// alpha, beta is NULL"; the algorithm does not support the problem; less
+// workspace than the algorithm needs.
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, const cudnnTensorDescriptor_t xd,
                                       const void *x, const cudnnFilterDescriptor_t wd, const void *w,
                                       const cudnnConvolutionDescriptor_t conv, cudnnConvolutionFwdAlgo_t algo,
                                       void *workspace, size_t workspace_bytes, const void *beta,
                                       const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)handle;
-    (void)alpha;
-    (void)xd;
-    (void)x;
-    (void)wd;
-    (void)w;
-    (void)conv;
-    (void)algo;
-    (void)workspace;
-    (void)workspace_bytes;
-    (void)beta;
-    (void)yd;
-    (void)y;
-    return CUDNN_STATUS_NOT_SUPPORTED;
+    if (handle == nullptr || alpha == nullptr || beta == nullptr || x == nullptr || w == nullptr || y == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(xd, wd, conv, yd);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    // Scaling factors are float for every data type but double.
+    const double a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
+    return run_checked("cudnnConvolutionForward", conv_call{xd, yd, wd, conv, x, w, y, a, b}, algo, workspace,
+                       workspace_bytes);
 }
 
+// y = act(alpha1 conv(x, w) + alpha2 z + bias). Beyond cudnnConvolutionForward's
+// checks (API reference): BAD_PARAM when "at least one of handle, xDesc, x,
+// wDesc, w, convDesc, zDesc, z, biasDesc, bias, activationDesc, yDesc, y is
+// NULL"; "the dimensions of biasDesc and yDesc do not match the
+// requirement" (bias is 1 x K x 1 x 1); "zDesc and destDesc do not match";
+// NOT_SUPPORTED when "the mode of activationDesc is neither
+// CUDNN_ACTIVATION_RELU nor CUDNN_ACTIVATION_IDENTITY", or IDENTITY with an
+// algorithm other than IMPLICIT_PRECOMP_GEMM. Emulated for the FLOAT
+// configuration with a float bias (what condconv fuses); others NOT_SUPPORTED here.
 cudnnStatus_t cudnnConvolutionBiasActivationForward(
     cudnnHandle_t handle, const void *alpha1, const cudnnTensorDescriptor_t xd, const void *x,
     const cudnnFilterDescriptor_t wd, const void *w, const cudnnConvolutionDescriptor_t conv,
@@ -254,25 +664,26 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const cudnnTensorDescriptor_t zd, const void *z, const cudnnTensorDescriptor_t bias_d, const void *bias,
     const cudnnActivationDescriptor_t act, const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)handle;
-    (void)alpha1;
-    (void)xd;
-    (void)x;
-    (void)wd;
-    (void)w;
-    (void)conv;
-    (void)algo;
-    (void)workspace;
-    (void)workspace_bytes;
-    (void)alpha2;
-    (void)zd;
-    (void)z;
-    (void)bias_d;
-    (void)bias;
-    (void)act;
-    (void)yd;
-    (void)y;
-    return CUDNN_STATUS_NOT_SUPPORTED;
+    if (handle == nullptr || alpha1 == nullptr || alpha2 == nullptr || x == nullptr || w == nullptr || z == nullptr ||
+        zd == nullptr || bias == nullptr || bias_d == nullptr || act == nullptr || y == nullptr || !zd->set ||
+        !bias_d->set || !act->set)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(xd, wd, conv, yd);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    if (bias_d->n != 1 || bias_d->c != yd->c || bias_d->h != 1 || bias_d->w != 1) return CUDNN_STATUS_BAD_PARAM;
+    if (zd->n != yd->n || zd->c != yd->c || zd->h != yd->h || zd->w != yd->w || zd->format != yd->format ||
+        zd->type != yd->type)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (act->mode != CUDNN_ACTIVATION_RELU &&
+        !(act->mode == CUDNN_ACTIVATION_IDENTITY && algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM))
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    if (xd->type != CUDNN_DATA_FLOAT || bias_d->type != CUDNN_DATA_FLOAT) return CUDNN_STATUS_NOT_SUPPORTED;
+    conv_call c{xd, yd, wd, conv, x, w, y, *static_cast<const float *>(alpha1), 0.0};
+    c.z = z;
+    c.alpha2 = *static_cast<const float *>(alpha2);
+    c.bias = bias;
+    c.relu = act->mode == CUDNN_ACTIVATION_RELU;
+    return run_checked("cudnnConvolutionBiasActivationForward", c, algo, workspace, workspace_bytes);
 }
 
 // --- cuBLAS --------------------------------------------------------------------------------------------
@@ -300,13 +711,31 @@ cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream)
     return CUBLAS_STATUS_SUCCESS;
 }
 
+// "The workspace pointer has to be aligned to at least 256 bytes, otherwise
+// CUBLAS_STATUS_INVALID_VALUE error is returned" (cublasSetWorkspace). The
+// emulated GEMM needs no workspace, but the buffer must be device memory.
 cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void *workspace, size_t bytes)
 {
-    (void)workspace;
-    (void)bytes;
-    return handle == nullptr ? CUBLAS_STATUS_NOT_INITIALIZED : CUBLAS_STATUS_SUCCESS;
+    if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) return CUBLAS_STATUS_INVALID_VALUE;
+    check_range("cublasSetWorkspace", "workspace", workspace, bytes, 256);
+    return CUBLAS_STATUS_SUCCESS;
 }
 
+// C_i = alpha op(A_i) op(B_i) + beta C_i, column-major, i < batch. From the
+// cuBLAS documentation (cublasGemmStridedBatchedEx, cublasGemmEx):
+//  - NOT_INITIALIZED: the handle was not created;
+//  - INVALID_VALUE: m, n, k or batchCount < 0; transa/transb not N, T or C;
+//    lda < max(1, m) for op N (else < max(1, k)), ldb < max(1, k) for op N
+//    (else < max(1, n)), ldc < max(1, m); alpha or beta NULL;
+//  - NOT_SUPPORTED: "the combination of the parameters Atype, Btype and
+//    Ctype or the algorithm, algo is not supported" (the real-type rows of
+//    cublasGemmEx's table: CUBLAS_COMPUTE_32F takes 16F, 16BF and 32F data
+//    with C of the same type or 32F; CUBLAS_COMPUTE_32F_FAST_TF32 (and the
+//    other FAST_ types) takes 32F only; 8-bit integer inputs, which cuBLAS
+//    also takes, are not emulated); the scale type is float for both.
+// alpha and beta are host pointers (the default pointer mode). TF32 permits
+// the operands to be rounded; the emulation computes exactly.
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
                                           int m, int n, int k, const void *alpha, const void *a, cudaDataType a_type,
                                           int lda, long long stride_a, const void *b, cudaDataType b_type, int ldb,
@@ -314,30 +743,57 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                                           long long stride_c, int batch, cublasComputeType_t compute,
                                           cublasGemmAlgo_t algo)
 {
-    (void)handle;
-    (void)transa;
-    (void)transb;
-    (void)m;
-    (void)n;
-    (void)k;
-    (void)alpha;
-    (void)a;
-    (void)a_type;
-    (void)lda;
-    (void)stride_a;
-    (void)b;
-    (void)b_type;
-    (void)ldb;
-    (void)stride_b;
-    (void)beta;
-    (void)c;
-    (void)c_type;
-    (void)ldc;
-    (void)stride_c;
-    (void)batch;
-    (void)compute;
-    (void)algo;
-    return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+    auto op_ok = [](cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T || op == CUBLAS_OP_C; };
+    const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
+    const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || !op_ok(transa) || !op_ok(transb) || lda < std::max(1, a_rows) ||
+        ldb < std::max(1, b_rows) || ldc < std::max(1, m) || alpha == nullptr || beta == nullptr)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    // The emulation has the default algorithms only (the library asks for CUBLAS_GEMM_DEFAULT).
+    if (algo != CUBLAS_GEMM_DEFAULT && algo != CUBLAS_GEMM_DEFAULT_TENSOR_OP) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const elem ea = cublas_elem(a_type), ec = cublas_elem(c_type);
+    bool types_ok = false;
+    if (compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC)
+        types_ok = ea != elem::none && a_type == b_type && (c_type == a_type || c_type == CUDA_R_32F);
+    else if (compute == CUBLAS_COMPUTE_32F_FAST_TF32 || compute == CUBLAS_COMPUTE_32F_FAST_16F ||
+             compute == CUBLAS_COMPUTE_32F_FAST_16BF)
+        types_ok = a_type == CUDA_R_32F && b_type == CUDA_R_32F && c_type == CUDA_R_32F;
+    if (!types_ok) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS; // quick return
+    const size_t sa = elem_size(ea), sc = elem_size(ec);
+    const auto span = [](int rows, int cols, int ld) {
+        return static_cast<size_t>(cols - 1) * static_cast<size_t>(ld) + static_cast<size_t>(rows);
+    };
+    const double al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
+    const char *call = "cublasGemmStridedBatchedEx";
+    for (int i = 0; i < batch; ++i) {
+        const auto *ai = static_cast<const unsigned char *>(a) + static_cast<ptrdiff_t>(sa) * stride_a * i;
+        const auto *bi = static_cast<const unsigned char *>(b) + static_cast<ptrdiff_t>(sa) * stride_b * i;
+        auto *ci = static_cast<unsigned char *>(c) + static_cast<ptrdiff_t>(sc) * stride_c * i;
+        if (k > 0) {
+            check_range(call, "A", ai, sa * span(a_rows, a_cols, lda), sa);
+            check_range(call, "B", bi, sa * span(b_rows, b_cols, ldb), sa);
+        }
+        check_range(call, "C", ci, sc * span(m, n, ldc), sc);
+        for (int col = 0; col < n; ++col)
+            for (int row = 0; row < m; ++row) {
+                double acc = 0.0;
+                for (int l = 0; l < k; ++l) {
+                    const size_t ia = transa == CUBLAS_OP_N ? static_cast<size_t>(row) + static_cast<size_t>(l) * lda
+                                                            : static_cast<size_t>(l) + static_cast<size_t>(row) * lda;
+                    const size_t ib = transb == CUBLAS_OP_N ? static_cast<size_t>(l) + static_cast<size_t>(col) * ldb
+                                                            : static_cast<size_t>(col) + static_cast<size_t>(l) * ldb;
+                    acc += load(ea, ai, ia) * load(ea, bi, ib);
+                }
+                const size_t ic = static_cast<size_t>(row) + static_cast<size_t>(col) * ldc;
+                double v = al * acc;
+                if (be != 0.0) v += be * load(ec, ci, ic); // beta 0: C is not read (BLAS convention)
+                store(ec, ci, ic, v);
+            }
+    }
+    cc_cpu::check_guards(call);
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 const char *cublasGetStatusName(cublasStatus_t status)
@@ -352,11 +808,7 @@ const char *cublasGetStatusName(cublasStatus_t status)
     }
 }
 
-const char *cublasGetStatusString(cublasStatus_t status)
-{
-    return status == CUBLAS_STATUS_NOT_SUPPORTED ? "the CPU execution layer runs no cuBLAS"
-                                                 : cublasGetStatusName(status);
-}
+const char *cublasGetStatusString(cublasStatus_t status) { return cublasGetStatusName(status); }
 
 } // extern "C"
 // NOLINTEND(readability-inconsistent-declaration-parameter-name)

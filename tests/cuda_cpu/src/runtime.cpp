@@ -7,6 +7,13 @@
 //    memory nobody wrote; every copy, memset and kernel pointer argument
 //    must lie inside an allocation (so a host pointer passed as a device one
 //    is caught), and what is not freed is a leak LeakSanitizer reports.
+//    Each allocation has guard zones of kGuardBytes before and after it,
+//    filled with a pattern and checked at its cudaFree, at every stream,
+//    event and device synchronisation, after every kernel grid and after
+//    every emulated cuDNN/cuBLAS call: an out-of-bounds write (a workspace
+//    the host code under-counted, say) stops the run naming the allocation,
+//    in every build. Under ASan the zones are also poisoned, so the write
+//    itself is reported.
 //  - Streams and events: work runs when it is issued, so every stream is in
 //    order and every event complete; elapsed times are wall-clock.
 //  - Graph capture: work issued to a capturing stream is recorded and runs
@@ -21,11 +28,13 @@
 #include "cuda_cpu/vector_types.h" // before the toolkit's headers, as in the kernels
 
 #include <cuda_runtime.h>
+#include <sanitizer/asan_interface.h>
 
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -104,6 +113,57 @@ bool inject(runtime_state &s, cc_cpu_event cls, const std::string &what)
     s.failed = cls;
     s.failed_what = what;
     return true;
+}
+
+// --- guard zones around every allocation ------------------------------------------------------
+// 256 bytes: a whole multiple of cudaMalloc's alignment, so the pointer
+// returned keeps it, and room for a 64-float overrun.
+constexpr size_t kGuardBytes = 256;
+
+unsigned char guard_byte(size_t i) { return static_cast<unsigned char>(0x5a ^ (i * 37)); }
+
+void fill_guards(unsigned char *user, size_t size)
+{
+    for (size_t i = 0; i < kGuardBytes; ++i)
+        user[-static_cast<ptrdiff_t>(kGuardBytes) + static_cast<ptrdiff_t>(i)] = user[size + i] = guard_byte(i);
+    ASAN_POISON_MEMORY_REGION(user - kGuardBytes, kGuardBytes);
+    ASAN_POISON_MEMORY_REGION(user + size, kGuardBytes);
+}
+
+// Stops the run if a guard zone of the allocation at `user` was written.
+// `when` says at which point the check ran (what wrote it ran before).
+void check_guard(const unsigned char *user, size_t size, const char *when)
+{
+    ASAN_UNPOISON_MEMORY_REGION(user - kGuardBytes, kGuardBytes);
+    ASAN_UNPOISON_MEMORY_REGION(user + size, kGuardBytes);
+    long first_bad = 0, bad = 0;
+    for (size_t i = 0; i < kGuardBytes; ++i) {
+        if (user[size + i] != guard_byte(i) && bad++ == 0) first_bad = static_cast<long>(size + i);
+        if (user[static_cast<ptrdiff_t>(i) - static_cast<ptrdiff_t>(kGuardBytes)] != guard_byte(i) && bad++ == 0)
+            first_bad = static_cast<long>(i) - static_cast<long>(kGuardBytes);
+    }
+    if (bad == 0) {
+        ASAN_POISON_MEMORY_REGION(user - kGuardBytes, kGuardBytes);
+        ASAN_POISON_MEMORY_REGION(user + size, kGuardBytes);
+        return;
+    }
+    std::fprintf(stderr,
+                 "cuda_cpu: FAULT: guard zone of the device allocation at %p (%zu bytes) overwritten: %ld byte(s) "
+                 "changed, the first at offset %ld (%s its %s), found at %s; an out-of-bounds write (on a GPU: "
+                 "silent corruption of a neighbouring buffer, or an illegal address)\n",
+                 static_cast<const void *>(user), size, bad, first_bad, first_bad < 0 ? "before" : "past",
+                 first_bad < 0 ? "start" : "end", when);
+    std::fflush(stderr);
+    std::abort();
+}
+
+// Every live allocation's guards. Called with rt().m held.
+void check_all_guards(const runtime_state &s, const char *when)
+{
+    // The map is keyed by address: the cast gives back the pointer cudaMalloc returned.
+    for (const auto &a : s.allocations)
+        check_guard(reinterpret_cast<const unsigned char *>(a.first), a.second, // NOLINT(performance-no-int-to-ptr)
+                    when);
 }
 
 bool is_device(const runtime_state &s, const void *p, size_t n)
@@ -213,6 +273,7 @@ cudaError_t synchronize(const char *call)
     runtime_state &s = rt();
     const std::lock_guard<std::mutex> lk(s.m);
     if (forbidden_during_capture(s, call)) return cudaErrorStreamCaptureUnsupported;
+    check_all_guards(s, call);
     return cudaSuccess; // all work has run when it was issued
 }
 
@@ -263,6 +324,18 @@ void handle_created()
 {
     const std::lock_guard<std::mutex> lk(rt().m);
     ++rt().other_handles;
+}
+
+bool is_device_range(const void *p, size_t bytes)
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    return is_device(rt(), p, bytes);
+}
+
+void check_guards(const char *when)
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    check_all_guards(rt(), when);
 }
 
 void handle_destroyed()
@@ -319,8 +392,11 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
         }
     ++k->launches;
     const launch_desc copy = desc;
-    const cudaError_t err = issue(s, lk, desc.stream, "a kernel launch on the legacy stream",
-                                  [copy, name, body = std::move(body)] { run_grid(copy, name.c_str(), body); });
+    const cudaError_t err =
+        issue(s, lk, desc.stream, "a kernel launch on the legacy stream", [copy, name, body = std::move(body)] {
+            run_grid(copy, name.c_str(), body);
+            check_guards(("the end of a grid of " + name).c_str());
+        });
     return result(err);
 }
 
@@ -488,9 +564,12 @@ extern "C" cudaError_t cudaMalloc(void **ptr, size_t size)
         *ptr = nullptr;
         return cudaSuccess;
     }
-    void *p = nullptr;
-    if (posix_memalign(&p, 256, size) != 0) return result(cudaErrorMemoryAllocation);
+    void *block = nullptr;
+    if (size > SIZE_MAX - 2 * cc_cpu::kGuardBytes || posix_memalign(&block, 256, size + 2 * cc_cpu::kGuardBytes) != 0)
+        return result(cudaErrorMemoryAllocation);
+    unsigned char *p = static_cast<unsigned char *>(block) + cc_cpu::kGuardBytes;
     std::memset(p, 0xff, size); // unwritten device memory reads as NaN
+    cc_cpu::fill_guards(p, size);
     s.allocations[reinterpret_cast<uintptr_t>(p)] = size;
     *ptr = p;
     return cudaSuccess;
@@ -502,11 +581,16 @@ extern "C" cudaError_t cudaFree(void *ptr)
     auto &s = rt();
     const std::lock_guard<std::mutex> lk(s.m);
     if (cc_cpu::forbidden_during_capture(s, "cudaFree")) return result(cudaErrorStreamCaptureUnsupported);
-    if (s.allocations.erase(reinterpret_cast<uintptr_t>(ptr)) == 0) {
+    const auto it = s.allocations.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == s.allocations.end()) {
         cc_cpu::note("cudaFree(%p): not a pointer cudaMalloc returned", ptr);
         return result(cudaErrorInvalidValue);
     }
-    std::free(ptr);
+    auto *p = static_cast<unsigned char *>(ptr);
+    cc_cpu::check_guard(p, it->second, "its cudaFree");
+    ASAN_UNPOISON_MEMORY_REGION(p - cc_cpu::kGuardBytes, it->second + 2 * cc_cpu::kGuardBytes);
+    s.allocations.erase(it);
+    std::free(p - cc_cpu::kGuardBytes);
     return cudaSuccess;
 }
 

@@ -4,12 +4,19 @@
 #ifndef CC_CPU_RUNTIME_H
 #define CC_CPU_RUNTIME_H
 
+#include <cstddef>
+
 namespace cc_cpu {
 
 // True when this allocation event is the one a test made fail.
 bool inject_alloc_failure(const char *what);
 void handle_created();
 void handle_destroyed();
+// Stops the run (FAULT, abort) if a guard zone of a live device allocation
+// was written; `when` names the point of the check ("cublasGemm...").
+void check_guards(const char *when);
+// True when [p, p + bytes) lies inside one live device allocation.
+bool is_device_range(const void *p, size_t bytes);
 // Prints one line prefixed "cuda_cpu: " to stderr.
 void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
