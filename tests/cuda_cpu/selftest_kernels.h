@@ -43,7 +43,8 @@ enum {
     ST_MISSING_BARRIER,
     ST_WARP_ORDER_SHUFFLE,
     ST_WARP_ORDER_SYNCWARP,
-    ST_WMMA_MISALIGNED
+    ST_WMMA_MISALIGNED,
+    ST_WMMA_TF32_UNROUNDED
 };
 cudaError_t st_wrong(int which, float *x, float *out, int n);
 

@@ -18,7 +18,7 @@
  * divergent __syncthreads, a barrier after some threads returned, a
  * deadlock, a shuffle reading outside its mask, a mask naming lanes that do
  * not exist, a spinning kernel (watchdog), a host pointer as an argument, a
- * misaligned wmma load; under ASan, a dynamic shared memory overrun; under
+ * misaligned wmma load, an mma on tf32 operands not rounded to TF32; under ASan, a dynamic shared memory overrun; under
  * TSan, a missing __syncthreads, a shuffle taken as ordering (it is not),
  * and a race between blocks (with the fence + atomic handoff race-free). */
 #define _POSIX_C_SOURCE 200809L
@@ -360,7 +360,8 @@ static int scenario(const char *name)
                  {"missing_barrier", ST_MISSING_BARRIER, 0},
                  {"warp_order_shuffle", ST_WARP_ORDER_SHUFFLE, 0},
                  {"warp_order_syncwarp", ST_WARP_ORDER_SYNCWARP, 0},
-                 {"wmma_misaligned", ST_WMMA_MISALIGNED, 0}};
+                 {"wmma_misaligned", ST_WMMA_MISALIGNED, 0},
+                 {"wmma_tf32_unrounded", ST_WMMA_TF32_UNROUNDED, 0}};
     for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; ++i)
         if (strcmp(name, wrong[i].name) == 0) return st_wrong(wrong[i].which, x, out, wrong[i].n);
     fprintf(stderr, "unknown scenario %s\n", name);
@@ -436,6 +437,7 @@ int main(int argc, char **argv)
     expect_child("spin", "watchdog");
     expect_child("host_pointer", "not device memory");
     expect_child("wmma_misaligned", "not 32-byte aligned");
+    expect_child("wmma_tf32_unrounded", "not a TF32 value");
     if (ST_ASAN)
         expect_child("shared_overrun", "use-after-poison");
     else
