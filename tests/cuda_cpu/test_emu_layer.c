@@ -323,6 +323,22 @@ static void check_refusals(void)
     EXPECT(st_big_static(out, (size_t)10 * 1024) == cudaErrorInvalidValue, "40 KiB static + 10 KiB dynamic was run");
     EXPECT(cc_cpu_refused_launches() - refused == 6, "%lld refusals counted, 6 expected",
            cc_cpu_refused_launches() - refused);
+    /* Another card's opt-in (A100: 163 KiB per block, static included): the
+     * attribute past it is refused, and so is a launch past it that an
+     * earlier card's attribute would allow. */
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_A100) == 0, "A100 profile");
+    struct cudaDeviceProp prop;
+    EXPECT(cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.sharedMemPerBlockOptin == 163 * 1024 &&
+               prop.major == 8 && prop.multiProcessorCount == 108,
+           "A100 properties: opt-in %zu, sm_%d%d, %d SMs", prop.sharedMemPerBlockOptin, prop.major, prop.minor,
+           prop.multiProcessorCount);
+    EU_LAUNCH(st_big_dynamic(out, 163 * 256, 1)); /* exactly the opt-in: no static shared memory */
+    EXPECT(st_big_dynamic(out, 163 * 256 + 1, 1) == cudaErrorInvalidValue, "A100: opt-in past 163 KiB granted");
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_H200) == 0, "H200 profile");
+    EU_LAUNCH(st_big_dynamic(out, 200 * 256, 1)); /* granted on the H200 ... */
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_A100) == 0, "A100 profile");
+    EXPECT(st_big_dynamic(out, 200 * 256, 0) == cudaErrorInvalidValue, "A100: 200 KiB launched"); /* ... not here */
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_H200) == 0, "H200 profile");
     cudaFree(out);
 }
 

@@ -63,6 +63,29 @@ cc_cpu_event cc_cpu_failed_event(char *what, size_t what_size);
 size_t cc_cpu_live_allocations(void);
 size_t cc_cpu_live_handles(void);
 
+/* The card whose limits the emulated runtime reports (cudaGetDeviceProperties:
+ * compute capability, SM count, opt-in shared memory per block, ...) and
+ * enforces at launch (static + dynamic shared memory <= the opt-in, and
+ * cudaFuncSetAttribute(MaxDynamicSharedMemorySize) + static <= the opt-in,
+ * as a GPU does). Figures from NVIDIA's datasheets and tuning guides. */
+typedef enum cc_cpu_device_profile {
+    CC_CPU_DEVICE_H200 = 0,      /* the default: sm_90, 132 SMs, 227 KiB opt-in shared memory per block */
+    CC_CPU_DEVICE_H100_PCIE = 1, /* sm_90, 114 SMs, 227 KiB */
+    CC_CPU_DEVICE_A100 = 2,      /* sm_80, 108 SMs, 163 KiB */
+    CC_CPU_DEVICE_L40S = 3,      /* sm_89, 142 SMs, 99 KiB, 1536 threads per SM */
+    CC_CPU_DEVICE_A10 = 4,       /* sm_86, 72 SMs, 99 KiB, 1536 threads per SM */
+    CC_CPU_DEVICE_PROFILE_COUNT = 5
+} cc_cpu_device_profile;
+/* Switches the card (0), or returns -1 for an unknown profile. Kernel
+ * attributes set under the previous card stay; every launch is checked
+ * against the current one. */
+int cc_cpu_set_device_profile(cc_cpu_device_profile which);
+const char *cc_cpu_device_profile_name(cc_cpu_device_profile which);
+
+/* 1: launches are checked (and counted) as usual but not run, so that a
+ * test can try every configuration of a large shape; 0 (default): run. */
+void cc_cpu_set_launch_validate_only(int on);
+
 #ifdef __cplusplus
 }
 #endif
