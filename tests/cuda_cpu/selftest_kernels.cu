@@ -139,13 +139,14 @@ __global__ void __launch_bounds__(32) big_static_kernel(float *out)
 }
 
 // x[i] written by block 0, read by block 1, through the fence + atomic
-// pattern (ordered) or not at all (a race between blocks).
+// pattern (ordered 1), the atomic without the writer's fence (ordered 2: a
+// GPU may show block 1 stale x) or not at all (a race between blocks).
 __global__ void __launch_bounds__(32) handoff_kernel(float *x, unsigned *flag, float *out, int ordered)
 {
     if (blockIdx.x == 0) {
         x[threadIdx.x] = 1.0f + (float)threadIdx.x;
         if (ordered) {
-            __threadfence();
+            if (ordered == 1) __threadfence();
             __syncthreads();
             if (threadIdx.x == 0) atomicAdd(flag, 1u);
         }

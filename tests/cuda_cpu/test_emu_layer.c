@@ -6,7 +6,8 @@
  * half and bfloat16 fused multiply-adds; wmma (f16 in three shapes, bf16,
  * tf32) against a double-precision product; shared memory reads as NaN
  * until written; dynamic shared memory past 48 KiB with opt-in; a handoff
- * between blocks through __threadfence() and an atomic, in both block orders.
+ * between blocks through __threadfence() and an atomic, in both block orders,
+ * and under the store buffer (without the writer's fence the reader sees NaN).
  *
  * Launches a GPU refuses come back with its error: a block larger than the
  * kernel's __launch_bounds__, grid and block limits, dynamic shared memory
@@ -304,6 +305,35 @@ static void check_handoff(int reversed)
     cudaFree(flag);
 }
 
+/* The store buffer: block 0's x reaches block 1 through the fence +
+ * atomic hand-off; without block 0's fence block 1 reads NaN (withheld
+ * stores), and x is whole again once the grid has ended. Not under TSan,
+ * whose isolated grids check this hand-off themselves (handoff_race). */
+static void check_store_buffer(void)
+{
+    float *x = dev(32 * sizeof(float)), *out = dev(32 * sizeof(float)), got[32];
+    unsigned *flag = dev(sizeof(unsigned));
+    const unsigned zero = 0;
+    cc_cpu_set_store_buffer(1);
+    static const float zeros[32];
+    for (int ordered = 1; ordered <= 2; ++ordered) {
+        to_dev(flag, &zero, sizeof zero);
+        to_dev(x, zeros, sizeof zeros); /* a store of the value already there would change nothing */
+        EU_LAUNCH(st_handoff(x, flag, out, ordered));
+        to_host(got, out, sizeof got);
+        for (int i = 0; i < 32; ++i)
+            EXPECT(ordered == 1 ? got[i] == 1.0f + (float)i : isnan(got[i]), "store buffer, %s: [%d] = %g",
+                   ordered == 1 ? "fenced" : "no fence", i, (double)got[i]);
+        to_host(got, x, sizeof got);
+        for (int i = 0; i < 32; ++i)
+            EXPECT(got[i] == 1.0f + (float)i, "store buffer: x[%d] = %g after the grid", i, (double)got[i]);
+    }
+    cc_cpu_set_store_buffer(0);
+    cudaFree(x);
+    cudaFree(out);
+    cudaFree(flag);
+}
+
 /* Launches a GPU refuses: the error comes back, nothing runs. */
 static void check_refusals(void)
 {
@@ -441,6 +471,7 @@ int main(int argc, char **argv)
     check_wmma();
     check_handoff(0);
     check_handoff(1);
+    if (!ST_TSAN) check_store_buffer();
     check_refusals();
     printf("wrong kernels, each in a child process:\n");
     expect_child("misaligned_ldg", "misaligned address");

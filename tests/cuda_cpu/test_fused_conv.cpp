@@ -424,6 +424,10 @@ void refusals()
 int main(int argc, char **argv)
 {
     const bool quick = FUSED_TEST_TSAN || (argc > 1 && strcmp(argv[1], "--quick") == 0);
+    // Split-K's last block reads the other blocks' partial tiles: with the
+    // store buffer they are NaN unless each writer fenced before counting
+    // itself (a GPU may show stale ones).
+    cc_cpu_set_store_buffer(1);
     // name, N, Cin, Cout, groups, E, H, W, kh, kw, sh, sw, dh, dw, pad t l b r, act, bias, x/y offsets
     const shape shapes[] = {
         // 16-byte path: 1x1 stride 1, P = 16; N*quads spans several column runs.

@@ -296,6 +296,16 @@ void handle_destroyed()
     --rt().other_handles;
 }
 
+std::vector<std::pair<unsigned char *, size_t>> device_regions()
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    std::vector<std::pair<unsigned char *, size_t>> out;
+    out.reserve(rt().allocations.size());
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the map keeps allocations by address
+    for (const auto &a : rt().allocations) out.emplace_back(reinterpret_cast<unsigned char *>(a.first), a.second);
+    return out;
+}
+
 cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, const void *const *pointers,
                           int pointer_count)
 {

@@ -4,12 +4,18 @@
 #ifndef CC_CPU_RUNTIME_H
 #define CC_CPU_RUNTIME_H
 
+#include <cstddef>
+#include <utility>
+#include <vector>
+
 namespace cc_cpu {
 
 // True when this allocation event is the one a test made fail.
 bool inject_alloc_failure(const char *what);
 void handle_created();
 void handle_destroyed();
+// Every live device allocation: base and size (the engine's store buffer).
+std::vector<std::pair<unsigned char *, size_t>> device_regions();
 // Prints one line prefixed "cuda_cpu: " to stderr.
 void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -31,6 +31,19 @@ void cc_cpu_set_block_order(int reversed);
  * tells at most 256 threads apart (engine.cpp). No effect without TSan. */
 void cc_cpu_set_isolated_threads(unsigned int max_threads);
 
+/* The store buffer (default CC_CPU_STORE_BUFFER from the environment, else
+ * off): a block's global stores become visible to the blocks that run
+ * after it in the same grid only once the block has published them with
+ * __threadfence() (at the fence's next __syncthreads, or the block's end);
+ * stores it never published are withheld until the grid ends: until then
+ * those bytes read as 0xff (NaN), like memory nobody wrote. What atomics
+ * wrote is never withheld. So a last-block hand-off whose writers do not
+ * fence before they count themselves reads NaN instead of their partial
+ * results, as it may read stale data on a GPU. Blocks run one at a time as
+ * usual; every device allocation is compared at each block's end, so keep
+ * it to small grids. Not for TSan's isolated grids (TSan checks those). */
+void cc_cpu_set_store_buffer(int on);
+
 /* Kernels launched (run or captured) so far whose name contains `part`. */
 long long cc_cpu_launch_count(const char *part);
 /* Prints every kernel of kernels/<source>.cu (as nvcc compiled it) that has
