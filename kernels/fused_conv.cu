@@ -649,12 +649,25 @@ size_t smem_bytes(int tile, int s_cap, int e_pad)
     return floats * sizeof(float);
 }
 
+// The kernel's own static shared memory (is_last: 4 bytes in the PTX, 16 in
+// the cubin). The per-block opt-in covers static plus dynamic shared memory
+// (cudaFuncSetAttribute refuses a dynamic size past the opt-in less the
+// static, and so does the launch), so the dynamic budget is the opt-in less
+// this. Issue 18: without it, shapes whose dynamic size reached the opt-in
+// exactly (A100: tile 32x128, 32 samples, E 105-112; sm_86/89 cards) failed
+// every forward with cudaErrorInvalidValue. tests/cuda_cpu/test_emu_profiles
+// launches every config on each card's limits.
+constexpr size_t kStaticSmemBytes = 16;
+
+size_t dynamic_budget(size_t smem_optin) { return smem_optin > kStaticSmemBytes ? smem_optin - kStaticSmemBytes : 0; }
+
 // Largest column run (<= BN/4 quads) whose shared memory fits.
 int fit_quads(const cc_fused_args *a, const derived &d, int tile, size_t smem_optin)
 {
+    const size_t budget = dynamic_budget(smem_optin);
     int qb = kTiles[tile].bn / 4;
-    while (qb > 1 && smem_bytes(tile, samples_cap(qb, d.gp, a->n), d.e_pad) > smem_optin) --qb;
-    return smem_bytes(tile, samples_cap(qb, d.gp, a->n), d.e_pad) <= smem_optin ? qb : 0;
+    while (qb > 1 && smem_bytes(tile, samples_cap(qb, d.gp, a->n), d.e_pad) > budget) --qb;
+    return smem_bytes(tile, samples_cap(qb, d.gp, a->n), d.e_pad) <= budget ? qb : 0;
 }
 
 void fill_config(const cc_fused_args *a, const derived &d, int tile, int qb, int splits, size_t smem_optin,
@@ -668,7 +681,7 @@ void fill_config(const cc_fused_args *a, const derived &d, int tile, int qb, int
     cfg->smem_bytes = smem_bytes(tile, cfg->samples_cap, d.e_pad);
     // Shared memory per SM is the opt-in block limit plus the 1 KiB the
     // runtime reserves per block.
-    const int by_smem = (int)((smem_optin + 1024) / (cfg->smem_bytes + 1024));
+    const int by_smem = (int)((smem_optin + 1024) / (cfg->smem_bytes + kStaticSmemBytes + 1024));
     cfg->blocks_per_sm = std::max(1, std::min(t.blocks_per_sm, by_smem));
     const long long col_tiles = ceil_div(d.total_quads, qb);
     const long long tiles = col_tiles * ceil_div(d.mg, t.bm) * a->groups;

@@ -21,6 +21,11 @@
 #             tests/cuda_cpu/src/*.cpp) and the project's headers, with
 #             compile_commands.json of the werror build
 #   cppcheck  cppcheck over host/, include/ and tests/
+#   spills    every kernel instance of kernels/*.cu compiled for sm_80 and
+#             sm_90 (nvcc -Xptxas -v) spills 0 bytes, unless a
+#             "// spill-accepted: KERNEL: why" comment at the kernel says
+#             why a spill is accepted (scripts/check-spills.sh; ~40 s on
+#             2 cores)
 #   emu       the CPU execution layer (tests/cuda_cpu: the CUDA kernels and
 #             condconv_forward run on the CPU) built with ASan + UBSan and
 #             with TSan, every emu test in each, then the bug-injection
@@ -34,7 +39,7 @@
 #             resolving every dependency through its RPATH, and the core's
 #             tests (python/tests/test_core.py) against that wheel
 #
-# Usage: scripts/ci-guards.sh [GUARD...]   (default: all eight, in that order)
+# Usage: scripts/ci-guards.sh [GUARD...]   (default: all nine, in that order)
 # Environment: GUARDS_BUILD_PREFIX (default build: builds go to build-werror
 # and build-asan), JOBS (default 2, CI's cores).
 # Tools come from Debian packages: scripts/setup.sh --ci installs missing
@@ -48,7 +53,7 @@ jobs=${JOBS:-2}
 prefix=${GUARDS_BUILD_PREFIX:-build}
 werror_dir=$root/$prefix-werror
 asan_dir=$root/$prefix-asan
-all_guards=(werror asan valgrind format tidy cppcheck emu python)
+all_guards=(werror asan valgrind format tidy cppcheck spills emu python)
 guards=("$@")
 ((${#guards[@]})) || guards=("${all_guards[@]}")
 for g in "${guards[@]}"; do
@@ -250,6 +255,10 @@ guard_cppcheck() {
     -j"$jobs" -q -I include -I host -I kernels -I tests host include tests ||
     { echo "ci-guards: cppcheck findings (above): fix them, or suppress inline with a reason"; return 1; }
   echo "  cppcheck: host/ include/ tests/, no findings"
+}
+
+guard_spills() {
+  JOBS=$jobs scripts/check-spills.sh "$prefix-spills"
 }
 
 guard_emu() {

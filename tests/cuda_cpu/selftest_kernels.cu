@@ -139,13 +139,14 @@ __global__ void __launch_bounds__(32) big_static_kernel(float *out)
 }
 
 // x[i] written by block 0, read by block 1, through the fence + atomic
-// pattern (ordered) or not at all (a race between blocks).
+// pattern (ordered 1), the atomic without the writer's fence (ordered 2: a
+// GPU may show block 1 stale x) or not at all (a race between blocks).
 __global__ void __launch_bounds__(32) handoff_kernel(float *x, unsigned *flag, float *out, int ordered)
 {
     if (blockIdx.x == 0) {
         x[threadIdx.x] = 1.0f + (float)threadIdx.x;
         if (ordered) {
-            __threadfence();
+            if (ordered == 1) __threadfence();
             __syncthreads();
             if (threadIdx.x == 0) atomicAdd(flag, 1u);
         }
@@ -267,6 +268,21 @@ __global__ void __launch_bounds__(32) wmma_misaligned_kernel(const __half *a, fl
     d[threadIdx.x] = __half2float(fa.x[0]);
 }
 
+// TF32 operands that were not rounded with __float_to_tf32: a GPU's tensor
+// core would read only their top 19 bits.
+__global__ void __launch_bounds__(32) wmma_tf32_unrounded_kernel(float *d)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> fc;
+    wmma::fill_fragment(fa, 1.0f + 1.0f / 4096.0f); // below TF32's 10-bit mantissa
+    wmma::fill_fragment(fb, 1.0f);
+    wmma::fill_fragment(fc, 0.0f);
+    wmma::mma_sync(fc, fa, fb, fc);
+    wmma::store_matrix_sync(d, fc, 16, wmma::mem_row_major);
+}
+
 } // namespace
 
 // --- launchers --------------------------------------------------------------------------------------
@@ -335,6 +351,7 @@ extern "C" cudaError_t st_wrong(int which, float *x, float *out, int n)
     case ST_WARP_ORDER_SYNCWARP: return cc_launch(warp_order_kernel, 1, 32, 0, nullptr, out, 1);
     case ST_WMMA_MISALIGNED:
         return cc_launch(wmma_misaligned_kernel, 1, 32, 0, nullptr, reinterpret_cast<const __half *>(x), out);
+    case ST_WMMA_TF32_UNROUNDED: return cc_launch(wmma_tf32_unrounded_kernel, 1, 32, 0, nullptr, out);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -44,7 +44,8 @@ enum {
     ST_WARP_ORDER_SHUFFLE,
     ST_WARP_ORDER_SYNCWARP,
     ST_WMMA_MISALIGNED,
-    ST_GLOBAL_OVERRUN /* n: the first index written (32 floats) */
+    ST_GLOBAL_OVERRUN, /* n: the first index written (32 floats) */
+    ST_WMMA_TF32_UNROUNDED
 };
 cudaError_t st_wrong(int which, float *x, float *out, int n);
 

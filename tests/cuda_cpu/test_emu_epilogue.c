@@ -186,6 +186,16 @@ int main(void)
                     bias_activation_case(dtype, ways[wi], shapes[a][0], shapes[a][1], plane_[b], i % 3 != 0, i % 3, off,
                                          i % 2 ? off : 0, 0);
                 }
+        /* Each pointer misaligned on its own, on rows every vector path
+         * takes (NCHW plane 64, NHWC Cout 8): one element off (scalar) and
+         * two (halves: pairs; f32: scalar). A launcher that tests the wrong
+         * pointer takes a vector path on the misaligned one, which the
+         * layer stops (issue 18). */
+        for (int wi = 0; wi < WAY_COUNT; ++wi)
+            for (int off = 1; off <= 2 && !ways[wi].in_place; ++off) {
+                bias_activation_case(dtype, ways[wi], 2, 8, 64, 1, 1, off, 0, 0);
+                bias_activation_case(dtype, ways[wi], 2, 8, 64, 1, 1, 0, off, 0);
+            }
         for (int cap = 1; cap <= 3; ++cap)
             for (int wi = 0; wi < WAY_COUNT; ++wi) {
                 bias_activation_case(dtype, ways[wi], 4, 10, 64, 1, 2, 0, 0, cap); /* vectors (NCHW) */

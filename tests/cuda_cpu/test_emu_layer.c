@@ -6,7 +6,8 @@
  * half and bfloat16 fused multiply-adds; wmma (f16 in three shapes, bf16,
  * tf32) against a double-precision product; shared memory reads as NaN
  * until written; dynamic shared memory past 48 KiB with opt-in; a handoff
- * between blocks through __threadfence() and an atomic, in both block orders.
+ * between blocks through __threadfence() and an atomic, in both block orders,
+ * and under the store buffer (without the writer's fence the reader sees NaN).
  *
  * Launches a GPU refuses come back with its error: a block larger than the
  * kernel's __launch_bounds__, grid and block limits, dynamic shared memory
@@ -18,9 +19,10 @@
  * divergent __syncthreads, a barrier after some threads returned, a
  * deadlock, a shuffle reading outside its mask, a mask naming lanes that do
  * not exist, a spinning kernel (watchdog), a host pointer as an argument, a
- * misaligned wmma load; a kernel writing past the end or before the start
- * of a device allocation (the guard zones of the emulated cudaMalloc, or
- * under ASan their poisoning, stop it); under ASan, a dynamic shared memory overrun; under
+ * misaligned wmma load; an mma on tf32 operands not rounded to TF32; a kernel
+ * writing past the end or before the start of a device allocation (the guard
+ * zones of the emulated cudaMalloc, or under ASan their poisoning, stop it);
+ * under ASan, a dynamic shared memory overrun; under
  * TSan, a missing __syncthreads, a shuffle taken as ordering (it is not),
  * and a race between blocks (with the fence + atomic handoff race-free). */
 #define _POSIX_C_SOURCE 200809L
@@ -306,6 +308,35 @@ static void check_handoff(int reversed)
     cudaFree(flag);
 }
 
+/* The store buffer: block 0's x reaches block 1 through the fence +
+ * atomic hand-off; without block 0's fence block 1 reads NaN (withheld
+ * stores), and x is whole again once the grid has ended. Not under TSan,
+ * whose isolated grids check this hand-off themselves (handoff_race). */
+static void check_store_buffer(void)
+{
+    float *x = dev(32 * sizeof(float)), *out = dev(32 * sizeof(float)), got[32];
+    unsigned *flag = dev(sizeof(unsigned));
+    const unsigned zero = 0;
+    cc_cpu_set_store_buffer(1);
+    static const float zeros[32];
+    for (int ordered = 1; ordered <= 2; ++ordered) {
+        to_dev(flag, &zero, sizeof zero);
+        to_dev(x, zeros, sizeof zeros); /* a store of the value already there would change nothing */
+        EU_LAUNCH(st_handoff(x, flag, out, ordered));
+        to_host(got, out, sizeof got);
+        for (int i = 0; i < 32; ++i)
+            EXPECT(ordered == 1 ? got[i] == 1.0f + (float)i : isnan(got[i]), "store buffer, %s: [%d] = %g",
+                   ordered == 1 ? "fenced" : "no fence", i, (double)got[i]);
+        to_host(got, x, sizeof got);
+        for (int i = 0; i < 32; ++i)
+            EXPECT(got[i] == 1.0f + (float)i, "store buffer: x[%d] = %g after the grid", i, (double)got[i]);
+    }
+    cc_cpu_set_store_buffer(0);
+    cudaFree(x);
+    cudaFree(out);
+    cudaFree(flag);
+}
+
 /* Launches a GPU refuses: the error comes back, nothing runs. */
 static void check_refusals(void)
 {
@@ -325,6 +356,22 @@ static void check_refusals(void)
     EXPECT(st_big_static(out, (size_t)10 * 1024) == cudaErrorInvalidValue, "40 KiB static + 10 KiB dynamic was run");
     EXPECT(cc_cpu_refused_launches() - refused == 6, "%lld refusals counted, 6 expected",
            cc_cpu_refused_launches() - refused);
+    /* Another card's opt-in (A100: 163 KiB per block, static included): the
+     * attribute past it is refused, and so is a launch past it that an
+     * earlier card's attribute would allow. */
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_A100) == 0, "A100 profile");
+    struct cudaDeviceProp prop;
+    EXPECT(cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.sharedMemPerBlockOptin == 163 * 1024 &&
+               prop.major == 8 && prop.multiProcessorCount == 108,
+           "A100 properties: opt-in %zu, sm_%d%d, %d SMs", prop.sharedMemPerBlockOptin, prop.major, prop.minor,
+           prop.multiProcessorCount);
+    EU_LAUNCH(st_big_dynamic(out, 163 * 256, 1)); /* exactly the opt-in: no static shared memory */
+    EXPECT(st_big_dynamic(out, 163 * 256 + 1, 1) == cudaErrorInvalidValue, "A100: opt-in past 163 KiB granted");
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_H200) == 0, "H200 profile");
+    EU_LAUNCH(st_big_dynamic(out, 200 * 256, 1)); /* granted on the H200 ... */
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_A100) == 0, "A100 profile");
+    EXPECT(st_big_dynamic(out, 200 * 256, 0) == cudaErrorInvalidValue, "A100: 200 KiB launched"); /* ... not here */
+    EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_H200) == 0, "H200 profile");
     cudaFree(out);
 }
 
@@ -369,7 +416,8 @@ static int scenario(const char *name)
                  {"missing_barrier", ST_MISSING_BARRIER, 0},
                  {"warp_order_shuffle", ST_WARP_ORDER_SHUFFLE, 0},
                  {"warp_order_syncwarp", ST_WARP_ORDER_SYNCWARP, 0},
-                 {"wmma_misaligned", ST_WMMA_MISALIGNED, 0}};
+                 {"wmma_misaligned", ST_WMMA_MISALIGNED, 0},
+                 {"wmma_tf32_unrounded", ST_WMMA_TF32_UNROUNDED, 0}};
     for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; ++i)
         if (strcmp(name, wrong[i].name) == 0) return st_wrong(wrong[i].which, x, out, wrong[i].n);
     fprintf(stderr, "unknown scenario %s\n", name);
@@ -433,6 +481,7 @@ int main(int argc, char **argv)
     check_wmma();
     check_handoff(0);
     check_handoff(1);
+    if (!ST_TSAN) check_store_buffer();
     check_refusals();
     printf("wrong kernels, each in a child process:\n");
     expect_child("misaligned_ldg", "misaligned address");
@@ -447,6 +496,7 @@ int main(int argc, char **argv)
     expect_child("wmma_misaligned", "not 32-byte aligned");
     expect_child("global_overrun", ST_ASAN ? "use-after-poison" : "guard zone");
     expect_child("global_underrun", ST_ASAN ? "use-after-poison" : "guard zone");
+    expect_child("wmma_tf32_unrounded", "not a TF32 value");
     if (ST_ASAN)
         expect_child("shared_overrun", "use-after-poison");
     else

@@ -9,7 +9,9 @@
  * blocks: the production choice (cc_routing_splits for 132 SMs), 1, 2, 3 and
  * more than there are channels per split (dropped splits), in index order
  * and reversed (the last block of a sample to finish must do the sum
- * whatever the order). The split buffers' counters must be zero again.
+ * whatever the order), under the layer's store buffer (a writer's partials
+ * reach the last block only through its __threadfence()). The split
+ * buffers' counters must be zero again.
  *
  * Tolerance. The pooled means are float sums of HW terms and the logits
  * float sums of C terms; each is within (terms + 40) * 2^-24 of its
@@ -235,6 +237,10 @@ static void sweep(int dtype, int layout)
 int main(void)
 {
     eu_seed_from_env();
+    /* The split hand-off reads the other blocks' partial logits: with the
+     * store buffer they are NaN unless each writer fenced before counting
+     * itself (a GPU may show stale ones). */
+    cc_cpu_set_store_buffer(1);
     static const int dtypes[] = {CC_DTYPE_F32, CC_DTYPE_F16, CC_DTYPE_BF16};
     for (int d = 0; d < 3; ++d)
         for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) sweep(dtypes[d], layout);

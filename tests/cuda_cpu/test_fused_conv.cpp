@@ -56,6 +56,7 @@ struct shape {
     int act;
     bool bias;
     int x_offset, y_offset; // floats: misaligned x / y take the scalar paths
+    int partial_offset = 0; // floats: a misaligned split-K partial buffer takes the scalar stores
 };
 
 int out_size(int in, int k, int s, int d, int p0, int p1) { return (in + p0 + p1 - (k - 1) * d - 1) / s + 1; }
@@ -198,7 +199,7 @@ void split_buffers(problem *p, const cc_fused_config &c)
 {
     if (c.partial_elems > p->partial_cap) {
         if (p->d_partial) CUDA_OK(cudaFree(p->d_partial));
-        CUDA_OK(cudaMalloc(&p->d_partial, sizeof(float) * c.partial_elems));
+        CUDA_OK(cudaMalloc(&p->d_partial, sizeof(float) * (c.partial_elems + 4)));
         p->partial_cap = c.partial_elems;
     }
     if (c.counter_count > p->counter_cap) {
@@ -207,7 +208,7 @@ void split_buffers(problem *p, const cc_fused_config &c)
         CUDA_OK(cudaMemset(p->d_counters, 0, sizeof(unsigned int) * c.counter_count));
         p->counter_cap = c.counter_count;
     }
-    p->a.partial = c.splits > 1 ? p->d_partial : NULL;
+    p->a.partial = c.splits > 1 ? p->d_partial + p->s.partial_offset : NULL;
     p->a.counters = c.splits > 1 ? p->d_counters : NULL;
 }
 
@@ -423,6 +424,10 @@ void refusals()
 int main(int argc, char **argv)
 {
     const bool quick = FUSED_TEST_TSAN || (argc > 1 && strcmp(argv[1], "--quick") == 0);
+    // Split-K's last block reads the other blocks' partial tiles: with the
+    // store buffer they are NaN unless each writer fenced before counting
+    // itself (a GPU may show stale ones).
+    cc_cpu_set_store_buffer(1);
     // name, N, Cin, Cout, groups, E, H, W, kh, kw, sh, sw, dh, dw, pad t l b r, act, bias, x/y offsets
     const shape shapes[] = {
         // 16-byte path: 1x1 stride 1, P = 16; N*quads spans several column runs.
@@ -445,12 +450,18 @@ int main(int argc, char **argv)
         {"1x1 P1 g3", 40, 12, 15, 3, 5, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0},
         // Many output channels: several channel tiles; E = 2.
         {"1x1 Cout 136", 2, 8, 136, 1, 2, 2, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 0, 0},
+        // Each pointer of a vector path misaligned on its own (issue 18): x
+        // (16-byte loads), y and the split-K partials (16-byte stores); a
+        // launcher that tests the wrong pointer faults on this one.
+        {"1x1 x misaligned", 3, 16, 20, 1, 4, 4, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 1, 0},
+        {"1x1 y misaligned", 3, 16, 20, 1, 4, 4, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 1},
+        {"1x1 partial misal", 3, 48, 20, 1, 4, 4, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0, 1},
     };
     const int count = (int)(sizeof shapes / sizeof shapes[0]);
     // Shapes that run in NHWC too: the 1x1 that NCHW reads 16 bytes at a
     // time, edge tiles (Cin 19, Cout 70), misaligned x and y, strides,
     // padding and dilation, groups (Cin/g 16 and 4, Cout/g 24 and 5), E 1 to 17.
-    const bool in_nhwc[] = {true, true, false, true, true, true, true, false, true, false};
+    const bool in_nhwc[] = {true, true, false, true, true, true, true, false, true, false, false, true, true};
     static_assert(sizeof in_nhwc / sizeof in_nhwc[0] == sizeof shapes / sizeof shapes[0], "one flag per shape");
     tally t;
     for (int i = 0; i < count; ++i) {

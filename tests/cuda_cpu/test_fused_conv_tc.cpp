@@ -25,9 +25,9 @@
 //   |got - ref| <= 1.1 (2u + 1e-5) mag + u |ref| + 1e-6 (f16 subnormals).
 // f32 (TF32 tensor cores): each operand is cut to TF32 as it enters the
 // product, the mixed weight W_n (mixed in f32) and the input x: the kernel
-// rounds both to nearest (cvt.rna, relative error <= 2^-11), the CPU
-// layer's mma would truncate a non-TF32 operand (<= 2^-10) and so may a
-// GPU's tensor core; take the larger, u = 2^-10 per operand. A product
+// rounds both to nearest (cvt.rna, relative error <= 2^-11; the CPU
+// layer's mma stops the run on a non-TF32 operand, where a GPU's tensor
+// core would truncate it, <= 2^-10); take the larger, u = 2^-10 per operand. A product
 // |w x| (1 + d1)(1 + d2) is off by <= (2u + u^2) |w x|; products are summed
 // in f32 (the same (E + K/8 + 2) 2^-24 < 1e-5 relative to mag as above,
 // and a GPU's f32 accumulation in the tensor core is no worse than

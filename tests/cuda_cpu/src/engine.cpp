@@ -19,6 +19,10 @@
 //  - Shared memory (the static __shared__ section and the launch's dynamic
 //    buffer) is filled with NaN before every block; under ASan the bytes
 //    past the dynamic size are poisoned.
+//  - The store buffer (cc_cpu_set_store_buffer, CC_CPU_STORE_BUFFER=1):
+//    what a block stored to global memory and did not publish with
+//    __threadfence() is withheld from the blocks after it (the bytes read
+//    as NaN) until the grid ends; see store_buffer below.
 //  - What a GPU faults on or leaves undefined stops the process with a
 //    message naming kernel, block, thread and source line: a barrier reached
 //    from different lines, or after threads returned; a deadlock (every live
@@ -45,6 +49,7 @@
 #include <vector>
 
 #include "grid.h"
+#include "runtime.h"
 
 // Every build links a sanitizer runtime (at least UBSan's, for the alignment
 // check): __sanitizer_print_stack_trace prints the stack of a fault.
@@ -92,9 +97,11 @@ struct settings {
     unsigned grid_cap = 0;
     bool reversed = false;
     unsigned isolate_max_threads = 128; // see the file comment
+    bool store_buffer = false;
     std::chrono::seconds watchdog{60};
     settings()
     {
+        if (const char *e = std::getenv("CC_CPU_STORE_BUFFER")) store_buffer = std::strcmp(e, "0") != 0;
         if (const char *e = std::getenv("CC_CPU_ISOLATE_THREADS"))
             isolate_max_threads = static_cast<unsigned>(std::strtoul(e, nullptr, 10));
         if (const char *e = std::getenv("CC_CPU_WATCHDOG_SECONDS"))
@@ -198,6 +205,7 @@ struct block_state {
     std::unique_ptr<warp_state[]> warps;
     std::vector<const void *> observed; // addresses of this block's atomics (TSan fence model)
     std::atomic<uint32_t> finished{0};  // threads of an isolated block that are done
+    std::atomic<bool> fenced{false};    // a __threadfence() since the store buffer last published
 };
 
 struct thread_ctx {
@@ -305,6 +313,128 @@ void wait_position(block_state &b, unsigned tid, const char *what, const char *f
     b.pos[tid].file = file;
     b.pos[tid].line = line;
 }
+
+// --- the store buffer -----------------------------------------------------------------------
+// A GPU gives no order between a block's plain global stores and what other
+// blocks see, except through a fence: a last-block hand-off (write partial
+// results, __threadfence(), count yourself with an atomic; the block that
+// counts last reads everyone's partials) is correct only with the writers'
+// fence. Blocks run one after another here, so a later block always saw an
+// earlier block's stores, fence or not. In this mode it does not: each
+// block starts from a copy of device memory (`visible`); a __threadfence()
+// publishes everything the block wrote so far (at the next __syncthreads to
+// complete, when no thread of the block is running, or at the block's end);
+// at the block's end, bytes that differ from the last published copy are
+// withheld: their 4-byte words set to 0xff (NaN) and restored when the grid
+// ends (a store of the value already there changes nothing, and shows
+// nothing). Bytes that
+// atomics touched are never withheld (atomics are coherent on a GPU), nor is
+// anything a block reads of its own stores. The granularity is the block: a
+// fence by one thread publishes its block-mates' earlier stores too.
+class store_buffer
+{
+  public:
+    // Once per grid, before its first block.
+    void begin_grid()
+    {
+        regions_ = device_regions();
+        size_t total = 0;
+        for (const auto &r : regions_) total += r.second;
+        visible_.resize(total);
+        withheld_.clear();
+        const std::lock_guard<std::mutex> lk(m_);
+        atomics_.clear();
+    }
+    // Before each block, and whenever the block publishes.
+    void publish()
+    {
+        size_t at = 0;
+        for (const auto &r : regions_) {
+            std::memcpy(visible_.data() + at, r.first, r.second);
+            at += r.second;
+        }
+    }
+    // After the block's last thread has finished.
+    void end_block()
+    {
+        std::vector<std::pair<uintptr_t, uintptr_t>> atomics;
+        {
+            const std::lock_guard<std::mutex> lk(m_);
+            atomics = atomics_;
+        }
+        std::sort(atomics.begin(), atomics.end());
+        size_t at = 0;
+        for (const auto &r : regions_) {
+            unsigned char *mem = r.first;
+            const unsigned char *seen = visible_.data() + at;
+            at += r.second;
+            for (size_t i = 0; i < r.second;) {
+                // Whole 64-byte chunks that are unchanged first.
+                if (i % 64 == 0 && i + 64 <= r.second && std::memcmp(mem + i, seen + i, 64) == 0) {
+                    i += 64;
+                    continue;
+                }
+                if (mem[i] == seen[i] || touched_by_atomic(atomics, reinterpret_cast<uintptr_t>(mem + i))) {
+                    ++i;
+                    continue;
+                }
+                size_t j = i + 1;
+                while (j < r.second && mem[j] != seen[j] &&
+                       !touched_by_atomic(atomics, reinterpret_cast<uintptr_t>(mem + j)))
+                    ++j;
+                // Whole 4-byte words (allocations are 256-byte aligned), so
+                // that a float whose low bytes alone changed reads as NaN too.
+                i &= ~size_t(3);
+                j = std::min(r.second, (j + 3) & ~size_t(3));
+                withheld_.push_back({mem + i, std::vector<unsigned char>(mem + i, mem + j)});
+                std::memset(mem + i, 0xff, j - i);
+                i = j;
+            }
+        }
+    }
+    // After the grid's last block: everything becomes visible.
+    void end_grid()
+    {
+        for (const auto &h : withheld_) std::memcpy(h.at, h.bytes.data(), h.bytes.size());
+        withheld_.clear();
+        regions_.clear();
+    }
+    void note_atomic(const void *addr, size_t size)
+    {
+        const auto a = reinterpret_cast<uintptr_t>(addr);
+        const std::lock_guard<std::mutex> lk(m_);
+        atomics_.emplace_back(a, a + size);
+    }
+
+  private:
+    static bool touched_by_atomic(const std::vector<std::pair<uintptr_t, uintptr_t>> &sorted, uintptr_t a)
+    {
+        // The ranges are small, aligned words: the one that starts at or before a.
+        auto it = std::upper_bound(sorted.begin(), sorted.end(), std::make_pair(a, UINTPTR_MAX));
+        while (it != sorted.begin()) {
+            --it;
+            if (a < it->second) return true;
+            if (a - it->first >= 16) return false;
+        }
+        return false;
+    }
+    struct held {
+        unsigned char *at;
+        std::vector<unsigned char> bytes;
+    };
+    std::vector<std::pair<unsigned char *, size_t>> regions_;
+    std::vector<unsigned char> visible_;
+    std::vector<held> withheld_;
+    std::mutex m_; // atomics_: every thread of the block adds to it
+    std::vector<std::pair<uintptr_t, uintptr_t>> atomics_;
+};
+
+store_buffer &buffer()
+{
+    static store_buffer *s = new store_buffer; // never destroyed, like the pool
+    return *s;
+}
+std::atomic<bool> g_buffering{false}; // the running grid uses the store buffer
 
 // --- running the threads of a block ---------------------------------------------------------
 void thread_exit(block_state &b, thread_ctx &me)
@@ -654,20 +784,29 @@ void run_grid(const launch_desc &desc, const char *kernel, const std::function<v
         grid.dyn = dynamic_arena;
     }
     ASAN_POISON_MEMORY_REGION(dynamic_arena + desc.smem, kArenaBytes - desc.smem);
-    bool reversed = false;
+    bool reversed = false, buffered = false;
     {
         const std::lock_guard<std::mutex> lk(config().m);
         reversed = config().reversed;
 #if CC_CPU_TSAN
         grid.isolated = blocks > 1 && blocks * nthreads <= config().isolate_max_threads;
 #endif
+        buffered = config().store_buffer && blocks > 1 && !grid.isolated;
     }
+    if (buffered) {
+        const tsan_hidden hidden(true); // the engine's own copies of device memory are no kernel accesses
+        buffer().begin_grid();
+    }
+    g_buffering.store(buffered, std::memory_order_relaxed);
     // CC_CPU_TRACE=1: one line per grid, to see what ran and how.
     static const bool trace = std::getenv("CC_CPU_TRACE") != nullptr;
     if (trace)
         std::fprintf(stderr, "cuda_cpu: run %s grid (%u,%u,%u) block (%u,%u,%u) smem %zu%s%s\n", kernel, desc.grid.x,
                      desc.grid.y, desc.grid.z, desc.block.x, desc.block.y, desc.block.z, desc.smem,
-                     reversed ? " reversed" : "", grid.isolated ? " isolated" : "");
+                     reversed ? " reversed" : "",
+                     grid.isolated ? " isolated"
+                     : buffered    ? " store-buffered"
+                                   : "");
     std::deque<block_state> kept; // isolated blocks stay alive until the grid's end (TSan would see their reuse)
     for (unsigned long long k = 0; k < blocks; ++k) {
         const unsigned long long linear = reversed ? blocks - 1 - k : k;
@@ -698,7 +837,21 @@ void run_grid(const launch_desc &desc, const char *kernel, const std::function<v
             continue;
         }
 #endif
+        if (buffered) {
+            const tsan_hidden hidden(true);
+            buffer().publish();
+        }
         pool().run_block(*b);
+        if (buffered) {
+            const tsan_hidden hidden(true);
+            if (b->fenced.exchange(false)) buffer().publish(); // a fence after the last barrier
+            buffer().end_block();
+        }
+    }
+    if (buffered) {
+        const tsan_hidden hidden(true);
+        buffer().end_grid();
+        g_buffering.store(false, std::memory_order_relaxed);
     }
 #if CC_CPU_TSAN
     // The kernel boundary: everything the grid did happens before what follows.
@@ -740,6 +893,12 @@ int block_barrier(barrier_kind kind, int predicate, const char *file, int line)
         b.result = b.acc;
         b.arrived = 0;
         b.blocked -= b.live - 1;
+        // Every running thread of the block waits here: publish what they
+        // stored before a fence (store buffer).
+        if (b.fenced.exchange(false, std::memory_order_relaxed) && g_buffering.load(std::memory_order_relaxed)) {
+            const tsan_hidden hidden(true);
+            buffer().publish();
+        }
         const int r = b.result;
         b.gen.fetch_add(1, std::memory_order_release);
         lk.unlock();
@@ -886,6 +1045,8 @@ void misaligned_vector(const void *p, size_t align, const char *type, const char
 void thread_fence()
 {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (t_self.block != nullptr && g_buffering.load(std::memory_order_relaxed))
+        t_self.block->fenced.store(true, std::memory_order_relaxed);
 #if CC_CPU_TSAN
     // TSan does not model fences. A GPU's fence after an atomic that observed
     // another block's fence-then-atomic makes that block's earlier writes
@@ -904,7 +1065,13 @@ void thread_fence()
 #endif
 }
 
-void atomic_before(const void *addr) { (void)addr; }
+void atomic_before(const void *addr, size_t size)
+{
+    if (g_buffering.load(std::memory_order_relaxed)) {
+        const tsan_hidden hidden(true);
+        buffer().note_atomic(addr, size);
+    }
+}
 
 void atomic_after(const void *addr)
 {
@@ -953,6 +1120,12 @@ extern "C" void cc_cpu_set_block_order(int reversed)
 {
     const std::lock_guard<std::mutex> lk(cc_cpu::config().m);
     cc_cpu::config().reversed = reversed != 0;
+}
+
+extern "C" void cc_cpu_set_store_buffer(int on)
+{
+    const std::lock_guard<std::mutex> lk(cc_cpu::config().m);
+    cc_cpu::config().store_buffer = on != 0;
 }
 
 extern "C" void cc_cpu_set_isolated_threads(unsigned int max_threads)

@@ -1,7 +1,8 @@
 // The emulated CUDA runtime of the CPU execution layer: the cudart entry
 // points the library's host code (compiled unchanged against the real
-// <cuda_runtime.h>) and the tests call, on an H100-like device whose memory
-// is host memory.
+// <cuda_runtime.h>) and the tests call, on a device whose limits are one
+// card's (an H200 by default; cc_cpu_set_device_profile picks another) and
+// whose memory is host memory.
 //
 //  - Device memory: posix_memalign'd, filled with NaN (0xff bytes) like
 //    memory nobody wrote; every copy, memset and kernel pointer argument
@@ -22,7 +23,8 @@
 //    fails and invalidates the capture, as on a GPU.
 //  - Launches: refused with a GPU's error when the configuration is invalid
 //    (grid and block limits, __launch_bounds__ and static shared memory from
-//    nvcc's PTX, dynamic shared memory against 48 KiB or the opt-in limit).
+//    nvcc's PTX, dynamic shared memory against 48 KiB or the opt-in limit,
+//    static plus dynamic against the card's opt-in per block).
 //  - Fault injection: the k-th allocation, copy or launch fails (hooks.h).
 //  - Errors: per-thread last error, as cudaGetLastError reports it.
 #include "cuda_cpu/vector_types.h" // before the toolkit's headers, as in the kernels
@@ -70,11 +72,28 @@ struct CUgraphExec_st {
 namespace cc_cpu {
 namespace {
 
-// The emulated device: an H100 SXM's limits (132 SMs, 48 KiB of shared
-// memory per block by default, 227 KiB with opt-in).
+// The emulated device: one card's limits, from NVIDIA's datasheets and
+// tuning guides (what cudaGetDeviceProperties reports on it). Every card
+// gives a block 48 KiB of shared memory without opt-in; with opt-in, static
+// plus dynamic may reach sharedMemPerBlockOptin (the SM's shared memory
+// less the 1 KiB the runtime reserves per block).
 constexpr size_t kSmemDefault = size_t(48) * 1024;
-constexpr size_t kSmemOptin = size_t(227) * 1024;
-constexpr int kSmCount = 132;
+constexpr size_t kKiB = 1024, kGiB = size_t(1) << 30;
+struct device_profile {
+    const char *name;
+    int major, minor, sm_count;
+    size_t smem_optin, smem_per_sm;
+    int threads_per_sm, blocks_per_sm;
+    size_t global_mem;
+    int l2_bytes, bus_width;
+};
+const device_profile kProfiles[CC_CPU_DEVICE_PROFILE_COUNT] = {
+    {"H200 SXM", 9, 0, 132, 227 * kKiB, 228 * kKiB, 2048, 32, 141 * kGiB, 50 << 20, 6144},
+    {"H100 PCIe", 9, 0, 114, 227 * kKiB, 228 * kKiB, 2048, 32, 80 * kGiB, 50 << 20, 5120},
+    {"A100 SXM4", 8, 0, 108, 163 * kKiB, 164 * kKiB, 2048, 32, 80 * kGiB, 40 << 20, 5120},
+    {"L40S", 8, 9, 142, 99 * kKiB, 100 * kKiB, 1536, 24, 48 * kGiB, 96 << 20, 384},
+    {"A10", 8, 6, 72, 99 * kKiB, 100 * kKiB, 1536, 16, 24 * kGiB, 6 << 20, 384},
+};
 
 struct runtime_state {
     std::mutex m;
@@ -89,6 +108,8 @@ struct runtime_state {
     cc_cpu_event failed = CC_CPU_EVENT_NONE;
     std::string failed_what;
     long long refused = 0;
+    int profile = CC_CPU_DEVICE_H200;
+    bool validate_only = false; // cc_cpu_set_launch_validate_only
 };
 
 runtime_state &rt()
@@ -176,6 +197,9 @@ bool is_device(const runtime_state &s, const void *p, size_t n)
 }
 
 bool legacy(cudaStream_t s) { return s == nullptr || s == cudaStreamLegacy; }
+
+// Called with rt().m held.
+const device_profile &profile(const runtime_state &s) { return kProfiles[s.profile]; }
 
 bool known_stream(const runtime_state &s, cudaStream_t stream)
 {
@@ -344,6 +368,16 @@ void handle_destroyed()
     --rt().other_handles;
 }
 
+std::vector<std::pair<unsigned char *, size_t>> device_regions()
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    std::vector<std::pair<unsigned char *, size_t>> out;
+    out.reserve(rt().allocations.size());
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the map keeps allocations by address
+    for (const auto &a : rt().allocations) out.emplace_back(reinterpret_cast<unsigned char *>(a.first), a.second);
+    return out;
+}
+
 cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, const void *const *pointers,
                           int pointer_count)
 {
@@ -374,13 +408,17 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
                       "block of %llu threads, the kernel is compiled for at most %u "
                       "(__launch_bounds__)",
                       threads, k->max_threads);
+    // An opt-in granted under an earlier profile stays (a test switches
+    // cards in one process); the card's own limit is checked here.
     const size_t dyn_limit =
         k->max_dynamic_smem >= 0 ? static_cast<size_t>(k->max_dynamic_smem) : kSmemDefault - k->static_smem;
-    if (desc.smem > dyn_limit || k->static_smem + desc.smem > kSmemOptin)
+    const size_t optin = profile(s).smem_optin;
+    if (desc.smem > dyn_limit || k->static_smem + desc.smem > optin)
         return refuse(s, cudaErrorInvalidValue, name,
                       "%zu bytes of dynamic shared memory with %zu static: the kernel may use %zu dynamic (48 KiB in "
-                      "all unless cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it, at most 227 KiB)",
-                      desc.smem, k->static_smem, dyn_limit);
+                      "all unless cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it; static plus dynamic at "
+                      "most %zu bytes on the %s)",
+                      desc.smem, k->static_smem, dyn_limit, optin, profile(s).name);
     for (int i = 0; i < pointer_count; ++i)
         if (pointers[i] != nullptr && !is_device(s, pointers[i], 0)) {
             std::fprintf(stderr,
@@ -391,6 +429,7 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
             std::abort();
         }
     ++k->launches;
+    if (s.validate_only) return cudaSuccess;
     const launch_desc copy = desc;
     const cudaError_t err =
         issue(s, lk, desc.stream, "a kernel launch on the legacy stream", [copy, name, body = std::move(body)] {
@@ -452,12 +491,17 @@ extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 {
     if (prop == nullptr) return result(cudaErrorInvalidValue);
     if (device != 0) return result(cudaErrorInvalidDevice);
+    cc_cpu::device_profile p;
+    {
+        const std::lock_guard<std::mutex> lk(rt().m);
+        p = cc_cpu::profile(rt());
+    }
     std::memset(prop, 0, sizeof *prop);
-    std::snprintf(prop->name, sizeof prop->name, "cuda_cpu (CPU emulation of an H100 SXM)");
-    prop->totalGlobalMem = size_t(80) << 30;
+    std::snprintf(prop->name, sizeof prop->name, "cuda_cpu (CPU emulation of an %s)", p.name);
+    prop->totalGlobalMem = p.global_mem;
     prop->sharedMemPerBlock = cc_cpu::kSmemDefault;
-    prop->sharedMemPerBlockOptin = cc_cpu::kSmemOptin;
-    prop->sharedMemPerMultiprocessor = size_t(228) * 1024;
+    prop->sharedMemPerBlockOptin = p.smem_optin;
+    prop->sharedMemPerMultiprocessor = p.smem_per_sm;
     prop->reservedSharedMemPerBlock = 1024;
     prop->regsPerBlock = 65536;
     prop->regsPerMultiprocessor = 65536;
@@ -468,13 +512,13 @@ extern "C" cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     prop->maxGridSize[0] = 0x7fffffff;
     prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
     prop->totalConstMem = 65536;
-    prop->major = 9;
-    prop->minor = 0;
-    prop->multiProcessorCount = cc_cpu::kSmCount;
-    prop->maxThreadsPerMultiProcessor = 2048;
-    prop->maxBlocksPerMultiProcessor = 32;
-    prop->l2CacheSize = 50 << 20;
-    prop->memoryBusWidth = 5120;
+    prop->major = p.major;
+    prop->minor = p.minor;
+    prop->multiProcessorCount = p.sm_count;
+    prop->maxThreadsPerMultiProcessor = p.threads_per_sm;
+    prop->maxBlocksPerMultiProcessor = p.blocks_per_sm;
+    prop->l2CacheSize = p.l2_bytes;
+    prop->memoryBusWidth = p.bus_width;
     prop->concurrentKernels = 1;
     prop->unifiedAddressing = 1;
     prop->asyncEngineCount = 3;
@@ -822,7 +866,8 @@ extern "C" cudaError_t cudaFuncSetAttribute(const void *func, cudaFuncAttribute 
     cc_cpu::kernel_info *k = cc_cpu::find_kernel(func);
     if (k == nullptr) return result(cudaErrorInvalidDeviceFunction);
     if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-        if (value < 0 || static_cast<size_t>(value) + k->static_smem > cc_cpu::kSmemOptin)
+        // As on a GPU: the kernel's static shared memory counts against the opt-in.
+        if (value < 0 || static_cast<size_t>(value) + k->static_smem > cc_cpu::profile(rt()).smem_optin)
             return result(cudaErrorInvalidValue);
         k->max_dynamic_smem = value;
     }
@@ -840,7 +885,7 @@ extern "C" cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, const voi
     attr->sharedSizeBytes = k->static_smem;
     attr->maxDynamicSharedSizeBytes =
         k->max_dynamic_smem >= 0 ? k->max_dynamic_smem : static_cast<int>(cc_cpu::kSmemDefault - k->static_smem);
-    attr->ptxVersion = attr->binaryVersion = 90;
+    attr->ptxVersion = attr->binaryVersion = 10 * cc_cpu::profile(rt()).major + cc_cpu::profile(rt()).minor;
     return cudaSuccess;
 }
 
@@ -913,4 +958,23 @@ extern "C" size_t cc_cpu_live_handles(void)
 {
     const std::lock_guard<std::mutex> lk(rt().m);
     return rt().streams.size() + rt().events.size() + rt().graphs.size() + rt().execs.size() + rt().other_handles;
+}
+
+extern "C" int cc_cpu_set_device_profile(cc_cpu_device_profile which)
+{
+    if (which < 0 || which >= CC_CPU_DEVICE_PROFILE_COUNT) return -1;
+    const std::lock_guard<std::mutex> lk(rt().m);
+    rt().profile = which;
+    return 0;
+}
+
+extern "C" const char *cc_cpu_device_profile_name(cc_cpu_device_profile which)
+{
+    return which >= 0 && which < CC_CPU_DEVICE_PROFILE_COUNT ? cc_cpu::kProfiles[which].name : "unknown";
+}
+
+extern "C" void cc_cpu_set_launch_validate_only(int on)
+{
+    const std::lock_guard<std::mutex> lk(rt().m);
+    rt().validate_only = on != 0;
 }

@@ -5,6 +5,8 @@
 #define CC_CPU_RUNTIME_H
 
 #include <cstddef>
+#include <utility>
+#include <vector>
 
 namespace cc_cpu {
 
@@ -12,6 +14,8 @@ namespace cc_cpu {
 bool inject_alloc_failure(const char *what);
 void handle_created();
 void handle_destroyed();
+// Every live device allocation: base and size (the engine's store buffer).
+std::vector<std::pair<unsigned char *, size_t>> device_regions();
 // Stops the run (FAULT, abort) if a guard zone of a live device allocation
 // was written; `when` names the point of the check ("cublasGemm...").
 void check_guards(const char *when);

@@ -102,12 +102,15 @@ void *dynamic_shared_base(size_t align);
 // error).
 void check_aligned(const void *p, size_t align, const char *what, const char *file, int line);
 
-// GPU memory-model hooks: __threadfence*(), and every atomic. Under TSan they
-// give the happens-before a GPU's fence + atomic patterns give (a fence
-// before an atomic releases, a fence after an atomic some thread of the
-// block performed acquires); elsewhere the fence is a real fence.
+// GPU memory-model hooks: __threadfence*(), and every atomic (of `size`
+// bytes). Under TSan they give the happens-before a GPU's fence + atomic
+// patterns give (a fence before an atomic releases, a fence after an atomic
+// some thread of the block performed acquires); elsewhere the fence is a
+// real fence. With the store buffer on (hooks.h), a fence publishes the
+// block's earlier stores to the blocks that run after it, and what atomics
+// wrote is always visible.
 void thread_fence();
-void atomic_before(const void *addr);
+void atomic_before(const void *addr, size_t size);
 void atomic_after(const void *addr);
 
 // Stops the process with a message naming the kernel, block and thread: the

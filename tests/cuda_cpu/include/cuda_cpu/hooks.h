@@ -31,6 +31,19 @@ void cc_cpu_set_block_order(int reversed);
  * tells at most 256 threads apart (engine.cpp). No effect without TSan. */
 void cc_cpu_set_isolated_threads(unsigned int max_threads);
 
+/* The store buffer (default CC_CPU_STORE_BUFFER from the environment, else
+ * off): a block's global stores become visible to the blocks that run
+ * after it in the same grid only once the block has published them with
+ * __threadfence() (at the fence's next __syncthreads, or the block's end);
+ * stores it never published are withheld until the grid ends: until then
+ * those bytes read as 0xff (NaN), like memory nobody wrote. What atomics
+ * wrote is never withheld. So a last-block hand-off whose writers do not
+ * fence before they count themselves reads NaN instead of their partial
+ * results, as it may read stale data on a GPU. Blocks run one at a time as
+ * usual; every device allocation is compared at each block's end, so keep
+ * it to small grids. Not for TSan's isolated grids (TSan checks those). */
+void cc_cpu_set_store_buffer(int on);
+
 /* Kernels launched (run or captured) so far whose name contains `part`. */
 long long cc_cpu_launch_count(const char *part);
 /* Prints every kernel of kernels/<source>.cu (as nvcc compiled it) that has
@@ -68,6 +81,29 @@ void cc_cpu_set_device_count(int n);
  * cuDNN/cuBLAS handles not yet destroyed. */
 size_t cc_cpu_live_allocations(void);
 size_t cc_cpu_live_handles(void);
+
+/* The card whose limits the emulated runtime reports (cudaGetDeviceProperties:
+ * compute capability, SM count, opt-in shared memory per block, ...) and
+ * enforces at launch (static + dynamic shared memory <= the opt-in, and
+ * cudaFuncSetAttribute(MaxDynamicSharedMemorySize) + static <= the opt-in,
+ * as a GPU does). Figures from NVIDIA's datasheets and tuning guides. */
+typedef enum cc_cpu_device_profile {
+    CC_CPU_DEVICE_H200 = 0,      /* the default: sm_90, 132 SMs, 227 KiB opt-in shared memory per block */
+    CC_CPU_DEVICE_H100_PCIE = 1, /* sm_90, 114 SMs, 227 KiB */
+    CC_CPU_DEVICE_A100 = 2,      /* sm_80, 108 SMs, 163 KiB */
+    CC_CPU_DEVICE_L40S = 3,      /* sm_89, 142 SMs, 99 KiB, 1536 threads per SM */
+    CC_CPU_DEVICE_A10 = 4,       /* sm_86, 72 SMs, 99 KiB, 1536 threads per SM */
+    CC_CPU_DEVICE_PROFILE_COUNT = 5
+} cc_cpu_device_profile;
+/* Switches the card (0), or returns -1 for an unknown profile. Kernel
+ * attributes set under the previous card stay; every launch is checked
+ * against the current one. */
+int cc_cpu_set_device_profile(cc_cpu_device_profile which);
+const char *cc_cpu_device_profile_name(cc_cpu_device_profile which);
+
+/* 1: launches are checked (and counted) as usual but not run, so that a
+ * test can try every configuration of a large shape; 0 (default): run. */
+void cc_cpu_set_launch_validate_only(int on);
 
 #ifdef __cplusplus
 }

@@ -207,13 +207,14 @@ inline unsigned int __funnelshift_r(unsigned int lo, unsigned int hi, unsigned i
 
 // --- atomics -----------------------------------------------------------------
 // Relaxed, as a GPU's atomics are; the engine sees each one so that under
-// TSan a preceding __threadfence() releases through it (engine.h).
+// TSan a preceding __threadfence() releases through it, and so that the
+// store buffer never withholds what atomics wrote (engine.h).
 namespace cc_cpu {
 template <typename T, typename F>
 inline T atomic_rmw(T *addr, F update)
 {
     check_aligned(addr, sizeof(T), "atomic", __FILE__, __LINE__);
-    atomic_before(addr);
+    atomic_before(addr, sizeof(T));
     T old = __atomic_load_n(addr, __ATOMIC_RELAXED);
     while (!__atomic_compare_exchange_n(addr, &old, update(old), true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
     }

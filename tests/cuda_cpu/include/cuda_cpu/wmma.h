@@ -11,8 +11,12 @@
 // with the same pointer, leading dimension and layout (checked), the pointer
 // 32-byte aligned and ldm a multiple of 16 bytes (checked, as a GPU faults).
 // mma_sync sums each product in double and rounds once; a GPU's tensor core
-// rounds differently, so compare with a tolerance. tf32 inputs are cut to
-// tf32 (as the hardware reads them).
+// rounds differently, so compare with a tolerance. A tf32 operand must hold
+// TF32 values (what __float_to_tf32 returns: the low 13 mantissa bits zero):
+// the real API wants tf32 fragments filled with such values, and a GPU's
+// tensor core reads only the top 19 bits of a float, so a kernel that forgets
+// to round would silently truncate there. mma_sync stops the run on any other
+// value instead of truncating it here.
 #ifndef CC_CPU_WMMA_H
 #define CC_CPU_WMMA_H
 
@@ -92,14 +96,25 @@ inline T from_double(double v)
     else
         return static_cast<T>(v);
 }
-// The bits of a tf32 value a tensor core reads: the top 19 of the float.
-inline float tf32_bits(float v)
+// A tf32 operand value: what a tensor core reads is the top 19 bits of the
+// float; anything in the low 13 (of a finite value) was not rounded to TF32.
+inline bool tf32_representable(float v)
 {
     uint32_t u;
     std::memcpy(&u, &v, sizeof u);
-    u &= 0xffffe000u;
-    std::memcpy(&v, &u, sizeof v);
-    return v;
+    return (u & 0x1fffu) == 0 || (u & 0x7f800000u) == 0x7f800000u;
+}
+// Every lane checks its own share of a tf32 operand before the exchange.
+template <typename F>
+inline void check_tf32(const F &frag, const char *operand)
+{
+    for (int i = 0; i < F::num_elements; ++i)
+        if (!tf32_representable(frag.x[i]))
+            cc_cpu::fault(__FILE__, __LINE__,
+                          "wmma::mma_sync: precision::tf32 %s fragment holds %.9g (element %d of lane %u), which is "
+                          "not a TF32 value: round operands with wmma::__float_to_tf32 when they are loaded (a tensor "
+                          "core reads only the top 19 bits of a float)",
+                          operand, static_cast<double>(frag.x[i]), i, cc_cpu::lane_id());
 }
 } // namespace detail
 
@@ -207,14 +222,12 @@ inline void mma_sync(fragment<accumulator, M, N, K, TD> &d, const fragment<matri
                      bool satf = false)
 {
     (void)satf;
+    if constexpr (std::is_same_v<TA, precision::tf32>) detail::check_tf32(a, "matrix_a");
+    if constexpr (std::is_same_v<TB, precision::tf32>) detail::check_tf32(b, "matrix_b");
     double am[M * K], bm[K * N], cm[M * N];
     detail::gather_matrix(a, am);
     detail::gather_matrix(b, bm);
     detail::gather_matrix(c, cm);
-    if constexpr (std::is_same_v<TA, precision::tf32>)
-        for (double &v : am) v = detail::tf32_bits(static_cast<float>(v));
-    if constexpr (std::is_same_v<TB, precision::tf32>)
-        for (double &v : bm) v = detail::tf32_bits(static_cast<float>(v));
     using F = fragment<accumulator, M, N, K, TD>;
     const int lane = static_cast<int>(cc_cpu::lane_id());
     for (int i = 0; i < F::num_elements; ++i) {
