@@ -159,6 +159,7 @@ typedef struct server {
     int devices, slots;                    /* GPUs served; in-flight slots per worker */
     condconv_dtype dtype;                  /* of x, y and the parameters */
     condconv_layout layout;                /* of x and y */
+    condconv_algo algo;                    /* --algo: forced on every worker's layer; AUTO measures per shape */
     size_t elem;                           /* bytes per element of x and y */
     size_t x_per_sample, y_per_sample;     /* elements */
     condconv_layer_t weights[MAX_DEVICES]; /* loaded once per device (index 0 on the CPU path) */
@@ -274,6 +275,8 @@ static int setup(worker *wk)
     CC_OK(wk, condconv_context_create(&wk->ctx, wk->device));
     CC_OK(wk, condconv_context_set_stream(wk->ctx, wk->stream));
     CC_OK(wk, condconv_layer_create_shared(wk->ctx, srv->weights[wk->device], &wk->layer));
+    /* A layer's algorithm is its own (not shared): each worker forces it. */
+    CC_OK(wk, condconv_layer_set_algo(wk->layer, srv->algo));
     /* Plans (algorithm choice, AUTO's measurements) for every captured size, then one workspace for the largest. */
     for (int i = 0; i < SHAPES; ++i) {
         size_t bytes = 0;
@@ -568,8 +571,8 @@ static int usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s WEIGHTS.safetensors [--dtype f32|f16|bf16] [--layout nchw|nhwc] [--devices N|all]\n"
-            "       [--workers N (per device)] [--inflight N (1-%d)] [--requests N] [--cpu] [--require-gpu] "
-            "[--verify]\n",
+            "       [--workers N (per device)] [--inflight N (1-%d)] [--requests N] [--algo auto|NAME] [--cpu]\n"
+            "       [--require-gpu] [--verify]\n",
             argv0, MAX_SLOTS);
     return 2;
 }
@@ -617,6 +620,12 @@ int main(int argc, char **argv)
                 srv.layout = CONDCONV_LAYOUT_NHWC;
             else
                 return usage(argv[0]);
+            ++i;
+        } else if (strcmp(argv[i], "--algo") == 0 && i + 1 < argc) {
+            int a = 0;
+            while (a < CONDCONV_ALGO_COUNT && strcmp(val, condconv_algo_name((condconv_algo)a)) != 0) ++a;
+            if (a == CONDCONV_ALGO_COUNT) return usage(argv[0]);
+            srv.algo = (condconv_algo)a;
             ++i;
         } else if (strcmp(argv[i], "--cpu") == 0) {
             force_cpu = 1;

@@ -199,6 +199,9 @@ endforeach()
 # the emulated cuDNN and cuBLAS.
 foreach(t forward formats faults devices staging libs)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
+  # End to end: host code around kernels that the per-kernel tests already
+  # run under TSan; the CI guard runs these under ASan only (emu_e2e).
+  set_tests_properties(test_emu_${t} PROPERTIES LABELS "cpu;emu;emu_e2e")
 endforeach()
 
 # The layer's own checks, on small deliberately wrong kernels.

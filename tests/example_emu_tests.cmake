@@ -14,13 +14,17 @@ target_link_libraries(condconv_server_emu PRIVATE cc_cpu_host Threads::Threads m
 set_target_properties(condconv_server_emu PROPERTIES LINKER_LANGUAGE CXX)
 cc_emu_c_warnings(condconv_server_emu)
 set(weights ${CMAKE_CURRENT_LIST_DIR}/data/golden_depthwise5x5_s2.safetensors)
-foreach(format "f32;nchw;2" "f16;nhwc;3" "bf16;nchw;1")
+# Each case forces one algorithm: AUTO would measure all of them at four
+# batch sizes on the emulated device (minutes). cudnn_grouped and mixture
+# put emulated cuDNN calls inside the captured graphs.
+foreach(format "f32;nchw;2;cudnn_grouped" "f16;nhwc;3;depthwise_fused" "bf16;nchw;1;mixture")
   list(GET format 0 dtype)
   list(GET format 1 layout)
   list(GET format 2 inflight)
+  list(GET format 3 algo)
   add_test(NAME example_server_emu_${dtype}_${layout}
     COMMAND condconv_server_emu ${weights} --require-gpu --dtype ${dtype} --layout ${layout} --inflight ${inflight}
-            --workers 1 --requests 6 --verify)
+            --workers 1 --requests 6 --algo ${algo} --verify)
   set_tests_properties(example_server_emu_${dtype}_${layout} PROPERTIES LABELS "cpu;emu" TIMEOUT 600
     PASS_REGULAR_EXPRESSION "6 of 6 requests.*on the GPU with CUDA graphs.*padding images.*completion by CUDA events.*0 differ")
 endforeach()

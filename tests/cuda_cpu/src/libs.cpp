@@ -399,8 +399,34 @@ void compute(const conv_call &c)
 // The buffers of a convolution: device memory of the described sizes,
 // element-aligned; the workspace as large as the algorithm needs, which it
 // then uses (overwrites) in full.
+// The descriptors' contents as they are at the call: cuDNN reads them when
+// called, so a caller may change or destroy them before the work runs.
+struct conv_job {
+    cudnnTensorStruct x, y;
+    cudnnFilterStruct w;
+    cudnnConvolutionStruct cv;
+    conv_call c;
+    void *workspace;
+    size_t workspace_need;
+};
+
+void run_job(const char *call, conv_job job)
+{
+    job.c.xd = &job.x;
+    job.c.yd = &job.y;
+    job.c.wd = &job.w;
+    job.c.cd = &job.cv;
+    if (job.workspace_need > 0) std::memset(job.workspace, 0xa5, job.workspace_need);
+    compute(job.c);
+    cc_cpu::check_guards(call);
+}
+
+// Checks a convolution call; then runs it on `stream` in stream order
+// (captured into a graph like a kernel), or at once when `stream_order` is
+// false (Find, which cuDNN runs synchronously). EXECUTION_FAILED when the
+// stream refuses the work (a legacy stream during a capture).
 cudnnStatus_t run_checked(const char *call, const conv_call &c, cudnnConvolutionFwdAlgo_t algo, void *workspace,
-                          size_t workspace_bytes)
+                          size_t workspace_bytes, bool stream_order = false, cudaStream_t stream = nullptr)
 {
     size_t need = 0;
     if (algo_workspace(*c.xd, *c.wd, *c.cd, *c.yd, algo, &need) != CUDNN_STATUS_SUCCESS)
@@ -415,10 +441,13 @@ cudnnStatus_t run_checked(const char *call, const conv_call &c, cudnnConvolution
     if (c.z != nullptr) check_range(call, "z", c.z, e * tensor_elems(*c.yd), e);
     if (c.bias != nullptr) check_range(call, "bias", c.bias, sizeof(float) * static_cast<size_t>(c.yd->c), 4);
     check_range(call, "workspace", workspace, need, 1);
-    if (need > 0) std::memset(workspace, 0xa5, need);
-    compute(c);
-    cc_cpu::check_guards(call);
-    return CUDNN_STATUS_SUCCESS;
+    const conv_job job{*c.xd, *c.yd, *c.wd, *c.cd, c, workspace, need};
+    if (!stream_order) {
+        run_job(call, job);
+        return CUDNN_STATUS_SUCCESS;
+    }
+    return cc_cpu::enqueue(stream, call, [call, job] { run_job(call, job); }) ? CUDNN_STATUS_SUCCESS
+                                                                              : CUDNN_STATUS_EXECUTION_FAILED;
 }
 
 // --- cuBLAS GEMM ---------------------------------------------------------------------------------------
@@ -645,7 +674,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, c
     // Scaling factors are float for every data type but double.
     const double a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
     return run_checked("cudnnConvolutionForward", conv_call{xd, yd, wd, conv, x, w, y, a, b}, algo, workspace,
-                       workspace_bytes);
+                       workspace_bytes, true, handle->stream);
 }
 
 // y = act(alpha1 conv(x, w) + alpha2 z + bias). Beyond cudnnConvolutionForward's
@@ -683,7 +712,8 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     c.alpha2 = *static_cast<const float *>(alpha2);
     c.bias = bias;
     c.relu = act->mode == CUDNN_ACTIVATION_RELU;
-    return run_checked("cudnnConvolutionBiasActivationForward", c, algo, workspace, workspace_bytes);
+    return run_checked("cudnnConvolutionBiasActivationForward", c, algo, workspace, workspace_bytes, true,
+                       handle->stream);
 }
 
 // --- cuBLAS --------------------------------------------------------------------------------------------
@@ -767,33 +797,42 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
     };
     const double al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
     const char *call = "cublasGemmStridedBatchedEx";
+    const auto at = [](const void *base, size_t elem_bytes, long long stride, int i) {
+        return static_cast<const unsigned char *>(base) + static_cast<ptrdiff_t>(elem_bytes) * stride * i;
+    };
     for (int i = 0; i < batch; ++i) {
-        const auto *ai = static_cast<const unsigned char *>(a) + static_cast<ptrdiff_t>(sa) * stride_a * i;
-        const auto *bi = static_cast<const unsigned char *>(b) + static_cast<ptrdiff_t>(sa) * stride_b * i;
-        auto *ci = static_cast<unsigned char *>(c) + static_cast<ptrdiff_t>(sc) * stride_c * i;
         if (k > 0) {
-            check_range(call, "A", ai, sa * span(a_rows, a_cols, lda), sa);
-            check_range(call, "B", bi, sa * span(b_rows, b_cols, ldb), sa);
+            check_range(call, "A", at(a, sa, stride_a, i), sa * span(a_rows, a_cols, lda), sa);
+            check_range(call, "B", at(b, sa, stride_b, i), sa * span(b_rows, b_cols, ldb), sa);
         }
-        check_range(call, "C", ci, sc * span(m, n, ldc), sc);
-        for (int col = 0; col < n; ++col)
-            for (int row = 0; row < m; ++row) {
-                double acc = 0.0;
-                for (int l = 0; l < k; ++l) {
-                    const size_t ia = transa == CUBLAS_OP_N ? static_cast<size_t>(row) + static_cast<size_t>(l) * lda
-                                                            : static_cast<size_t>(l) + static_cast<size_t>(row) * lda;
-                    const size_t ib = transb == CUBLAS_OP_N ? static_cast<size_t>(l) + static_cast<size_t>(col) * ldb
-                                                            : static_cast<size_t>(col) + static_cast<size_t>(l) * ldb;
-                    acc += load(ea, ai, ia) * load(ea, bi, ib);
-                }
-                const size_t ic = static_cast<size_t>(row) + static_cast<size_t>(col) * ldc;
-                double v = al * acc;
-                if (be != 0.0) v += be * load(ec, ci, ic); // beta 0: C is not read (BLAS convention)
-                store(ec, ci, ic, v);
-            }
+        check_range(call, "C", at(c, sc, stride_c, i), sc * span(m, n, ldc), sc);
     }
-    cc_cpu::check_guards(call);
-    return CUBLAS_STATUS_SUCCESS;
+    // The products, in the stream's order (captured into a graph like a kernel).
+    const auto work = [=] {
+        for (int i = 0; i < batch; ++i) {
+            const unsigned char *ai = at(a, sa, stride_a, i), *bi = at(b, sa, stride_b, i);
+            auto *ci = static_cast<unsigned char *>(c) + static_cast<ptrdiff_t>(sc) * stride_c * i;
+            for (int col = 0; col < n; ++col)
+                for (int row = 0; row < m; ++row) {
+                    double acc = 0.0;
+                    for (int l = 0; l < k; ++l) {
+                        const size_t ia = transa == CUBLAS_OP_N
+                                              ? static_cast<size_t>(row) + static_cast<size_t>(l) * lda
+                                              : static_cast<size_t>(l) + static_cast<size_t>(row) * lda;
+                        const size_t ib = transb == CUBLAS_OP_N
+                                              ? static_cast<size_t>(l) + static_cast<size_t>(col) * ldb
+                                              : static_cast<size_t>(col) + static_cast<size_t>(l) * ldb;
+                        acc += load(ea, ai, ia) * load(ea, bi, ib);
+                    }
+                    const size_t ic = static_cast<size_t>(row) + static_cast<size_t>(col) * ldc;
+                    double v = al * acc;
+                    if (be != 0.0) v += be * load(ec, ci, ic); // beta 0: C is not read (BLAS convention)
+                    store(ec, ci, ic, v);
+                }
+        }
+        cc_cpu::check_guards(call);
+    };
+    return cc_cpu::enqueue(handle->stream, call, work) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 const char *cublasGetStatusName(cublasStatus_t status)

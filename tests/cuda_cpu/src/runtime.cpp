@@ -439,6 +439,13 @@ cudaError_t submit_launch(const launch_desc &desc, std::function<void()> body, c
     return result(err);
 }
 
+bool enqueue(CUstream_st *stream, const char *call, std::function<void()> work)
+{
+    runtime_state &s = rt();
+    std::unique_lock<std::mutex> lk(s.m);
+    return result(issue(s, lk, stream, call, std::move(work))) == cudaSuccess;
+}
+
 } // namespace cc_cpu
 
 using cc_cpu::result;
