@@ -2,7 +2,8 @@
 # The GPU check, in one call on a machine with an NVIDIA GPU (H100/H200), in
 # order of value, so that a run cut short still brings back what matters most:
 #   1. configure for sm_90 and build (Release, NVTX on); stops if this fails
-#   2. every CTest test once, both labels, without sanitizer
+#   2. every CTest test once, both labels, without sanitizer; then the
+#      Python package's GPU tests (pytest, if the machine's python3 has it)
 #   3. condconv-bench --quick (the bench layer set, batch 1/32/128, E = 8,
 #      every algorithm and the static yardstick) with its CSV and JSON, then
 #      the timm side by side, the merged table and the plots; then the same
@@ -163,6 +164,24 @@ fi
 if gpu_step ctest 120 ctest --test-dir "$build" --output-on-failure -j4 --timeout 100 ||
   [[ -s "$OUT/logs/ctest.log" ]]; then
   grep -E "tests passed|Skipped|Failed|\*\*\*" "$OUT/logs/ctest.log" | sed 's/^/    /' | tee -a "$summary"
+fi
+
+# 2a. the Python face's GPU tests (issue 17): the NumPy core's GPU pointers and
+#     condconv.torch on CUDA tensors in every dtype and both layouts, inside a
+#     CUDA graph too; the package from this build, as in 3a. Needs pytest
+#     there (the machine has torch and timm, no registry).
+if ! python3 -c "import pytest" 2>/dev/null && compgen -G ".deps/wheels/*.whl" >/dev/null; then
+  mkdir -p .deps/site
+  for whl in .deps/wheels/*.whl; do python3 -m zipfile -e "$whl" .deps/site; done
+  export PYTHONPATH=$root/.deps/site${PYTHONPATH:+:$PYTHONPATH}
+  note "pytest: unpacked the carried wheels into .deps/site"
+fi
+if ((dry_run)) || python3 -c "import pytest" 2>/dev/null; then
+  gpu_step pytest_gpu 90 env CONDCONV_LIBRARY="$build/libcondconv.so" PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}" \
+    python3 -m pytest -q -p no:cacheprovider python/tests/test_core_gpu.py python/tests/test_torch_cuda.py
+  [[ -s "$OUT/logs/pytest_gpu.log" ]] && tail -n 3 "$OUT/logs/pytest_gpu.log" | sed 's/^/    /' | tee -a "$summary"
+else
+  note "SKIPPED  pytest_gpu: python3 has no pytest here (run scripts/fetch-device-deps.sh, carry .deps)"
 fi
 
 # 3. benchmark (CSV written row by row, so a timeout keeps what ran), timm
