@@ -224,9 +224,12 @@ static void *worker(void *arg)
         if (condconv_context_create(&ctx, CONDCONV_DEVICE_CPU) != CONDCONV_STATUS_SUCCESS) ++*failures;
         if (condconv_layer_desc_create(&d) != CONDCONV_STATUS_SUCCESS) ++*failures;
         if (condconv_layer_create_shared(ctx, g_source, &shared) != CONDCONV_STATUS_SUCCESS) ++*failures;
-        if (condconv_forward_cpu(shared, 2, 4, 4, g_x, y, NULL, NULL) != CONDCONV_STATUS_SUCCESS ||
-            memcmp(y, g_y_want, sizeof y) != 0)
-            ++*failures;
+        if (condconv_forward_cpu(shared, 2, 4, 4, g_x, y, NULL, NULL) != CONDCONV_STATUS_SUCCESS) ++*failures;
+        for (size_t i = 0; i < sizeof y / sizeof y[0]; ++i)
+            if (!(y[i] == g_y_want[i])) { /* the same layer, the same input: equal values, never NaN */
+                ++*failures;
+                break;
+            }
         if (condconv_context_destroy(ctx) != CONDCONV_STATUS_BAD_VALUE) ++*failures; /* its layer is live */
         if (condconv_layer_destroy(shared) != CONDCONV_STATUS_SUCCESS) ++*failures;
         if (condconv_layer_destroy(shared) != CONDCONV_STATUS_BAD_VALUE) ++*failures;

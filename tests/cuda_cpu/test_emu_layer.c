@@ -361,7 +361,7 @@ static void check_refusals(void)
      * earlier card's attribute would allow. */
     EXPECT(cc_cpu_set_device_profile(CC_CPU_DEVICE_A100) == 0, "A100 profile");
     struct cudaDeviceProp prop;
-    EXPECT(cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.sharedMemPerBlockOptin == 163 * 1024 &&
+    EXPECT(cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.sharedMemPerBlockOptin == (size_t)163 * 1024 &&
                prop.major == 8 && prop.multiProcessorCount == 108,
            "A100 properties: opt-in %zu, sm_%d%d, %d SMs", prop.sharedMemPerBlockOptin, prop.major, prop.minor,
            prop.multiProcessorCount);
