@@ -12,14 +12,16 @@
 # Usage: tests/cuda_cpu/inject_bugs.sh [PREFIX]   (build trees PREFIX-asan and
 #        PREFIX-tsan on copies PREFIX-kernels-asan and -tsan, PREFIX-host-asan
 #        and -tsan; default build-emu-bugs)
-# Environment: JOBS (default 2), BUG_TIMEOUT (seconds per test run, default 300).
+# Environment: JOBS (default 2), BUG_TIMEOUT (seconds per test run, default 300),
+#   BUG_LIST (default tests/cuda_cpu/bugs.txt: another file of records, e.g. only
+#   the ones being written, to prove a few without the whole list's hour).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 prefix=$root/${1:-build-emu-bugs}
 jobs=${JOBS:-2}
 timeout_s=${BUG_TIMEOUT:-300}
-list=$root/tests/cuda_cpu/bugs.txt
+list=${BUG_LIST:-$root/tests/cuda_cpu/bugs.txt}
 start=$(date +%s)
 
 # --- the bug list ----------------------------------------------------------------------------------
