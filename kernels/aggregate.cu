@@ -124,3 +124,13 @@ extern "C" cudaError_t cc_launch_aggregate(int dtype, const void *experts, const
                                    filter_elems, cout, n, e, stream);
     });
 }
+
+extern "C" cudaError_t cc_launch_aggregate_variant(int variant, int dtype, const void *experts, const float *bias,
+                                                   const float *alpha, void *filters, float *biases,
+                                                   long long filter_elems, int cout, int n, int e, cudaStream_t stream)
+{
+    if (variant != 0) return cudaErrorInvalidValue;
+    return cc_launch_aggregate(dtype, experts, bias, alpha, filters, biases, filter_elems, cout, n, e, stream);
+}
+
+extern "C" const char *cc_aggregate_variant_name(int variant) { return variant == 0 ? "8 samples/thread" : "?"; }

@@ -18,6 +18,13 @@ extern "C" {
 cudaError_t cc_launch_aggregate(int dtype, const void *experts, const float *bias, const float *alpha, void *filters,
                                 float *biases, long long filter_elems, int cout, int n, int e, cudaStream_t stream);
 
+/* Candidates (issue 19): variant 0 is the kernel above; AUTO times the
+ * others at prepare. */
+#define CC_AGGREGATE_VARIANTS 1
+cudaError_t cc_launch_aggregate_variant(int variant, int dtype, const void *experts, const float *bias,
+                                        const float *alpha, void *filters, float *biases, long long filter_elems,
+                                        int cout, int n, int e, cudaStream_t stream);
+const char *cc_aggregate_variant_name(int variant);
 #ifdef __cplusplus
 }
 #endif

@@ -408,3 +408,20 @@ extern "C" cudaError_t cc_launch_routing(int dtype, int layout, const void *x, c
         return cc_launch(routing_kernel<T, false>, grid, block, 0, stream, a);
     });
 }
+
+extern "C" int cc_routing_splits_variant(int variant, int n, int c, long long hw, int sm_count)
+{
+    return variant == 0 ? cc_routing_splits(n, c, hw, sm_count) : 0;
+}
+
+extern "C" cudaError_t cc_launch_routing_variant(int variant, int dtype, int layout, const void *x,
+                                                 const float *weight_t, const float *bias, float *alpha, int n, int c,
+                                                 long long hw, int e, int softmax, float inv_temperature, int splits,
+                                                 float *partial, unsigned int *counters, cudaStream_t stream)
+{
+    if (variant != 0) return cudaErrorInvalidValue;
+    return cc_launch_routing(dtype, layout, x, weight_t, bias, alpha, n, c, hw, e, softmax, inv_temperature, splits,
+                             partial, counters, stream);
+}
+
+extern "C" const char *cc_routing_variant_name(int variant) { return variant == 0 ? "v0" : "?"; }

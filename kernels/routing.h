@@ -41,6 +41,15 @@ cudaError_t cc_launch_routing(int dtype, int layout, const void *x, const float 
                               float *alpha, int n, int c, long long hw, int e, int softmax, float inv_temperature,
                               int splits, float *partial, unsigned int *counters, cudaStream_t stream);
 
+/* Candidates (issue 19): variant 0 is the kernel above; AUTO times the
+ * others at prepare. */
+#define CC_ROUTING_VARIANTS 1
+int cc_routing_splits_variant(int variant, int n, int c, long long hw, int sm_count);
+cudaError_t cc_launch_routing_variant(int variant, int dtype, int layout, const void *x, const float *weight_t,
+                                      const float *bias, float *alpha, int n, int c, long long hw, int e, int softmax,
+                                      float inv_temperature, int splits, float *partial, unsigned int *counters,
+                                      cudaStream_t stream);
+const char *cc_routing_variant_name(int variant);
 #ifdef __cplusplus
 }
 #endif
