@@ -18,8 +18,19 @@
 #include "scratch.h"
 #include "staging.h"
 
+/* Most kernel variants one algorithm offers AUTO (issue 19's candidates). */
+#define CC_MAX_ALGO_VARIANTS 2
+
 typedef struct cc_algo_state {
     condconv_algo algo;
+    /* Which of the algorithm's variants (cc_algo_ops.variants), set by the
+     * caller before prepare: 0 is the GPU-measured default, others are
+     * candidates AUTO times. prepare names it in variant_name ("" for 0). */
+    int variant;
+    char variant_name[48];
+    /* The aggregation kernel's variant (kernels/aggregate.h), for the
+     * algorithms that aggregate: the plan's choice, set after prepare. */
+    int aggregate_variant;
     condconv_math math;
     size_t workspace_bytes; /* this algorithm's part of the workspace */
     char backend[256];      /* condconv_plan_info.backend */
@@ -65,6 +76,12 @@ typedef struct cc_algo_ops {
                                const char *func);
     condconv_status (*run)(const struct condconv_layer *layer, const cc_geometry *geom, const cc_algo_state *state,
                            const cc_forward_buffers *buffers, const char *func);
+    /* How many variants apply to this layer, shape and math (1 to
+     * CC_MAX_ALGO_VARIANTS); NULL: one. */
+    int (*variants)(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math);
+    /* 1 if the algorithm runs the aggregation kernel (its variant is then
+     * the plan's choice). */
+    int aggregates;
 } cc_algo_ops;
 
 /* The table of algorithms, or NULL for AUTO / an invalid value. */

@@ -223,12 +223,13 @@ condconv_status cc_run_aggregate(const struct condconv_layer *layer, const cc_ge
 {
     const cc_weights *w = layer->weights;
     CC_PHASE_BEGIN(CC_PHASE_AGGREGATE, "condconv.aggregate", layer->ctx->stream);
-    const cudaError_t err = cc_launch_aggregate(
-        (int)w->info.dtype, w->dev_experts, w->dev_expert_bias, buffers->alpha, buffers->workspace + state->off_filters,
+    const cudaError_t err = cc_launch_aggregate_variant(
+        state->aggregate_variant, (int)w->info.dtype, w->dev_experts, w->dev_expert_bias, buffers->alpha,
+        buffers->workspace + state->off_filters,
         w->dev_expert_bias ? (float *)(void *)(buffers->workspace + state->off_biases) : NULL,
         (long long)w->sizes.filter_elems, w->info.out_channels, geom->n, w->info.num_experts, layer->ctx->stream);
     CC_PHASE_END(CC_PHASE_AGGREGATE, layer->ctx->stream);
-    return cc_cuda_status(err, "cc_launch_aggregate", func);
+    return cc_cuda_status(err, "cc_launch_aggregate_variant", func);
 }
 
 condconv_status cc_run_bias_activation(const struct condconv_layer *layer, const cc_geometry *geom,

@@ -79,4 +79,5 @@ static condconv_status grouped_run(const struct condconv_layer *layer, const cc_
     return cc_run_bias_activation(layer, geom, state, buffers, biases, func);
 }
 
-const cc_algo_ops cc_algo_cudnn_grouped = {CONDCONV_ALGO_CUDNN_GROUPED, grouped_check, grouped_prepare, grouped_run};
+const cc_algo_ops cc_algo_cudnn_grouped = {
+    CONDCONV_ALGO_CUDNN_GROUPED, grouped_check, grouped_prepare, grouped_run, NULL, 1};

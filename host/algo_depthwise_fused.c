@@ -92,5 +92,5 @@ static condconv_status depthwise_run(const struct condconv_layer *layer, const c
     return cc_cuda_status(err, "cc_launch_depthwise_fused", func);
 }
 
-const cc_algo_ops cc_algo_depthwise_fused = {CONDCONV_ALGO_DEPTHWISE_FUSED, depthwise_check, depthwise_prepare,
-                                             depthwise_run};
+const cc_algo_ops cc_algo_depthwise_fused = {
+    CONDCONV_ALGO_DEPTHWISE_FUSED, depthwise_check, depthwise_prepare, depthwise_run, NULL, 0};

@@ -143,6 +143,13 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
     cc_fused_config *cfg = &state->fused;
     if (!cc_fused_choose(&a, ctx->sm_count, (size_t)ctx->max_smem_per_block_optin, CC_FUSED_MAX_SPLITS, cfg))
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused found no tile configuration for this shape", func);
+    if (state->variant == 1) {
+        if (!cc_fused_nhwc_loader_supported(&a, 1))
+            return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused's coalesced NHWC loader does not run this layer",
+                           func);
+        cfg->nhwc_loader = 1;
+        snprintf(state->variant_name, sizeof state->variant_name, "nhwc coalesced");
+    }
     if (cfg->splits > 1) {
         const size_t partial_bytes = cc_align256(sizeof(float) * cfg->partial_elems);
         const size_t counter_bytes = sizeof(unsigned int) * cfg->counter_count;
@@ -155,7 +162,9 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
             st = cc_cuda_status(cudaStreamSynchronize(ctx->stream), "cudaStreamSynchronize", func);
         if (st != CONDCONV_STATUS_SUCCESS) return st; /* the caller destroys the state, freeing `owned` */
     }
-    snprintf(state->backend, sizeof state->backend, "condconv fused kernel, fma; %s", cfg->reason);
+    /* The config's reason is cut to what fits beside the candidate's words. */
+    snprintf(state->backend, sizeof state->backend, "condconv fused kernel, fma%s; %.170s",
+             cfg->nhwc_loader ? ", coalesced NHWC loader (candidate)" : "", cfg->reason);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -184,4 +193,15 @@ static condconv_status fused_run(const struct condconv_layer *layer, const cc_ge
     return cc_cuda_status(err, "cc_launch_fused_conv", func);
 }
 
-const cc_algo_ops cc_algo_fused = {CONDCONV_ALGO_FUSED, fused_check, fused_prepare, fused_run};
+/* Variant 1 (a candidate, issue 19): strict-f32 NHWC layers with the
+ * channel-major coalesced input loader and vector stores
+ * (cc_fused_config.nhwc_loader); AUTO times it against the pixel-major
+ * loader a GPU measured. */
+static int fused_variants(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math)
+{
+    if (uses_tc(layer, math) || layer->weights->info.layout != CONDCONV_LAYOUT_NHWC) return 1;
+    const cc_fused_args a = make_args(layer, geom);
+    return cc_fused_nhwc_loader_supported(&a, 1) ? 2 : 1;
+}
+
+const cc_algo_ops cc_algo_fused = {CONDCONV_ALGO_FUSED, fused_check, fused_prepare, fused_run, fused_variants, 0};

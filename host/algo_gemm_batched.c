@@ -175,4 +175,4 @@ static condconv_status gemm_run(const struct condconv_layer *layer, const cc_geo
     return cc_run_bias_activation(layer, geom, state, buffers, biases, func);
 }
 
-const cc_algo_ops cc_algo_gemm_batched = {CONDCONV_ALGO_GEMM_BATCHED, gemm_check, gemm_prepare, gemm_run};
+const cc_algo_ops cc_algo_gemm_batched = {CONDCONV_ALGO_GEMM_BATCHED, gemm_check, gemm_prepare, gemm_run, NULL, 1};

@@ -79,4 +79,4 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
     return cc_cuda_status(err, "cc_launch_mixture_combine", func);
 }
 
-const cc_algo_ops cc_algo_mixture = {CONDCONV_ALGO_MIXTURE, mixture_check, mixture_prepare, mixture_run};
+const cc_algo_ops cc_algo_mixture = {CONDCONV_ALGO_MIXTURE, mixture_check, mixture_prepare, mixture_run, NULL, 0};

@@ -28,6 +28,7 @@ condconv_status condconv_context_create(condconv_context_t *context, int device)
     c.device = device;
     c.math = CONDCONV_MATH_F32;
     c.select = CONDCONV_SELECT_MEASURE;
+    c.auto_budget_ms = CONDCONV_DEFAULT_AUTO_BUDGET_MS;
     if (device != CONDCONV_DEVICE_CPU) {
         int count = 0;
         cudaError_t err = cudaGetDeviceCount(&count);
@@ -211,5 +212,26 @@ condconv_status condconv_context_get_algo_select(condconv_context_t ctx, condcon
     CC_CHECK_CONTEXT(ctx, "condconv_context_get_algo_select");
     CC_CHECK_NOT_NULL(select, "condconv_context_get_algo_select");
     *select = ctx->select;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_context_set_auto_budget(condconv_context_t ctx, float milliseconds)
+{
+    static const char func[] = "condconv_context_set_auto_budget";
+    CC_CHECK_CONTEXT(ctx, func);
+    /* Written so that NaN fails too. */
+    if (!(milliseconds >= 0.0f && milliseconds <= 3.6e6f))
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE,
+                       "%s: the budget must be between 0 (no bound) and 3.6e6 ms (an hour), not %g", func,
+                       (double)milliseconds);
+    ctx->auto_budget_ms = milliseconds;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_context_get_auto_budget(condconv_context_t ctx, float *milliseconds)
+{
+    CC_CHECK_CONTEXT(ctx, "condconv_context_get_auto_budget");
+    CC_CHECK_NOT_NULL(milliseconds, "condconv_context_get_auto_budget");
+    *milliseconds = ctx->auto_budget_ms;
     return CONDCONV_STATUS_SUCCESS;
 }

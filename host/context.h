@@ -18,6 +18,7 @@ struct condconv_context {
     cudaStream_t stream;
     condconv_math math;
     condconv_algo_select select;
+    float auto_budget_ms; /* condconv_context_set_auto_budget; 0 = no bound */
     /* Read off the device at creation. */
     int sm_count;
     int max_smem_per_block_optin;

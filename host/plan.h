@@ -28,10 +28,12 @@ typedef struct cc_plan {
     /* The routing kernel's split over blocks (kernels/routing.h) and its
      * buffers, owned by the plan: partial logits, then N counters that the
      * kernel leaves at zero. NULL when routing_splits == 1 or external. */
+    int routing_variant; /* kernels/routing.h's variant (plan_auto.c chooses) */
     int routing_splits;
     void *routing_block;
     float *routing_partial;
     unsigned int *routing_counters;
+    int aggregate_variant; /* kernels/aggregate.h's variant, copied into the states that aggregate */
 } cc_plan;
 
 /* The cached plan for this shape under the layer's current settings, or NULL. */
@@ -40,6 +42,14 @@ cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
 /* Looks the plan up, creating it if needed. Fails with NOT_PREPARED if it
  * would have to be created while the context's stream is capturing. */
 condconv_status cc_plan_get(struct condconv_layer *layer, int n, int h, int w, cc_plan **plan, const char *func);
+
+/* The routing kernel's split for `variant` at the plan's shape and, when it
+ * splits, its buffers (one allocation, the counters zeroed once: the kernel
+ * leaves them zero). NOT_SUPPORTED if the variant does not run the shape. */
+condconv_status cc_plan_routing_create(const struct condconv_layer *layer, cc_plan *plan, int variant,
+                                       const char *func);
+/* Frees them (the plan then routes in one block per sample). */
+void cc_plan_routing_destroy(cc_plan *plan);
 
 /* The routing kernel on the context's stream, split as the plan says (plan
  * may be NULL: one block per sample). */

@@ -260,6 +260,15 @@ CONDCONV_API condconv_status condconv_context_get_math(condconv_context_t contex
 /* How AUTO chooses for plans prepared after the call (default MEASURE). */
 CONDCONV_API condconv_status condconv_context_set_algo_select(condconv_context_t context, condconv_algo_select select);
 CONDCONV_API condconv_status condconv_context_get_algo_select(condconv_context_t context, condconv_algo_select *select);
+/* The time AUTO may spend measuring one shape at prepare, in milliseconds
+ * of host time (default CONDCONV_DEFAULT_AUTO_BUDGET_MS; 0: no bound). The
+ * GPU-measured default of every algorithm is always timed; candidates that
+ * no GPU has ruled on yet (kernel variants, issue 19) are timed while the
+ * budget lasts, and plan info says when it ran out. Plans prepared after
+ * the call. Negative or non-finite values are BAD_VALUE. */
+#define CONDCONV_DEFAULT_AUTO_BUDGET_MS 1000.0f
+CONDCONV_API condconv_status condconv_context_set_auto_budget(condconv_context_t context, float milliseconds);
+CONDCONV_API condconv_status condconv_context_get_auto_budget(condconv_context_t context, float *milliseconds);
 
 /* Number of CUDA devices usable by this process (0 without a GPU or driver).
  * Never fails. */
@@ -452,6 +461,29 @@ typedef struct condconv_plan_info {
      * algo when forced or chosen by rule. The workspace size covers both. */
     condconv_algo algo_unaligned;
     float measured_unaligned_us[CONDCONV_ALGO_COUNT];
+    /* AUTO's candidates (select MEASURE): every algorithm and each of its
+     * kernel variants is a candidate, named "algo" or "algo[variant]". The
+     * winner and the runner-up of the aligned class with their median
+     * times (names empty and times < 0 where nothing was measured, e.g.
+     * forced or heuristic plans). */
+    char winner[64];
+    float winner_us;
+    char runner_up[64];
+    float runner_up_us;
+    /* Every candidate timed, "*" before the winners, then the per-kernel
+     * choices (routing, aggregation) and the budget, e.g. "fused 21.0 us,
+     * *fused[nhwc coalesced] 14.2 us, ...; routing: *v1 3.1 us, v0 13.5 us;
+     * aggregate: *8 samples/thread 11.6 us, ...; budget 1000 ms, 212 ms
+     * used". */
+    char candidates[512];
+    /* The routing and aggregation kernel variants the plan runs (0: the
+     * GPU-measured default; the heuristic always keeps 0). */
+    int routing_variant;
+    int aggregate_variant;
+    /* 1 when the budget (condconv_context_set_auto_budget) ran out before
+     * every candidate was timed: those not timed are missing from
+     * `candidates`. */
+    int budget_exhausted;
 } condconv_plan_info;
 
 /* Describes the plan for this shape (prepares if needed). */

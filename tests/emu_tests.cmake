@@ -196,8 +196,8 @@ foreach(t routing aggregate depthwise_fused epilogue gather)
   cc_emu_test(test_emu_${name} "cc_cpu_emu_util;cc_cpu_kernel_${t}")
 endforeach()
 # condconv_forward end to end, fault injection, device restore, pointer staging,
-# the emulated cuDNN and cuBLAS.
-foreach(t forward formats faults devices staging libs)
+# the emulated cuDNN and cuBLAS, AUTO's candidates and budget.
+foreach(t forward formats faults devices staging libs auto)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
   # End to end: host code around kernels that the per-kernel tests already
   # run under TSan; the CI guard runs these under ASan only (emu_e2e).

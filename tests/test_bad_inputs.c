@@ -115,6 +115,18 @@ static void context_calls(void)
     EXPECT_REJECTED(condconv_context_set_stream(ctx, (struct CUstream_st *)0x1000), CONDCONV_STATUS_NO_DEVICE,
                     "CPU-only");
     EXPECT_REJECTED(condconv_context_get_math(ctx, NULL), CONDCONV_STATUS_NULL_POINTER, "math");
+    /* The AUTO budget: default, bounds, NaN; a refused value leaves the old one. */
+    float budget = -1.0f;
+    EXPECT_OK(condconv_context_get_auto_budget(ctx, &budget));
+    EXPECT(budget == CONDCONV_DEFAULT_AUTO_BUDGET_MS, "default AUTO budget %g ms", (double)budget);
+    EXPECT_OK(condconv_context_set_auto_budget(ctx, 0.0f));
+    EXPECT_REJECTED(condconv_context_set_auto_budget(ctx, -1.0f), CONDCONV_STATUS_BAD_VALUE, "budget must be");
+    EXPECT_REJECTED(condconv_context_set_auto_budget(ctx, NAN), CONDCONV_STATUS_BAD_VALUE, "budget must be");
+    EXPECT_REJECTED(condconv_context_set_auto_budget(ctx, INFINITY), CONDCONV_STATUS_BAD_VALUE, "budget must be");
+    EXPECT_REJECTED(condconv_context_set_auto_budget(NULL, 5.0f), CONDCONV_STATUS_NULL_POINTER, "context");
+    EXPECT_REJECTED(condconv_context_get_auto_budget(ctx, NULL), CONDCONV_STATUS_NULL_POINTER, "milliseconds");
+    EXPECT_OK(condconv_context_get_auto_budget(ctx, &budget));
+    EXPECT(budget == 0.0f, "a refused budget changed the budget to %g ms", (double)budget);
     condconv_context_destroy(ctx);
 }
 

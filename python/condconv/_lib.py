@@ -198,6 +198,14 @@ class PlanInfo(ctypes.Structure):
         ("backend", ctypes.c_char * 256),
         ("algo_unaligned", c_int),
         ("measured_unaligned_us", c_float * ALGO_COUNT),
+        ("winner", ctypes.c_char * 64),
+        ("winner_us", c_float),
+        ("runner_up", ctypes.c_char * 64),
+        ("runner_up_us", c_float),
+        ("candidates", ctypes.c_char * 512),
+        ("routing_variant", c_int),
+        ("aggregate_variant", c_int),
+        ("budget_exhausted", c_int),
     ]
 
 
@@ -278,6 +286,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "condconv_context_get_math": (c_int, [_H, _PI]),
     "condconv_context_set_algo_select": (c_int, [_H, c_int]),
     "condconv_context_get_algo_select": (c_int, [_H, _PI]),
+    "condconv_context_set_auto_budget": (c_int, [_H, c_float]),
+    "condconv_context_get_auto_budget": (c_int, [_H, ctypes.POINTER(c_float)]),
     "condconv_device_count": (c_int, []),
     "condconv_layer_desc_create": (c_int, [_PH]),
     "condconv_layer_desc_destroy": (c_int, [_H]),

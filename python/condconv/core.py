@@ -220,6 +220,20 @@ class Context:
         check(lib().condconv_context_get_algo_select(self.handle, ctypes.byref(s)), "condconv_context_get_algo_select")
         return _name_of(_SELECTS, s.value)
 
+    def set_auto_budget(self, milliseconds: float) -> None:
+        """Host time AUTO may spend measuring one shape (0: no bound); candidates beyond each algorithm's default
+        are timed while it lasts."""
+        check(
+            lib().condconv_context_set_auto_budget(self.handle, ctypes.c_float(milliseconds)),
+            "condconv_context_set_auto_budget",
+        )
+
+    @property
+    def auto_budget(self) -> float:
+        ms = ctypes.c_float()
+        check(lib().condconv_context_get_auto_budget(self.handle, ctypes.byref(ms)), "condconv_context_get_auto_budget")
+        return float(ms.value)
+
     def close(self) -> None:
         """Destroys the layers made on this context, then the context. Closing twice is a no-op."""
         with self._lock:
@@ -671,7 +685,9 @@ class Layer:
     def plan_info(self, n: int, h: int, w: int) -> dict[str, Any]:
         """Why the GPU plan for this shape runs what it runs (prepares if needed): algo, requested, select, math,
         workspace_bytes, measured_us {algo: us or None}, applicable [algos], reason, backend, and what runs when x or
-        y is less than 16-byte aligned: algo_unaligned, measured_unaligned_us."""
+        y is less than 16-byte aligned: algo_unaligned, measured_unaligned_us; AUTO's candidates: winner, winner_us,
+        runner_up, runner_up_us (None where nothing was measured), candidates (every one timed, with the routing and
+        aggregation kernels' and the budget), routing_variant, aggregate_variant, budget_exhausted."""
         info = _lib.PlanInfo()
         check(
             lib().condconv_get_plan_info(self.handle, int(n), int(h), int(w), ctypes.byref(info)),
@@ -693,6 +709,14 @@ class Layer:
             "measured_unaligned_us": {
                 names[i]: (float(info.measured_unaligned_us[i]) if info.measured_unaligned_us[i] >= 0 else None)
                 for i in range(ALGO_COUNT)},
+            "winner": info.winner.decode(errors="replace"),
+            "winner_us": float(info.winner_us) if info.winner_us >= 0 else None,
+            "runner_up": info.runner_up.decode(errors="replace"),
+            "runner_up_us": float(info.runner_up_us) if info.runner_up_us >= 0 else None,
+            "candidates": info.candidates.decode(errors="replace"),
+            "routing_variant": int(info.routing_variant),
+            "aggregate_variant": int(info.aggregate_variant),
+            "budget_exhausted": bool(info.budget_exhausted),
         }  # fmt: skip
 
     def forward_ptr(

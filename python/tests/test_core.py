@@ -460,6 +460,14 @@ def test_context_options(ctx: Context) -> None:
         ctx.set_math("fp8")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device"):
         Context(-3)
+    assert ctx.auto_budget == 1000.0
+    ctx.set_auto_budget(0.0)
+    assert ctx.auto_budget == 0.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(CondConvError) as excinfo:
+            ctx.set_auto_budget(bad)
+        expect_status(excinfo, Status.BAD_VALUE, "condconv_context_set_auto_budget")
+    assert ctx.auto_budget == 0.0
 
 
 def test_close_order_and_lifetime() -> None:

@@ -1,0 +1,253 @@
+/* AUTO's candidates (issue 19) end to end on the CPU execution layer: a
+ * measured plan names its winner and runner-up with their times, lists
+ * every candidate it timed (algorithms, their kernel variants, the routing
+ * and aggregation kernels' variants) and the budget; the budget bounds the
+ * candidates (a budget that is already spent leaves only the GPU-measured
+ * defaults, and says so); the rule and forced algorithms keep every
+ * default. Whatever wins, the forward equals the double reference, on
+ * layers that reach each kind of candidate: f32 NHWC dense (the fused
+ * kernel's NHWC loaders), f16 NCHW pointwise and a depthwise layer (the
+ * aggregation variants through cudnn_grouped and gemm_batched), with
+ * routing inside the layer (the routing variants) and external. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregate.h"
+#include "emu_util.h"
+#include "gpu_util.h"
+#include "routing.h"
+#include "test_util.h"
+
+typedef struct layer_case {
+    const char *name;
+    tu_layer_spec spec;
+    condconv_dtype dtype;
+    condconv_layout layout;
+    int n, h, w;
+} layer_case;
+
+/* The forward on aligned pointers against the double reference. */
+static void check_forward(condconv_layer_t layer, const layer_case *lc, const tu_params *p, int ho, int wo)
+{
+    const tu_layer_spec *s = &lc->spec;
+    const int n = lc->n, h = lc->h, w = lc->w, nhwc = lc->layout == CONDCONV_LAYOUT_NHWC;
+    const size_t elem = tu_dtype_size(lc->dtype);
+    const size_t x_n = (size_t)n * s->cin * h * w, y_n = (size_t)n * s->cout * ho * wo, a_n = (size_t)n * s->experts;
+    float *x = eu_random(x_n, -1, 1), *y_ref = eu_floats(y_n), *y_got = eu_floats(y_n), *mag = eu_floats(y_n);
+    float *x_layout = eu_floats(x_n), *y_layout = eu_floats(y_n);
+    float *alpha_in = s->routing == CONDCONV_ROUTING_EXTERNAL ? eu_random(a_n, 0.0f, 1.0f) : NULL;
+    tu_round_to_dtype(x, x_n, lc->dtype);
+    if (nhwc)
+        tu_transpose(x, x_layout, n, s->cin, (size_t)h * w, 1);
+    else
+        memcpy(x_layout, x, x_n * sizeof(float));
+    void *x_host = tu_to_dtype(x_layout, x_n, lc->dtype), *y_host = malloc(y_n * elem);
+    EXPECT(tu_reference(s, p, n, h, w, x, alpha_in, y_ref, mag, NULL) == 0, "the CPU reference failed");
+    size_t ws_bytes = 0;
+    EXPECT_OK(condconv_get_workspace_size(layer, n, h, w, &ws_bytes));
+    void *dx = tu_dev_alloc_bytes(x_n * elem), *dy = tu_dev_alloc_bytes(y_n * elem);
+    void *ws = tu_dev_alloc_bytes(ws_bytes ? ws_bytes : 1);
+    float *dalpha = alpha_in ? tu_dev_alloc(a_n) : NULL;
+    if (alpha_in) tu_to_dev(dalpha, alpha_in, a_n);
+    TU_CUDA(cudaMemcpy(dx, x_host, x_n * elem, cudaMemcpyHostToDevice));
+    TU_CUDA(cudaMemset(dy, 0xFF, y_n * elem)); /* NaN in every dtype */
+    TU_CUDA(cudaMemset(ws, 0xFF, ws_bytes ? ws_bytes : 1));
+    if (EXPECT_OK(condconv_forward(layer, n, h, w, dx, dy, dalpha, NULL, ws, ws_bytes))) {
+        TU_CUDA(cudaDeviceSynchronize());
+        TU_CUDA(cudaMemcpy(y_host, dy, y_n * elem, cudaMemcpyDeviceToHost));
+        EXPECT_OK(condconv_convert(lc->dtype, y_host, CONDCONV_DTYPE_F32, y_layout, y_n));
+        if (nhwc)
+            tu_transpose(y_layout, y_got, n, s->cout, (size_t)ho * wo, 0);
+        else
+            memcpy(y_got, y_layout, y_n * sizeof(float));
+        double atol, rtol, l2_max;
+        tu_dtype_tolerance(lc->dtype, &atol, &rtol, &l2_max);
+        if (lc->dtype == CONDCONV_DTYPE_F32) atol = 1e-6, rtol = 1e-5;
+        if (tu_compare("y", y_got, y_ref, mag, y_n, atol, rtol) != 0)
+            tu_fail(__FILE__, __LINE__, "forward", "%s", lc->name);
+    }
+    TU_CUDA(cudaFree(dx));
+    TU_CUDA(cudaFree(dy));
+    TU_CUDA(cudaFree(ws));
+    TU_CUDA(cudaFree(dalpha));
+    free(x);
+    free(y_ref);
+    free(y_got);
+    free(mag);
+    free(x_layout);
+    free(y_layout);
+    free(alpha_in);
+    free(x_host);
+    free(y_host);
+}
+
+/* How many entries a "kind: a 1.0 us, *b 2.0 us" list of `candidates` has. */
+static int listed(const char *candidates, const char *kind)
+{
+    const char *p = strstr(candidates, kind);
+    if (p == NULL) return 0;
+    int count = 0;
+    for (; *p && *p != ';'; ++p) count += p[0] == ' ' && p[1] == 'u' && p[2] == 's';
+    return count;
+}
+
+/* The algorithm part of a candidate's name ("fused[nhwc coalesced]" -> "fused"). */
+static int names_algo(const char *candidate, condconv_algo algo)
+{
+    const char *name = condconv_algo_name(algo);
+    const size_t len = strlen(name);
+    return strncmp(candidate, name, len) == 0 && (candidate[len] == '\0' || candidate[len] == '[');
+}
+
+/* Extra candidates (beyond each kernel's default) a plan timed. */
+static int extra_candidates(const condconv_plan_info *info)
+{
+    int extra = 0;
+    for (const char *p = info->candidates; (p = strchr(p, '[')) != NULL; ++p) ++extra;
+    const int routes = listed(info->candidates, "routing:"), aggregates = listed(info->candidates, "aggregate:");
+    return extra + (routes > 1 ? routes - 1 : 0) + (aggregates > 1 ? aggregates - 1 : 0);
+}
+
+static void check_measured(const layer_case *lc, const condconv_plan_info *info, float budget_ms)
+{
+    EXPECT(info->winner[0] != '\0' && info->winner_us >= 0.0f, "%s: no winner (%s)", lc->name, info->candidates);
+    EXPECT(names_algo(info->winner, info->algo), "%s: winner %s, plan runs %s", lc->name, info->winner,
+           condconv_algo_name(info->algo));
+    EXPECT(info->winner_us == info->measured_us[info->algo], "%s: winner %.3f us, %s measured %.3f us", lc->name,
+           (double)info->winner_us, condconv_algo_name(info->algo), (double)info->measured_us[info->algo]);
+    char starred[80];
+    snprintf(starred, sizeof starred, "*%s ", info->winner);
+    EXPECT(strstr(info->candidates, starred) != NULL, "%s: '%s' not starred in '%s'", lc->name, info->winner,
+           info->candidates);
+    int timed = 0;
+    for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
+        if (info->measured_us[a] >= 0.0f) {
+            ++timed;
+            EXPECT(strstr(info->candidates, condconv_algo_name((condconv_algo)a)) != NULL, "%s: %s timed, not listed",
+                   lc->name, condconv_algo_name((condconv_algo)a));
+        }
+    if (timed + extra_candidates(info) > 1) {
+        EXPECT(info->runner_up[0] != '\0' && info->runner_up_us >= info->winner_us, "%s: runner-up '%s' %.3f us",
+               lc->name, info->runner_up, (double)info->runner_up_us);
+        EXPECT(strcmp(info->runner_up, info->winner) != 0, "%s: runner-up is the winner", lc->name);
+    }
+    const int internal = lc->spec.routing != CONDCONV_ROUTING_EXTERNAL;
+    EXPECT(info->routing_variant >= 0 && info->routing_variant < CC_ROUTING_VARIANTS, "%s: routing variant %d",
+           lc->name, info->routing_variant);
+    EXPECT(info->aggregate_variant >= 0 && info->aggregate_variant < CC_AGGREGATE_VARIANTS, "%s: aggregate variant %d",
+           lc->name, info->aggregate_variant);
+    if (budget_ms == 0.0f) {
+        EXPECT(!info->budget_exhausted && strstr(info->candidates, "no budget") != NULL, "%s: unbounded: '%s'",
+               lc->name, info->candidates);
+        /* Every variant of the two kernels timed (none refuses these shapes). */
+        EXPECT(!internal || CC_ROUTING_VARIANTS < 2 || listed(info->candidates, "routing:") == CC_ROUTING_VARIANTS,
+               "%s: routing variants in '%s'", lc->name, info->candidates);
+        EXPECT(CC_AGGREGATE_VARIANTS < 2 || listed(info->candidates, "aggregate:") == CC_AGGREGATE_VARIANTS,
+               "%s: aggregation variants in '%s'", lc->name, info->candidates);
+    } else {
+        /* Spent at the first candidate: the defaults only. */
+        EXPECT(extra_candidates(info) == 0, "%s: candidates timed past the budget: '%s'", lc->name, info->candidates);
+        EXPECT(info->routing_variant == 0 && info->aggregate_variant == 0, "%s: an untimed variant chosen", lc->name);
+        EXPECT(strstr(info->candidates, "budget") != NULL, "%s: budget not reported: '%s'", lc->name, info->candidates);
+    }
+}
+
+static void check_unmeasured(const layer_case *lc, const condconv_plan_info *info)
+{
+    EXPECT(info->winner[0] == '\0' && info->winner_us < 0.0f && info->runner_up[0] == '\0' && info->runner_up_us < 0.0f,
+           "%s: winner '%s' runner-up '%s' without measuring", lc->name, info->winner, info->runner_up);
+    EXPECT(info->routing_variant == 0 && info->aggregate_variant == 0 && !info->budget_exhausted,
+           "%s: a candidate variant (routing %d, aggregation %d) without measuring", lc->name, info->routing_variant,
+           info->aggregate_variant);
+}
+
+/* extras: candidates beyond the defaults the unbounded plan timed (for the budget check). */
+static void run(condconv_context_t ctx, const layer_case *lc, condconv_algo algo, condconv_algo_select select,
+                float budget_ms, int *extras)
+{
+    const tu_layer_spec *s = &lc->spec;
+    EXPECT_OK(condconv_context_set_algo_select(ctx, select));
+    EXPECT_OK(condconv_context_set_auto_budget(ctx, budget_ms));
+    tu_params p;
+    tu_make_params(s, &p);
+    tu_round_to_dtype(p.experts, p.experts_n, lc->dtype);
+    tu_round_to_dtype(p.expert_bias, p.bias_n, lc->dtype);
+    tu_round_to_dtype(p.routing_weight, p.routing_weight_n, lc->dtype);
+    tu_round_to_dtype(p.routing_bias, p.routing_bias_n, lc->dtype);
+    void *hp[4] = {tu_to_dtype(p.experts, p.experts_n, lc->dtype), tu_to_dtype(p.expert_bias, p.bias_n, lc->dtype),
+                   tu_to_dtype(p.routing_weight, p.routing_weight_n, lc->dtype),
+                   tu_to_dtype(p.routing_bias, p.routing_bias_n, lc->dtype)};
+    const condconv_params view = {hp[0], hp[1], hp[2], hp[3]};
+    condconv_layer_desc_t desc = tu_make_desc(s);
+    EXPECT_OK(condconv_layer_desc_set_format(desc, lc->dtype, lc->layout));
+    int ho = 0, wo = 0;
+    EXPECT_OK(condconv_layer_desc_get_output_dims(desc, lc->h, lc->w, &ho, &wo, NULL));
+    condconv_layer_t layer = NULL;
+    if (EXPECT_OK(condconv_layer_create(ctx, desc, &view, &layer))) {
+        EXPECT_OK(condconv_layer_set_algo(layer, algo));
+        condconv_plan_info info;
+        if (EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &info))) {
+            printf("  %s, %s%s, budget %g ms: %s runs; %s\n", lc->name,
+                   select == CONDCONV_SELECT_MEASURE ? "measured" : "by rule", algo ? " (forced)" : "",
+                   (double)budget_ms, condconv_algo_name(info.algo), info.candidates);
+            if (algo == CONDCONV_ALGO_AUTO && select == CONDCONV_SELECT_MEASURE) {
+                check_measured(lc, &info, budget_ms);
+                if (budget_ms == 0.0f)
+                    *extras = extra_candidates(&info);
+                else
+                    EXPECT(info.budget_exhausted == (*extras > 0), "%s: budget_exhausted %d with %d candidates cut",
+                           lc->name, info.budget_exhausted, *extras);
+            } else if (select == CONDCONV_SELECT_HEURISTIC) {
+                check_unmeasured(lc, &info);
+            } else { /* forced, measuring: no algorithm candidates; the kernels' variants are timed */
+                EXPECT(info.winner[0] == '\0' && info.winner_us < 0.0f, "%s: forced, winner '%s'", lc->name,
+                       info.winner);
+                EXPECT(strstr(info.reason, "forced") != NULL, "%s: reason '%s'", lc->name, info.reason);
+            }
+            check_forward(layer, lc, &p, ho, wo);
+        }
+        condconv_layer_destroy(layer);
+    }
+    condconv_layer_desc_destroy(desc);
+    for (int i = 0; i < 4; ++i) free(hp[i]);
+    tu_free_params(&p);
+}
+
+int main(void)
+{
+    tu_seed_from_env();
+    condconv_context_t ctx;
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_emu_auto");
+    layer_case cases[4];
+    cases[0] = (layer_case){
+        "f32 NHWC dense 3x3", tu_basic_spec(12, 10, 3, 4), CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NHWC, 3, 7, 6};
+    cases[0].spec.pad_h = cases[0].spec.pad_w = 1;
+    cases[0].spec.routing = CONDCONV_ROUTING_SIGMOID;
+    cases[0].spec.has_bias = 1;
+    cases[1] = (layer_case){
+        "f16 NCHW pointwise", tu_basic_spec(16, 12, 1, 3), CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NCHW, 5, 4, 5};
+    cases[1].spec.routing = CONDCONV_ROUTING_SOFTMAX;
+    cases[1].spec.activation = CONDCONV_ACTIVATION_RELU;
+    cases[2] = (layer_case){
+        "f32 NCHW depthwise", tu_basic_spec(6, 6, 3, 5), CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 2, 6, 7};
+    cases[2].spec.groups = 6;
+    cases[2].spec.pad_h = cases[2].spec.pad_w = 1;
+    cases[2].spec.routing = CONDCONV_ROUTING_SIGMOID;
+    cases[3] = (layer_case){
+        "bf16 NHWC external routing", tu_basic_spec(8, 8, 1, 2), CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC, 4, 3, 3};
+    cases[3].spec.routing = CONDCONV_ROUTING_EXTERNAL;
+    for (int c = 0; c < 4; ++c) {
+        int extras = 0;
+        run(ctx, &cases[c], CONDCONV_ALGO_AUTO, CONDCONV_SELECT_MEASURE, 0.0f, &extras);
+        run(ctx, &cases[c], CONDCONV_ALGO_AUTO, CONDCONV_SELECT_MEASURE, 1e-6f, &extras);
+        run(ctx, &cases[c], CONDCONV_ALGO_AUTO, CONDCONV_SELECT_HEURISTIC, 0.0f, &extras);
+    }
+    /* Forced: the algorithm's default variant, no winner; by rule the
+     * kernels' defaults too. */
+    int unused = 0;
+    run(ctx, &cases[0], CONDCONV_ALGO_FUSED, CONDCONV_SELECT_MEASURE, 0.0f, &unused);
+    run(ctx, &cases[1], CONDCONV_ALGO_GEMM_BATCHED, CONDCONV_SELECT_HEURISTIC, 0.0f, &unused);
+    EXPECT_OK(condconv_context_destroy(ctx));
+    return tu_finish("test_emu_auto");
+}
