@@ -24,7 +24,7 @@
 #include "phase_timer.h"
 
 #define BENCH_NAME_LEN 64
-#define BENCH_NOTE_LEN 200
+#define BENCH_NOTE_LEN 1024
 #define BENCH_ERR_LEN  256
 
 /* ------------------------------------------------------------------ layers */

@@ -758,8 +758,11 @@ static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int exper
             cc_launch arg = {layer, batch, l->h, l->w, sets, external, g->workspace, g->workspace_cap};
             measure(g, &row, launch_condconv, &arg, sets->count);
             if (row.ok && algo == CONDCONV_ALGO_AUTO) {
+                /* What AUTO timed at prepare (issue 19): every candidate, the
+                 * kernels' variants and the budget, winner starred. */
                 const size_t len = strlen(row.note);
-                snprintf(row.note + len, sizeof row.note - len, "%s%s", len ? "; " : "", info.reason);
+                snprintf(row.note + len, sizeof row.note - len, "%s%s; candidates: %s", len ? "; " : "", info.reason,
+                         info.candidates[0] ? info.candidates : "none timed");
             }
             if (row.ok && algo == CONDCONV_ALGO_MIXTURE) {
                 const size_t len = strlen(row.note);
