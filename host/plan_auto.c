@@ -127,6 +127,17 @@ static int candidate_failure_skippable(cudaStream_t stream)
 
 /* --- routing and aggregation kernel variants -------------------------------------------------- */
 
+/* "kind: *v1 3.1 us, v0 13.5 us" (timed variants only) into the plan info's candidates. */
+static void list_kernel_variants(condconv_plan_info *info, const char *kind, const float *us, int count, int best,
+                                 const char *(*name)(int variant))
+{
+    append(info->candidates, sizeof info->candidates, "%s%s:", info->candidates[0] ? "; " : "", kind);
+    for (int v = 0; v < count; ++v)
+        if (us[v] >= 0.0f)
+            append(info->candidates, sizeof info->candidates, "%s %s%s %.1f us", v ? "," : "", v == best ? "*" : "",
+                   name(v), (double)us[v]);
+}
+
 typedef struct route_run {
     const struct condconv_layer *layer;
     const cc_plan *plan;
@@ -187,11 +198,7 @@ static condconv_status choose_routing(const struct condconv_layer *layer, cc_pla
             cc_plan_routing_destroy(&trial);
         }
     }
-    append(info->candidates, sizeof info->candidates, "%srouting:", info->candidates[0] ? "; " : "");
-    for (int v = 0; v < CC_ROUTING_VARIANTS; ++v)
-        if (us[v] >= 0.0f)
-            append(info->candidates, sizeof info->candidates, "%s %s%s %.1f us", v ? "," : "", v == best ? "*" : "",
-                   cc_routing_variant_name(v), (double)us[v]);
+    list_kernel_variants(info, "routing", us, CC_ROUTING_VARIANTS, best, cc_routing_variant_name);
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -253,12 +260,7 @@ static condconv_status choose_aggregation(const struct condconv_layer *layer, cc
         if (us[v] < us[best]) best = v;
     }
     plan->aggregate_variant = best;
-    condconv_plan_info *info = &plan->info;
-    append(info->candidates, sizeof info->candidates, "%saggregate:", info->candidates[0] ? "; " : "");
-    for (int v = 0; v < CC_AGGREGATE_VARIANTS; ++v)
-        if (us[v] >= 0.0f)
-            append(info->candidates, sizeof info->candidates, "%s %s%s %.1f us", v ? "," : "", v == best ? "*" : "",
-                   cc_aggregate_variant_name(v), (double)us[v]);
+    list_kernel_variants(&plan->info, "aggregate", us, CC_AGGREGATE_VARIANTS, best, cc_aggregate_variant_name);
     return CONDCONV_STATUS_SUCCESS;
 }
 

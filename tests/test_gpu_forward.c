@@ -145,15 +145,8 @@ static int run_case(condconv_context_t ctx, const mode *m, int index)
     tu_params p;
     tu_make_params(&s, &p);
     /* The dtype's values, for the layer and the reference alike. */
-    tu_round_to_dtype(p.experts, p.experts_n, m->dtype);
-    tu_round_to_dtype(p.expert_bias, p.bias_n, m->dtype);
-    tu_round_to_dtype(p.routing_weight, p.routing_weight_n, m->dtype);
-    tu_round_to_dtype(p.routing_bias, p.routing_bias_n, m->dtype);
-    EXPECT_OK(condconv_layer_desc_set_format(desc, m->dtype, m->layout));
-    void *half_params[4] = {tu_to_dtype(p.experts, p.experts_n, m->dtype),
-                            tu_to_dtype(p.expert_bias, p.bias_n, m->dtype),
-                            tu_to_dtype(p.routing_weight, p.routing_weight_n, m->dtype),
-                            tu_to_dtype(p.routing_bias, p.routing_bias_n, m->dtype)};
+    void *half_params[4];
+    tu_params_in_dtype(&p, m->dtype, half_params);
     const condconv_params view = {half_params[0], half_params[1], half_params[2], half_params[3]};
     condconv_layer_t layer;
     if (!EXPECT_OK(condconv_layer_create(ctx, desc, &view, &layer))) goto out_params;

@@ -307,3 +307,15 @@ void tu_dtype_tolerance(condconv_dtype dtype, double *atol, double *rtol, double
     *rtol = dtype == CONDCONV_DTYPE_F32 ? 1e-5 : dtype == CONDCONV_DTYPE_F16 ? 1.5e-3 : 1.2e-2;
     *l2_max = dtype == CONDCONV_DTYPE_F32 ? 1e-5 : dtype == CONDCONV_DTYPE_F16 ? 1e-3 : 1e-2;
 }
+
+void tu_params_in_dtype(tu_params *p, condconv_dtype dtype, void *out[4])
+{
+    tu_round_to_dtype(p->experts, p->experts_n, dtype);
+    tu_round_to_dtype(p->expert_bias, p->bias_n, dtype);
+    tu_round_to_dtype(p->routing_weight, p->routing_weight_n, dtype);
+    tu_round_to_dtype(p->routing_bias, p->routing_bias_n, dtype);
+    out[0] = tu_to_dtype(p->experts, p->experts_n, dtype);
+    out[1] = tu_to_dtype(p->expert_bias, p->bias_n, dtype);
+    out[2] = tu_to_dtype(p->routing_weight, p->routing_weight_n, dtype);
+    out[3] = tu_to_dtype(p->routing_bias, p->routing_bias_n, dtype);
+}

@@ -98,6 +98,11 @@ size_t tu_dtype_size(condconv_dtype dtype);
 void tu_round_to_dtype(float *p, size_t n, condconv_dtype dtype);
 /* A malloc'd copy of n floats in the dtype (NULL for p == NULL). */
 void *tu_to_dtype(const float *p, size_t n, condconv_dtype dtype);
+/* The parameters rounded to the dtype in place (what the reference then
+ * computes with), and malloc'd copies in the dtype, in condconv_params
+ * order (experts, expert bias, routing weight, routing bias; NULL where
+ * absent), for a layer of that dtype. */
+void tu_params_in_dtype(tu_params *params, condconv_dtype dtype, void *out[4]);
 /* [N][C][plane] -> [N][plane][C] (to_nhwc) or back. */
 void tu_transpose(const float *src, float *dst, int n, int c, size_t plane, int to_nhwc);
 /* Tolerances for a layer's output against tu_reference on the dtype's

@@ -171,13 +171,8 @@ static void run(condconv_context_t ctx, const layer_case *lc, condconv_algo algo
     EXPECT_OK(condconv_context_set_auto_budget(ctx, budget_ms));
     tu_params p;
     tu_make_params(s, &p);
-    tu_round_to_dtype(p.experts, p.experts_n, lc->dtype);
-    tu_round_to_dtype(p.expert_bias, p.bias_n, lc->dtype);
-    tu_round_to_dtype(p.routing_weight, p.routing_weight_n, lc->dtype);
-    tu_round_to_dtype(p.routing_bias, p.routing_bias_n, lc->dtype);
-    void *hp[4] = {tu_to_dtype(p.experts, p.experts_n, lc->dtype), tu_to_dtype(p.expert_bias, p.bias_n, lc->dtype),
-                   tu_to_dtype(p.routing_weight, p.routing_weight_n, lc->dtype),
-                   tu_to_dtype(p.routing_bias, p.routing_bias_n, lc->dtype)};
+    void *hp[4];
+    tu_params_in_dtype(&p, lc->dtype, hp);
     const condconv_params view = {hp[0], hp[1], hp[2], hp[3]};
     condconv_layer_desc_t desc = tu_make_desc(s);
     EXPECT_OK(condconv_layer_desc_set_format(desc, lc->dtype, lc->layout));

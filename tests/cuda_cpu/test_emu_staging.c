@@ -50,13 +50,8 @@ static void run(condconv_context_t ctx, const layer_case *lc, condconv_dtype dty
     EXPECT_OK(condconv_context_set_algo_select(ctx, select));
     tu_params p;
     tu_make_params(s, &p);
-    tu_round_to_dtype(p.experts, p.experts_n, dtype);
-    tu_round_to_dtype(p.expert_bias, p.bias_n, dtype);
-    tu_round_to_dtype(p.routing_weight, p.routing_weight_n, dtype);
-    tu_round_to_dtype(p.routing_bias, p.routing_bias_n, dtype);
-    void *hp[4] = {tu_to_dtype(p.experts, p.experts_n, dtype), tu_to_dtype(p.expert_bias, p.bias_n, dtype),
-                   tu_to_dtype(p.routing_weight, p.routing_weight_n, dtype),
-                   tu_to_dtype(p.routing_bias, p.routing_bias_n, dtype)};
+    void *hp[4];
+    tu_params_in_dtype(&p, dtype, hp);
     const condconv_params view = {hp[0], hp[1], hp[2], hp[3]};
     condconv_layer_desc_t desc = tu_make_desc(s);
     EXPECT_OK(condconv_layer_desc_set_format(desc, dtype, layout));
