@@ -10,6 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cuda_runtime.h>
 
 int eu_failures = 0;
@@ -189,4 +193,35 @@ void eu_expect_all_launched(const char *source)
     const int missing = cc_cpu_report_unlaunched(source);
     EU_EXPECT(missing == 0, "%d kernel instance(s) of kernels/%s.cu were never launched by this sweep", missing,
               source);
+}
+
+int eu_run_self(char *const args[], char *output, size_t cap, int *status)
+{
+    char self[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    int fds[2];
+    if (len <= 0 || cap == 0 || pipe(fds) != 0) return -1;
+    self[len] = '\0';
+    char *argv[16] = {self};
+    int argc = 1;
+    for (; args[argc - 1] != NULL && argc < 15; ++argc) argv[argc] = args[argc - 1];
+    argv[argc] = NULL;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
+    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+    posix_spawn_file_actions_addclose(&actions, fds[0]);
+    extern char **environ;
+    pid_t pid;
+    const int spawned = posix_spawn(&pid, self, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(fds[1]);
+    size_t used = 0;
+    ssize_t got;
+    while ((got = read(fds[0], output + used, cap - 1 - used)) > 0) used += (size_t)got;
+    output[used] = '\0';
+    close(fds[0]);
+    *status = 0;
+    if (spawned != 0 || waitpid(pid, status, 0) != pid) return -1;
+    return 0;
 }

@@ -67,6 +67,11 @@ int eu_expect_launch(int err, const char *call, const char *file, int line);
 /* Every kernel instance of kernels/<source>.cu was launched at least once. */
 void eu_expect_all_launched(const char *source);
 
+/* Runs this program again with the given arguments (argv[0] added;
+ * NULL-terminated), its stdout and stderr captured into output (cap bytes,
+ * NUL-terminated): for a failure that must end a process, in a child. 0 and
+ * the child's wait status in *status, or -1 if it could not be run. */
+int eu_run_self(char *const args[], char *output, size_t cap, int *status);
 /* 2^-24: the unit roundoff of float. */
 #define EU_U 5.9604644775390625e-08
 

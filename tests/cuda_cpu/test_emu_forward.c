@@ -28,12 +28,10 @@
  * Tolerance as tests/test_gpu_forward.c: 1e-5 * mag + 1e-6 for y, 2e-5 for
  * the routing weights. */
 #define _POSIX_C_SOURCE 200809L
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include "emu_util.h"
 #include "test_util.h"
@@ -361,34 +359,11 @@ static int short_workspace(void)
 /* Runs this program with --short-workspace: it must fail saying `expect`. */
 static void expect_short_workspace_caught(const char *expect)
 {
-    char self[4096];
-    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    int fds[2];
-    if (len <= 0 || pipe(fds) != 0) {
-        EXPECT(0, "cannot run this program as a child");
-        return;
-    }
-    self[len] = '\0';
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    char *argv[] = {self, (char *)"--short-workspace", NULL};
-    extern char **environ;
-    pid_t pid;
-    const int spawned = posix_spawn(&pid, self, &actions, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
     static char output[1 << 16];
-    size_t used = 0;
-    ssize_t got;
-    while ((got = read(fds[0], output + used, sizeof output - 1 - used)) > 0) used += (size_t)got;
-    output[used] = '\0';
-    close(fds[0]);
+    char *args[] = {(char *)"--short-workspace", NULL};
     int status = 0;
-    if (spawned != 0 || waitpid(pid, &status, 0) != pid) {
-        EXPECT(0, "could not run the child");
+    if (eu_run_self(args, output, sizeof output, &status) != 0) {
+        EXPECT(0, "could not run this program as a child");
         return;
     }
     /* The emulated cuBLAS may see the short region before it writes (its

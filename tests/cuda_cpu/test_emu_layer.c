@@ -28,12 +28,10 @@
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include "emu_util.h"
 #include "test_util.h"
@@ -53,8 +51,6 @@
 #ifndef ST_ASAN
 #define ST_ASAN 0
 #endif
-
-extern char **environ;
 
 static void *dev(size_t bytes)
 {
@@ -428,35 +424,13 @@ static int scenario(const char *name)
  * must fail (or, with expect NULL, succeed quietly). */
 static void expect_child(const char *name, const char *expect)
 {
-    char self[4096];
-    const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (len <= 0) {
-        EXPECT(0, "cannot find this program");
-        return;
-    }
-    self[len] = '\0';
-    int fds[2];
-    if (pipe(fds) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    char *argv[] = {self, (char *)"--scenario", (char *)name, NULL};
-    setenv("CC_CPU_WATCHDOG_SECONDS", "3", 1);
-    pid_t pid;
-    const int spawned = posix_spawn(&pid, self, &actions, NULL, argv, environ);
-    unsetenv("CC_CPU_WATCHDOG_SECONDS");
-    posix_spawn_file_actions_destroy(&actions);
-    close(fds[1]);
     static char output[1 << 16];
-    size_t used = 0;
-    ssize_t got;
-    while ((got = read(fds[0], output + used, sizeof output - 1 - used)) > 0) used += (size_t)got;
-    output[used] = '\0';
-    close(fds[0]);
+    char *args[] = {(char *)"--scenario", (char *)name, NULL};
     int status = 0;
-    if (spawned != 0 || waitpid(pid, &status, 0) != pid) {
+    setenv("CC_CPU_WATCHDOG_SECONDS", "3", 1);
+    const int ran = eu_run_self(args, output, sizeof output, &status);
+    unsetenv("CC_CPU_WATCHDOG_SECONDS");
+    if (ran != 0) {
         EXPECT(0, "%s: could not run the child", name);
         return;
     }
