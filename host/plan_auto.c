@@ -418,8 +418,13 @@ condconv_status cc_auto_choose_by_measuring(const struct condconv_layer *layer, 
         int variants = ops->variants ? ops->variants(layer, &plan->geom, plan->math) : 1;
         if (variants < 1) variants = 1;
         if (variants > CC_MAX_ALGO_VARIANTS) variants = CC_MAX_ALGO_VARIANTS;
-        for (int v = 0; v < variants && st == CONDCONV_STATUS_SUCCESS; ++v) {
-            if (v > 0 && !budget_left(budget)) break;
+        /* Candidates before the default: the default is timed whatever the
+         * budget says, and a slow default (cuDNN's legacy grouped kernels)
+         * must not spend the budget its own candidate needs. The algorithm
+         * stays applicable if any of its variants ran. */
+        int refused = 0, timed = 0;
+        for (int v = variants - 1; v >= 0 && st == CONDCONV_STATUS_SUCCESS; --v) {
+            if (v > 0 && !budget_left(budget)) continue;
             candidate *cand = &c[count];
             cand->state.variant = v;
             cand->state.aggregate_variant = plan->aggregate_variant;
@@ -428,9 +433,8 @@ condconv_status cc_auto_choose_by_measuring(const struct condconv_layer *layer, 
             cand->state.aggregate_variant = plan->aggregate_variant;
             if (st == CONDCONV_STATUS_NOT_SUPPORTED || skippable(st)) { /* e.g. cuDNN has no kernel for it */
                 cc_algo_state_destroy(&cand->state);
-                if (v == 0) info->applicable[a] = 0;
+                refused += v == 0;
                 st = CONDCONV_STATUS_SUCCESS;
-                if (v == 0) break;
                 continue;
             }
             if (st != CONDCONV_STATUS_SUCCESS) break;
@@ -454,9 +458,8 @@ condconv_status cc_auto_choose_by_measuring(const struct condconv_layer *layer, 
                 /* Its scratch did not fit, it failed to run, or a candidate
                  * variant's launch was refused: not a candidate. */
                 cc_algo_state_destroy(&cand->state);
-                if (v == 0) info->applicable[a] = 0;
+                refused += v == 0;
                 st = CONDCONV_STATUS_SUCCESS;
-                if (v == 0) break;
                 continue;
             }
             if (st != CONDCONV_STATUS_SUCCESS) {
@@ -472,7 +475,9 @@ condconv_status cc_auto_choose_by_measuring(const struct condconv_layer *layer, 
             if (best < 0 || cand->us < c[best].us) best = count;
             if (best_unaligned < 0 || cand->unaligned_us < c[best_unaligned].unaligned_us) best_unaligned = count;
             ++count;
+            ++timed;
         }
+        if (refused && !timed) info->applicable[a] = 0;
     }
     if (st == CONDCONV_STATUS_SUCCESS && best < 0)
         st = cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: no algorithm applies to this layer and shape", func);
