@@ -1,5 +1,11 @@
-/* The cost model: multiply-adds, parameters and minimal bytes of a forward,
- * by the arithmetic of ../shared/design/where-the-time-goes.md. */
+/* The cost model: multiply-adds, parameters and minimal bytes of a forward.
+ * The arithmetic (the project's design note "where the time goes"): the
+ * convolution costs N*|W|*Ho*Wo MACs as a static one does (|W| =
+ * Cout*Cin/g*kh*kw); mixing the kernels adds N*E*(|W| + bias) once per
+ * sample, not per pixel; routing pools N*Cin*H*W adds and its FC is
+ * N*Cin*E MACs. The minimal bytes read x, the parameters and alpha once and
+ * write y once; per-sample kernels that reach memory add 2*N*(|W| + bias)
+ * elements (written, then read back), materialized_bytes. */
 #include "checked_math.h"
 #include "error.h"
 #include "layer_desc.h"
