@@ -56,8 +56,8 @@ if(CONDCONV_BUILD_BENCH AND EXISTS ${CMAKE_SOURCE_DIR}/bench/CMakeLists.txt)
 endif()
 
 # A clone is complete: nothing the README, the bench or the tests cite lives outside
-# the repository (the anchor tables are in bench/anchors/, issue 18 item 9; no
-# ../shared/ path at all).
+# the repository (the anchor tables are in bench/anchors/, issue 18 item 9): no
+# path into the workplace's shared folder at all.
 add_test(NAME test_repo_self_contained
   COMMAND sh -c "! grep -rn --include=*.md --include=*.c --include=*.h --include=*.cu --include=*.cuh --include=*.py --include=*.sh --include=*.txt --include=*.cmake '\\.\\./shared/' README.md bench examples host include kernels python scripts tests CMakeLists.txt"
   WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
