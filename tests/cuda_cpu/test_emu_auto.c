@@ -195,6 +195,11 @@ static void run(condconv_context_t ctx, const layer_case *lc, condconv_algo algo
                            lc->name, info.budget_exhausted, *extras);
             } else if (select == CONDCONV_SELECT_HEURISTIC) {
                 check_unmeasured(lc, &info);
+                /* The rule says whether a GPU measured this format (f32 NCHW) or it guesses. */
+                const int measured = lc->dtype == CONDCONV_DTYPE_F32 && lc->layout == CONDCONV_LAYOUT_NCHW;
+                if (algo == CONDCONV_ALGO_AUTO)
+                    EXPECT(strstr(info.reason, measured ? "(from H200 f32 NCHW runs)" : "(a guess") != NULL,
+                           "%s: rule's reason '%s'", lc->name, info.reason);
             } else { /* forced, measuring: no algorithm candidates; the kernels' variants are timed */
                 EXPECT(info.winner[0] == '\0' && info.winner_us < 0.0f, "%s: forced, winner '%s'", lc->name,
                        info.winner);
