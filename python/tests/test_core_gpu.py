@@ -100,6 +100,12 @@ def test_gpu_forward_every_algorithm(gpu_ctx: Context, cuda: Cudart, case: int, 
     assert info["algo"] in info["applicable"]
     assert info["backend"]
     assert info["reason"]
+    # AUTO measured its candidates: the winner is the algorithm it runs, timed; the list names it starred.
+    assert info["winner"].split("[")[0] == info["algo"]
+    assert info["winner_us"] is not None
+    assert info["winner_us"] >= 0
+    assert "*" + info["winner"] + " " in info["candidates"]
+    assert info["runner_up_us"] is None or info["runner_up_us"] >= info["winner_us"]
     d_x = cuda.upload(x_in)
     d_alpha = cuda.upload(alpha_in) if alpha_in is not None else 0
     for algo in info["applicable"]:
