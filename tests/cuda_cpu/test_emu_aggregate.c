@@ -115,7 +115,9 @@ static void run_case(const agg_case *k)
         float *gotb = eu_floats(ob_n);
         eu_download(&dbo, gotb);
         if (k->bias) {
-            eu_compare(what, gotb, wantb, magb, ob_n, 1e-30, rtol);
+            char bwhat[256];
+            snprintf(bwhat, sizeof bwhat, "biases of %s", what);
+            eu_compare(bwhat, gotb, wantb, magb, ob_n, 1e-30, rtol);
         } else {
             for (size_t i = 0; i < ob_n; ++i)
                 if (!isnan(gotb[i])) {
