@@ -16,7 +16,9 @@
  *
  * Every case runs every variant (cc_launch_aggregate_variant; variant 0
  * through cc_launch_aggregate) on the same inputs, the outputs poisoned
- * before each: variant 1's 16-sample chunks are reached whole and partial
+ * before each, and must equal variant 0's outputs bit for bit (all three
+ * compute the same FMA chain in expert order; AUTO may pick any of them):
+ * variant 1's 16-sample chunks are reached whole and partial
  * (N = 15, 16, 17, 25, 31, 32, 33, 40, 47), variant 2's one-sample rows with
  * grid caps that make them loop. A variant out of range must be refused
  * without a launch or a write.
@@ -85,6 +87,9 @@ static void run_case(const agg_case *k)
                 magb[(size_t)n * k->cout + o] += fabs(t);
             }
     const double rtol = (k->e + 2) * EU_U;
+    /* Variant 0's outputs: the others must equal them bit for bit (the same
+     * FMA chain in expert order), so AUTO's choice never changes a result. */
+    float *first = NULL, *firstb = NULL;
 
     for (int variant = 0; variant < CC_AGGREGATE_VARIANTS; ++variant) {
         ++cases;
@@ -110,7 +115,12 @@ static void run_case(const agg_case *k)
         float *got = ed_fetch(k->dtype, &df, out_n);
         ed_compare(what, k->dtype, got, want, mag, out_n, rtol);
         ed_guards_intact(&df, what);
-        free(got);
+        if (first == NULL)
+            first = got;
+        else {
+            EU_EXPECT(memcmp(got, first, out_n * sizeof(float)) == 0, "%s: filters differ from variant 0's bits", what);
+            free(got);
+        }
 
         float *gotb = eu_floats(ob_n);
         eu_download(&dbo, gotb);
@@ -126,8 +136,16 @@ static void run_case(const agg_case *k)
                 }
         }
         eu_guards_intact(&dbo, "biases");
-        free(gotb);
+        if (firstb == NULL)
+            firstb = gotb;
+        else {
+            EU_EXPECT(!k->bias || memcmp(gotb, firstb, ob_n * sizeof(float)) == 0,
+                      "%s: biases differ from variant 0's bits", what);
+            free(gotb);
+        }
     }
+    free(first);
+    free(firstb);
     free(want);
     free(mag);
     free(wantb);
