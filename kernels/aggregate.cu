@@ -19,6 +19,18 @@
 // The per-sample filters are written with ordinary stores: the convolution
 // reads them right after, ideally from L2.
 //
+// Variants (issue 19: a speed idea no GPU has measured ships as a candidate
+// beside the measured kernel; AUTO times each candidate at prepare, on the
+// user's GPU, and keeps the fastest, so none of them replaces variant 0):
+//   0  the kernel above: 4 floats or 8 halves x 8 samples per thread. The
+//      measured one (bench/results/2026-11-28-nvidia-h200-2), used by
+//      cc_launch_aggregate and wherever no measurement was made.
+//   1  the same kernel with 16 samples per thread (kSamples is its tile).
+//   2  one sample per thread (aggregate_one_sample_kernel), for small N.
+// Each variant's comment says where it may win and what a GPU must confirm.
+// All three compute every output by the same chain of f32 FMAs in expert
+// order, so their results are bit for bit the same.
+//
 // Validated on the CPU layer (tests/cuda_cpu/test_emu_aggregate.c) and
 // through every algorithm that uses it (tests/test_gpu_forward.c); its
 // bandwidth is reported by condconv-bench and bench/dev/aggregate_dev.cu.
@@ -28,10 +40,30 @@
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kSamples = 8;
 
-// V = weights per thread: cc_vec16<T>::count (16 bytes) or 1.
-template <typename T, int V>
+// Samples per thread of variant 0 (the measured kernel) and of variant 1.
+constexpr int kSamplesV0 = 8;
+constexpr int kSamplesV1 = 16;
+
+// Variant 1: kSamples = 16. A CANDIDATE, timed by AUTO at prepare. Why it
+// may win: each expert vector a thread loads is mixed into 16 samples, so
+// the experts are re-read ceil(N/16) times from L2 instead of ceil(N/8) and
+// the grid has half the blocks along y, each doing twice the FMAs per load.
+// Where: mid-size batches (N around 32 on the dev driver's H200 run:
+// 11.26 vs 11.62 us at |W|=75264, E=8) where L2 re-reads of the experts, not
+// the N*|W| writes, are what limits. Where it loses: N <= 8 (a partial chunk
+// of 16 wastes more than half the thread's work; half as many blocks), and
+// large N, where the writes dominate and the 64 (f32) or 128 (f16/bf16)
+// accumulators per thread cut occupancy (f16: about 150 registers, one
+// 256-thread block per SM). No minimum-blocks argument: 2 blocks per SM
+// would cap the f16/bf16 instance at 128 registers and spill its 128
+// accumulators (scripts/check-spills.sh holds it to 0). A GPU must confirm
+// the gain exists at all on the card, beyond noise, for the N it is chosen
+// at, and that the f16 instance's low occupancy does not lose it.
+//
+// V = weights per thread: cc_vec16<T>::count (16 bytes) or 1; kSamples =
+// samples per thread (the tile along N: 8 for variant 0, 16 for variant 1).
+template <typename T, int V, int kSamples>
 __global__ void __launch_bounds__(kThreads)
     aggregate_kernel(const T *__restrict__ experts, const float *__restrict__ bias, const float *__restrict__ alpha,
                      T *__restrict__ filters, float *__restrict__ biases, long long filter_elems, int cout, int n,
@@ -90,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-template <typename T>
+template <typename T, int kSamples>
 cudaError_t launch_aggregate(const T *experts, const float *bias, const float *alpha, T *filters, float *biases,
                              long long filter_elems, int cout, int n, int e, cudaStream_t stream)
 {
@@ -105,32 +137,125 @@ cudaError_t launch_aggregate(const T *experts, const float *bias, const float *a
     const dim3 grid(weight_blocks + bias_blocks, cc_grid_1d(n, kSamples, 65535u));
     const size_t smem = sizeof(float) * kSamples * (size_t)e;
     if (vec)
-        return cc_launch(aggregate_kernel<T, kVec>, grid, kThreads, smem, stream, experts, bias, alpha, filters, biases,
-                         filter_elems, cout, n, e, weight_blocks);
-    return cc_launch(aggregate_kernel<T, 1>, grid, kThreads, smem, stream, experts, bias, alpha, filters, biases,
-                     filter_elems, cout, n, e, weight_blocks);
+        return cc_launch(aggregate_kernel<T, kVec, kSamples>, grid, kThreads, smem, stream, experts, bias, alpha,
+                         filters, biases, filter_elems, cout, n, e, weight_blocks);
+    return cc_launch(aggregate_kernel<T, 1, kSamples>, grid, kThreads, smem, stream, experts, bias, alpha, filters,
+                     biases, filter_elems, cout, n, e, weight_blocks);
+}
+
+// Variant 2: one sample per thread. A CANDIDATE, timed by AUTO at prepare.
+// Why it may win: at small N the 8-sample kernel's grid is |W|/V/256 blocks
+// (74 for |W|=75264 f32: about half an H200's SMs) and at N=1 seven of the
+// eight accumulator rows of every thread are wasted FMAs and registers. Here
+// the grid is |W|/V x N threads, one 16-byte vector of one sample each (the
+// widest load a thread issues), with few registers (V accumulators), so
+// every SM gets blocks and many loads are in flight per SM. The cost: every
+// sample re-reads the experts (E*|W| per sample, from L2 after the first),
+// so it should lose once N is past a few samples. The dev driver's scalar
+// and one-sample variants took 7.6-8.4 us at N=1 where variant 0 took
+// 9.1-9.5 us (H200, |W|=75264, E=8). alpha is read with __ldg, not staged:
+// the whole block works on one sample, so the address is uniform (one
+// broadcast per warp, an L1 hit after the first) and no barrier is needed.
+// A GPU must confirm the N=1 gain through this library kernel (the dev
+// variants were f32 only), for f16/bf16 too, and up to which N it holds.
+//
+// Minimum 4 blocks of 256 threads per SM (half an SM's threads): a cap of
+// 64 registers, with 0 spill bytes at sm_80 and sm_90. 6 blocks (40
+// registers) spill at sm_80 and 8 (32) at both, so 4 is the most this
+// variant can ask for. Blocks past the weight range do the biases of their
+// sample.
+constexpr int kOneSampleMinBlocks = 4;
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads, kOneSampleMinBlocks)
+    aggregate_one_sample_kernel(const T *__restrict__ experts, const float *__restrict__ bias,
+                                const float *__restrict__ alpha, T *__restrict__ filters, float *__restrict__ biases,
+                                long long filter_elems, int cout, int n, int e_count, unsigned int weight_blocks)
+{
+    const long long vec_elems = filter_elems / V;
+    const unsigned int bias_blocks = gridDim.x - weight_blocks;
+    for (int s = blockIdx.y; s < n; s += gridDim.y) {
+        const float *alpha_n = alpha + (size_t)s * e_count;
+        if (blockIdx.x < weight_blocks) {
+            for (long long j = (long long)blockIdx.x * kThreads + threadIdx.x; j < vec_elems;
+                 j += (long long)weight_blocks * kThreads) {
+                float acc[V];
+#pragma unroll
+                for (int k = 0; k < V; ++k) acc[k] = 0.0f;
+                for (int e = 0; e < e_count; ++e) {
+                    float w[V];
+                    cc_vec_ldg<T, V>(experts + ((size_t)e * vec_elems + j) * V, w);
+                    const float a = __ldg(alpha_n + e);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) acc[k] = fmaf(a, w[k], acc[k]);
+                }
+                cc_vec_store<T, V>(filters + ((size_t)s * vec_elems + j) * V, acc);
+            }
+        } else if (bias != nullptr) {
+            // long long: o + the stride must not overflow for Cout near INT_MAX.
+            for (long long o = (long long)(blockIdx.x - weight_blocks) * kThreads + threadIdx.x; o < cout;
+                 o += (long long)kThreads * bias_blocks) {
+                float acc = 0.0f;
+                for (int e = 0; e < e_count; ++e)
+                    acc = fmaf(__ldg(alpha_n + e), __ldg(bias + (size_t)e * cout + o), acc);
+                biases[(size_t)s * cout + o] = acc;
+            }
+        }
+    }
+}
+
+template <typename T>
+cudaError_t launch_aggregate_one_sample(const T *experts, const float *bias, const float *alpha, T *filters,
+                                        float *biases, long long filter_elems, int cout, int n, int e,
+                                        cudaStream_t stream)
+{
+    constexpr int kVec = cc_vec16<T>::count;
+    // 16-byte accesses under variant 0's conditions, one weight otherwise.
+    const bool wide = cc_aligned16(experts) && cc_aligned16(filters) && filter_elems % kVec == 0;
+    const long long vectors = wide ? filter_elems / kVec : filter_elems;
+    // Weight blocks along x (capped: the loop strides), bias blocks after
+    // them, and one sample per block row along y (capped: the loop strides).
+    const unsigned int weight_blocks = cc_grid_1d(vectors, kThreads, 1u << 20);
+    const unsigned int bias_blocks = bias ? cc_grid_1d(cout, kThreads, 1u << 20) : 0u;
+    const dim3 grid(weight_blocks + bias_blocks, cc_grid_1d(n, 1, 65535u));
+    if (wide)
+        return cc_launch(aggregate_one_sample_kernel<T, kVec>, grid, kThreads, 0, stream, experts, bias, alpha, filters,
+                         biases, filter_elems, cout, n, e, weight_blocks);
+    return cc_launch(aggregate_one_sample_kernel<T, 1>, grid, kThreads, 0, stream, experts, bias, alpha, filters,
+                     biases, filter_elems, cout, n, e, weight_blocks);
 }
 
 } // namespace
-
-extern "C" cudaError_t cc_launch_aggregate(int dtype, const void *experts, const float *bias, const float *alpha,
-                                           void *filters, float *biases, long long filter_elems, int cout, int n, int e,
-                                           cudaStream_t stream)
-{
-    if (filter_elems <= 0 || cout <= 0 || n <= 0 || e <= 0) return cudaErrorInvalidValue;
-    return cc_dispatch_dtype(dtype, [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        return launch_aggregate<T>(static_cast<const T *>(experts), bias, alpha, static_cast<T *>(filters), biases,
-                                   filter_elems, cout, n, e, stream);
-    });
-}
 
 extern "C" cudaError_t cc_launch_aggregate_variant(int variant, int dtype, const void *experts, const float *bias,
                                                    const float *alpha, void *filters, float *biases,
                                                    long long filter_elems, int cout, int n, int e, cudaStream_t stream)
 {
-    if (variant != 0) return cudaErrorInvalidValue;
-    return cc_launch_aggregate(dtype, experts, bias, alpha, filters, biases, filter_elems, cout, n, e, stream);
+    if (variant < 0 || variant >= CC_AGGREGATE_VARIANTS) return cudaErrorInvalidValue;
+    if (filter_elems <= 0 || cout <= 0 || n <= 0 || e <= 0) return cudaErrorInvalidValue;
+    return cc_dispatch_dtype(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        const T *x = static_cast<const T *>(experts);
+        T *y = static_cast<T *>(filters);
+        switch (variant) {
+        case 1: return launch_aggregate<T, kSamplesV1>(x, bias, alpha, y, biases, filter_elems, cout, n, e, stream);
+        case 2: return launch_aggregate_one_sample<T>(x, bias, alpha, y, biases, filter_elems, cout, n, e, stream);
+        default: return launch_aggregate<T, kSamplesV0>(x, bias, alpha, y, biases, filter_elems, cout, n, e, stream);
+        }
+    });
 }
 
-extern "C" const char *cc_aggregate_variant_name(int variant) { return variant == 0 ? "8 samples/thread" : "?"; }
+extern "C" cudaError_t cc_launch_aggregate(int dtype, const void *experts, const float *bias, const float *alpha,
+                                           void *filters, float *biases, long long filter_elems, int cout, int n, int e,
+                                           cudaStream_t stream)
+{
+    return cc_launch_aggregate_variant(0, dtype, experts, bias, alpha, filters, biases, filter_elems, cout, n, e,
+                                       stream);
+}
+
+extern "C" const char *cc_aggregate_variant_name(int variant)
+{
+    static const char *const names[CC_AGGREGATE_VARIANTS] = {"8 samples/thread", "16 samples/thread",
+                                                             "1 sample/thread"};
+    return variant >= 0 && variant < CC_AGGREGATE_VARIANTS ? names[variant] : "?";
+}

@@ -18,13 +18,21 @@ extern "C" {
 cudaError_t cc_launch_aggregate(int dtype, const void *experts, const float *bias, const float *alpha, void *filters,
                                 float *biases, long long filter_elems, int cout, int n, int e, cudaStream_t stream);
 
-/* Candidates (issue 19): variant 0 is the kernel above; AUTO times the
- * others at prepare. */
-#define CC_AGGREGATE_VARIANTS 1
+/* Candidate kernels for the same computation (issue 19: AUTO times them at
+ * prepare on the user's GPU and keeps the fastest; kernels/aggregate.cu says
+ * where each may win): 0 is cc_launch_aggregate's kernel (8 samples per
+ * thread), 1 the same with 16 samples per thread, 2 one sample per thread
+ * (for small N). Same contract and results, bit for bit, as
+ * cc_launch_aggregate; a variant outside [0, CC_AGGREGATE_VARIANTS) returns
+ * cudaErrorInvalidValue and launches nothing. */
+#define CC_AGGREGATE_VARIANTS 3
 cudaError_t cc_launch_aggregate_variant(int variant, int dtype, const void *experts, const float *bias,
                                         const float *alpha, void *filters, float *biases, long long filter_elems,
                                         int cout, int n, int e, cudaStream_t stream);
+/* A short name of the variant for plan info and benches ("8 samples/thread",
+ * ...); "?" for a variant out of range. */
 const char *cc_aggregate_variant_name(int variant);
+
 #ifdef __cplusplus
 }
 #endif

@@ -22,9 +22,15 @@
 //   5  the library's kernel on f16 experts and filters (8 halves x 8 samples
 //      per thread, f32 accumulation, one rounding).
 //   6  the same on bf16.
+//   7-15  the library's candidates (cc_launch_aggregate_variant, which AUTO
+//      times at prepare): 7, 8, 9 = variants 0 (8 samples/thread), 1 (16
+//      samples/thread) and 2 (1 sample/thread) on f32, 10-12 the same on
+//      f16, 13-15 on bf16. Variant 0 is 3/5/6 through the variant entry
+//      point; 1 is 4 with the library's fallbacks and biases; 2 is the
+//      library's form of 2, for the small N where 1 and 2 beat 3.
 // The floor: N*|W| elements written once plus E*|W| read once (from HBM), at
-// the device-to-device copy bandwidth the bench measures. Variants 5 and 6
-// are validated against the reference on the experts rounded to their dtype,
+// the device-to-device copy bandwidth the bench measures. Variants 5, 6
+// and 10-15 are validated against the reference on the experts rounded to their dtype,
 // within one ulp of the dtype (2^-10 relative for f16, 2^-7 for bf16) plus
 // the f32 bound.
 #include <cuda_bf16.h>
@@ -125,6 +131,15 @@ __global__ void aggregate_vec4_samples(const float4 *experts, const float *alpha
 // ---------------------------------------------------------------------------
 // Launchers
 
+// The dtype of a variant's experts and filters.
+static int variant_dtype(int v)
+{
+    if (v == 5) return CC_DTYPE_F16;
+    if (v == 6) return CC_DTYPE_BF16;
+    if (v >= 7) return (v - 7) / 3 == 0 ? CC_DTYPE_F32 : (v - 7) / 3 == 1 ? CC_DTYPE_F16 : CC_DTYPE_BF16;
+    return CC_DTYPE_F32;
+}
+
 // Device buffers of one run: f32 experts and output for variants 1-4, 16-bit
 // copies for 5 (f16) and 6 (bf16).
 struct buffers {
@@ -153,6 +168,21 @@ static void launch(int variant, const buffers &b, long long w, int n, int e, int
         CHECK(cc_launch_aggregate(variant == 5 ? CC_DTYPE_F16 : CC_DTYPE_BF16, b.experts16, NULL, alpha, b.filters16,
                                   NULL, w, 1, n, e, 0));
         break;
+    case 7:
+    case 8:
+    case 9:
+    case 10:
+    case 11:
+    case 12:
+    case 13:
+    case 14:
+    case 15: {
+        const bool f32 = variant_dtype(variant) == CC_DTYPE_F32;
+        CHECK(cc_launch_aggregate_variant((variant - 7) % 3, variant_dtype(variant),
+                                          f32 ? (const void *)experts : b.experts16, NULL, alpha,
+                                          f32 ? (void *)filters : b.filters16, NULL, w, 1, n, e, 0));
+        break;
+    }
     case 4: {
         const dim3 grid((unsigned)((w4 + block - 1) / block), (unsigned)((n + 15) / 16));
         aggregate_vec4_samples<16>
@@ -169,14 +199,15 @@ static void launch(int variant, const buffers &b, long long w, int n, int e, int
 // The f32 output of `variant` on the host (16-bit outputs converted exactly).
 static void download(int variant, const buffers &b, float *out, size_t count, void *scratch)
 {
-    if (variant < 5) {
+    const int dtype = variant_dtype(variant);
+    if (dtype == CC_DTYPE_F32) {
         CHECK(cudaMemcpy(out, b.filters, sizeof(float) * count, cudaMemcpyDeviceToHost));
         return;
     }
     CHECK(cudaMemcpy(scratch, b.filters16, 2 * count, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < count; ++i)
-        out[i] = variant == 5 ? __half2float(((const __half *)scratch)[i])
-                              : __bfloat162float(((const __nv_bfloat16 *)scratch)[i]);
+        out[i] = dtype == CC_DTYPE_F16 ? __half2float(((const __half *)scratch)[i])
+                                       : __bfloat162float(((const __nv_bfloat16 *)scratch)[i]);
 }
 
 int main(void)
@@ -188,7 +219,7 @@ int main(void)
     }
     // |W| of EfficientNet-CondConv-B0's 1x1 layers: 112x672, 672x112, 1152x192, 1152x320.
     const long long widths[] = {112 * 672, 672 * 112, 1152 * 192, 1152 * 320};
-    const int batches[] = {1, 32, 128}, e = 8, variants = 6;
+    const int batches[] = {1, 32, 128}, e = 8, variants = 15;
     const int blocks[] = {128, 256, 512};
     for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; ++wi)
         for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; ++bi) {
@@ -219,17 +250,18 @@ int main(void)
             CHECK(cudaMemcpy(d_alpha, h_alpha, sizeof(float) * n * e, cudaMemcpyHostToDevice));
             const buffers bufs = {d_exp, d_alpha, d_out, d_exp16, d_out16};
             for (int v = 1; v <= variants; ++v) {
-                const bool sixteen = v >= 5;
+                const int dtype = variant_dtype(v);
+                const bool sixteen = dtype != CC_DTYPE_F32, half = dtype == CC_DTYPE_F16;
                 if (sixteen) { // the 16-bit experts and their reference
-                    CHECK(cudaMemcpy(d_exp16, v == 5 ? (const void *)h_half : (const void *)h_bf, 2 * w * e,
+                    CHECK(cudaMemcpy(d_exp16, half ? (const void *)h_half : (const void *)h_bf, 2 * w * e,
                                      cudaMemcpyHostToDevice));
                     for (long long i = 0; i < w * e; ++i)
-                        h_exp16[i] = v == 5 ? __half2float(h_half[i]) : __bfloat162float(h_bf[i]);
+                        h_exp16[i] = half ? __half2float(h_half[i]) : __bfloat162float(h_bf[i]);
                     aggregate_cpu(h_exp16, h_alpha, h_ref16, w, n, e);
                 }
                 const float *ref = sixteen ? h_ref16 : h_ref;
                 // One ulp of the output dtype relative, on top of f32's bound.
-                const float rel = v == 5 ? 1.0f / 1024 : v == 6 ? 1.0f / 128 : 0.0f;
+                const float rel = !sixteen ? 0.0f : half ? 1.0f / 1024 : 1.0f / 128;
                 const double bytes = (sixteen ? 2.0 : 4.0) * (double)w * (n + e);
                 for (size_t k = 0; k < sizeof blocks / sizeof blocks[0]; ++k) {
                     if (v >= 3 && v != 4 && k > 0) continue; // the library picks its own block size
@@ -269,8 +301,12 @@ int main(void)
                             times[j - 1] = t;
                         }
                     const double us = times[10] * 1e3;
-                    printf("|W|=%7lld N=%3d E=%d variant %d block %3d: %8.2f us  %7.1f GB/s (floor bytes)\n", w, n, e,
-                           v, blocks[k], us, bytes / us * 1e-3);
+                    printf("|W|=%7lld N=%3d E=%d variant %2d block %3d: %8.2f us  %7.1f GB/s (floor bytes)", w, n, e, v,
+                           blocks[k], us, bytes / us * 1e-3);
+                    if (v >= 7)
+                        printf("  library %s %s", sixteen ? (half ? "f16" : "bf16") : "f32",
+                               cc_aggregate_variant_name((v - 7) % 3));
+                    printf("\n");
                     CHECK(cudaEventDestroy(a));
                     CHECK(cudaEventDestroy(b));
                 }
