@@ -166,11 +166,11 @@ static condconv_status choose_routing(const struct condconv_layer *layer, cc_pla
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, elem * ((size_t)plan->geom.x_elems + 1), &x, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)plan->geom.alpha_elems, &alpha, func));
     float us[CC_ROUTING_VARIANTS];
+    for (int v = 0; v < CC_ROUTING_VARIANTS; ++v) us[v] = -1.0f; /* not timed */
     route_run run = {layer, plan, x, (float *)alpha};
     CC_TRY(time_runs(layer->ctx->stream, run_route, &run, 0.0f, &us[0], func));
     int best = 0;
     for (int v = 1; v < CC_ROUTING_VARIANTS; ++v) {
-        us[v] = -1.0f;
         if (!budget_left(budget)) break;
         cc_plan trial = *plan;
         condconv_status st = cc_plan_routing_create(layer, &trial, v, func);
@@ -244,10 +244,10 @@ static condconv_status choose_aggregation(const struct condconv_layer *layer, cc
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)plan->geom.alpha_elems, &alpha, func));
     aggregate_run run = {layer, 0, plan->n, alpha, buf, (float *)(void *)((unsigned char *)buf + filter_bytes)};
     float us[CC_AGGREGATE_VARIANTS];
+    for (int v = 0; v < CC_AGGREGATE_VARIANTS; ++v) us[v] = -1.0f; /* not timed */
     CC_TRY(time_runs(layer->ctx->stream, run_aggregate, &run, 0.0f, &us[0], func));
     int best = 0;
     for (int v = 1; v < CC_AGGREGATE_VARIANTS; ++v) {
-        us[v] = -1.0f;
         if (!budget_left(budget)) break;
         run.variant = v;
         const condconv_status st =
