@@ -712,7 +712,7 @@ template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads, kMinBlocksV1) routing_v1_nhwc_kernel(const routing_v1_args<T> a)
 {
     using U = v1_unit<T, kVec>;
-    constexpr int kU = v1_loads<true>::value; // pixels in flight, whether a column is 16 bytes or one element
+    constexpr int kU = v1_loads<true>::value; // a column's pixels in flight (16 bytes or one element each)
     constexpr int kV = U::count;
     __shared__ float sums[kThreads * kV]; // [row][channel of the chunk]; then the chunk's means in row 0
     __shared__ float red[kWarps][CC_ROUTING_MAX_EXPERTS];
@@ -758,9 +758,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksV1) routing_v1_nhwc_kernel
 #pragma unroll
             for (int k = 0; k < kV; ++k) sums[(row * width + col) * kV + k] = s[k];
         }
-        __syncthreads();                                  // the rows' sums are in place
-        const int m = (min(c0 + width, u_end) - c0) * kV; // channels in this chunk
-        // Channel ch's rows are read and its mean written by one thread only.
+        __syncthreads(); // the rows' sums are in place
+        // The chunk's channels; each one's rows are read, and its mean
+        // written, by one thread only.
+        const int m = (min(c0 + width, u_end) - c0) * kV;
         for (int ch = (int)threadIdx.x; ch < m; ch += kThreads) {
             float total = 0.0f;
             for (int r = 0; r < rows; ++r) total += sums[r * width * kV + ch];
