@@ -722,7 +722,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksV1) routing_v1_nhwc_kernel
     const float inv_hw = 1.0f / (float)a.hw;
     const int column_splits = a.channel_splits, pixel_splits = a.splits / column_splits;
     const int cs = split % column_splits, ps = split / column_splits;
-    const int cols = a.channels / kV;
+    const int cols = a.channels / kV; // columns of a pixel's row
     // Balanced, never empty (the launcher keeps the ranges within cols and hw).
     const int u_begin = (int)((long long)cols * cs / column_splits);
     const int u_end = (int)((long long)cols * (cs + 1) / column_splits);
@@ -769,7 +769,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksV1) routing_v1_nhwc_kernel
         }
         __syncthreads(); // the chunk's means are in sums[0 .. m)
         fc_v1(a.weight_t, a.experts, a.expert_lanes, sums, c0 * kV, m, acc);
-        __syncthreads(); // the next chunk overwrites sums
+        __syncthreads(); // sums is rewritten by the next chunk
     }
     finish_v1(a, acc, red, logits, is_last);
 }
