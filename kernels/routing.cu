@@ -367,10 +367,10 @@ extern "C" int cc_routing_splits(int n, int c, long long hw, int sm_count)
     return splits < 1 ? 1 : (int)splits;
 }
 
-extern "C" cudaError_t cc_launch_routing(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
-                                         float *alpha, int n, int c, long long hw, int e, int softmax,
-                                         float inv_temperature, int splits, float *partial, unsigned int *counters,
-                                         cudaStream_t stream)
+static cudaError_t launch_routing_v0(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
+                                     float *alpha, int n, int c, long long hw, int e, int softmax,
+                                     float inv_temperature, int splits, float *partial, unsigned int *counters,
+                                     cudaStream_t stream)
 {
     if (n <= 0 || c <= 0 || hw <= 0 || e <= 0 || e > CC_ROUTING_MAX_EXPERTS || splits < 1 || splits > 65535 ||
         (splits > 1 && (partial == NULL || counters == NULL)) || (layout != CC_LAYOUT_NCHW && layout != CC_LAYOUT_NHWC))
@@ -409,9 +409,457 @@ extern "C" cudaError_t cc_launch_routing(int dtype, int layout, const void *x, c
     });
 }
 
+// ---------------------------------------------------------------------------
+// Variant 1, a CANDIDATE (issue 19): the same routing, designed to run near
+// DRAM bandwidth. No GPU has measured it; AUTO times it against variant 0 at
+// prepare on the user's GPU and keeps the faster (cc_launch_routing_variant).
+//
+// The floor: x is read once, N*C*HW elements (32 x 1152 x 7x7 f32: 7.2 MB,
+// ~1.8 us at ~4 TB/s); the transposed weight (C*E floats) stays in L2 and
+// alpha is N*E floats. Variant 0 took 13.5 us there (11%): HW = 49 is not a
+// multiple of 4, so it reads scalars, and a warp pools 4 planes with its 32
+// lanes striding each 49-element plane (at most 8 loads in flight a lane,
+// then a shuffle chain before the next group), on 9 splits x 32 samples =
+// 288 blocks (~2 of 256 threads per SM); each warp then does its channels'
+// FC one channel at a time (lanes over experts: 24 of 32 idle at E = 8),
+// and the last block sums the splits' partials one expert per thread.
+// Little's law: 4 TB/s at ~0.8 us of loaded DRAM latency needs ~3.2 MB in
+// flight, ~24 KB per SM of an H200's 132. So variant 1:
+//  - NCHW: a plane is pooled by a group of Ls lanes, Ls a power of two
+//    (1..32) such that a lane has at most kU loads of it (HW = 49: 8 lanes
+//    of at most 7 scalar loads; 14x14 f32: 16 lanes of 4 float4 loads), and
+//    each lane issues all its loads (unrolled kU deep, independent) before
+//    it adds one; a warp pools 32 / Ls planes at once; the planes' means go
+//    to shared memory and the block's FC runs once, after them;
+//  - NHWC: a block owns a range of channel columns (16-byte vectors; rows of
+//    at least 128 bytes a pixel) and, where a sample has more splits than
+//    that allows, a range of pixels: splitting channels first does no FC
+//    twice (each pixel split repeats its columns' FC); each thread keeps kU
+//    pixel loads of its column in flight;
+//  - more blocks: 4 x SMs (__launch_bounds__(256, 4): 4 resident per SM),
+//    at least 1024 elements a block: 32 x 1152 x 49 -> 17 splits, 544 blocks
+//    of 68 channels. In flight per SM: 4 x 256 threads x 7 x 4 B = 28 KB
+//    (f32 scalars at HW = 49), 4 x 256 x 4 x 16 B = 64 KB for 16-byte loads;
+//  - the FC in parallel: lanes in groups of Le = E rounded up to a power of
+//    two (at most 32), a group per channel, so a warp reads 32 / Le rows of
+//    the transposed weight in one coalesced access (E = 8: 4 channels, 128
+//    bytes); the groups' sums meet by shuffles, the warps' in shared memory;
+//  - the last block of a split sample sums the partial logits with all its
+//    threads (a stripe of splits each, all loads in flight, then the stripes
+//    in order), not one thread per expert walking every split.
+// Sums are in a fixed order (deterministic), not variant 0's order. The
+// split buffers are variant 0's (cc_routing_partial_elems: variant 1 uses at
+// most `splits` of them), with the same contract: counters zero before,
+// zero after, and the writers' __threadfence() before the hand-off.
+// What a GPU must confirm (bench/dev/routing_dev.cu, then AUTO's timing):
+// that it beats variant 0; >= 60% of the byte floor at N >= 32 on the
+// EfficientNet-CC-B0 shapes; 4 blocks per SM (registers <= 64, no spills);
+// that 7 scalar loads a lane at HW = 49 keep enough bytes in flight (16-bit
+// x at HW = 49 has half of them: the weakest case).
+
+namespace {
+
+constexpr int kPoolCap = 1024; // NCHW: channel means one pass holds in shared memory
+constexpr int kMinBlocksV1 = 4;
+
+// Loads a lane keeps in flight: 16-byte vectors, or scalars (twice as many).
+template <bool kVec>
+struct v1_loads {
+    static constexpr int value = kVec ? 4 : 8;
+};
+
+template <typename T>
+struct routing_v1_args {
+    const T *x;
+    const float *weight_t, *bias;
+    float *alpha, *partial;
+    unsigned int *counters;
+    long long hw;
+    int channels, experts, splits, softmax;
+    int channels_per_split; // NCHW
+    int plane_lanes;        // NCHW: lanes per plane (Ls)
+    int channel_splits;     // NHWC: column ranges (splits = column ranges x pixel ranges)
+    int expert_lanes;       // Le
+    float inv_temperature;
+};
+
+// One load of x: a scalar element, or 16 bytes (4 floats, 8 halves). Streamed
+// once: __ldcs keeps L2 for the weight.
+template <typename T, bool kVec>
+struct v1_unit {
+    using type = T;
+    static constexpr int count = 1;
+    static __device__ __forceinline__ T load(const T *p, long long i) { return __ldcs(p + i); }
+    static __device__ __forceinline__ T zero() { return cc_from_float<T>(0.0f); }
+    static __device__ __forceinline__ float sum(const T &v) { return cc_to_float(v); }
+    static __device__ __forceinline__ void add(const T &v, float (&s)[1]) { s[0] += cc_to_float(v); }
+};
+template <>
+struct v1_unit<float, true> {
+    using type = float4;
+    static constexpr int count = 4;
+    static __device__ __forceinline__ float4 load(const float *p, long long i)
+    {
+        return __ldcs(reinterpret_cast<const float4 *>(p) + i);
+    }
+    static __device__ __forceinline__ float4 zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    static __device__ __forceinline__ float sum(const float4 &v) { return (v.x + v.y) + (v.z + v.w); }
+    static __device__ __forceinline__ void add(const float4 &v, float (&s)[4])
+    {
+        s[0] += v.x;
+        s[1] += v.y;
+        s[2] += v.z;
+        s[3] += v.w;
+    }
+};
+template <typename T>
+struct v1_unit<T, true> { // __half, __nv_bfloat16
+    using type = uint4;
+    static constexpr int count = 8;
+    static __device__ __forceinline__ uint4 load(const T *p, long long i)
+    {
+        return __ldcs(reinterpret_cast<const uint4 *>(p) + i);
+    }
+    static __device__ __forceinline__ uint4 zero() { return make_uint4(0u, 0u, 0u, 0u); }
+    static __device__ __forceinline__ float sum(const uint4 &v)
+    {
+        const unsigned int w[4] = {v.x, v.y, v.z, v.w};
+        float pair[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) pair[k] = bits_to_float(w[k] & 0xffffu, T()) + bits_to_float(w[k] >> 16, T());
+        return (pair[0] + pair[1]) + (pair[2] + pair[3]);
+    }
+    static __device__ __forceinline__ void add(const uint4 &v, float (&s)[8])
+    {
+        float f[8];
+        unpack8<T>(v, f);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) s[k] += f[k];
+    }
+};
+
+// acc += the FC terms of channels c0 .. c0 + m - 1, whose means are in
+// pooled[0 .. m): lanes in groups of `le` (a power of two), a group per
+// channel, lane l of a group owning experts l, l + le, ...; consecutive
+// groups read consecutive rows of the transposed weight (one coalesced run).
+__device__ __forceinline__ void fc_v1(const float *__restrict__ weight_t, int experts, int le, const float *pooled,
+                                      int c0, int m, float (&acc)[kPerLane])
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int groups = 32 / le, el = lane & (le - 1);
+#pragma unroll 4
+    for (int i = warp * groups + lane / le; i < m; i += kWarps * groups) {
+        const float mean = pooled[i];
+        const float *row = weight_t + (size_t)(c0 + i) * (size_t)experts;
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) {
+            const int e = el + le * j;
+            if (e < experts) acc[j] += __ldg(row + e) * mean;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void activate_v1(const routing_v1_args<T> &a, const float *logits)
+{
+    const int lane = threadIdx.x & 31, experts = a.experts;
+    float *out = a.alpha + (size_t)blockIdx.x * (size_t)experts;
+    if (!a.softmax) {
+        if ((int)threadIdx.x < experts) out[threadIdx.x] = 1.0f / (1.0f + expf(-logits[threadIdx.x]));
+        return;
+    }
+    if (threadIdx.x >= 32) return;
+    float v[kPerLane];
+    float top = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+        const int e = lane + 32 * j;
+        v[j] = e < experts ? logits[e] * a.inv_temperature : -INFINITY;
+        top = fmaxf(top, v[j]);
+    }
+    top = cc_warp_max(top);
+    float total = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+        v[j] = lane + 32 * j < experts ? expf(v[j] - top) : 0.0f;
+        total += v[j];
+    }
+    const float inv_total = 1.0f / cc_warp_sum(total);
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j)
+        if (lane + 32 * j < experts) out[lane + 32 * j] = v[j] * inv_total;
+}
+
+// The block's partial logits from every thread's acc, the split hand-off,
+// the bias and the activation. red, logits and is_last are the kernel's
+// shared memory.
+template <typename T>
+__device__ __forceinline__ void finish_v1(const routing_v1_args<T> &a, float (&acc)[kPerLane],
+                                          float (*red)[CC_ROUTING_MAX_EXPERTS], float *logits, int &is_last)
+{
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x, split = blockIdx.y, experts = a.experts, le = a.expert_lanes;
+    const int e = (int)threadIdx.x; // E <= 128 < kThreads: a thread per expert below
+    for (int offset = le; offset < 32; offset <<= 1) {
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], offset);
+    }
+    if (lane < le) {
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j)
+            if (lane + le * j < experts) red[warp][lane + le * j] = acc[j];
+    }
+    __syncthreads(); // the warps' sums are in red
+    float z = 0.0f;
+    if (e < experts)
+        for (int w = 0; w < kWarps; ++w) z += red[w][e];
+    if (a.splits == 1) {
+        if (e < experts) logits[e] = a.bias[e] + z;
+    } else {
+        if (e < experts) a.partial[((size_t)n * (size_t)a.splits + (size_t)split) * (size_t)experts + e] = z;
+        // Publish this block's partial logits device-wide, then count in.
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) is_last = atomicAdd(a.counters + n, 1u) + 1u == (unsigned int)a.splits;
+        __syncthreads(); // is_last is written; every thread is past its read of red
+        if (!is_last) return;
+        __threadfence(); // the other blocks' partials, read after the count
+        // A stripe of splits per thread (q, q + stripes, ...) for one expert:
+        // up to kThreads / E loads in flight at once, then the stripes in order.
+        const int stripes = kThreads / experts;
+        const float *all = a.partial + (size_t)n * (size_t)a.splits * (size_t)experts;
+        float *stripe_sums = &red[0][0]; // kWarps * CC_ROUTING_MAX_EXPERTS >= kThreads floats
+        if ((int)threadIdx.x < stripes * experts) {
+            const int q = (int)threadIdx.x / experts, ee = (int)threadIdx.x - q * experts;
+            float sum = 0.0f;
+            // __ldcg: from L2, where the other blocks' writes are, not this SM's L1.
+            for (int s = q; s < a.splits; s += stripes) sum += __ldcg(all + (size_t)s * (size_t)experts + ee);
+            stripe_sums[threadIdx.x] = sum;
+        }
+        __syncthreads(); // the stripes' sums are in shared memory
+        if (e < experts) {
+            float total = a.bias[e];
+            for (int q = 0; q < stripes; ++q) total += stripe_sums[q * experts + e];
+            logits[e] = total;
+        }
+        if (threadIdx.x == 0) a.counters[n] = 0u; // zero again for the next launch
+    }
+    __syncthreads(); // logits are complete
+    activate_v1(a, logits);
+}
+
+// NCHW: a block pools the planes of its channel range, a group of
+// a.plane_lanes lanes per plane, then adds their FC terms.
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads, kMinBlocksV1) routing_v1_nchw_kernel(const routing_v1_args<T> a)
+{
+    using U = v1_unit<T, kVec>;
+    constexpr int kU = v1_loads<kVec>::value;
+    __shared__ float pooled[kPoolCap];
+    __shared__ float red[kWarps][CC_ROUTING_MAX_EXPERTS];
+    __shared__ float logits[CC_ROUTING_MAX_EXPERTS];
+    __shared__ int is_last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = blockIdx.x, split = blockIdx.y;
+    const int ls = a.plane_lanes, per_warp = 32 / ls, gl = lane & (ls - 1);
+    const float inv_hw = 1.0f / (float)a.hw;
+    const long long units = a.hw / U::count; // a plane's loads (hw % count == 0 when kVec)
+    const int c_begin = split * a.channels_per_split;
+    const int c_end = min(a.channels, c_begin + a.channels_per_split);
+    const T *sample = a.x + (size_t)n * (size_t)a.channels * (size_t)a.hw;
+
+    float acc[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) acc[j] = 0.0f;
+
+    for (int c0 = c_begin; c0 < c_end; c0 += kPoolCap) {
+        const int m = min(kPoolCap, c_end - c0);
+        // The whole warp goes round together (the shuffles name every lane);
+        // its groups take planes base, base + 1, ...
+        for (int base = warp * per_warp; base < m; base += kWarps * per_warp) {
+            const int i = base + lane / ls;
+            float sum = 0.0f;
+            if (i < m) {
+                const T *plane = sample + (size_t)(c0 + i) * (size_t)a.hw;
+                for (long long u = gl; u < units; u += (long long)ls * kU) {
+                    typename U::type v[kU];
+#pragma unroll
+                    for (int k = 0; k < kU; ++k) {
+                        const long long q = u + (long long)k * ls;
+                        v[k] = q < units ? U::load(plane, q) : U::zero();
+                    }
+#pragma unroll
+                    for (int k = 0; k < kU; ++k) sum += U::sum(v[k]);
+                }
+            }
+            for (int offset = ls >> 1; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (gl == 0 && i < m) pooled[i] = sum * inv_hw;
+        }
+        __syncthreads(); // the pass's means are in pooled
+        fc_v1(a.weight_t, a.experts, a.expert_lanes, pooled, c0, m, acc);
+        __syncthreads(); // the next pass overwrites pooled
+    }
+    finish_v1(a, acc, red, logits, is_last);
+}
+
+// NHWC: a block pools its column range (a.channel_splits of them per
+// sample) over its pixel range. Columns (a 16-byte vector of channels, or
+// one channel) in chunks of up to kThreads: `width` columns give
+// rows = kThreads / width groups of threads, row r summing pixels
+// p_begin + r, + rows, ... with kU of them in flight; the rows' sums meet
+// in shared memory, one thread per channel, and the chunk's FC follows.
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads, kMinBlocksV1) routing_v1_nhwc_kernel(const routing_v1_args<T> a)
+{
+    using U = v1_unit<T, kVec>;
+    constexpr int kU = v1_loads<true>::value; // a column's pixels in flight (16 bytes or one element each)
+    constexpr int kV = U::count;
+    __shared__ float sums[kThreads * kV]; // [row][channel of the chunk]; then the chunk's means in row 0
+    __shared__ float red[kWarps][CC_ROUTING_MAX_EXPERTS];
+    __shared__ float logits[CC_ROUTING_MAX_EXPERTS];
+    __shared__ int is_last;
+    const int n = blockIdx.x, split = blockIdx.y;
+    const float inv_hw = 1.0f / (float)a.hw;
+    const int column_splits = a.channel_splits, pixel_splits = a.splits / column_splits;
+    const int cs = split % column_splits, ps = split / column_splits;
+    const int cols = a.channels / kV; // columns of a pixel's row
+    // Balanced, never empty (the launcher keeps the ranges within cols and hw).
+    const int u_begin = (int)((long long)cols * cs / column_splits);
+    const int u_end = (int)((long long)cols * (cs + 1) / column_splits);
+    const long long p_begin = a.hw * ps / pixel_splits, p_end = a.hw * (ps + 1) / pixel_splits;
+    const int width = min(u_end - u_begin, kThreads), rows = kThreads / width;
+    const int row = (int)threadIdx.x / width, col = (int)threadIdx.x - row * width;
+    const long long step = (long long)rows * kU;
+    const T *sample = a.x + (size_t)n * (size_t)a.hw * (size_t)a.channels;
+
+    float acc[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) acc[j] = 0.0f;
+
+    for (int c0 = u_begin; c0 < u_end; c0 += width) {
+        const int u = c0 + col;
+        float s[kV];
+#pragma unroll
+        for (int k = 0; k < kV; ++k) s[k] = 0.0f;
+        if (row < rows && u < u_end) {
+            const T *column = sample + (size_t)u * kV;
+            for (long long p = p_begin + row; p < p_end; p += step) {
+                typename U::type v[kU];
+#pragma unroll
+                for (int k = 0; k < kU; ++k) {
+                    const long long q = p + (long long)k * rows;
+                    v[k] = q < p_end ? U::load(column + (size_t)q * (size_t)a.channels, 0) : U::zero();
+                }
+#pragma unroll
+                for (int k = 0; k < kU; ++k) U::add(v[k], s);
+            }
+        }
+        if (row < rows) {
+#pragma unroll
+            for (int k = 0; k < kV; ++k) sums[(row * width + col) * kV + k] = s[k];
+        }
+        __syncthreads(); // the rows' sums are in place
+        // The chunk's channels; each one's rows are read, and its mean
+        // written, by one thread only.
+        const int m = (min(c0 + width, u_end) - c0) * kV;
+        for (int ch = (int)threadIdx.x; ch < m; ch += kThreads) {
+            float total = 0.0f;
+            for (int r = 0; r < rows; ++r) total += sums[r * width * kV + ch];
+            sums[ch] = total * inv_hw; // this block's share of the channel's mean
+        }
+        __syncthreads(); // the chunk's means are in sums[0 .. m)
+        fc_v1(a.weight_t, a.experts, a.expert_lanes, sums, c0 * kV, m, acc);
+        __syncthreads(); // sums is rewritten by the next chunk
+    }
+    finish_v1(a, acc, red, logits, is_last);
+}
+
+} // namespace
+
+// Variant 1's rule (one for both layouts, as the signature has no layout):
+// 4 blocks per SM resident (kMinBlocksV1), each at least ~1024 elements (a
+// block's fixed costs: the FC's weight rows, its partial logits, the count)
+// and one channel (NCHW's splits are channel ranges; NHWC's launcher maps
+// the splits to column and pixel ranges and uses at most as many).
+static int routing_splits_v1(int n, int c, long long hw, int sm_count)
+{
+    if (n <= 0 || c <= 0 || hw <= 0) return 1;
+    const long long want_blocks = (long long)kMinBlocksV1 * (sm_count > 0 ? sm_count : 1);
+    long long splits = (want_blocks + n - 1) / n;
+    const long long by_elements = ((long long)c * hw + 1023) / 1024;
+    if (splits > by_elements) splits = by_elements;
+    if (splits > c) splits = c;
+    if (splits > 65535) splits = 65535; // gridDim.y
+    return splits < 1 ? 1 : (int)splits;
+}
+
+static cudaError_t launch_routing_v1(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
+                                     float *alpha, int n, int c, long long hw, int e, int softmax,
+                                     float inv_temperature, int splits, float *partial, unsigned int *counters,
+                                     cudaStream_t stream)
+{
+    if (n <= 0 || c <= 0 || hw <= 0 || e <= 0 || e > CC_ROUTING_MAX_EXPERTS || splits < 1 || splits > 65535 ||
+        (splits > 1 && (partial == NULL || counters == NULL)) || (layout != CC_LAYOUT_NCHW && layout != CC_LAYOUT_NHWC))
+        return cudaErrorInvalidValue;
+    return cc_dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
+        using T = typename decltype(tag)::type;
+        constexpr int kV = cc_vec16<T>::count;
+        routing_v1_args<T> a;
+        a.x = static_cast<const T *>(x);
+        a.weight_t = weight_t;
+        a.bias = bias;
+        a.alpha = alpha;
+        a.partial = partial;
+        a.counters = counters;
+        a.hw = hw;
+        a.channels = c;
+        a.experts = e;
+        a.softmax = softmax;
+        a.inv_temperature = inv_temperature;
+        a.channels_per_split = 0;
+        a.plane_lanes = 1;
+        a.channel_splits = 1;
+        int le = 1;
+        while (le < e && le < 32) le <<= 1;
+        a.expert_lanes = le;
+        const dim3 block(kThreads);
+        if (layout == CC_LAYOUT_NHWC) {
+            // 16-byte loads need every pixel's row aligned: x, and C a multiple of kV.
+            const bool vec = cc_aligned16(x) && c % kV == 0;
+            const long long cols = vec ? c / kV : c;
+            // Column ranges of >= 128 bytes a pixel (a coalesced run), then pixel ranges.
+            long long column_splits = (long long)c * (long long)sizeof(T) / 128;
+            if (column_splits > cols) column_splits = cols;
+            if (column_splits > splits) column_splits = splits;
+            if (column_splits < 1) column_splits = 1;
+            long long pixel_splits = splits / column_splits;
+            if (pixel_splits > hw) pixel_splits = hw;
+            a.channel_splits = (int)column_splits;
+            a.splits = (int)(column_splits * pixel_splits); // <= splits: the buffers suffice
+            const dim3 grid((unsigned int)n, (unsigned int)a.splits);
+            if (vec) return cc_launch(routing_v1_nhwc_kernel<T, true>, grid, block, 0, stream, a);
+            return cc_launch(routing_v1_nhwc_kernel<T, false>, grid, block, 0, stream, a);
+        }
+        a.channels_per_split = (c + splits - 1) / splits;
+        a.splits = (c + a.channels_per_split - 1) / a.channels_per_split; // no split without a channel
+        // 16-byte loads need every plane aligned: x, and HW a multiple of kV.
+        const bool vec = cc_aligned16(x) && hw % kV == 0;
+        const long long units = vec ? hw / kV : hw;
+        const int loads = vec ? v1_loads<true>::value : v1_loads<false>::value;
+        int ls = 1;
+        while (ls < 32 && (long long)ls * loads < units) ls <<= 1;
+        a.plane_lanes = ls;
+        const dim3 grid((unsigned int)n, (unsigned int)a.splits);
+        if (vec) return cc_launch(routing_v1_nchw_kernel<T, true>, grid, block, 0, stream, a);
+        return cc_launch(routing_v1_nchw_kernel<T, false>, grid, block, 0, stream, a);
+    });
+}
+
 extern "C" int cc_routing_splits_variant(int variant, int n, int c, long long hw, int sm_count)
 {
-    return variant == 0 ? cc_routing_splits(n, c, hw, sm_count) : 0;
+    if (variant == 1) return routing_splits_v1(n, c, hw, sm_count);
+    if (variant == 0) return cc_routing_splits(n, c, hw, sm_count);
+    return 1;
 }
 
 extern "C" cudaError_t cc_launch_routing_variant(int variant, int dtype, int layout, const void *x,
@@ -419,9 +867,29 @@ extern "C" cudaError_t cc_launch_routing_variant(int variant, int dtype, int lay
                                                  long long hw, int e, int softmax, float inv_temperature, int splits,
                                                  float *partial, unsigned int *counters, cudaStream_t stream)
 {
-    if (variant != 0) return cudaErrorInvalidValue;
-    return cc_launch_routing(dtype, layout, x, weight_t, bias, alpha, n, c, hw, e, softmax, inv_temperature, splits,
-                             partial, counters, stream);
+    if (variant == 0)
+        return launch_routing_v0(dtype, layout, x, weight_t, bias, alpha, n, c, hw, e, softmax, inv_temperature, splits,
+                                 partial, counters, stream);
+    if (variant == 1)
+        return launch_routing_v1(dtype, layout, x, weight_t, bias, alpha, n, c, hw, e, softmax, inv_temperature, splits,
+                                 partial, counters, stream);
+    return cudaErrorInvalidValue;
 }
 
-extern "C" const char *cc_routing_variant_name(int variant) { return variant == 0 ? "v0" : "?"; }
+extern "C" cudaError_t cc_launch_routing(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
+                                         float *alpha, int n, int c, long long hw, int e, int softmax,
+                                         float inv_temperature, int splits, float *partial, unsigned int *counters,
+                                         cudaStream_t stream)
+{
+    return cc_launch_routing_variant(0, dtype, layout, x, weight_t, bias, alpha, n, c, hw, e, softmax, inv_temperature,
+                                     splits, partial, counters, stream);
+}
+
+extern "C" const char *cc_routing_variant_name(int variant)
+{
+    switch (variant) {
+    case 0: return "routing_v0_warp_planes";
+    case 1: return "routing_v1_bandwidth";
+    default: return "?";
+    }
+}

@@ -41,15 +41,31 @@ cudaError_t cc_launch_routing(int dtype, int layout, const void *x, const float 
                               float *alpha, int n, int c, long long hw, int e, int softmax, float inv_temperature,
                               int splits, float *partial, unsigned int *counters, cudaStream_t stream);
 
-/* Candidates (issue 19): variant 0 is the kernel above; AUTO times the
- * others at prepare. */
-#define CC_ROUTING_VARIANTS 1
+/* Candidates (issue 19): the same routing computed by different kernels,
+ * chosen by an explicit variant that AUTO times at prepare on the user's
+ * GPU. 0 is the measured kernel above (cc_launch_routing is variant 0);
+ * 1 is the bandwidth design no GPU has measured yet (routing.cu says what
+ * a GPU must confirm). */
+#define CC_ROUTING_VARIANTS 2
+
+/* Splits for `variant` (0: cc_routing_splits; 1: enough blocks to cover
+ * the GPU four times, never fewer than ~1024 elements or one channel a
+ * block); 1 for an unknown variant. Both variants' split buffers are
+ * sized by cc_routing_partial_elems (variant 1 may use fewer of the
+ * `splits`, never more: n * splits * e floats and n counters serve it). */
 int cc_routing_splits_variant(int variant, int n, int c, long long hw, int sm_count);
+
+/* cc_launch_routing with the kernel of `variant` (same arguments, the same
+ * split-buffer contract); cudaErrorInvalidValue, nothing launched, for a
+ * variant outside [0, CC_ROUTING_VARIANTS). */
 cudaError_t cc_launch_routing_variant(int variant, int dtype, int layout, const void *x, const float *weight_t,
                                       const float *bias, float *alpha, int n, int c, long long hw, int e, int softmax,
                                       float inv_temperature, int splits, float *partial, unsigned int *counters,
                                       cudaStream_t stream);
+
+/* A short name of `variant` for plan info and benches ("?" if unknown). */
 const char *cc_routing_variant_name(int variant);
+
 #ifdef __cplusplus
 }
 #endif

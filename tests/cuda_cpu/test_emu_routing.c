@@ -32,7 +32,18 @@
  * vectorised path when C % (16 / sizeof) == 0 and x is aligned, channel
  * chunks of 256 columns (C past 256 vectors). The 16-bit dtypes share the
  * case lists between them (f16 every other case, bf16 the rest), to keep
- * the run time down; each gets every split kind and the large-C cases. */
+ * the run time down; each gets every split kind and the large-C cases.
+ *
+ * Both variants (CC_ROUTING_VARIANTS, issue 19's candidates) run every case,
+ * each on freshly poisoned buffers, against the same reference and
+ * tolerance; a case with the production split count takes each variant's
+ * own (cc_routing_splits_variant), forced counts are passed to both (variant
+ * 1 may use fewer: NHWC column x pixel ranges, NCHW dropped splits). Variant
+ * 1's paths: NCHW planes in groups of 1..32 lanes (HW from 1 to 1024, the
+ * large-HW cases loop past one round of loads), several passes of 1024
+ * channels (C = 2064 unsplit); NHWC column ranges, pixel ranges (C <= 32
+ * f32 has one column range), chunks of 256 columns; the parallel hand-off
+ * with more splits than a stripe (E = 128: 2 stripes). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,6 +60,7 @@ static int cases, launches;
 
 typedef struct routing_case {
     int n, c, hw, e, softmax, splits, misaligned, reversed;
+    int production; /* splits: the variant's own choice for 132 SMs */
     float inv_temperature;
     int dtype, layout;
 } routing_case;
@@ -95,9 +107,8 @@ static void reference(const routing_case *k, const float *x, const float *wt, co
     }
 }
 
-static void run_case(const routing_case *k)
+static void run_variant(const routing_case *k, int variant)
 {
-    ++cases;
     const size_t x_n = (size_t)k->n * k->c * k->hw, w_n = (size_t)k->c * k->e, a_n = (size_t)k->n * k->e;
     float *x = eu_random(x_n, -2.0f, 2.0f); /* [N][C][HW], the reference's order */
     float *wt = eu_random(w_n, -1.0f, 1.0f);
@@ -123,9 +134,9 @@ static void run_case(const routing_case *k)
 
     cc_cpu_set_block_order(k->reversed);
     const long long before = cc_cpu_launch_count("routing_");
-    EU_LAUNCH(cc_launch_routing(k->dtype, k->layout, dx.data, dw.data, db.data, da.data, k->n, k->c, k->hw, k->e,
-                                k->softmax, k->inv_temperature, k->splits, k->splits > 1 ? dp.data : NULL,
-                                k->splits > 1 ? counters : NULL, NULL));
+    EU_LAUNCH(cc_launch_routing_variant(variant, k->dtype, k->layout, dx.data, dw.data, db.data, da.data, k->n, k->c,
+                                        k->hw, k->e, k->softmax, k->inv_temperature, k->splits,
+                                        k->splits > 1 ? dp.data : NULL, k->splits > 1 ? counters : NULL, NULL));
     cc_cpu_set_block_order(0);
     launches += (int)(cc_cpu_launch_count("routing_") - before);
 
@@ -134,9 +145,10 @@ static void run_case(const routing_case *k)
     eu_download(&da, got);
     reference(k, x, wt, b, want, bound);
     char what[200];
-    snprintf(what, sizeof what, "alpha (%s %s N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", ed_name(k->dtype),
-             k->layout == CC_LAYOUT_NHWC ? "NHWC" : "NCHW", k->n, k->c, k->hw, k->e, k->softmax ? "softmax" : "sigmoid",
-             k->splits, k->misaligned ? " x misaligned" : "", k->reversed ? " reversed" : "");
+    snprintf(what, sizeof what, "alpha (variant %d %s %s N=%d C=%d HW=%d E=%d %s splits=%d%s%s)", variant,
+             ed_name(k->dtype), k->layout == CC_LAYOUT_NHWC ? "NHWC" : "NCHW", k->n, k->c, k->hw, k->e,
+             k->softmax ? "softmax" : "sigmoid", k->splits, k->misaligned ? " x misaligned" : "",
+             k->reversed ? " reversed" : "");
     eu_compare(what, got, want, bound, a_n, 0.0, 1.0); /* bound[i] is each weight's own tolerance */
     eu_guards_intact(&da, what);
     eu_guards_intact(&dp, "partial logits");
@@ -160,6 +172,16 @@ static void run_case(const routing_case *k)
     eu_buffer_free(&da);
     eu_buffer_free(&dp);
     eu_buffer_free(&dc);
+}
+
+static void run_case(const routing_case *k)
+{
+    ++cases;
+    for (int v = 0; v < CC_ROUTING_VARIANTS; ++v) {
+        routing_case kv = *k;
+        if (k->production) kv.splits = cc_routing_splits_variant(v, k->n, k->c, k->hw, 132);
+        run_variant(&kv, v);
+    }
 }
 
 static void sweep(int dtype, int layout)
@@ -206,6 +228,7 @@ static void sweep(int dtype, int layout)
             k.e = (int[]){3, 32, 40, 128}[ci];
             k.softmax = s % 2;
             k.inv_temperature = k.softmax ? 0.5f : 1.0f;
+            k.production = s == 0;
             k.splits = s == 0 ? cc_routing_splits(k.n, k.c, k.hw, 132) : (int[]){1, 2, 3, 0}[s - 1];
             if (k.splits == 0) k.splits = k.c;  /* one channel per split */
             if (s == 4) k.splits = k.c / 2 + 1; /* channels_per_split rounding drops splits */
@@ -227,9 +250,36 @@ static void sweep(int dtype, int layout)
         k.e = (int[]){4, 33, 8, 128, 16}[bi];
         k.softmax = (int)bi % 2;
         k.inv_temperature = k.softmax ? 0.7f : 1.0f;
+        k.production = big_c[bi][2] == 0;
         k.splits = big_c[bi][2] ? big_c[bi][2] : cc_routing_splits(k.n, k.c, k.hw, 132);
         k.reversed = bi == 1;
         k.misaligned = big_c[bi][3];
+        run_case(&k);
+    }
+    /* Large HW and batches up to 33 (variant 1's planes past one round of
+     * loads a lane, 32 lanes a plane, 16-byte or scalar; many splits); per
+     * case N, C, HW, E, splits (0: production), x misaligned. 16-bit dtypes
+     * take every other case, as above. */
+    static const int big_hw[][6] = {{33, 3, 1024, 32, 0, 0},
+                                    {2, 3, 300, 5, 2, 0},
+                                    {1, 6, 3136, 8, 0, 0},
+                                    {4, 5, 257, 1, 3, 1},
+                                    {32, 2, 64, 20, 0, 0}};
+    for (size_t bi = 0; bi < sizeof big_hw / sizeof big_hw[0]; ++bi) {
+        if (dtype != CC_DTYPE_F32 && (int)bi % 2 != (dtype == CC_DTYPE_BF16)) continue;
+        routing_case k = {0};
+        k.dtype = dtype;
+        k.layout = layout;
+        k.n = big_hw[bi][0];
+        k.c = big_hw[bi][1];
+        k.hw = big_hw[bi][2];
+        k.e = big_hw[bi][3];
+        k.softmax = (int)bi % 2;
+        k.inv_temperature = k.softmax ? 1.3f : 1.0f;
+        k.production = big_hw[bi][4] == 0;
+        k.splits = k.production ? cc_routing_splits(k.n, k.c, k.hw, 132) : big_hw[bi][4];
+        k.reversed = bi == 2;
+        k.misaligned = big_hw[bi][5];
         run_case(&k);
     }
 }
@@ -263,10 +313,40 @@ int main(void)
     EU_EXPECT(cc_launch_routing(-1, -1, any.data, any.data, any.data, any.data, 1, 4, 4, 4, 0, 1.0f, 1, NULL, NULL,
                                 NULL) == cudaErrorInvalidValue,
               "a negative dtype and layout must be refused");
+    /* A variant outside [0, CC_ROUTING_VARIANTS) (valid arguments otherwise). */
+    for (int v = -1; v <= CC_ROUTING_VARIANTS; v += CC_ROUTING_VARIANTS + 1)
+        EU_EXPECT(cc_launch_routing_variant(v, CC_DTYPE_F32, CC_LAYOUT_NCHW, any.data, any.data, any.data, any.data, 1,
+                                            4, 4, 4, 0, 1.0f, 1, NULL, NULL, NULL) == cudaErrorInvalidValue,
+                  "variant %d must be refused", v);
+    /* Variant 1 refuses what variant 0 refuses. */
+    EU_EXPECT(cc_launch_routing_variant(1, CC_DTYPE_F32, CC_LAYOUT_NCHW, any.data, any.data, any.data, any.data, 1, 1,
+                                        1, CC_ROUTING_MAX_EXPERTS + 1, 0, 1.0f, 1, NULL, NULL,
+                                        NULL) == cudaErrorInvalidValue,
+              "variant 1: E > CC_ROUTING_MAX_EXPERTS must be refused");
+    EU_EXPECT(cc_launch_routing_variant(1, CC_DTYPE_F16, CC_LAYOUT_NHWC, any.data, any.data, any.data, any.data, 1, 8,
+                                        1, 4, 0, 1.0f, 2, NULL, NULL, NULL) == cudaErrorInvalidValue,
+              "variant 1: splits > 1 without buffers must be refused");
+    EU_EXPECT(cc_launch_routing_variant(1, 3, CC_LAYOUT_NHWC, any.data, any.data, any.data, any.data, 1, 4, 4, 4, 0,
+                                        1.0f, 1, NULL, NULL, NULL) == cudaErrorInvalidValue,
+              "variant 1: an unknown dtype must be refused");
+    EU_EXPECT(cc_launch_routing_variant(1, CC_DTYPE_F32, 2, any.data, any.data, any.data, any.data, 1, 4, 4, 4, 0, 1.0f,
+                                        1, NULL, NULL, NULL) == cudaErrorInvalidValue,
+              "variant 1: an unknown layout must be refused");
     eu_buffer_free(&any);
     EU_EXPECT(cc_cpu_launch_count("routing_") == before, "a refused call launched a kernel");
+    for (int v = 0; v < CC_ROUTING_VARIANTS; ++v)
+        EU_EXPECT(strcmp(cc_routing_variant_name(v), "?") != 0, "variant %d has no name", v);
+    EU_EXPECT(strcmp(cc_routing_variant_name(CC_ROUTING_VARIANTS), "?") == 0, "an unknown variant has a name");
+    /* The split rules: variant 0's is cc_routing_splits; variant 1 covers
+     * 132 SMs four times at N = 32 on 1152 x 7x7 (17 splits), never more
+     * splits than channels, 1 for an unknown variant. */
+    EU_EXPECT(cc_routing_splits_variant(0, 32, 1152, 49, 132) == cc_routing_splits(32, 1152, 49, 132), "variant 0");
+    EU_EXPECT(cc_routing_splits_variant(1, 32, 1152, 49, 132) == 17, "variant 1: %d splits",
+              cc_routing_splits_variant(1, 32, 1152, 49, 132));
+    EU_EXPECT(cc_routing_splits_variant(1, 1, 3, 1 << 20, 132) == 3, "variant 1: a split per channel at most");
+    EU_EXPECT(cc_routing_splits_variant(2, 32, 1152, 49, 132) == 1, "an unknown variant: 1 split");
     eu_expect_all_launched("routing");
     EU_EXPECT(cc_cpu_refused_launches() == 0, "the layer refused %lld launch(es)", cc_cpu_refused_launches());
-    printf("test_emu_routing: %d cases, %d launches\n", cases, launches);
+    printf("test_emu_routing: %d cases (each run by %d variants), %d launches\n", cases, CC_ROUTING_VARIANTS, launches);
     return eu_finish("test_emu_routing");
 }
