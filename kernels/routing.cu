@@ -888,8 +888,8 @@ extern "C" cudaError_t cc_launch_routing(int dtype, int layout, const void *x, c
 extern "C" const char *cc_routing_variant_name(int variant)
 {
     switch (variant) {
-    case 0: return "routing_v0_warp_planes";
-    case 1: return "routing_v1_bandwidth";
+    case 0: return "v0 warp planes";
+    case 1: return "v1 bandwidth";
     default: return "?";
     }
 }
