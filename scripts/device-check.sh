@@ -4,6 +4,8 @@
 #   1. configure for sm_90 and build (Release, NVTX on); stops if this fails
 #   2. every CTest test once, both labels, without sanitizer; then the
 #      Python package's GPU tests (pytest, if the machine's python3 has it)
+#   2b. the candidates' dev drivers (routing, aggregation, fused NHWC loaders):
+#      validate, then time each library variant against the byte floor
 #   3. condconv-bench --quick (the bench layer set, batch 1/32/128, E = 8,
 #      every algorithm and the static yardstick) with its CSV and JSON, then
 #      the timm side by side, the merged table and the plots; then the same
@@ -11,7 +13,7 @@
 #      between them the whole-network benchmark (bench/network, into logs/)
 #   4. ncu metrics of each custom kernel on two shapes (duration, DRAM
 #      throughput, occupancy, registers), so kernels can be tuned later
-#      without a GPU; the aggregation kernel's variants (bench/dev)
+#      without a GPU
 #   5. compute-sanitizer with whatever time is left: memcheck on every
 #      algorithm and test, racecheck on the kernels with shared memory,
 #      initcheck on the whole forward, the half/NHWC paths, a few random
@@ -184,6 +186,14 @@ else
   note "SKIPPED  pytest_gpu: python3 has no pytest here (run scripts/fetch-device-deps.sh, carry .deps)"
 fi
 
+# 2b. the candidates first (issue 19): each kernel family's dev driver validates
+#     its library variants against a CPU reference, then times them against the
+#     byte floor (routing, aggregation, the fused kernel's NHWC loaders); AUTO
+#     rows in the bench below list every candidate AUTO timed at prepare.
+gpu_step routing_dev 40 "$build/bench/routing_dev"
+gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
+gpu_step fused_dev 40 "$build/bench/fused_dev"
+
 # 3. benchmark (CSV written row by row, so a timeout keeps what ran), timm
 #    side by side, merged table, plots.
 gpu_step bench 200 "$build/bench/condconv-bench" --quick --csv "$OUT/bench.csv" --json "$OUT/bench.json"
@@ -245,7 +255,6 @@ if gpu_step ncu 60 ncu --csv --clock-control none --section SpeedOfLight --secti
     note "    ncu: $kernels kernel(s) inside condconv.forward, selected by NVTX range"
   fi
 fi
-gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
 
 # 5. compute-sanitizer with whatever time is left, few random cases each.
 export CONDCONV_TEST_CASES=4
