@@ -204,6 +204,7 @@ static condconv_status engine_of(cudnnBackendDescriptor_t config, int64_t *index
     CC_TRY(create_desc(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine, func));
     int64_t count = 0;
     cudnnBackendNumericalNote_t list[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    memset(list, 0, sizeof list); /* read only up to count, which cuDNN sets */
     cudnnStatus_t err = cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                                  &count, &engine);
     if (err == CUDNN_STATUS_SUCCESS)
@@ -303,7 +304,10 @@ static condconv_status execute(condconv_context_t ctx, cudnnBackendDescriptor_t 
 {
     cudnnBackendDescriptor_t pack = NULL;
     const int64_t uids[3] = {UID_X, UID_W, UID_Y};
-    void *ptrs[3] = {(void *)(uintptr_t)x, (void *)(uintptr_t)w, y}; /* cuDNN takes them as void * */
+    /* cuDNN takes every pointer as void * (it only reads x and w). */
+    void *ptrs[3] = {NULL, NULL, y};
+    memcpy(&ptrs[0], &x, sizeof ptrs[0]);
+    memcpy(&ptrs[1], &w, sizeof ptrs[1]);
     condconv_status st = create_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack, func);
     if (st == CONDCONV_STATUS_SUCCESS)
         st = set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids, "variant pack ids", func);
@@ -332,9 +336,13 @@ static size_t elems_bytes(const cc_conv_shape *s, long long a, long long b, long
 }
 
 /* Median of CC_GRAPH_REPS runs after CC_GRAPH_WARMUP, in ms; *ms < 0 when
- * the plan failed to execute (cuDNN's error: try the next plan). */
+ * the plan failed to execute (cuDNN's error: try the next plan). A plan
+ * whose second run (the first may load its kernels) takes over give_up_ms
+ * (> 0) is not timed further: that run's time stands (it loses to the
+ * plan that set give_up_ms). */
 static condconv_status time_plan(condconv_context_t ctx, cudnnBackendDescriptor_t plan, void *x, void *w, void *y,
-                                 void *ws, cudaEvent_t start, cudaEvent_t stop, float *ms, const char *func)
+                                 void *ws, cudaEvent_t start, cudaEvent_t stop, float give_up_ms, float *ms,
+                                 const char *func)
 {
     float times[CC_GRAPH_REPS];
     *ms = -1.0f;
@@ -348,6 +356,10 @@ static condconv_status time_plan(condconv_context_t ctx, cudnnBackendDescriptor_
         float t = 0.0f;
         CC_CUDA_TRY(cudaEventElapsedTime(&t, start, stop), func);
         if (r >= CC_GRAPH_WARMUP) times[r - CC_GRAPH_WARMUP] = t;
+        if (r == 1 && give_up_ms > 0.0f && t > give_up_ms) {
+            *ms = t;
+            return CONDCONV_STATUS_SUCCESS;
+        }
     }
     qsort(times, CC_GRAPH_REPS, sizeof times[0], compare_floats);
     *ms = times[CC_GRAPH_REPS / 2];
@@ -389,7 +401,8 @@ static condconv_status choose(condconv_context_t ctx, const cc_conv_shape *s, co
         /* Bounded: once the runs so far cost the budget, stop timing. */
         if (*best >= 0 && spent >= CC_GRAPH_BUDGET_MS) break;
         float ms = -1.0f;
-        st = time_plan(ctx, b->plans[i], x, w, y, ws, start, stop, &ms, func);
+        /* A plan twice as slow as the best so far is dropped after its warm-up. */
+        st = time_plan(ctx, b->plans[i], x, w, y, ws, start, stop, *best >= 0 ? 2.0f * *best_ms : 0.0f, &ms, func);
         if (st != CONDCONV_STATUS_SUCCESS || ms < 0.0f) continue;
         ++*timed;
         spent += ms * (float)(CC_GRAPH_WARMUP + CC_GRAPH_REPS);
@@ -426,7 +439,13 @@ condconv_status cc_cudnn_graph_create(condconv_context_t ctx, const cc_conv_shap
                      math == CONDCONV_MATH_F32 ? " without TF32" : "");
     if (st == CONDCONV_STATUS_SUCCESS) {
         graph->plan = b.plans[best];
-        b.plans[best] = NULL; /* the plan holds what it needs of the graph */
+        b.plans[best] = NULL;
+        cudnnBackendDescriptor_t *keep[CC_CUDNN_GRAPH_SOURCES] = {
+            &b.x, &b.w, &b.y, &b.conv, &b.op, &b.op_graph, &b.configs[best]};
+        for (int i = 0; i < CC_CUDNN_GRAPH_SOURCES; ++i) {
+            graph->sources[i] = *keep[i];
+            *keep[i] = NULL;
+        }
         graph->workspace_bytes = b.workspace[best];
         graph->engine_index = b.engine_index[best];
         graph->notes = b.notes[best];
@@ -447,6 +466,7 @@ condconv_status cc_cudnn_graph_run(condconv_context_t ctx, const cc_cudnn_graph 
 void cc_cudnn_graph_destroy(cc_cudnn_graph *graph)
 {
     destroy_desc(&graph->plan);
+    for (int i = 0; i < CC_CUDNN_GRAPH_SOURCES; ++i) destroy_desc(&graph->sources[i]);
     memset(graph, 0, sizeof *graph);
 }
 

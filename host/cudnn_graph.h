@@ -22,12 +22,18 @@ struct cc_conv_shape;
 
 /* Execution plans finalized and timed at most. */
 #define CC_CUDNN_GRAPH_MAX_PLANS 4
+/* Descriptors a plan keeps (cc_cudnn_graph.sources). */
+#define CC_CUDNN_GRAPH_SOURCES 7
 
 /* Numerical notes as a bit set (1u << cudnnBackendNumericalNote_t). */
 typedef unsigned int cc_cudnn_notes;
 
 typedef struct cc_cudnn_graph {
     cudnnBackendDescriptor_t plan; /* the chosen execution plan, NULL when none */
+    /* What the plan was built from (tensors, convolution, operation, graph,
+     * engine config), kept as long as the plan: cuDNN copies descriptors
+     * set as attributes, but nothing is lost by not relying on it. */
+    cudnnBackendDescriptor_t sources[CC_CUDNN_GRAPH_SOURCES];
     size_t workspace_bytes;
     condconv_dtype dtype;
     int64_t engine_index; /* CUDNN_ATTR_ENGINE_GLOBAL_INDEX */
