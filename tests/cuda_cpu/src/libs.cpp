@@ -877,37 +877,32 @@ struct backend_desc;
 using backend_ptr = std::shared_ptr<backend_desc>;
 
 struct backend_desc {
-    cudnnBackendDescriptorType_t type;
-    bool finalized = false;
-    // tensor
-    bool has_dtype = false;
-    cudnnDataType_t dtype = CUDNN_DATA_FLOAT;
-    std::vector<int64_t> dims, strides;
-    bool has_uid = false;
-    int64_t uid = 0, alignment = 0;
-    // convolution
-    bool has_comp = false, has_mode = false;
-    cudnnDataType_t comp = CUDNN_DATA_FLOAT;
-    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
-    int64_t spatial = 0;
-    std::vector<int64_t> pre, post, fstride, dilation;
-    // convolution forward operation
-    backend_ptr x, w, y, conv;
-    bool has_alpha = false, has_beta = false;
-    double alpha = 0.0, beta = 0.0;
-    // operation graph (op), heuristics, engine, engine config, plan (graph)
-    backend_ptr op, graph, cfg;
-    cudnnHandle_t handle = nullptr;
-    bool has_heur_mode = false;
-    cudnnBackendHeurMode_t heur_mode = CUDNN_HEUR_MODE_A;
-    std::vector<int64_t> results; // heuristics: engine indices, best first
-    int64_t engine = -1;          // engine, engine config, plan
-    size_t workspace = 0;         // plan
-    // variant pack
-    std::vector<int64_t> uids;
+    // Pointers and 8-byte members first (no padding between them).
+    backend_ptr x, w, y, conv;  // convolution forward operation: copies of its tensors and convolution
+    backend_ptr op, graph, cfg; // operation graph (op); heuristics, engine, engine config, plan (graph); plan (cfg)
+    std::vector<int64_t> dims, strides;                // tensor
+    std::vector<int64_t> pre, post, fstride, dilation; // convolution
+    std::vector<int64_t> results;                      // heuristics: engine indices, best first
+    std::vector<int64_t> uids;                         // variant pack
     std::vector<void *> ptrs;
-    bool has_workspace = false;
+    cudnnHandle_t handle = nullptr;
     void *workspace_ptr = nullptr;
+    int64_t uid = 0, alignment = 0; // tensor
+    int64_t spatial = 0;            // convolution
+    int64_t engine = -1;            // engine, engine config, plan
+    size_t workspace = 0;           // plan
+    double alpha = 0.0, beta = 0.0; // operation
+    cudnnBackendDescriptorType_t type;
+    cudnnDataType_t dtype = CUDNN_DATA_FLOAT; // tensor
+    cudnnDataType_t comp = CUDNN_DATA_FLOAT;  // convolution
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    cudnnBackendHeurMode_t heur_mode = CUDNN_HEUR_MODE_A;
+    bool finalized = false;
+    bool has_dtype = false, has_uid = false;  // tensor
+    bool has_comp = false, has_mode = false;  // convolution
+    bool has_alpha = false, has_beta = false; // operation
+    bool has_heur_mode = false;               // heuristics
+    bool has_workspace = false;               // variant pack
 
     explicit backend_desc(cudnnBackendDescriptorType_t t) : type(t) {}
 };
@@ -926,12 +921,13 @@ backend_desc *as_backend(cudnnBackendDescriptor_t d)
 
 struct emu_engine {
     int64_t index;
-    std::vector<cudnnBackendNumericalNote_t> notes;
+    int note_count;
+    cudnnBackendNumericalNote_t notes[2]; // the first note_count hold
 };
-const emu_engine kEngines[] = {
-    {1, {CUDNN_NUMERICAL_NOTE_FFT}},
-    {12, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE}},
-    {0, {}},
+constexpr emu_engine kEngines[] = {
+    {1, 1, {CUDNN_NUMERICAL_NOTE_FFT, CUDNN_NUMERICAL_NOTE_FFT}},
+    {12, 1, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE, CUDNN_NUMERICAL_NOTE_TENSOR_CORE}},
+    {0, 0, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE, CUDNN_NUMERICAL_NOTE_TENSOR_CORE}},
 };
 
 const emu_engine *find_engine(int64_t index)
@@ -993,7 +989,9 @@ cudnnConvolutionStruct conv_of(const backend_desc &op)
     r.v = static_cast<int>(c.fstride[1]);
     r.dil_h = static_cast<int>(c.dilation[0]);
     r.dil_w = static_cast<int>(c.dilation[1]);
-    r.groups = op.w->dims[1] > 0 ? static_cast<int>(op.x->dims[1] / op.w->dims[1]) : 0;
+    // At least 1: a filter with more channels than x is refused by
+    // check_problem (channels = filter channels x groups), not divided by.
+    r.groups = std::max(1, op.w->dims[1] > 0 ? static_cast<int>(op.x->dims[1] / op.w->dims[1]) : 1);
     r.mode = c.mode;
     r.compute = c.comp;
     r.math = CUDNN_FMA_MATH;
@@ -1285,7 +1283,7 @@ cudnnStatus_t get_backend(const backend_desc &d, cudnnBackendAttributeName_t nam
             return CUDNN_STATUS_SUCCESS;
         }
         if (name == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE && type == CUDNN_TYPE_NUMERICAL_NOTE) {
-            const int64_t k = std::min(requested, static_cast<int64_t>(e->notes.size()));
+            const int64_t k = std::min(requested, static_cast<int64_t>(e->note_count));
             for (int64_t i = 0; i < k; ++i)
                 static_cast<cudnnBackendNumericalNote_t *>(values)[i] = e->notes[static_cast<size_t>(i)];
             *count = k;
