@@ -13,6 +13,8 @@
  * needed), the convolution writes NCHW into the workspace, and the epilogue
  * transposes it into y with the bias and activation: two extra passes over
  * the activations, which AUTO weighs by measuring. */
+#include <stdio.h>
+
 #include "algo.h"
 #include "context.h"
 #include "error.h"
@@ -47,7 +49,13 @@ static condconv_status grouped_prepare(const struct condconv_layer *layer, const
     shape.k = n * info->out_channels;
     shape.groups = n * info->groups;
     const int want_fused = info->has_bias && info->activation == CONDCONV_ACTIVATION_RELU && !state->transpose_out;
-    CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, want_fused, scratch, &state->conv, func));
+    if (state->variant == 1) {
+        /* The candidate: cuDNN's graph API (no fused bias + ReLU: the epilogue adds them). */
+        CC_TRY(cc_cudnn_conv_create_graph(layer->ctx, &shape, math, select, scratch, &state->conv, func));
+        snprintf(state->variant_name, sizeof state->variant_name, "graph");
+    } else {
+        CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, want_fused, scratch, &state->conv, func));
+    }
     state->has_conv = 1;
     cc_cudnn_conv_describe(&state->conv, state->backend, sizeof state->backend);
 
@@ -79,5 +87,17 @@ static condconv_status grouped_run(const struct condconv_layer *layer, const cc_
     return cc_run_bias_activation(layer, geom, state, buffers, biases, func);
 }
 
+/* Variant 1 (a candidate, issue 19): the convolution through cuDNN's graph
+ * API (cudnn_graph.h), whose engine heuristics reach the grouped kernels
+ * PyTorch runs for the batch as groups; AUTO times it against the legacy
+ * API's algorithms a GPU measured. */
+static int grouped_variants(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math)
+{
+    (void)layer;
+    (void)geom;
+    (void)math;
+    return 2;
+}
+
 const cc_algo_ops cc_algo_cudnn_grouped = {
-    CONDCONV_ALGO_CUDNN_GROUPED, grouped_check, grouped_prepare, grouped_run, NULL, 1};
+    CONDCONV_ALGO_CUDNN_GROUPED, grouped_check, grouped_prepare, grouped_run, grouped_variants, 1};

@@ -9,6 +9,7 @@
  * so each expert's output is rounded once before the combination sums
  * them in f32. */
 #include <limits.h>
+#include <stdio.h>
 
 #include "algo.h"
 #include "context.h"
@@ -44,7 +45,13 @@ static condconv_status mixture_prepare(const struct condconv_layer *layer, const
     shape.c = info->in_channels;
     shape.k = info->num_experts * info->out_channels;
     shape.groups = info->groups;
-    CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, 0, scratch, &state->conv, func));
+    if (state->variant == 1) {
+        /* The candidate: cuDNN's graph API. */
+        CC_TRY(cc_cudnn_conv_create_graph(layer->ctx, &shape, math, select, scratch, &state->conv, func));
+        snprintf(state->variant_name, sizeof state->variant_name, "graph");
+    } else {
+        CC_TRY(cc_cudnn_conv_create(layer->ctx, &shape, math, select, 0, scratch, &state->conv, func));
+    }
     state->has_conv = 1;
     cc_cudnn_conv_describe(&state->conv, state->backend, sizeof state->backend);
 
@@ -79,4 +86,15 @@ static condconv_status mixture_run(const struct condconv_layer *layer, const cc_
     return cc_cuda_status(err, "cc_launch_mixture_combine", func);
 }
 
-const cc_algo_ops cc_algo_mixture = {CONDCONV_ALGO_MIXTURE, mixture_check, mixture_prepare, mixture_run, NULL, 0};
+/* Variant 1 (a candidate, issue 19): the static convolution through cuDNN's
+ * graph API (cudnn_graph.h); AUTO times it against the legacy API. */
+static int mixture_variants(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math)
+{
+    (void)layer;
+    (void)geom;
+    (void)math;
+    return 2;
+}
+
+const cc_algo_ops cc_algo_mixture = {CONDCONV_ALGO_MIXTURE, mixture_check,    mixture_prepare,
+                                     mixture_run,           mixture_variants, 0};

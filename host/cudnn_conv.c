@@ -1,7 +1,8 @@
 /* cuDNN convolution setup and execution for the algorithms built on cuDNN.
  * The legacy cudnnConvolution* API (deprecated in cuDNN 9, still shipped) is
  * used because it expresses grouped convolution, Find/Get algorithm choice
- * and fused bias + ReLU directly; moving to the graph API is future work. */
+ * and fused bias + ReLU directly; the graph API (cudnn_graph.c) is a
+ * candidate beside it (cc_cudnn_conv_create_graph), timed by AUTO. */
 #include "cudnn_conv.h"
 
 #include <stdio.h>
@@ -17,6 +18,7 @@
 
 void cc_cudnn_conv_destroy(cc_cudnn_conv *conv)
 {
+    if (conv->use_graph) cc_cudnn_graph_destroy(&conv->graph);
     if (conv->x_desc) (void)cudnnDestroyTensorDescriptor(conv->x_desc);
     if (conv->y_desc) (void)cudnnDestroyTensorDescriptor(conv->y_desc);
     if (conv->bias_desc) (void)cudnnDestroyTensorDescriptor(conv->bias_desc);
@@ -215,9 +217,23 @@ condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape
     return st;
 }
 
+condconv_status cc_cudnn_conv_create_graph(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
+                                           condconv_algo_select select, cc_scratch *scratch, cc_cudnn_conv *conv,
+                                           const char *func)
+{
+    memset(conv, 0, sizeof *conv);
+    conv->use_graph = 1;
+    conv->dtype = shape->dtype;
+    CC_TRY(cc_cudnn_graph_create(ctx, shape, math, select, scratch, &conv->graph, func));
+    conv->workspace_bytes = conv->graph.workspace_bytes;
+    conv->measured_ms = conv->graph.measured_ms;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
 condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const void *x, const void *w,
                                   const float *bias, void *y, void *workspace, const char *func)
 {
+    if (conv->use_graph) return cc_cudnn_graph_run(ctx, &conv->graph, x, w, y, workspace, func);
     const float one = 1.0f, zero = 0.0f;
     if (conv->fused_bias_relu) {
         /* z = y with alpha2 = 0: cuDNN's documented way to have no residual. */
@@ -252,6 +268,10 @@ const char *cc_cudnn_fwd_algo_name(cudnnConvolutionFwdAlgo_t a)
 
 void cc_cudnn_conv_describe(const cc_cudnn_conv *conv, char *out, size_t out_len)
 {
+    if (conv->use_graph) {
+        cc_cudnn_graph_describe(&conv->graph, out, out_len);
+        return;
+    }
     /* FMA is strict f32; DEFAULT lets cuDNN use TF32 tensor cores; the
      * TENSOR_OP variants are never chosen for f32 data here. */
     const char *math = conv->math_type == CUDNN_FMA_MATH       ? "fma"

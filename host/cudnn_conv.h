@@ -8,6 +8,7 @@
 #include <cudnn.h>
 
 #include "condconv.h"
+#include "cudnn_graph.h"
 #include "scratch.h"
 
 typedef struct cc_conv_shape {
@@ -31,6 +32,11 @@ typedef struct cc_cudnn_conv {
     size_t workspace_bytes;
     int fused_bias_relu; /* run as cudnnConvolutionBiasActivationForward with a [1][k][1][1] bias */
     float measured_ms;   /* cudnnFind's time for the chosen algorithm, < 0 when not measured */
+    /* The graph-API candidate (cc_cudnn_conv_create_graph): when set, run,
+     * describe and destroy go to `graph` and the legacy fields are unused
+     * but for dtype and workspace_bytes. */
+    int use_graph;
+    cc_cudnn_graph graph;
 } cc_cudnn_conv;
 
 /* Creates the descriptors and chooses the algorithm. want_bias_relu asks
@@ -40,6 +46,12 @@ typedef struct cc_cudnn_conv {
 condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
                                      condconv_algo_select select, int want_bias_relu, cc_scratch *scratch,
                                      cc_cudnn_conv *conv, const char *func);
+
+/* The same convolution through cuDNN's graph API (cudnn_graph.h), no fused
+ * bias + ReLU: a candidate that AUTO times beside the legacy path. */
+condconv_status cc_cudnn_conv_create_graph(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
+                                           condconv_algo_select select, cc_scratch *scratch, cc_cudnn_conv *conv,
+                                           const char *func);
 
 /* y = conv(x, w), or y = relu(conv(x, w) + bias) when fused_bias_relu. */
 condconv_status cc_cudnn_conv_run(condconv_context_t ctx, const cc_cudnn_conv *conv, const void *x, const void *w,

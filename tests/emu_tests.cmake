@@ -203,6 +203,10 @@ foreach(t forward formats faults devices staging libs auto)
   # run under TSan; the CI guard runs these under ASan only (emu_e2e).
   set_tests_properties(test_emu_${t} PROPERTIES LABELS "cpu;emu;emu_e2e")
 endforeach()
+# The cuDNN graph-API candidate through the algorithms' ops (host-internal headers).
+cc_emu_test(test_emu_graph cc_cpu_test_util)
+target_include_directories(test_emu_graph PRIVATE ${CC_EMU_HOST_DIR} ${CC_EMU_KERNEL_DIR})
+set_tests_properties(test_emu_graph PROPERTIES LABELS "cpu;emu;emu_e2e")
 
 # The layer's own checks, on small deliberately wrong kernels.
 set(cc_emu_selftest_cpp ${CMAKE_CURRENT_BINARY_DIR}/cuda_cpu_src/selftest_kernels.cpp)

@@ -33,6 +33,8 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <set>
 #include <vector>
 
 #include "runtime.h"
@@ -848,6 +850,562 @@ const char *cublasGetStatusName(cublasStatus_t status)
 }
 
 const char *cublasGetStatusString(cublasStatus_t status) { return cublasGetStatusName(status); }
+
+} // extern "C"
+// NOLINTEND(readability-inconsistent-declaration-parameter-name)
+
+// --- cuDNN's graph (backend) API -------------------------------------------------------------------------
+// The subset condconv's host/cudnn_graph.c uses, as the cuDNN backend API
+// reference describes it: tensor, convolution, convolution-forward
+// operation, operation graph, engine heuristics, engine config, engine,
+// execution plan and variant pack descriptors; SetAttribute, GetAttribute,
+// Finalize, Execute, Destroy. A descriptor set as an attribute of another is
+// copied (cuDNN copies it too), so it may be destroyed after. Any attribute
+// not listed for a descriptor's type, a wrong attribute type or element
+// count, or a setting after Finalize, is BAD_PARAM, so that a misuse in
+// the host code is caught. The engines offered are the emulation's own
+// (kEngines): FFT and tensor-core engines that take every problem, so that
+// the host's filter of numerical notes must refuse them in strict f32, and
+// a plain one (no notes) that takes filters up to 5x5 only, so that a shape
+// exists with no engine strict f32 may run. Heuristics mode A offers the
+// plain engine for ungrouped problems only, mode B always, so that the host
+// code's fall-back to mode B is reached. Execute computes exactly like the
+// legacy calls (double accumulation, one rounding), in stream order.
+namespace {
+
+struct backend_desc;
+using backend_ptr = std::shared_ptr<backend_desc>;
+
+struct backend_desc {
+    // Pointers and 8-byte members first (no padding between them).
+    backend_ptr x, w, y, conv;  // convolution forward operation: copies of its tensors and convolution
+    backend_ptr op, graph, cfg; // operation graph (op); heuristics, engine, engine config, plan (graph); plan (cfg)
+    std::vector<int64_t> dims, strides;                // tensor
+    std::vector<int64_t> pre, post, fstride, dilation; // convolution
+    std::vector<int64_t> results;                      // heuristics: engine indices, best first
+    std::vector<int64_t> uids;                         // variant pack
+    std::vector<void *> ptrs;
+    cudnnHandle_t handle = nullptr;
+    void *workspace_ptr = nullptr;
+    int64_t uid = 0, alignment = 0; // tensor
+    int64_t spatial = 0;            // convolution
+    int64_t engine = -1;            // engine, engine config, plan
+    size_t workspace = 0;           // plan
+    double alpha = 0.0, beta = 0.0; // operation
+    cudnnBackendDescriptorType_t type;
+    cudnnDataType_t dtype = CUDNN_DATA_FLOAT; // tensor
+    cudnnDataType_t comp = CUDNN_DATA_FLOAT;  // convolution
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    cudnnBackendHeurMode_t heur_mode = CUDNN_HEUR_MODE_A;
+    bool finalized = false;
+    bool has_dtype = false, has_uid = false;  // tensor
+    bool has_comp = false, has_mode = false;  // convolution
+    bool has_alpha = false, has_beta = false; // operation
+    bool has_heur_mode = false;               // heuristics
+    bool has_workspace = false;               // variant pack
+
+    explicit backend_desc(cudnnBackendDescriptorType_t t) : type(t) {}
+};
+
+std::set<backend_desc *> &live_backend()
+{
+    static std::set<backend_desc *> live;
+    return live;
+}
+
+backend_desc *as_backend(cudnnBackendDescriptor_t d)
+{
+    auto *p = static_cast<backend_desc *>(d);
+    return live_backend().count(p) != 0 ? p : nullptr;
+}
+
+struct emu_engine {
+    int64_t index;
+    int note_count;
+    cudnnBackendNumericalNote_t notes[2]; // the first note_count hold
+};
+constexpr emu_engine kEngines[] = {
+    {1, 1, {CUDNN_NUMERICAL_NOTE_FFT, CUDNN_NUMERICAL_NOTE_FFT}},
+    {12, 1, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE, CUDNN_NUMERICAL_NOTE_TENSOR_CORE}},
+    {0, 0, {CUDNN_NUMERICAL_NOTE_TENSOR_CORE, CUDNN_NUMERICAL_NOTE_TENSOR_CORE}},
+};
+
+const emu_engine *find_engine(int64_t index)
+{
+    for (const emu_engine &e : kEngines)
+        if (e.index == index) return &e;
+    return nullptr;
+}
+
+// The legacy structs of a finalized operation's tensors and convolution.
+bool packed_format(const backend_desc &t, cudnnTensorFormat_t *format)
+{
+    const std::vector<int64_t> &d = t.dims, &s = t.strides;
+    if (s[0] == d[1] * d[2] * d[3] && s[1] == d[2] * d[3] && s[2] == d[3] && s[3] == 1) {
+        *format = CUDNN_TENSOR_NCHW;
+        return true;
+    }
+    if (s[0] == d[1] * d[2] * d[3] && s[1] == 1 && s[2] == d[3] * d[1] && s[3] == d[1]) {
+        *format = CUDNN_TENSOR_NHWC;
+        return true;
+    }
+    return false;
+}
+
+cudnnTensorStruct tensor_of(const backend_desc &t)
+{
+    cudnnTensorStruct r;
+    r.set = packed_format(t, &r.format);
+    r.type = t.dtype;
+    r.n = static_cast<int>(t.dims[0]);
+    r.c = static_cast<int>(t.dims[1]);
+    r.h = static_cast<int>(t.dims[2]);
+    r.w = static_cast<int>(t.dims[3]);
+    return r;
+}
+
+cudnnFilterStruct filter_of(const backend_desc &t)
+{
+    const cudnnTensorStruct s = tensor_of(t);
+    cudnnFilterStruct f;
+    f.set = s.set;
+    f.format = s.format;
+    f.type = s.type;
+    f.k = s.n;
+    f.c = s.c;
+    f.h = s.h;
+    f.w = s.w;
+    return f;
+}
+
+cudnnConvolutionStruct conv_of(const backend_desc &op)
+{
+    const backend_desc &c = *op.conv;
+    cudnnConvolutionStruct r;
+    r.set = true;
+    r.pad_h = static_cast<int>(c.pre[0]);
+    r.pad_w = static_cast<int>(c.pre[1]);
+    r.u = static_cast<int>(c.fstride[0]);
+    r.v = static_cast<int>(c.fstride[1]);
+    r.dil_h = static_cast<int>(c.dilation[0]);
+    r.dil_w = static_cast<int>(c.dilation[1]);
+    // At least 1: a filter with more channels than x is refused by
+    // check_problem (channels = filter channels x groups), not divided by.
+    r.groups = std::max(1, op.w->dims[1] > 0 ? static_cast<int>(op.x->dims[1] / op.w->dims[1]) : 1);
+    r.mode = c.mode;
+    r.compute = c.comp;
+    r.math = CUDNN_FMA_MATH;
+    return r;
+}
+
+// Whether an engine takes the graph's problem, and its workspace.
+bool engine_applies(int64_t index, const backend_desc &graph, size_t *workspace)
+{
+    const backend_desc &op = *graph.op;
+    const cudnnFilterStruct w = filter_of(*op.w);
+    const size_t e = elem_size(cudnn_elem(op.x->dtype));
+    const size_t patch = static_cast<size_t>(w.c) * w.h * w.w;
+    switch (index) {
+    case 1: // FFT: the transformed input and filters
+        *workspace = sizeof(float) * 2 *
+                     (static_cast<size_t>(op.x->dims[0] * op.x->dims[1]) + static_cast<size_t>(w.k) * w.c) *
+                     static_cast<size_t>(op.x->dims[2] + 2 * op.conv->pre[0]) *
+                     static_cast<size_t>(op.x->dims[3] + 2 * op.conv->pre[1]);
+        return true;
+    case 12: // tensor cores: the filters repacked
+        *workspace = e * static_cast<size_t>(w.k) * patch;
+        return true;
+    case 0: // plain: filters up to 5x5, precomputed offsets
+        *workspace = sizeof(int) * (patch + 64);
+        return w.h <= 5 && w.w <= 5;
+    default: return false;
+    }
+}
+
+bool is_heur_mode(cudnnBackendHeurMode_t m)
+{
+    return m == CUDNN_HEUR_MODE_INSTANT || m == CUDNN_HEUR_MODE_B || m == CUDNN_HEUR_MODE_FALLBACK ||
+           m == CUDNN_HEUR_MODE_A;
+}
+
+const auto kOperationGraphHandle = static_cast<cudnnBackendAttributeName_t>(800); // deprecated name in 9.19
+const auto kExecutionPlanHandle = static_cast<cudnnBackendAttributeName_t>(400);
+
+// A finalized descriptor of the given type, copied (as cuDNN copies it).
+cudnnStatus_t take_desc(cudnnBackendAttributeType_t type, int64_t count, const void *values,
+                        cudnnBackendDescriptorType_t want, backend_ptr *out)
+{
+    if (type != CUDNN_TYPE_BACKEND_DESCRIPTOR || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    const backend_desc *src = as_backend(*static_cast<const cudnnBackendDescriptor_t *>(values));
+    if (src == nullptr || src->type != want || !src->finalized) return CUDNN_STATUS_BAD_PARAM;
+    *out = std::make_shared<backend_desc>(*src);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t take_int64s(cudnnBackendAttributeType_t type, int64_t count, const void *values, int64_t min_count,
+                          int64_t max_count, std::vector<int64_t> *out)
+{
+    if (type != CUDNN_TYPE_INT64 || count < min_count || count > max_count || values == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const auto *v = static_cast<const int64_t *>(values);
+    out->assign(v, v + count);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t take_int64(cudnnBackendAttributeType_t type, int64_t count, const void *values, int64_t *out)
+{
+    std::vector<int64_t> v;
+    const cudnnStatus_t st = take_int64s(type, count, values, 1, 1, &v);
+    if (st == CUDNN_STATUS_SUCCESS) *out = v[0];
+    return st;
+}
+
+cudnnStatus_t take_scale(cudnnBackendAttributeType_t type, int64_t count, const void *values, double *out)
+{
+    if (count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    if (type == CUDNN_TYPE_FLOAT)
+        *out = *static_cast<const float *>(values);
+    else if (type == CUDNN_TYPE_DOUBLE)
+        *out = *static_cast<const double *>(values);
+    else
+        return CUDNN_STATUS_BAD_PARAM;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t take_handle(cudnnBackendAttributeType_t type, int64_t count, const void *values, cudnnHandle_t *out)
+{
+    if (type != CUDNN_TYPE_HANDLE || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    *out = *static_cast<const cudnnHandle_t *>(values);
+    return *out != nullptr ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_BAD_PARAM;
+}
+
+cudnnStatus_t set_backend(backend_desc &d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
+                          int64_t count, const void *values)
+{
+    switch (d.type) {
+    case CUDNN_BACKEND_TENSOR_DESCRIPTOR:
+        switch (name) {
+        case CUDNN_ATTR_TENSOR_DATA_TYPE:
+            if (type != CUDNN_TYPE_DATA_TYPE || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+            d.dtype = *static_cast<const cudnnDataType_t *>(values);
+            d.has_dtype = true;
+            return CUDNN_STATUS_SUCCESS;
+        case CUDNN_ATTR_TENSOR_DIMENSIONS: return take_int64s(type, count, values, 1, CUDNN_DIM_MAX, &d.dims);
+        case CUDNN_ATTR_TENSOR_STRIDES: return take_int64s(type, count, values, 1, CUDNN_DIM_MAX, &d.strides);
+        case CUDNN_ATTR_TENSOR_UNIQUE_ID: d.has_uid = true; return take_int64(type, count, values, &d.uid);
+        case CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT: return take_int64(type, count, values, &d.alignment);
+        default: return CUDNN_STATUS_BAD_PARAM;
+        }
+    case CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR:
+        switch (name) {
+        case CUDNN_ATTR_CONVOLUTION_COMP_TYPE:
+            if (type != CUDNN_TYPE_DATA_TYPE || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+            d.comp = *static_cast<const cudnnDataType_t *>(values);
+            d.has_comp = true;
+            return CUDNN_STATUS_SUCCESS;
+        case CUDNN_ATTR_CONVOLUTION_CONV_MODE:
+            if (type != CUDNN_TYPE_CONVOLUTION_MODE || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+            d.mode = *static_cast<const cudnnConvolutionMode_t *>(values);
+            d.has_mode = true;
+            return CUDNN_STATUS_SUCCESS;
+        case CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS: return take_int64(type, count, values, &d.spatial);
+        case CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS: return take_int64s(type, count, values, 1, CUDNN_DIM_MAX, &d.pre);
+        case CUDNN_ATTR_CONVOLUTION_POST_PADDINGS: return take_int64s(type, count, values, 1, CUDNN_DIM_MAX, &d.post);
+        case CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES:
+            return take_int64s(type, count, values, 1, CUDNN_DIM_MAX, &d.fstride);
+        case CUDNN_ATTR_CONVOLUTION_DILATIONS: return take_int64s(type, count, values, 1, CUDNN_DIM_MAX, &d.dilation);
+        default: return CUDNN_STATUS_BAD_PARAM;
+        }
+    case CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR:
+        switch (name) {
+        case CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X:
+            return take_desc(type, count, values, CUDNN_BACKEND_TENSOR_DESCRIPTOR, &d.x);
+        case CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W:
+            return take_desc(type, count, values, CUDNN_BACKEND_TENSOR_DESCRIPTOR, &d.w);
+        case CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y:
+            return take_desc(type, count, values, CUDNN_BACKEND_TENSOR_DESCRIPTOR, &d.y);
+        case CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC:
+            return take_desc(type, count, values, CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, &d.conv);
+        case CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA:
+            d.has_alpha = true;
+            return take_scale(type, count, values, &d.alpha);
+        case CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA:
+            d.has_beta = true;
+            return take_scale(type, count, values, &d.beta);
+        default: return CUDNN_STATUS_BAD_PARAM;
+        }
+    case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR:
+        if (name == CUDNN_ATTR_OPERATIONGRAPH_OPS)
+            return take_desc(type, count, values, CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, &d.op);
+        if (name == kOperationGraphHandle) return take_handle(type, count, values, &d.handle);
+        return CUDNN_STATUS_BAD_PARAM;
+    case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR:
+        if (name == CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH)
+            return take_desc(type, count, values, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, &d.graph);
+        if (name == CUDNN_ATTR_ENGINEHEUR_MODE) {
+            if (type != CUDNN_TYPE_HEUR_MODE || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+            d.heur_mode = *static_cast<const cudnnBackendHeurMode_t *>(values);
+            d.has_heur_mode = is_heur_mode(d.heur_mode);
+            return d.has_heur_mode ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_BAD_PARAM;
+        }
+        return CUDNN_STATUS_BAD_PARAM;
+    case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+        if (name == CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG)
+            return take_desc(type, count, values, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &d.cfg);
+        if (name == kExecutionPlanHandle) return take_handle(type, count, values, &d.handle);
+        return CUDNN_STATUS_BAD_PARAM;
+    case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR:
+        switch (name) {
+        case CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS: return take_int64s(type, count, values, 1, 64, &d.uids);
+        case CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS: {
+            if (type != CUDNN_TYPE_VOID_PTR || count < 1 || count > 64 || values == nullptr)
+                return CUDNN_STATUS_BAD_PARAM;
+            const auto *p = static_cast<void *const *>(values);
+            d.ptrs.assign(p, p + count);
+            return CUDNN_STATUS_SUCCESS;
+        }
+        case CUDNN_ATTR_VARIANT_PACK_WORKSPACE:
+            if (type != CUDNN_TYPE_VOID_PTR || count != 1 || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+            d.workspace_ptr = *static_cast<void *const *>(values);
+            d.has_workspace = true;
+            return CUDNN_STATUS_SUCCESS;
+        default: return CUDNN_STATUS_BAD_PARAM;
+        }
+    default: return CUDNN_STATUS_BAD_PARAM; // engine and engine config descriptors are filled by GetAttribute
+    }
+}
+
+bool data_type_ok(cudnnDataType_t t)
+{
+    return t == CUDNN_DATA_FLOAT || t == CUDNN_DATA_HALF || t == CUDNN_DATA_BFLOAT16;
+}
+
+cudnnStatus_t finalize_backend(backend_desc &d)
+{
+    switch (d.type) {
+    case CUDNN_BACKEND_TENSOR_DESCRIPTOR: {
+        if (!d.has_dtype || !d.has_uid || d.dims.empty() || d.dims.size() != d.strides.size() || d.alignment <= 0 ||
+            (d.alignment & (d.alignment - 1)) != 0)
+            return CUDNN_STATUS_BAD_PARAM;
+        for (size_t i = 0; i < d.dims.size(); ++i)
+            if (d.dims[i] <= 0 || d.strides[i] <= 0) return CUDNN_STATUS_BAD_PARAM;
+        cudnnTensorFormat_t f;
+        // The emulation takes 4-d packed NCHW or NHWC tensors, what condconv sets.
+        if (!data_type_ok(d.dtype) || d.dims.size() != 4 || !packed_format(d, &f)) return CUDNN_STATUS_NOT_SUPPORTED;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR: {
+        const auto n = static_cast<size_t>(d.spatial);
+        if (!d.has_comp || !d.has_mode || d.spatial < 1 || d.pre.size() != n || d.post.size() != n ||
+            d.fstride.size() != n || d.dilation.size() != n)
+            return CUDNN_STATUS_BAD_PARAM;
+        for (size_t i = 0; i < n; ++i)
+            if (d.pre[i] < 0 || d.post[i] < 0 || d.fstride[i] < 1 || d.dilation[i] < 1) return CUDNN_STATUS_BAD_PARAM;
+        // The emulation: 2-d, symmetric padding (what condconv sets).
+        if (n != 2 || d.pre != d.post) return CUDNN_STATUS_NOT_SUPPORTED;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR: {
+        if (!d.x || !d.w || !d.y || !d.conv || !d.has_alpha || !d.has_beta) return CUDNN_STATUS_BAD_PARAM;
+        if (d.x->uid == d.w->uid || d.x->uid == d.y->uid || d.w->uid == d.y->uid) return CUDNN_STATUS_BAD_PARAM;
+        if (d.w->dims[1] <= 0 || d.x->dims[1] % d.w->dims[1] != 0) return CUDNN_STATUS_BAD_PARAM;
+        const cudnnTensorStruct x = tensor_of(*d.x), y = tensor_of(*d.y);
+        const cudnnFilterStruct w = filter_of(*d.w);
+        const cudnnConvolutionStruct c = conv_of(d);
+        return check_problem(&x, &w, &c, &y);
+    }
+    case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: return d.op ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_BAD_PARAM;
+    case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR: {
+        if (!d.graph || !d.has_heur_mode) return CUDNN_STATUS_BAD_PARAM;
+        const bool grouped = d.graph->op->x->dims[1] != d.graph->op->w->dims[1];
+        d.results.clear();
+        for (const emu_engine &e : kEngines)
+            if (e.index != 0 || d.heur_mode != CUDNN_HEUR_MODE_A || !grouped) d.results.push_back(e.index);
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: {
+        if (!d.cfg || !d.cfg->graph) return CUDNN_STATUS_BAD_PARAM;
+        if (!engine_applies(d.cfg->engine, *d.cfg->graph, &d.workspace)) return CUDNN_STATUS_NOT_SUPPORTED;
+        d.graph = d.cfg->graph;
+        d.engine = d.cfg->engine;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR:
+        return !d.uids.empty() && d.uids.size() == d.ptrs.size() ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_BAD_PARAM;
+    default: return CUDNN_STATUS_BAD_PARAM;
+    }
+}
+
+cudnnStatus_t get_backend(const backend_desc &d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
+                          int64_t requested, int64_t *count, void *values)
+{
+    if (!d.finalized || count == nullptr || requested < 0) return CUDNN_STATUS_BAD_PARAM;
+    switch (d.type) {
+    case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR: {
+        if (name != CUDNN_ATTR_ENGINEHEUR_RESULTS || type != CUDNN_TYPE_BACKEND_DESCRIPTOR)
+            return CUDNN_STATUS_BAD_PARAM;
+        const auto n = static_cast<int64_t>(d.results.size());
+        if (requested == 0) {
+            *count = n;
+            return CUDNN_STATUS_SUCCESS;
+        }
+        if (values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+        auto *out = static_cast<cudnnBackendDescriptor_t *>(values);
+        const int64_t k = std::min(requested, n);
+        for (int64_t i = 0; i < k; ++i) {
+            backend_desc *cfg = as_backend(out[i]);
+            if (cfg == nullptr || cfg->type != CUDNN_BACKEND_ENGINECFG_DESCRIPTOR) return CUDNN_STATUS_BAD_PARAM;
+            cfg->graph = d.graph;
+            cfg->engine = d.results[static_cast<size_t>(i)];
+            cfg->finalized = true;
+        }
+        *count = k;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_BACKEND_ENGINECFG_DESCRIPTOR: {
+        if (name != CUDNN_ATTR_ENGINECFG_ENGINE || type != CUDNN_TYPE_BACKEND_DESCRIPTOR || requested != 1 ||
+            values == nullptr)
+            return CUDNN_STATUS_BAD_PARAM;
+        backend_desc *engine = as_backend(*static_cast<cudnnBackendDescriptor_t *>(values));
+        if (engine == nullptr || engine->type != CUDNN_BACKEND_ENGINE_DESCRIPTOR) return CUDNN_STATUS_BAD_PARAM;
+        engine->graph = d.graph;
+        engine->engine = d.engine;
+        engine->finalized = true;
+        *count = 1;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    case CUDNN_BACKEND_ENGINE_DESCRIPTOR: {
+        const emu_engine *e = find_engine(d.engine);
+        if (e == nullptr || values == nullptr) return CUDNN_STATUS_BAD_PARAM;
+        if (name == CUDNN_ATTR_ENGINE_GLOBAL_INDEX && type == CUDNN_TYPE_INT64 && requested >= 1) {
+            *static_cast<int64_t *>(values) = e->index;
+            *count = 1;
+            return CUDNN_STATUS_SUCCESS;
+        }
+        if (name == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE && type == CUDNN_TYPE_NUMERICAL_NOTE) {
+            const int64_t k = std::min(requested, static_cast<int64_t>(e->note_count));
+            for (int64_t i = 0; i < k; ++i)
+                static_cast<cudnnBackendNumericalNote_t *>(values)[i] = e->notes[static_cast<size_t>(i)];
+            *count = k;
+            return CUDNN_STATUS_SUCCESS;
+        }
+        return CUDNN_STATUS_BAD_PARAM;
+    }
+    case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+        if (name != CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE || type != CUDNN_TYPE_INT64 || requested < 1 ||
+            values == nullptr)
+            return CUDNN_STATUS_BAD_PARAM;
+        *static_cast<int64_t *>(values) = static_cast<int64_t>(d.workspace);
+        *count = 1;
+        return CUDNN_STATUS_SUCCESS;
+    default: return CUDNN_STATUS_BAD_PARAM;
+    }
+}
+
+// The variant pack's pointer for a tensor's unique id, nullptr if absent.
+void *pack_pointer(const backend_desc &pack, int64_t uid, bool *found)
+{
+    for (size_t i = 0; i < pack.uids.size(); ++i)
+        if (pack.uids[i] == uid) {
+            *found = true;
+            return pack.ptrs[i];
+        }
+    *found = false;
+    return nullptr;
+}
+
+} // namespace
+
+// NOLINTBEGIN(readability-inconsistent-declaration-parameter-name)
+extern "C" {
+
+cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t type, cudnnBackendDescriptor_t *out)
+{
+    if (out == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    switch (type) {
+    case CUDNN_BACKEND_TENSOR_DESCRIPTOR:
+    case CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR:
+    case CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR:
+    case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR:
+    case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR:
+    case CUDNN_BACKEND_ENGINECFG_DESCRIPTOR:
+    case CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+    case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR:
+    case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: break;
+    default: return CUDNN_STATUS_NOT_SUPPORTED; // not emulated: condconv does not use it
+    }
+    auto *d = new backend_desc(type);
+    live_backend().insert(d);
+    cc_cpu::handle_created();
+    *out = d;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t descriptor)
+{
+    backend_desc *d = as_backend(descriptor);
+    if (d == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    live_backend().erase(d);
+    delete d;
+    cc_cpu::handle_destroyed();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t descriptor, cudnnBackendAttributeName_t name,
+                                       cudnnBackendAttributeType_t type, int64_t count, const void *values)
+{
+    backend_desc *d = as_backend(descriptor);
+    if (d == nullptr || d->finalized) return CUDNN_STATUS_BAD_PARAM;
+    return set_backend(*d, name, type, count, values);
+}
+
+cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const descriptor, cudnnBackendAttributeName_t name,
+                                       cudnnBackendAttributeType_t type, int64_t requested, int64_t *count,
+                                       void *values)
+{
+    const backend_desc *d = as_backend(descriptor);
+    if (d == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    return get_backend(*d, name, type, requested, count, values);
+}
+
+cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t descriptor)
+{
+    backend_desc *d = as_backend(descriptor);
+    if (d == nullptr || d->finalized) return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = finalize_backend(*d);
+    if (st == CUDNN_STATUS_SUCCESS) d->finalized = true;
+    return st;
+}
+
+// Checks the pack against the plan's graph (every tensor's id present, its
+// pointer device memory covering the tensor and aligned as the tensor's
+// byte alignment says, the workspace covering the plan's size), then runs
+// y = alpha conv(x, w) + beta y in stream order, the workspace overwritten.
+cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t plan_desc,
+                                  cudnnBackendDescriptor_t pack_desc)
+{
+    const backend_desc *plan = as_backend(plan_desc), *pack = as_backend(pack_desc);
+    if (handle == nullptr || plan == nullptr || pack == nullptr || !plan->finalized || !pack->finalized ||
+        plan->type != CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR || pack->type != CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)
+        return CUDNN_STATUS_BAD_PARAM;
+    const backend_desc &op = *plan->graph->op;
+    const char *call = "cudnnBackendExecute";
+    bool fx = false, fw = false, fy = false;
+    void *x = pack_pointer(*pack, op.x->uid, &fx), *w = pack_pointer(*pack, op.w->uid, &fw);
+    void *y = pack_pointer(*pack, op.y->uid, &fy);
+    if (!fx || !fw || !fy || pack->uids.size() != 3) return CUDNN_STATUS_BAD_PARAM;
+    if (plan->workspace > 0 && (!pack->has_workspace || pack->workspace_ptr == nullptr)) return CUDNN_STATUS_BAD_PARAM;
+    conv_job job{tensor_of(*op.x), tensor_of(*op.y),    filter_of(*op.w), conv_of(op),
+                 conv_call{},      pack->workspace_ptr, plan->workspace};
+    const size_t e = elem_size(cudnn_elem(op.x->dtype));
+    check_range(call, "x", x, e * tensor_elems(job.x), static_cast<size_t>(op.x->alignment));
+    check_range(call, "w", w, e * filter_elems(job.w), static_cast<size_t>(op.w->alignment));
+    check_range(call, "y", y, e * tensor_elems(job.y), static_cast<size_t>(op.y->alignment));
+    check_range(call, "workspace", pack->workspace_ptr, plan->workspace, 1);
+    job.c = conv_call{&job.x, &job.y, &job.w, &job.cv, x, w, y, op.alpha, op.beta};
+    return cc_cpu::enqueue(handle->stream, call, [call, job] { run_job(call, job); }) ? CUDNN_STATUS_SUCCESS
+                                                                                      : CUDNN_STATUS_EXECUTION_FAILED;
+}
 
 } // extern "C"
 // NOLINTEND(readability-inconsistent-declaration-parameter-name)
