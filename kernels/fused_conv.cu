@@ -23,7 +23,9 @@
 //   2. stage the 16 x BN input tile: 16-byte loads for a 1x1 stride-1
 //      unpadded NCHW layer with P % 4 == 0 and an aligned x, else 4-byte
 //      loads from window origins computed once per thread, zeros outside the
-//      image (NHWC always: a step's 16 rows are 16 adjacent channels of a pixel).
+//      image (NHWC always: a step's 16 rows are 16 adjacent channels of a pixel;
+//      with config.nhwc_loader = 1, the candidate x_loader_nhwc_cm reads them
+//      channel-fastest, 16 bytes at a time where aligned: see there).
 //   3. product: a thread owns 8 output channels x 1 or 2 quads (8x4 or 8x8
 //      outputs in registers) and reads 16-byte fragments of its sample's
 //      mixed tile and of the input tile.
@@ -34,7 +36,8 @@
 // loaded after the product, in groups, with the partial mixes kept in shared
 // memory. Epilogue: + per-sample bias (mixed from the expert biases in the
 // prologue), activation (cc_activate), 16-byte stores where aligned (NCHW;
-// NHWC y[n][p][o] takes scalar stores, a quad's pixels being Cout apart).
+// NHWC y[n][p][o] takes scalar stores, a quad's pixels being Cout apart;
+// nhwc_loader 1 stores a pixel's 8 channels, 16 bytes at a time where aligned).
 //
 // Split-K (config.splits > 1) cuts K into ranges when the output tiles do
 // not fill the GPU (7x7 layers, even at batch 128: 1152->192 has 78 tiles of
@@ -46,7 +49,8 @@
 // partials are laid out as an NCHW y whatever the layout.
 //
 // Tile instances, each in the NCHW 16-byte and window input paths and the
-// NHWC window path (12 kernels; the layout is a template parameter):
+// NHWC window path, and the NHWC channel-major candidate (16 kernels; the
+// layout and the NHWC loader are template parameters):
 //   64x256  256 thr, 8x8/thread, 1 block/SM (~225 regs: 8 experts and the
 //           input prefetched). Least L2 traffic: 4*(E/256 + 1/64) B/FMA.
 //   64x128  256 thr, 8x4, 2 blocks/SM (<= 128 regs, 4 experts prefetched):
@@ -142,6 +146,7 @@ struct fused_params {
     int h, w, out_w, p, gp;
     int kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
     int qb, s_cap, m_tiles, activation, vec_out;
+    int nhwc_vec_x, nhwc_vec_y; // nhwc_loader 1 only: 16-byte x loads, 16-byte y stores
 };
 
 // Tile geometry. kQPT quads per thread: 8x8 (2) or 8x4 (1) outputs.
@@ -187,6 +192,7 @@ __device__ __forceinline__ void fma4(float4 &acc, float a, const float4 &w)
 // consecutive pixels: coalesced along x rows in NCHW, Cin floats apart in NHWC.
 template <int kBN, int kThreads, int kLayout>
 struct x_loader_window {
+    static constexpr bool kSwizzled = false; // the input tile is plain [kBK][kBN]
     static constexpr bool kNhwc = kLayout == CC_LAYOUT_NHWC;
     static constexpr int kRows = kBK * kBN / kThreads; // rows per thread
     static constexpr int kRowStep = kThreads / kBN;    // threads per column
@@ -241,6 +247,7 @@ struct x_loader_window {
 // kBN/4 consecutive threads read one row of quads.
 template <int kBN, int kThreads>
 struct x_loader_vec {
+    static constexpr bool kSwizzled = false;
     static constexpr int kQuads = kBN / 4;
     static constexpr int kRowStep = kThreads / kQuads;
     static constexpr int kPasses = kBK / kRowStep;
@@ -275,6 +282,143 @@ struct x_loader_vec {
     {
 #pragma unroll
         for (int j = 0; j < kPasses; ++j) *reinterpret_cast<float4 *>(bs + (r0 + j * kRowStep) * kBN + 4 * lq) = v[j];
+    }
+};
+
+// Column swizzle of the input tile for x_loader_nhwc_cm: row r's column c is
+// stored at c ^ nhwc_swizzle(r), an XOR of column bit 4 (whole quads, so the
+// product's 16-byte reads stay aligned and within their 32-float group).
+__host__ __device__ constexpr int nhwc_swizzle(int r) { return ((r >> 2) & 1) << 4; }
+
+// x_loader_nhwc_cm keeps a window origin's coordinates + this in 16 bits
+// each: both must lie in [-kOriginBias, kOriginBias).
+constexpr int kOriginBias = 1 << 15;
+
+// Input tile loader for NHWC, channel-major: nhwc_loader 1, a CANDIDATE of
+// issue 19 that AUTO times against x_loader_window (nhwc_loader 0) at
+// prepare on the user's GPU; no GPU has measured it yet, so it never
+// replaces loader 0 and is never chosen without that measurement.
+//
+// Why it should be faster. A K step's 16 rows are 16 adjacent channels of
+// one tap, i.e. 64 contiguous bytes of each pixel in NHWC. x_loader_window
+// gives consecutive threads consecutive pixels: one warp request reads one
+// float from each of 32 pixels Cin floats apart, 32 sectors (32 B) for 128
+// useful bytes, and a thread issues 16 such requests per step (64x256):
+// 512 sector lookups (and 16 load instructions per thread) per warp and
+// step for 2 KiB. Here two consecutive lanes share a pixel, lane h of it
+// owning channels 4h..4h+3 and 8+4h..8+4h+3: a warp request reads
+// channels 0-7 (or 8-15) of 16 pixels, 16-byte vectors, 32 contiguous
+// bytes per pixel: 16 sectors (32 when a pixel's channels are not 32-byte
+// aligned) for 512 useful bytes, and a thread issues 4 requests per step:
+// 64 sector lookups per warp and step for 2 KiB, 8x fewer, and 4x fewer
+// load instructions (LSU issue slots, L1 wavefronts). Two lanes per pixel
+// rather than four keep the per-slot window origins to 2 slots a thread
+// (4 would spill the 128-register tiles). Without 16-byte alignment (x, or
+// Cin/groups not a multiple of 4 floats: every channel offset must be)
+// the same channels are read with 4-byte loads: a request reads 2 floats
+// 16 bytes apart in one or two sectors of each of 16 pixels (16-32 sectors
+// for 128 bytes, against 32 for loader 0).
+//
+// Shared memory: the same [kBK][kBN] tile as x_loader_window, columns
+// swizzled. Unswizzled, the two lanes holding one pixel would write two
+// rows (4 apart) of one column, and a row is a multiple of 32 floats: one
+// bank, 2-way conflicts on every store. With the column XORed by
+// nhwc_swizzle(row) (bit 4 from row bit 2, which is h), a store
+// instruction's 16 pixels x 2 lanes land on 32 different banks. The
+// product reads a row's 8 consecutive quads per quarter warp (an aligned
+// 32-float group, permuted by the XOR): conflict-free as before.
+//
+// What a GPU must confirm: the time against loader 0 per shape (AUTO's
+// measurement at prepare; bench/dev/fused_dev.cu prints both); that the
+// loads stay hidden behind the product with 2 pixel slots per thread
+// instead of 1 (scripts/check-spills.sh holds every instance to 0 spill
+// bytes); and the sectors per request of the x loads and y stores in
+// Nsight Compute (l1tex__t_sectors_pipe_lsu_mem_global_op_{ld,st} /
+// l1tex__t_requests_pipe_lsu_mem_global_op_{ld,st}).
+template <int kBN, int kThreads>
+struct x_loader_nhwc_cm {
+    static constexpr bool kSwizzled = true;
+    static constexpr int kPixels = kThreads / 2;              // pixels per pass: 2 lanes per pixel
+    static constexpr int kSlots = kBK * kBN / (8 * kThreads); // pixel slots per thread, kPixels apart
+    static_assert(kSlots >= 1 && kSlots * kPixels == kBN, "whole pixels per pass");
+    static_assert(kThreads % 32 == 0 && kBN % 32 == 0, "16 pixels x 2 lanes per warp, 32-column swizzle");
+    // Registers are tight (the 32-row tiles run at 128 and the swizzled
+    // product reads need a second address), so the state is 32-bit: per
+    // slot the sample (-1 for a column past the run or its sample) and the
+    // window origin (iy0, ix0), each + kOriginBias in 16 bits
+    // (cc_fused_nhwc_loader_supported keeps them in range); the lane's
+    // column and h come from threadIdx when needed.
+    int n_[kSlots];
+    unsigned int origin[kSlots];
+    int goff;            // the group's channel 0 + this lane's 4h
+    float4 v[kSlots][2]; // channels 4h.. and 8+4h.. of the step
+
+    __device__ __forceinline__ void init(const fused_params &a, long long q0, int g, int tid)
+    {
+        const int h = tid & 1, pix0 = ((tid & 31) >> 1) + 16 * (tid >> 5);
+        goff = g * a.cin_g + 4 * h;
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j) {
+            const int c = pix0 + j * kPixels;
+            const int lq = c >> 2;
+            const long long q = q0 + lq;
+            bool ok = lq < a.qb && q < a.total_quads;
+            const long long n = ok ? q / a.gp : 0;
+            const int p = ok ? 4 * (int)(q - n * a.gp) + (c & 3) : 0;
+            ok = ok && p < a.p;
+            const int oy = p / a.out_w, ox = p - oy * a.out_w;
+            origin[j] = (unsigned int)(oy * a.stride_h - a.pad_top + kOriginBias) << 16 |
+                        (unsigned int)(ox * a.stride_w - a.pad_left + kOriginBias);
+            n_[j] = ok ? (int)n : -1;
+        }
+    }
+
+    __device__ __forceinline__ void load(const fused_params &a, int kt)
+    {
+        const int tap = kt / a.ct;
+        const int ci0 = (kt - tap * a.ct) * kBK;
+        const int ky = tap / a.kernel_w, kx = tap - ky * a.kernel_w;
+        const int dy = ky * a.dilation_h, dx = kx * a.dilation_w;
+        const int ci = ci0 + 4 * (int)(threadIdx.x & 1); // this lane's first channel in the step
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j) {
+            const int iy = (int)(origin[j] >> 16) - kOriginBias + dy;
+            const int ix = (int)(origin[j] & 0xffffu) - kOriginBias + dx;
+            const bool in = n_[j] >= 0 && iy >= 0 && iy < a.h && ix >= 0 && ix < a.w;
+            const float *src =
+                in ? a.x + ((size_t)n_[j] * (size_t)a.hw + (size_t)iy * a.w + ix) * a.cin + goff + ci0 : a.x;
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                const int cs = ci + 8 * s;
+                if (a.nhwc_vec_x) { // a kernel parameter: uniform, no register
+                    // cin_g % 4 == 0 here: 4 channels are wholly below cin_g or wholly past it.
+                    v[j][s] = (in && cs < a.cin_g) ? __ldg(reinterpret_cast<const float4 *>(src + 8 * s)) : zero4();
+                } else {
+                    v[j][s].x = (in && cs < a.cin_g) ? __ldg(src + 8 * s) : 0.0f;
+                    v[j][s].y = (in && cs + 1 < a.cin_g) ? __ldg(src + 8 * s + 1) : 0.0f;
+                    v[j][s].z = (in && cs + 2 < a.cin_g) ? __ldg(src + 8 * s + 2) : 0.0f;
+                    v[j][s].w = (in && cs + 3 < a.cin_g) ? __ldg(src + 8 * s + 3) : 0.0f;
+                }
+            }
+        }
+    }
+
+    __device__ __forceinline__ void store(float *bs) const
+    {
+        const int tid = (int)threadIdx.x, h = tid & 1, pix0 = ((tid & 31) >> 1) + 16 * (tid >> 5);
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j) {
+            const int c = pix0 + j * kPixels;
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                const int r = 4 * h + 8 * s; // rows r..r+3: all with row bit 2 = h
+                float *dst = bs + r * kBN + (c ^ nhwc_swizzle(r));
+                dst[0] = v[j][s].x;
+                dst[kBN] = v[j][s].y;
+                dst[2 * kBN] = v[j][s].z;
+                dst[3 * kBN] = v[j][s].w;
+            }
+        }
     }
 };
 
@@ -369,14 +513,24 @@ __device__ __forceinline__ float4 load_quad_cg(const float *src, bool vec, int v
     return v;
 }
 
-template <int kBM, int kBN, int kQPT, bool kVecX, int kLayout>
+// kNhwcLoader (cc_fused_config.nhwc_loader) is a template parameter, like
+// kVecX, because it fixes the input tile's shared-memory layout (swizzled
+// columns) that the product's reads must match at compile time, and the
+// loader's registers; a runtime branch would put the swizzle's index
+// arithmetic into loader 0's inner loop.
+template <int kBM, int kBN, int kQPT, bool kVecX, int kLayout, int kNhwcLoader>
 __global__ void __launch_bounds__(tile_shape<kBM, kBN, kQPT>::kThreads, tile_shape<kBM, kBN, kQPT>::kMinBlocks)
     fused_conv_kernel(const fused_params a)
 {
     using T = tile_shape<kBM, kBN, kQPT>;
     static_assert(!kVecX || kLayout == CC_LAYOUT_NCHW, "the 16-byte input path is NCHW's");
-    using loader = typename std::conditional<kVecX, x_loader_vec<kBN, T::kThreads>,
-                                             x_loader_window<kBN, T::kThreads, kLayout>>::type;
+    static_assert(kNhwcLoader == 0 || (kNhwcLoader == 1 && kLayout == CC_LAYOUT_NHWC && !kVecX),
+                  "the channel-major loader is NHWC's");
+    constexpr bool kChannelMajor = kNhwcLoader == 1;
+    using loader =
+        typename std::conditional<kChannelMajor, x_loader_nhwc_cm<kBN, T::kThreads>,
+                                  typename std::conditional<kVecX, x_loader_vec<kBN, T::kThreads>,
+                                                            x_loader_window<kBN, T::kThreads, kLayout>>::type>::type;
 
     CC_DYNAMIC_SHARED(float4, cc_fused_smem);
     __shared__ int is_last;
@@ -469,7 +623,9 @@ __global__ void __launch_bounds__(tile_shape<kBM, kBN, kQPT>::kThreads, tile_sha
             for (int j = 0; j < kQPT; ++j) {
                 lo[j] = *reinterpret_cast<const float4 *>(ab + a_off[j] + k * kBM);
                 hi[j] = *reinterpret_cast<const float4 *>(ab + a_off[j] + k * kBM + 4);
-                bv[j] = *reinterpret_cast<const float4 *>(bb + k * kBN + 4 * (qs + j * T::kQuadSlots));
+                const int col = 4 * (qs + j * T::kQuadSlots);
+                bv[j] =
+                    *reinterpret_cast<const float4 *>(bb + k * kBN + (loader::kSwizzled ? col ^ nhwc_swizzle(k) : col));
             }
 #pragma unroll
             for (int j = 0; j < kQPT; ++j) {
@@ -558,7 +714,14 @@ __global__ void __launch_bounds__(tile_shape<kBM, kBN, kQPT>::kThreads, tile_sha
             v.y = cc_activate(a.activation, v.y + b);
             v.z = cc_activate(a.activation, v.z + b);
             v.w = cc_activate(a.activation, v.w + b);
-            if (kLayout == CC_LAYOUT_NHWC) {
+            if (kChannelMajor) {
+                // Kept in registers (i and the pixel are compile-time
+                // indices): stored below, a pixel's 8 channels at once.
+                acc[j][i][0] = v.x;
+                acc[j][i][1] = v.y;
+                acc[j][i][2] = v.z;
+                acc[j][i][3] = v.w;
+            } else if (kLayout == CC_LAYOUT_NHWC) {
                 // y[n][p][channel]: the quad's pixels are Cout floats apart, scalar stores.
                 float *dst = a.y + ((size_t)n * plane + p0) * a.cout + (size_t)g * a.mg + o;
                 dst[0] = v.x;
@@ -567,6 +730,38 @@ __global__ void __launch_bounds__(tile_shape<kBM, kBN, kQPT>::kThreads, tile_sha
                 if (valid > 3) dst[3 * (size_t)a.cout] = v.w;
             } else {
                 store_quad(a.y + idx, v, a.vec_out != 0, valid);
+            }
+        }
+        if (kChannelMajor) {
+            // NHWC, channel-major (nhwc_loader 1): the thread's 8 channels of
+            // a pixel are 32 contiguous bytes of y, two 16-byte stores where
+            // Cout/groups % 4 == 0 and y is aligned (every channel offset is
+            // then a multiple of 4 floats), else 4-byte stores below Mg. A
+            // warp store request covers 16 bytes of 4 row groups in each of
+            // 8 pixels: 32 sectors for 512 bytes, the other half of each
+            // sector written by the next request, 8 requests per quad
+            // instead of the scalar path's 32 (32 sectors for 128 bytes each).
+            const int o0 = m0 + rg * 8;
+            const int left = a.mg - o0; // channels of this row group below Mg
+            if (left > 0) {
+                float *dst = a.y + ((size_t)n * plane + p0) * a.cout + (size_t)g * a.mg + o0;
+#pragma unroll
+                for (int px = 0; px < 4; ++px) {
+                    if (px >= valid) break;
+                    float *d = dst + (size_t)px * a.cout;
+                    if (a.nhwc_vec_y) {
+                        // left % 4 == 0 here: each half is wholly below Mg or past it.
+                        *reinterpret_cast<float4 *>(d) =
+                            make_float4(acc[j][0][px], acc[j][1][px], acc[j][2][px], acc[j][3][px]);
+                        if (left > 4)
+                            *reinterpret_cast<float4 *>(d + 4) =
+                                make_float4(acc[j][4][px], acc[j][5][px], acc[j][6][px], acc[j][7][px]);
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < 8; ++i)
+                            if (i < left) d[i] = acc[j][i][px];
+                    }
+                }
             }
         }
     }
@@ -679,6 +874,7 @@ void fill_config(const cc_fused_args *a, const derived &d, int tile, int qb, int
     cfg->quads_per_block = qb;
     cfg->samples_cap = samples_cap(qb, d.gp, a->n);
     cfg->splits = splits;
+    cfg->nhwc_loader = 0; // the measured loader; AUTO sets 1 to time the candidate (issue 19)
     cfg->smem_bytes = smem_bytes(tile, cfg->samples_cap, d.e_pad);
     // Shared memory per SM is the opt-in block limit plus the 1 KiB the
     // runtime reserves per block.
@@ -741,7 +937,7 @@ double model_cycles(const cc_fused_args *a, const derived &d, const cc_fused_con
 
 constexpr double kClockGHz = 1.755; // H100 SXM boost, to state the model in microseconds
 
-template <int kBM, int kBN, int kQPT, bool kVecX, int kLayout>
+template <int kBM, int kBN, int kQPT, bool kVecX, int kLayout, int kNhwcLoader>
 cudaError_t launch_instance(dim3 grid, size_t smem, cudaStream_t stream, const fused_params &p)
 {
     // Past 48 KiB a kernel needs the opt-in, per instance and device: it is
@@ -758,23 +954,26 @@ cudaError_t launch_instance(dim3 grid, size_t smem, cudaStream_t stream, const f
         size_t *slot = dev >= 0 && dev < kDevices ? &granted[dev] : nullptr;
         if (slot == nullptr || *slot < smem) {
             // The const void * overload: the templated one exists only under nvcc.
-            err =
-                cudaFuncSetAttribute(reinterpret_cast<const void *>(&fused_conv_kernel<kBM, kBN, kQPT, kVecX, kLayout>),
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            err = cudaFuncSetAttribute(
+                reinterpret_cast<const void *>(&fused_conv_kernel<kBM, kBN, kQPT, kVecX, kLayout, kNhwcLoader>),
+                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             if (err != cudaSuccess) return err;
             if (slot != nullptr) *slot = smem;
         }
     }
-    return cc_launch(fused_conv_kernel<kBM, kBN, kQPT, kVecX, kLayout>, grid,
+    return cc_launch(fused_conv_kernel<kBM, kBN, kQPT, kVecX, kLayout, kNhwcLoader>, grid,
                      dim3(tile_shape<kBM, kBN, kQPT>::kThreads), smem, stream, p);
 }
 
 template <int kBM, int kBN, int kQPT>
-cudaError_t launch_tile(int layout, bool vec_x, dim3 grid, size_t smem, cudaStream_t stream, const fused_params &p)
+cudaError_t launch_tile(int layout, bool vec_x, int nhwc_loader, dim3 grid, size_t smem, cudaStream_t stream,
+                        const fused_params &p)
 {
-    if (layout == CC_LAYOUT_NHWC) return launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NHWC>(grid, smem, stream, p);
-    return vec_x ? launch_instance<kBM, kBN, kQPT, true, CC_LAYOUT_NCHW>(grid, smem, stream, p)
-                 : launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NCHW>(grid, smem, stream, p);
+    if (layout == CC_LAYOUT_NHWC)
+        return nhwc_loader == 1 ? launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NHWC, 1>(grid, smem, stream, p)
+                                : launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NHWC, 0>(grid, smem, stream, p);
+    return vec_x ? launch_instance<kBM, kBN, kQPT, true, CC_LAYOUT_NCHW, 0>(grid, smem, stream, p)
+                 : launch_instance<kBM, kBN, kQPT, false, CC_LAYOUT_NCHW, 0>(grid, smem, stream, p);
 }
 
 } // namespace
@@ -785,6 +984,20 @@ extern "C" int cc_fused_supported(const cc_fused_args *args, char *reason, size_
     if (!derive(args, &d, reason, reason_len)) return 0;
     if (reason != nullptr && reason_len > 0) reason[0] = '\0';
     return 1;
+}
+
+extern "C" int cc_fused_nhwc_loader_supported(const cc_fused_args *args, int nhwc_loader)
+{
+    derived d;
+    if (!derive(args, &d, nullptr, 0)) return 0;
+    if (nhwc_loader == 0) return 1;
+    // The channel-major loader replaces NHWC's pixel-major staging; NCHW has
+    // none. It keeps each window origin coordinate in 16 bits (kOriginBias).
+    if (nhwc_loader != 1 || args->layout != CC_LAYOUT_NHWC) return 0;
+    const long long top = -(long long)args->pad_top, left = -(long long)args->pad_left;
+    const long long bottom = (long long)(args->out_h - 1) * args->stride_h + top;
+    const long long right = (long long)(args->out_w - 1) * args->stride_w + left;
+    return top >= -kOriginBias && left >= -kOriginBias && bottom < kOriginBias && right < kOriginBias ? 1 : 0;
 }
 
 extern "C" size_t cc_fused_packed_elems(int in_channels, int out_channels, int groups, int kernel_h, int kernel_w,
@@ -894,6 +1107,7 @@ extern "C" cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_
         cfg->splits > d.kt_total || cfg->splits > 65535 ||
         cfg->smem_bytes != smem_bytes(cfg->tile, cfg->samples_cap, d.e_pad))
         return cudaErrorInvalidValue;
+    if (!cc_fused_nhwc_loader_supported(args, cfg->nhwc_loader)) return cudaErrorInvalidValue;
     if (args->x == nullptr || args->y == nullptr || args->alpha == nullptr || args->packed == nullptr ||
         !cc_aligned16(args->packed))
         return cudaErrorInvalidValue;
@@ -947,12 +1161,23 @@ extern "C" cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_
                        args->stride_h == 1 && args->stride_w == 1 && args->pad_top == 0 && args->pad_left == 0 &&
                        args->out_h == args->h && args->out_w == args->w && d.hw % 4 == 0 && cc_aligned16(args->x);
 
+    // nhwc_loader 1's vector paths. Loads: x aligned and Cin/groups % 4 == 0
+    // (then Cin % 4 == 0 too, and every offset n*H*W*Cin + pixel*Cin +
+    // g*Cin/g + channel is a multiple of 4 floats). Stores: y aligned and
+    // Cout/groups % 4 == 0 (likewise for Cout and g*Cout/g + channel).
+    const bool cm = cfg->nhwc_loader == 1;
+    p.nhwc_vec_x = cm && d.cin_g % 4 == 0 && cc_aligned16(args->x);
+    p.nhwc_vec_y = cm && d.mg % 4 == 0 && cc_aligned16(args->y);
+
     const dim3 grid((unsigned int)col_tiles, (unsigned int)(m_tiles * args->groups), (unsigned int)cfg->splits);
     switch (cfg->tile) {
-    case CC_FUSED_TILE_64x256: return launch_tile<64, 256, 2>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
-    case CC_FUSED_TILE_64x128: return launch_tile<64, 128, 1>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
-    case CC_FUSED_TILE_32x256: return launch_tile<32, 256, 1>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
-    default: return launch_tile<32, 128, 1>(args->layout, vec_x, grid, cfg->smem_bytes, stream, p);
+    case CC_FUSED_TILE_64x256:
+        return launch_tile<64, 256, 2>(args->layout, vec_x, cfg->nhwc_loader, grid, cfg->smem_bytes, stream, p);
+    case CC_FUSED_TILE_64x128:
+        return launch_tile<64, 128, 1>(args->layout, vec_x, cfg->nhwc_loader, grid, cfg->smem_bytes, stream, p);
+    case CC_FUSED_TILE_32x256:
+        return launch_tile<32, 256, 1>(args->layout, vec_x, cfg->nhwc_loader, grid, cfg->smem_bytes, stream, p);
+    default: return launch_tile<32, 128, 1>(args->layout, vec_x, cfg->nhwc_loader, grid, cfg->smem_bytes, stream, p);
     }
 }
 

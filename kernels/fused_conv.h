@@ -62,7 +62,14 @@ typedef struct cc_fused_config {
     int samples_cap;     /* most samples one block spans (sizes shared memory) */
     int splits;          /* split-K factor, 1 = none */
     int blocks_per_sm;   /* residency the model assumed */
-    size_t smem_bytes;   /* dynamic shared memory per block */
+    /* NHWC input staging and output stores. 0: today's pixel-major NHWC
+     * staging (a thread reads its pixel's channels, scalar y stores);
+     * 1: channel-major coalesced loads and vector stores (candidate, issue
+     * 19: AUTO times it against 0 at prepare; NHWC only, see
+     * cc_fused_nhwc_loader_supported). cc_fused_choose and
+     * cc_fused_make_config set 0. */
+    int nhwc_loader;
+    size_t smem_bytes; /* dynamic shared memory per block */
     size_t partial_elems;
     size_t counter_count;
     int nhwc_loader;  /* 0: pixel-major NHWC staging; 1: channel-major coalesced (candidate, issue 19) */
@@ -95,10 +102,17 @@ int cc_fused_make_config(const cc_fused_args *args, int tile, int splits, size_t
  * Returns 0 if the shape is unsupported. */
 int cc_fused_choose(const cc_fused_args *args, int sm_count, size_t smem_optin, int max_splits, cc_fused_config *cfg);
 
+/* 1 if the launcher runs NHWC input loader `nhwc_loader`
+ * (cc_fused_config.nhwc_loader) for this layer and shape, else 0: loader 0
+ * wherever cc_fused_supported, loader 1 only for NHWC layers (NCHW has no
+ * NHWC staging to replace). Pointers are not looked at: loader 1 falls back
+ * to 4-byte loads and stores where x or y is not 16-byte aligned. */
+int cc_fused_nhwc_loader_supported(const cc_fused_args *args, int nhwc_loader);
+
 /* One launch, asynchronous; no allocation, no synchronisation. Vector
  * (16-byte) paths are chosen here from the shape and pointer alignment.
  * cudaErrorInvalidValue for an unsupported shape, a config that does not
- * match it, or missing split-K buffers. */
+ * match it, an nhwc_loader it cannot run, or missing split-K buffers. */
 cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_fused_config *cfg, cudaStream_t stream);
 /* 1 if the kernel runs `nhwc_loader` (cc_fused_config) for this layer. */
 int cc_fused_nhwc_loader_supported(const cc_fused_args *args, int nhwc_loader);

@@ -12,6 +12,8 @@
 //   ./fused_dev            validate, then time the EfficientNet-CondConv-B0 1x1 layers
 //   ./fused_dev --model    (no GPU needed) the floors and the cost model's choice per layer
 //   ./fused_dev --quick    validation only
+//   ./fused_dev --nhwc     NHWC only: validate nhwc_loader 0 and 1 on every
+//                          shape, then time them against each other
 // Exits 77 without a CUDA device (except --model), 1 on a mismatch.
 //
 // Variants (every one validated, the chosen one timed, the others with --all):
@@ -22,6 +24,14 @@
 //   each with split-K 1..3 and, through a small shared-memory limit, short
 //   column runs; each in the 16-byte (1x1 stride 1, P % 4 == 0) and window
 //   (any geometry) input paths, as the shape decides.
+//   NHWC, nhwc_loader 0: pixel-major staging (a thread reads its pixel's 16
+//     channels, 4 bytes at a time; consecutive threads Cin floats apart),
+//     scalar y stores.
+//   NHWC, nhwc_loader 1 (issue 19's candidate, which AUTO times against 0 at
+//     prepare): channel-major staging, two lanes per pixel reading 16-byte
+//     vectors of adjacent channels (8x fewer sector lookups per step), and a
+//     pixel's 8 output channels stored 16 bytes at a time. Every shape is
+//     validated in NHWC with both; the NHWC timing prints both and the ratio.
 // Reference point: cublasSgemmStridedBatched over N samples with the
 // per-sample kernels already aggregated (strict f32, no TF32): what the
 // convolution costs without mixing, for 1x1 stride-1 layers.
@@ -114,10 +124,28 @@ struct problem {
     size_t partial_cap, counter_cap;
 };
 
-static void problem_create(problem *p, const shape &s, unsigned int seed, bool with_reference, bool with_bias)
+// [N][C][HW] <-> [N][HW][C]: to_nhwc, or back.
+static void transpose(const float *src, float *dst, int n, int c, size_t hw, bool to_nhwc)
+{
+    for (int i = 0; i < n; ++i)
+        for (int ch = 0; ch < c; ++ch)
+            for (size_t q = 0; q < hw; ++q) {
+                const size_t nchw = ((size_t)i * c + ch) * hw + q, nhwc = ((size_t)i * hw + q) * c + ch;
+                if (to_nhwc)
+                    dst[nhwc] = src[nchw];
+                else
+                    dst[nchw] = src[nhwc];
+            }
+}
+
+// layout: x and y in NCHW or NHWC (h_x stays NCHW for the reference; the
+// device copy is transposed).
+static void problem_create(problem *p, const shape &s, unsigned int seed, bool with_reference, bool with_bias,
+                           int layout = CC_LAYOUT_NCHW)
 {
     memset(p, 0, sizeof *p);
     p->a = args_for(s);
+    p->a.layout = layout;
     const cc_fused_args &a = p->a;
     p->x_elems = (size_t)a.n * a.in_channels * a.h * a.w;
     p->y_elems = (size_t)a.n * a.out_channels * a.out_h * a.out_w;
@@ -148,7 +176,14 @@ static void problem_create(problem *p, const shape &s, unsigned int seed, bool w
     CHECK(cudaMalloc(&p->d_alpha, sizeof(float) * (size_t)a.n * a.experts));
     CHECK(cudaMalloc(&p->d_b, sizeof(float) * (size_t)a.experts * a.out_channels));
     CHECK(cudaMalloc(&p->d_packed, sizeof(float) * p->packed_elems));
-    CHECK(cudaMemcpy(p->d_x, p->h_x, sizeof(float) * p->x_elems, cudaMemcpyHostToDevice));
+    if (layout == CC_LAYOUT_NHWC) {
+        float *t = (float *)malloc(sizeof(float) * p->x_elems);
+        transpose(p->h_x, t, a.n, a.in_channels, (size_t)a.h * a.w, true);
+        CHECK(cudaMemcpy(p->d_x, t, sizeof(float) * p->x_elems, cudaMemcpyHostToDevice));
+        free(t);
+    } else {
+        CHECK(cudaMemcpy(p->d_x, p->h_x, sizeof(float) * p->x_elems, cudaMemcpyHostToDevice));
+    }
     CHECK(cudaMemcpy(p->d_alpha, p->h_alpha, sizeof(float) * (size_t)a.n * a.experts, cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(p->d_b, p->h_b, sizeof(float) * (size_t)a.experts * a.out_channels, cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(p->d_packed, p->h_packed, sizeof(float) * p->packed_elems, cudaMemcpyHostToDevice));
@@ -215,20 +250,32 @@ static long long validate(const problem &p, const char *what)
     return bad;
 }
 
+// y back to the host in NCHW order (the reference's), whatever the layout.
+static void fetch_y(problem *p)
+{
+    CHECK(cudaMemcpy(p->h_y, p->d_y, sizeof(float) * p->y_elems, cudaMemcpyDeviceToHost));
+    if (p->a.layout == CC_LAYOUT_NHWC) {
+        float *t = (float *)malloc(sizeof(float) * p->y_elems);
+        transpose(p->h_y, t, p->a.n, p->a.out_channels, (size_t)p->a.out_h * p->a.out_w, false);
+        memcpy(p->h_y, t, sizeof(float) * p->y_elems);
+        free(t);
+    }
+}
+
 static long long run_and_check(problem *p, const cc_fused_config &c, const char *what)
 {
     problem_split_buffers(p, c);
     CHECK(cudaMemset(p->d_y, 0xff, sizeof(float) * p->y_elems)); // NaN poison: unwritten outputs fail
     CHECK(cc_launch_fused_conv(&p->a, &c, 0));
     CHECK(cudaDeviceSynchronize());
-    CHECK(cudaMemcpy(p->h_y, p->d_y, sizeof(float) * p->y_elems, cudaMemcpyDeviceToHost));
+    fetch_y(p);
     long long bad = validate(*p, what);
     // A second launch: the split-K counters must have been left at zero.
     if (c.splits > 1 && bad == 0) {
         CHECK(cudaMemset(p->d_y, 0xff, sizeof(float) * p->y_elems));
         CHECK(cc_launch_fused_conv(&p->a, &c, 0));
         CHECK(cudaDeviceSynchronize());
-        CHECK(cudaMemcpy(p->h_y, p->d_y, sizeof(float) * p->y_elems, cudaMemcpyDeviceToHost));
+        fetch_y(p);
         bad = validate(*p, what);
     }
     return bad;
@@ -237,7 +284,9 @@ static long long run_and_check(problem *p, const cc_fused_config &c, const char 
 // ---------------------------------------------------------------------------
 // Validation: random shapes, every tile, split-K 1..3, short column runs.
 
-static long long validate_all(int sm_count, size_t optin)
+// Every shape runs in NCHW; with nhwc, in NHWC too, each config with
+// nhwc_loader 0 and 1 (nhwc_only: NHWC alone).
+static long long validate_all(int sm_count, size_t optin, bool nhwc_only)
 {
     const shape fixed[] = {
         {"1x1 s1 P%4==0", 5, 24, 40, 1, 8, 6, 6, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
@@ -284,41 +333,53 @@ static long long validate_all(int sm_count, size_t optin)
             s.w = 1 + (s.kw - 1) * s.dw + (int)((r >> 25) % 12);
             s.act = (int)((r >> 29) % 3);
         }
-        problem p;
-        problem_create(&p, s, 1000u + (unsigned int)i, true, i % 3 != 2);
-        char reason[256];
-        if (!cc_fused_supported(&p.a, reason, sizeof reason)) {
-            printf("%-18s skipped: %s\n", s.name, reason);
-            problem_destroy(&p);
-            continue;
-        }
-        for (int tile = 0; tile < CC_FUSED_TILE_COUNT; ++tile)
-            for (int splits = 1; splits <= 3; ++splits)
-                for (int small = 0; small < 2; ++small) {
-                    // small: a shared-memory limit that forces short column runs
-                    cc_fused_config c;
-                    if (!cc_fused_make_config(&p.a, tile, splits, small ? 24 * 1024 : optin, &c)) continue;
-                    char what[128];
-                    snprintf(what, sizeof what, "%s tile %d splits %d qb %d", s.name, tile, splits, c.quads_per_block);
-                    const long long bad = run_and_check(&p, c, what);
+        for (int layout = nhwc_only ? CC_LAYOUT_NHWC : CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) {
+            problem p;
+            problem_create(&p, s, 1000u + (unsigned int)i, true, i % 3 != 2, layout);
+            const char *lname = layout == CC_LAYOUT_NHWC ? " NHWC" : "";
+            const int loaders = layout == CC_LAYOUT_NHWC ? 2 : 1;
+            char reason[256];
+            if (!cc_fused_supported(&p.a, reason, sizeof reason)) {
+                printf("%-18s skipped: %s\n", s.name, reason);
+                problem_destroy(&p);
+                continue;
+            }
+            for (int tile = 0; tile < CC_FUSED_TILE_COUNT; ++tile)
+                for (int splits = 1; splits <= 3; ++splits)
+                    for (int small = 0; small < 2; ++small)
+                        for (int loader = 0; loader < loaders; ++loader) {
+                            // small: a shared-memory limit that forces short column runs
+                            cc_fused_config c;
+                            if (!cc_fused_make_config(&p.a, tile, splits, small ? 24 * 1024 : optin, &c)) continue;
+                            c.nhwc_loader = loader;
+                            char what[160];
+                            snprintf(what, sizeof what, "%s%s tile %d splits %d qb %d loader %d", s.name, lname, tile,
+                                     splits, c.quads_per_block, loader);
+                            const long long bad = run_and_check(&p, c, what);
+                            ++runs;
+                            if (bad) {
+                                printf("FAIL %s: %lld mismatches\n", what, bad);
+                                ++failures;
+                            }
+                        }
+            cc_fused_config c;
+            if (cc_fused_choose(&p.a, sm_count, optin, CC_FUSED_MAX_SPLITS, &c)) {
+                for (int loader = 0; loader < loaders; ++loader) {
+                    c.nhwc_loader = loader;
+                    const long long bad = run_and_check(&p, c, "chosen");
                     ++runs;
                     if (bad) {
-                        printf("FAIL %s: %lld mismatches\n", what, bad);
+                        printf("FAIL %s%s chosen loader %d (%s): %lld mismatches\n", s.name, lname, loader, c.reason,
+                               bad);
                         ++failures;
                     }
                 }
-        cc_fused_config c;
-        if (cc_fused_choose(&p.a, sm_count, optin, CC_FUSED_MAX_SPLITS, &c)) {
-            const long long bad = run_and_check(&p, c, "chosen");
-            ++runs;
-            if (bad) {
-                printf("FAIL %s chosen (%s): %lld mismatches\n", s.name, c.reason, bad);
-                ++failures;
             }
+            printf("%-18s%s N=%d %d->%d g%d E=%d %dx%d k%dx%d s%dx%d d%dx%d pad %d,%d: ok so far (%lld runs)\n", s.name,
+                   lname, s.n, s.cin, s.cout, s.groups, s.e, s.h, s.w, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl,
+                   runs);
+            problem_destroy(&p);
         }
-        printf("%-18s N=%d %d->%d g%d E=%d %dx%d k%dx%d s%dx%d d%dx%d pad %d,%d: ok so far (%lld runs)\n", s.name, s.n,
-               s.cin, s.cout, s.groups, s.e, s.h, s.w, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pt, s.pl, runs);
-        problem_destroy(&p);
     }
     printf("validation: %lld runs, %lld failed\n", runs, failures);
     return failures;
@@ -479,12 +540,55 @@ static void time_layers(int sm_count, size_t optin, bool all_tiles)
     CHECK_BLAS(cublasDestroy(blas));
 }
 
+// NHWC: nhwc_loader 0 against 1 (issue 19's candidate) on the chosen config
+// (tile, run, split-K as cc_fused_choose picks them; the loader does not
+// change shared memory), on the 1x1 layers and a few k x k ones. ratio < 1:
+// the candidate is faster. What AUTO measures at prepare, per shape.
+static void time_nhwc_loaders(int sm_count, size_t optin)
+{
+    const char *names[] = {"64x256", "64x128", "32x256", "32x128"};
+    static const shape kxk[] = {
+        {"3x3 40->40 @28", 0, 40, 40, 1, 8, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},
+        {"3x3 96->96 @14", 0, 96, 96, 1, 8, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},
+        {"3x3 g4 128 @14", 0, 128, 128, 4, 8, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},
+        {"3x3 s2 24->40 @56", 0, 24, 40, 1, 8, 56, 56, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 2},
+        {"1x1 19->70 @14", 0, 19, 70, 1, 8, 14, 14, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2}, // 4-byte paths
+    };
+    const int kxk_count = (int)(sizeof kxk / sizeof kxk[0]);
+    printf("NHWC, nhwc_loader 0 (pixel-major) vs 1 (channel-major, candidate), chosen config, E = 8\n");
+    printf("%-18s %4s %-7s %6s %10s %10s %7s\n", "layer", "N", "tile", "splits", "loader0 us", "loader1 us", "1/0");
+    const int batches[] = {32, 128};
+    for (int i = 0; i < kLayerCount + kxk_count; ++i)
+        for (int b = 0; b < 2; ++b) {
+            shape s = i < kLayerCount ? kLayers[i] : kxk[i - kLayerCount];
+            s.n = batches[b];
+            s.act = 2;
+            problem p;
+            problem_create(&p, s, 7u, false, true, CC_LAYOUT_NHWC);
+            cc_fused_config c;
+            if (!cc_fused_choose(&p.a, sm_count, optin, CC_FUSED_MAX_SPLITS, &c) ||
+                !cc_fused_nhwc_loader_supported(&p.a, 1)) {
+                problem_destroy(&p);
+                continue;
+            }
+            problem_split_buffers(&p, c);
+            float us[2];
+            for (int loader = 0; loader < 2; ++loader) {
+                c.nhwc_loader = loader;
+                us[loader] = time_us([&] { CHECK(cc_launch_fused_conv(&p.a, &c, 0)); });
+            }
+            printf("%-18s %4d %-7s %6d %10.1f %10.1f %7.3f\n", s.name, s.n, names[c.tile], c.splits, us[0], us[1],
+                   us[1] / us[0]);
+            problem_destroy(&p);
+        }
+}
+
 // ---------------------------------------------------------------------------
 // Driver
 
 int main(int argc, char **argv)
 {
-    bool model_only = false, quick = false, all_tiles = false;
+    bool model_only = false, quick = false, all_tiles = false, nhwc_only = false;
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--model"))
             model_only = true;
@@ -492,6 +596,8 @@ int main(int argc, char **argv)
             quick = true;
         else if (!strcmp(argv[i], "--all"))
             all_tiles = true;
+        else if (!strcmp(argv[i], "--nhwc"))
+            nhwc_only = true;
     }
     if (model_only) {
         print_model(132, 227 * 1024); // H100 SXM
@@ -508,7 +614,8 @@ int main(int argc, char **argv)
     const size_t optin = prop.sharedMemPerBlockOptin;
     printf("device: %s, %d SMs, %zu KiB opt-in shared memory per block\n", prop.name, sm_count, optin / 1024);
     print_model(sm_count, optin);
-    if (validate_all(sm_count, optin) != 0) return 1;
-    if (!quick) time_layers(sm_count, optin, all_tiles);
+    if (validate_all(sm_count, optin, nhwc_only) != 0) return 1;
+    if (!quick && !nhwc_only) time_layers(sm_count, optin, all_tiles);
+    if (!quick) time_nhwc_loaders(sm_count, optin);
     return 0;
 }

@@ -71,6 +71,13 @@ static void fused_shapes(const char *card, int sm_count, size_t optin)
                                 snprintf(what, sizeof what, "chosen tile %d, %d quads, split-K %d, %zu B", cfg.tile,
                                          cfg.quads_per_block, cfg.splits, cfg.smem_bytes);
                                 expect_launch(cc_launch_fused_conv(&a, &cfg, NULL), what, card, shape);
+                                if (layout == CC_LAYOUT_NHWC) {
+                                    /* issue 19's NHWC candidate: its own instances, the same shared memory */
+                                    cfg.nhwc_loader = 1;
+                                    snprintf(what, sizeof what, "chosen tile %d, %d quads, split-K %d, %zu B, loader 1",
+                                             cfg.tile, cfg.quads_per_block, cfg.splits, cfg.smem_bytes);
+                                    expect_launch(cc_launch_fused_conv(&a, &cfg, NULL), what, card, shape);
+                                }
                             } else {
                                 eu_fail(__FILE__, __LINE__, "choose", "%s on the %s: no config", shape, card);
                             }
@@ -81,6 +88,13 @@ static void fused_shapes(const char *card, int sm_count, size_t optin)
                                     snprintf(what, sizeof what, "forced tile %d, %d quads, split-K %d, %zu B", tile,
                                              cfg.quads_per_block, splits, cfg.smem_bytes);
                                     expect_launch(cc_launch_fused_conv(&a, &cfg, NULL), what, card, shape);
+                                    if (layout == CC_LAYOUT_NHWC) {
+                                        cfg.nhwc_loader = 1;
+                                        snprintf(what, sizeof what,
+                                                 "forced tile %d, %d quads, split-K %d, %zu B, loader 1", tile,
+                                                 cfg.quads_per_block, splits, cfg.smem_bytes);
+                                        expect_launch(cc_launch_fused_conv(&a, &cfg, NULL), what, card, shape);
+                                    }
                                 }
                         }
 }

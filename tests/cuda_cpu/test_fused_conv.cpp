@@ -10,7 +10,12 @@
 // outputs; then the refusals of cc_fused_supported and the launcher.
 // Most shapes run again in NHWC (x transposed before the upload, y back
 // before the comparison; the window path and scalar stores), with at most
-// two column runs per tile and split-K factor.
+// two column runs per tile and split-K factor, each config twice: with
+// nhwc_loader 0 and with the channel-major candidate nhwc_loader 1 (issue
+// 19: its 16-byte loads where x and Cin/groups allow, else 4-byte ones; its
+// 16-byte y stores where y and Cout/groups allow, else 4-byte ones; both
+// kinds are counted and must have run), against the same reference and
+// tolerance, y poisoned before each launch. Loader 1 on NCHW is refused.
 //
 // Usage: test_fused_conv [--quick]   (--quick, and always under
 // ThreadSanitizer: a smaller sweep; every instance and path is still reached)
@@ -30,13 +35,24 @@ namespace {
 
 int g_failures = 0;
 
+// CC_EMU_STOP_AT_FIRST_FAILURE (as emu_util.c): end at the first failure
+// (inject_bugs.sh sets it, so that a caught bug costs one shape, not the sweep).
+void failed_once()
+{
+    ++g_failures;
+    if (getenv("CC_EMU_STOP_AT_FIRST_FAILURE") != NULL) {
+        fflush(stdout);
+        exit(1);
+    }
+}
+
 #define EXPECT(cond, ...)                                                                                              \
     do {                                                                                                               \
         if (!(cond)) {                                                                                                 \
             fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);                                            \
             fprintf(stderr, __VA_ARGS__);                                                                              \
             fprintf(stderr, "\n");                                                                                     \
-            ++g_failures;                                                                                              \
+            failed_once();                                                                                             \
         }                                                                                                              \
     } while (0)
 
@@ -277,7 +293,32 @@ struct tally {
     long long runs = 0, failed = 0;
     long long by_tile[CC_FUSED_TILE_COUNT] = {};
     long long split_runs = 0, short_runs = 0, nhwc_runs = 0;
+    // nhwc_loader 1 runs, by the vector paths the launcher must have taken.
+    long long cm_runs = 0, cm_vec_x = 0, cm_scalar_x = 0, cm_vec_y = 0, cm_scalar_y = 0, cm_split = 0;
 };
+
+bool aligned16(const void *p) { return ((size_t)p & 15u) == 0; }
+
+// Runs config c with nhwc_loader 1 (the NHWC channel-major candidate) and
+// counts which of its paths the launcher takes for these pointers.
+long long run_channel_major(problem *p, const cc_fused_config &c, const char *what, tally *t)
+{
+    cc_fused_config cm = c;
+    cm.nhwc_loader = 1;
+    char name[240];
+    snprintf(name, sizeof name, "%s nhwc_loader 1", what);
+    const long long bad = run(p, cm, name);
+    const int cin_g = p->a.in_channels / p->a.groups, mg = p->a.out_channels / p->a.groups;
+    const bool vx = cin_g % 4 == 0 && aligned16(p->a.x), vy = mg % 4 == 0 && aligned16(p->a.y);
+    ++t->cm_runs;
+    t->cm_vec_x += vx;
+    t->cm_scalar_x += !vx;
+    t->cm_vec_y += vy;
+    t->cm_scalar_y += !vy;
+    t->cm_split += c.splits > 1;
+    if (bad) fprintf(stderr, "FAIL %s: %lld mismatches\n", name, bad);
+    return bad;
+}
 
 void sweep_shape(const shape &s, unsigned int seed, bool quick, int layout, tally *t)
 {
@@ -302,13 +343,16 @@ void sweep_shape(const shape &s, unsigned int seed, bool quick, int layout, tall
                 // Alternate block orders: a block writing past its tile is
                 // overwritten by its neighbour in one order, not in the other.
                 cc_cpu_set_block_order((tile + splits + i) & 1);
+                EXPECT(cs[i].nhwc_loader == 0, "%s: make_config sets nhwc_loader 0", what);
                 long long bad = run(&p, cs[i], what);
+                if (nhwc && bad == 0) bad = run_channel_major(&p, cs[i], what, t);
                 cc_cpu_set_block_order(0);
                 if (splits > 1 && bad == 0) {
                     // Again, with the blocks in reverse order: the counters
                     // were left at zero, and any block may be the last.
                     cc_cpu_set_block_order(1);
                     bad = run(&p, cs[i], what);
+                    if (nhwc && bad == 0) bad = run_channel_major(&p, cs[i], what, t);
                     cc_cpu_set_block_order(0);
                 }
                 ++t->runs;
@@ -319,20 +363,24 @@ void sweep_shape(const shape &s, unsigned int seed, bool quick, int layout, tall
                 if (bad) {
                     fprintf(stderr, "FAIL %s: %lld mismatches\n", what, bad);
                     ++t->failed;
-                    ++g_failures;
+                    failed_once();
                 }
             }
         }
     cc_fused_config c;
     EXPECT(cc_fused_choose(&p.a, 132, 227 * 1024, CC_FUSED_MAX_SPLITS, &c), "%s: choose", s.name);
     EXPECT(strlen(c.reason) > 0, "%s: a reason", s.name);
-    const long long bad = run(&p, c, "chosen");
+    EXPECT(c.nhwc_loader == 0, "%s: choose sets nhwc_loader 0", s.name);
+    EXPECT(cc_fused_nhwc_loader_supported(&p.a, 0) == 1, "%s: loader 0 supported", s.name);
+    EXPECT(cc_fused_nhwc_loader_supported(&p.a, 1) == (nhwc ? 1 : 0), "%s: loader 1 supported in NHWC only", s.name);
+    long long bad = run(&p, c, "chosen");
+    if (nhwc && bad == 0) bad = run_channel_major(&p, c, "chosen", t);
     ++t->runs;
     t->nhwc_runs += nhwc;
     if (bad) {
         fprintf(stderr, "FAIL %s%s chosen (%s): %lld mismatches\n", s.name, lname, c.reason, bad);
         ++t->failed;
-        ++g_failures;
+        failed_once();
     }
     problem_destroy(&p);
 }
@@ -406,6 +454,48 @@ void refusals()
     m.layout = 2;
     EXPECT(cc_launch_fused_conv(&m, &c, 0) == cudaErrorInvalidValue, "unknown layout");
     EXPECT(cc_fused_make_config(&m, 0, 1, 227 * 1024, &wrong) == 0, "config for an unknown layout");
+
+    // nhwc_loader: 0 everywhere, 1 in NHWC only (window origins within 16
+    // bits), nothing else; the launcher refuses what it cannot run before
+    // writing anything (y stays poisoned).
+    c.nhwc_loader = 7;
+    EXPECT(cc_fused_make_config(&p.a, 0, 1, 227 * 1024, &c) && c.nhwc_loader == 0, "make_config resets nhwc_loader");
+    EXPECT(cc_fused_nhwc_loader_supported(&p.a, 0) == 1, "loader 0 on NCHW");
+    EXPECT(cc_fused_nhwc_loader_supported(&p.a, 1) == 0, "loader 1 on NCHW");
+    EXPECT(cc_fused_nhwc_loader_supported(NULL, 0) == 0, "NULL args");
+    m = p.a;
+    m.layout = CC_LAYOUT_NHWC;
+    EXPECT(cc_fused_nhwc_loader_supported(&m, 1) == 1, "loader 1 on NHWC");
+    EXPECT(cc_fused_nhwc_loader_supported(&m, 2) == 0 && cc_fused_nhwc_loader_supported(&m, -1) == 0,
+           "loaders 2 and -1");
+    cc_fused_args far = m;
+    far.pad_top = 40000; // the window origin's row, -40000, does not fit 16 bits
+    far.out_h = 2 * 40000 + far.h;
+    EXPECT(cc_fused_nhwc_loader_supported(&far, 0) == 1 && cc_fused_nhwc_loader_supported(&far, 1) == 0,
+           "loader 1 past 16-bit window origins");
+    far = m;
+    far.w = 70000;
+    far.out_w = 70000; // the last column's origin, 69999
+    EXPECT(cc_fused_nhwc_loader_supported(&far, 1) == 0, "loader 1 past 16-bit window origins (columns)");
+    far.w = far.out_w = 32768; // the last origin, 32767, fits
+    EXPECT(cc_fused_nhwc_loader_supported(&far, 1) == 1, "loader 1 at the 16-bit limit");
+    const size_t total = p.y_elems + 2 * kGuard + 4;
+    for (size_t i = 0; i < total; ++i) p.h_y[i] = nanf("");
+    CUDA_OK(cudaMemcpy(p.d_y_block, p.h_y, sizeof(float) * total, cudaMemcpyHostToDevice));
+    const int refused[][2] = {{CC_LAYOUT_NCHW, 1}, {CC_LAYOUT_NCHW, 2}, {CC_LAYOUT_NHWC, 2}, {CC_LAYOUT_NHWC, -1}};
+    for (const auto &r : refused) {
+        m = p.a;
+        m.layout = r[0];
+        cc_fused_config bad_loader = c;
+        bad_loader.nhwc_loader = r[1];
+        EXPECT(cc_launch_fused_conv(&m, &bad_loader, 0) == cudaErrorInvalidValue, "layout %d, nhwc_loader %d refused",
+               r[0], r[1]);
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemcpy(p.h_y, p.d_y_block, sizeof(float) * total, cudaMemcpyDeviceToHost));
+    size_t written = 0;
+    for (size_t i = 0; i < total; ++i) written += !isnan(p.h_y[i]);
+    EXPECT(written == 0, "refused launches wrote %zu floats", written);
     problem_destroy(&p);
 }
 
@@ -456,22 +546,30 @@ int main(int argc, char **argv)
         {"1x1 x misaligned", 3, 16, 20, 1, 4, 4, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 1, 0},
         {"1x1 y misaligned", 3, 16, 20, 1, 4, 4, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 1},
         {"1x1 partial misal", 3, 48, 20, 1, 4, 4, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0, 1},
+        // 3x3 grouped with odd channels per group (Cin/g 7, Cout/g 9: NHWC
+        // loader 1's 4-byte loads and stores, channel tails in every group),
+        // dilation 2 and asymmetric padding.
+        {"3x3 g2 odd dil", 2, 14, 18, 2, 3, 7, 6, 3, 3, 1, 2, 2, 1, 2, 1, 1, 0, 1, true, 0, 0},
     };
     const int count = (int)(sizeof shapes / sizeof shapes[0]);
-    // Shapes that run in NHWC too: the 1x1 that NCHW reads 16 bytes at a
-    // time, edge tiles (Cin 19, Cout 70), misaligned x and y, strides,
-    // padding and dilation, groups (Cin/g 16 and 4, Cout/g 24 and 5), E 1 to 17.
-    const bool in_nhwc[] = {true, true, false, true, true, true, true, false, true, false, false, true, true};
+    // Shapes that run in NHWC too (with nhwc_loader 0 and 1): the 1x1 that
+    // NCHW reads 16 bytes at a time, edge tiles (Cin 19, Cout 70), misaligned
+    // x and y together and each on its own, strides, padding and dilation,
+    // groups (Cin/g 16, 7 and 4, Cout/g 24, 9 and 5), E 1 to 17.
+    const bool in_nhwc[] = {true, true, false, true, true, true, true, false, true, false, true, true, true, true};
     static_assert(sizeof in_nhwc / sizeof in_nhwc[0] == sizeof shapes / sizeof shapes[0], "one flag per shape");
     tally t;
+    // Each shape in NCHW, then (where flagged) in NHWC: a bug of either
+    // layout shows within the first shapes (inject_bugs.sh stops there).
     for (int i = 0; i < count; ++i) {
-        if (quick && (i % 2 == 1 && i != 3)) continue; // the TSan build: half the shapes, both paths
-        sweep_shape(shapes[i], 100u + (unsigned int)i, quick, CC_LAYOUT_NCHW, &t);
-        printf("%-16s done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
-    }
-    for (int i = 0; i < count; ++i) {
-        // TSan: misaligned (3, every tile) and grouped P = 1 (8).
-        if (!in_nhwc[i] || (quick && i != 3 && i != 8)) continue;
+        if (!(quick && (i % 2 == 1 && i != 3))) { // the TSan build: half the shapes, both paths
+            sweep_shape(shapes[i], 100u + (unsigned int)i, quick, CC_LAYOUT_NCHW, &t);
+            printf("%-16s done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
+        }
+        // TSan: misaligned (3, every tile), grouped P = 1 (8), strided
+        // groups (4) and split-K (12; with 3, 4 and 8 every path of
+        // nhwc_loader 1: the others have one K step).
+        if (!in_nhwc[i] || (quick && i != 3 && i != 4 && i != 8 && i != 12)) continue;
         sweep_shape(shapes[i], 200u + (unsigned int)i, quick, CC_LAYOUT_NHWC, &t);
         printf("%-16s NHWC done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
     }
@@ -480,6 +578,11 @@ int main(int argc, char **argv)
            "runs %lld; NHWC %lld), %lld failed, %d failures in all\n",
            t.runs, t.by_tile[0], t.by_tile[1], t.by_tile[2], t.by_tile[3], t.split_runs, t.short_runs, t.nhwc_runs,
            t.failed, g_failures);
+    printf("nhwc_loader 1: %lld runs (x 16-byte %lld, 4-byte %lld; y 16-byte %lld, 4-byte %lld; split-K %lld)\n",
+           t.cm_runs, t.cm_vec_x, t.cm_scalar_x, t.cm_vec_y, t.cm_scalar_y, t.cm_split);
+    // Every path of the channel-major loader and epilogue must have run.
+    EXPECT(t.cm_vec_x > 0 && t.cm_scalar_x > 0 && t.cm_vec_y > 0 && t.cm_scalar_y > 0 && t.cm_split > 0,
+           "nhwc_loader 1 paths not all reached");
     // Every instance of kernels/fused_conv.cu must have run.
     const int unlaunched = cc_cpu_report_unlaunched("fused_conv");
     EXPECT(unlaunched == 0, "%d kernel instances never launched", unlaunched);
