@@ -870,7 +870,6 @@ void fill_config(const cc_fused_args *a, const derived &d, int tile, int qb, int
 {
     const tile_info &t = kTiles[tile];
     cfg->tile = tile;
-    cfg->nhwc_loader = 0;
     cfg->quads_per_block = qb;
     cfg->samples_cap = samples_cap(qb, d.gp, a->n);
     cfg->splits = splits;
@@ -1100,7 +1099,7 @@ extern "C" cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_
 {
     derived d;
     if (cfg == nullptr || !derive(args, &d, nullptr, 0)) return cudaErrorInvalidValue;
-    if (cfg->tile < 0 || cfg->tile >= CC_FUSED_TILE_COUNT || cfg->nhwc_loader != 0) return cudaErrorInvalidValue;
+    if (cfg->tile < 0 || cfg->tile >= CC_FUSED_TILE_COUNT) return cudaErrorInvalidValue;
     const tile_info &t = kTiles[cfg->tile];
     const int qb = cfg->quads_per_block;
     if (qb < 1 || qb > t.bn / 4 || cfg->samples_cap != samples_cap(qb, d.gp, args->n) || cfg->splits < 1 ||
@@ -1179,9 +1178,4 @@ extern "C" cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_
         return launch_tile<32, 256, 1>(args->layout, vec_x, cfg->nhwc_loader, grid, cfg->smem_bytes, stream, p);
     default: return launch_tile<32, 128, 1>(args->layout, vec_x, cfg->nhwc_loader, grid, cfg->smem_bytes, stream, p);
     }
-}
-
-extern "C" int cc_fused_nhwc_loader_supported(const cc_fused_args *args, int nhwc_loader)
-{
-    return args != nullptr && nhwc_loader == 0;
 }

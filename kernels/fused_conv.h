@@ -72,7 +72,6 @@ typedef struct cc_fused_config {
     size_t smem_bytes; /* dynamic shared memory per block */
     size_t partial_elems;
     size_t counter_count;
-    int nhwc_loader;  /* 0: pixel-major NHWC staging; 1: channel-major coalesced (candidate, issue 19) */
     double model_us;  /* the cost model's estimate on an H100-class clock (1.755 GHz), not a measurement */
     char reason[224]; /* why this config, for condconv_plan_info */
 } cc_fused_config;
@@ -114,8 +113,6 @@ int cc_fused_nhwc_loader_supported(const cc_fused_args *args, int nhwc_loader);
  * cudaErrorInvalidValue for an unsupported shape, a config that does not
  * match it, an nhwc_loader it cannot run, or missing split-K buffers. */
 cudaError_t cc_launch_fused_conv(const cc_fused_args *args, const cc_fused_config *cfg, cudaStream_t stream);
-/* 1 if the kernel runs `nhwc_loader` (cc_fused_config) for this layer. */
-int cc_fused_nhwc_loader_supported(const cc_fused_args *args, int nhwc_loader);
 
 #ifdef __cplusplus
 }
