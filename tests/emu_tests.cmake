@@ -175,7 +175,8 @@ target_include_directories(cc_cpu_emu_util PUBLIC ${CC_EMU_DIR})
 target_link_libraries(cc_cpu_emu_util PUBLIC cc_cpu_runtime)
 cc_emu_c_warnings(cc_cpu_emu_util)
 # The test helpers of tests/, against the emulated library.
-add_library(cc_cpu_test_util STATIC ${CC_EMU_ROOT}/tests/test_util.c ${CC_EMU_ROOT}/tests/gpu_util.c)
+add_library(cc_cpu_test_util STATIC ${CC_EMU_ROOT}/tests/test_util.c ${CC_EMU_ROOT}/tests/gpu_util.c
+                                   ${CC_EMU_DIR}/emu_forward.c)
 target_include_directories(cc_cpu_test_util PUBLIC ${CC_EMU_ROOT}/tests)
 target_link_libraries(cc_cpu_test_util PUBLIC cc_cpu_host cc_cpu_emu_util)
 cc_emu_c_warnings(cc_cpu_test_util)
