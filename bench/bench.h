@@ -203,7 +203,8 @@ typedef struct bench_row {
     const bench_layer *layer;
     int batch, experts; /* experts 0 for the static convolution */
     condconv_math math;
-    char method[24];   /* static, auto, cudnn_grouped, gemm_batched, depthwise_fused, mixture, cpu_reference */
+    char method[64];   /* static, auto, cudnn_grouped, gemm_batched, depthwise_fused, mixture, cpu_reference, or a
+                          candidate (--candidates): "fused[nhwc coalesced]", "auto+routing[v1 bandwidth]" */
     char algo_run[40]; /* what ran: AUTO's choice, or the cuDNN algorithm of the static conv */
     int ok;            /* 0: n/a (not applicable) or failed; note says why */
     char status[8];    /* ok, n/a, error */

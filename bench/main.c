@@ -38,6 +38,8 @@ typedef struct options {
     bench_timing timing;
     int timing_set[5];
     int plain, graph, phases, ceilings;
+    int candidates;        /* --candidates: a row per candidate AUTO listed */
+    double auto_budget_ms; /* --auto-budget; < 0: the library's default */
     const char *csv, *json;
     int device, cpu, quick, list;
     const char *floors; /* --floors CARD: print the roofline floors, measure nothing */
@@ -104,6 +106,8 @@ static void usage(FILE *out)
             "                        a per-channel bias; bias-act: plus the layer's activation in its network\n"
             "                        (SiLU/ReLU/none). The static convolution gets the same epilogue.\n"
             "  --select measure|heuristic  how AUTO chooses (default measure, like cudnnFind)\n"
+            "  --auto-budget MS      time AUTO may spend on candidates per shape at prepare (0: no bound;\n"
+            "                        default the library's, CONDCONV_DEFAULT_AUTO_BUDGET_MS)\n"
             "  --quick               the device check's short sweep: effnet-cc-b0 + issue5 layers, batch 1,32,128,\n"
             "                        E = 8, f32, fewer repeats (explicit options still override)\n"
             "\n"
@@ -115,6 +119,9 @@ static void usage(FILE *out)
             "  --max-row-ms MS       fewer reps (never < 5) when one timing mode of a row would take longer\n"
             "                        (default 250; quick 100)\n"
             "  --no-plain, --no-graph, --no-phases, --no-ceilings   skip a measurement\n"
+            "  --candidates          after each AUTO row, a row per candidate AUTO timed at prepare (kernel\n"
+            "                        variants no GPU has ruled on, issue 19), each forced by its name, and a row\n"
+            "                        per routing and aggregation kernel variant under AUTO's algorithm\n"
             "\n"
             "Output:\n"
             "  --csv FILE            one row per measurement, with card, driver, CUDA and cuDNN versions\n"
@@ -204,6 +211,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->routing = CONDCONV_ROUTING_SIGMOID;
     o->routing_name = "sigmoid";
     o->select = CONDCONV_SELECT_MEASURE;
+    o->auto_budget_ms = -1.0;
     o->plain = o->graph = o->phases = o->ceilings = 1;
     int given_sets = 0;
     char err[BENCH_ERR_LEN];
@@ -359,6 +367,20 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (strcmp(arg, "--no-phases") == 0) {
             o->phases = 0;
             gpu_only_note(o, arg, NULL, why_timing);
+        } else if (strcmp(arg, "--auto-budget") == 0) {
+            NEED_VALUE();
+            gpu_only_note(o, arg, val, why_select);
+            char *end = NULL;
+            errno = 0;
+            const double ms = strtod(val, &end);
+            if (errno != 0 || end == val || *end != '\0' || !(ms >= 0.0) || ms > 1e9) {
+                fprintf(stderr, "condconv-bench: --auto-budget %s: expected milliseconds >= 0\n", val);
+                return -1;
+            }
+            o->auto_budget_ms = ms;
+        } else if (strcmp(arg, "--candidates") == 0) {
+            o->candidates = 1;
+            gpu_only_note(o, arg, NULL, why_algo);
         } else if (strcmp(arg, "--no-ceilings") == 0) {
             o->ceilings = 0;
             gpu_only_note(o, arg, NULL, why_timing);
@@ -682,6 +704,121 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
 }
 
 /* All requested algorithms for one layer, batch and expert count. */
+/* What every condconv row of one layer, batch and E shares. */
+typedef struct row_setup {
+    const bench_layer *l;
+    int batch, experts;
+    condconv_math math;
+    const device_sets *sets;
+    double static_plain, static_graph;
+    condconv_layer_t layer; /* NULL: setup failed, setup_status/setup_error say why */
+    const char *setup_status;
+    const char *setup_error;
+    const condconv_cost *cost;
+} row_setup;
+
+/* One row: the layer forced to `algo`, or to `candidate` (a name AUTO
+ * listed) when not NULL, with the kernel variants given (-1: AUTO's). On
+ * success, AUTO's plan info is left in *auto_info (for the candidate rows). */
+static void condconv_row(gpu_run *g, const row_setup *r, const char *method, condconv_algo algo, const char *candidate,
+                         int routing_variant, int aggregate_variant, condconv_plan_info *auto_info)
+{
+    const options *o = g->o;
+    const bench_layer *l = r->l;
+    const int external = o->routing == CONDCONV_ROUTING_EXTERNAL;
+    bench_row row;
+    bench_row_init(&row, l, r->batch, r->experts, r->math, method);
+    row.sets = r->sets->count;
+    row.static_plain_us = r->static_plain;
+    row.static_graph_us = r->static_graph;
+    row.macs = r->cost->conv_macs + r->cost->aggregation_macs + r->cost->routing_macs;
+    row.bytes = r->cost->min_bytes;
+    if (r->layer == NULL) {
+        set_status(&row, r->setup_status, r->setup_error);
+        add_row(g, &row);
+        return;
+    }
+    char range[200];
+    snprintf(range, sizeof range, "bench %s n%d E%d %s %s", l->name, r->batch, r->experts,
+             bench_prec_name(o->dtype, r->math), row.method);
+    nvtxRangePushA(range);
+    condconv_status st =
+        candidate ? condconv_layer_set_candidate(r->layer, candidate) : condconv_layer_set_algo(r->layer, algo);
+    if (st == CONDCONV_STATUS_SUCCESS)
+        st = condconv_layer_set_kernel_variants(r->layer, routing_variant, aggregate_variant);
+    condconv_plan_info info;
+    memset(&info, 0, sizeof info);
+    if (st == CONDCONV_STATUS_SUCCESS) st = condconv_prepare(r->layer, r->batch, l->h, l->w);
+    if (st == CONDCONV_STATUS_SUCCESS) st = condconv_get_plan_info(r->layer, r->batch, l->h, l->w, &info);
+    char err[BENCH_ERR_LEN] = "";
+    if (st == CONDCONV_STATUS_NOT_SUPPORTED || st == CONDCONV_STATUS_ALLOC_FAILED ||
+        (st != CONDCONV_STATUS_SUCCESS && strstr(condconv_last_error(), "out of memory") != NULL)) {
+        set_status(&row, "n/a", short_message(condconv_last_error()));
+        (void)cudaGetLastError(); /* an allocation failure is not sticky */
+    } else if (st != CONDCONV_STATUS_SUCCESS) {
+        set_status(&row, "error", condconv_last_error());
+    } else if (ensure_workspace(g, info.workspace_bytes, err, sizeof err) != 0) {
+        set_status(&row, "n/a", err);
+    } else {
+        snprintf(row.algo_run, sizeof row.algo_run, "%s", condconv_algo_name(info.algo));
+        if (info.backend[0] != '\0') {
+            const size_t len = strlen(row.note);
+            snprintf(row.note + len, sizeof row.note - len, "%s%s", len ? "; " : "", info.backend);
+        }
+        row.workspace_bytes = info.workspace_bytes;
+        cc_launch arg = {r->layer, r->batch, l->h, l->w, r->sets, external, g->workspace, g->workspace_cap};
+        measure(g, &row, launch_condconv, &arg, r->sets->count);
+        if (row.ok && algo == CONDCONV_ALGO_AUTO && candidate == NULL) {
+            /* What AUTO timed at prepare (issue 19): every candidate, the
+             * kernels' variants and the budget, winner starred. */
+            const size_t len = strlen(row.note);
+            snprintf(row.note + len, sizeof row.note - len, "%s%s; candidates: %s", len ? "; " : "", info.reason,
+                     info.candidates[0] ? info.candidates : "none timed");
+            if (auto_info) *auto_info = info;
+        }
+        if (row.ok && info.algo == CONDCONV_ALGO_MIXTURE) {
+            const size_t len = strlen(row.note);
+            snprintf(row.note + len, sizeof row.note - len, "%sexecutes E x the conv MACs", len ? "; " : "");
+        }
+    }
+    nvtxRangePop();
+    add_row(g, &row);
+}
+
+/* --candidates: a row per algorithm variant AUTO listed ("algo[variant]";
+ * each algorithm's default has its own row already), and a row per routing
+ * and aggregation kernel variant under AUTO's own choice of algorithm. */
+static void candidate_rows(gpu_run *g, const row_setup *r, const condconv_plan_info *auto_info)
+{
+    char list[sizeof auto_info->candidates];
+    snprintf(list, sizeof list, "%s", auto_info->candidates);
+    char *end = strchr(list, ';');
+    if (end) *end = '\0';
+    char *save = NULL;
+    for (char *entry = strtok_r(list, ",", &save); entry != NULL; entry = strtok_r(NULL, ",", &save)) {
+        while (*entry == ' ' || *entry == '*') ++entry;
+        char *close = strchr(entry, ']');
+        if (strchr(entry, '[') == NULL || close == NULL) continue;
+        close[1] = '\0';
+        condconv_row(g, r, entry, CONDCONV_ALGO_AUTO, entry, -1, -1, NULL);
+    }
+    /* The kernels' variants by number, as many as the library accepts
+     * (it judges the range); only those AUTO timed for this shape. */
+    const int internal = g->o->routing != CONDCONV_ROUTING_EXTERNAL;
+    for (int v = 1; internal && condconv_layer_set_kernel_variants(r->layer, v, -1) == CONDCONV_STATUS_SUCCESS; ++v) {
+        char method[64];
+        snprintf(method, sizeof method, "auto+routing[v%d]", v);
+        condconv_row(g, r, method, CONDCONV_ALGO_AUTO, NULL, v, -1, NULL);
+    }
+    const int aggregates = strstr(auto_info->candidates, "aggregate:") != NULL;
+    for (int v = 1; aggregates && condconv_layer_set_kernel_variants(r->layer, -1, v) == CONDCONV_STATUS_SUCCESS; ++v) {
+        char method[64];
+        snprintf(method, sizeof method, "auto+aggregate[v%d]", v);
+        condconv_row(g, r, method, CONDCONV_ALGO_AUTO, NULL, -1, v, NULL);
+    }
+    (void)condconv_layer_set_kernel_variants(r->layer, -1, -1);
+}
+
 static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int experts, condconv_math math,
                           const device_sets *sets, double static_plain, double static_graph)
 {
@@ -715,62 +852,15 @@ static void condconv_rows(gpu_run *g, const bench_layer *l, int batch, int exper
     }
     bench_params_free(&params);
 
+    const row_setup r = {l,     batch,        experts,     math, sets, static_plain, static_graph,
+                         layer, setup_status, setup_error, &cost};
     for (int a = 0; a < CONDCONV_ALGO_COUNT; ++a) {
         if (!o->run_algo[a]) continue;
-        const condconv_algo algo = (condconv_algo)a;
-        bench_row row;
-        bench_row_init(&row, l, batch, experts, math, condconv_algo_name(algo));
-        row.sets = sets->count;
-        row.static_plain_us = static_plain;
-        row.static_graph_us = static_graph;
-        row.macs = cost.conv_macs + cost.aggregation_macs + cost.routing_macs;
-        row.bytes = cost.min_bytes;
-        if (layer == NULL) {
-            set_status(&row, setup_status, setup_error);
-            add_row(g, &row);
-            continue;
-        }
-        char range[160];
-        snprintf(range, sizeof range, "bench %s n%d E%d %s %s", l->name, batch, experts,
-                 bench_prec_name(o->dtype, math), row.method);
-        nvtxRangePushA(range);
-        (void)condconv_layer_set_algo(layer, algo);
-        condconv_plan_info info;
-        memset(&info, 0, sizeof info);
-        st = condconv_prepare(layer, batch, l->h, l->w);
-        if (st == CONDCONV_STATUS_SUCCESS) st = condconv_get_plan_info(layer, batch, l->h, l->w, &info);
-        char err[BENCH_ERR_LEN] = "";
-        if (st == CONDCONV_STATUS_NOT_SUPPORTED || st == CONDCONV_STATUS_ALLOC_FAILED ||
-            (st != CONDCONV_STATUS_SUCCESS && strstr(condconv_last_error(), "out of memory") != NULL)) {
-            set_status(&row, "n/a", short_message(condconv_last_error()));
-            (void)cudaGetLastError(); /* an allocation failure is not sticky */
-        } else if (st != CONDCONV_STATUS_SUCCESS) {
-            set_status(&row, "error", condconv_last_error());
-        } else if (ensure_workspace(g, info.workspace_bytes, err, sizeof err) != 0) {
-            set_status(&row, "n/a", err);
-        } else {
-            snprintf(row.algo_run, sizeof row.algo_run, "%s", condconv_algo_name(info.algo));
-            if (info.backend[0] != '\0') {
-                const size_t len = strlen(row.note);
-                snprintf(row.note + len, sizeof row.note - len, "%s%s", len ? "; " : "", info.backend);
-            }
-            row.workspace_bytes = info.workspace_bytes;
-            cc_launch arg = {layer, batch, l->h, l->w, sets, external, g->workspace, g->workspace_cap};
-            measure(g, &row, launch_condconv, &arg, sets->count);
-            if (row.ok && algo == CONDCONV_ALGO_AUTO) {
-                /* What AUTO timed at prepare (issue 19): every candidate, the
-                 * kernels' variants and the budget, winner starred. */
-                const size_t len = strlen(row.note);
-                snprintf(row.note + len, sizeof row.note - len, "%s%s; candidates: %s", len ? "; " : "", info.reason,
-                         info.candidates[0] ? info.candidates : "none timed");
-            }
-            if (row.ok && algo == CONDCONV_ALGO_MIXTURE) {
-                const size_t len = strlen(row.note);
-                snprintf(row.note + len, sizeof row.note - len, "%sexecutes E x the conv MACs", len ? "; " : "");
-            }
-        }
-        nvtxRangePop();
-        add_row(g, &row);
+        condconv_plan_info auto_info;
+        auto_info.candidates[0] = '\0';
+        condconv_row(g, &r, condconv_algo_name((condconv_algo)a), (condconv_algo)a, NULL, -1, -1, &auto_info);
+        if (a == CONDCONV_ALGO_AUTO && o->candidates && layer != NULL && auto_info.candidates[0])
+            candidate_rows(g, &r, &auto_info);
     }
     (void)condconv_layer_destroy(layer);
     (void)condconv_layer_desc_destroy(desc);
@@ -826,7 +916,9 @@ static int run_gpu(const options *o, bench_report *report)
     }
     if (condconv_context_create(&g.ctx, o->device) != CONDCONV_STATUS_SUCCESS ||
         condconv_context_set_stream(g.ctx, g.stream) != CONDCONV_STATUS_SUCCESS ||
-        condconv_context_set_algo_select(g.ctx, o->select) != CONDCONV_STATUS_SUCCESS) {
+        condconv_context_set_algo_select(g.ctx, o->select) != CONDCONV_STATUS_SUCCESS ||
+        (o->auto_budget_ms >= 0.0 &&
+         condconv_context_set_auto_budget(g.ctx, (float)o->auto_budget_ms) != CONDCONV_STATUS_SUCCESS)) {
         fprintf(stderr, "condconv-bench: %s\n", condconv_last_error());
         return 1;
     }

@@ -2,13 +2,16 @@
  * routing only. Argument checks happen here, before anything is launched,
  * so a bad call writes nothing. */
 #include <stdint.h>
+#include <string.h>
 
+#include "aggregate.h"
 #include "context.h"
 #include "cuda_status.h"
 #include "error.h"
 #include "layer.h"
 #include "plan.h"
 #include "registry.h"
+#include "routing.h"
 
 condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo)
 {
@@ -17,6 +20,58 @@ condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo al
     if ((int)algo < 0 || algo >= CONDCONV_ALGO_COUNT)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: unknown algorithm %d", func, (int)algo);
     layer->requested = algo;
+    layer->forced_variant[0] = '\0';
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_layer_set_candidate(condconv_layer_t layer, const char *candidate)
+{
+    static const char func[] = "condconv_layer_set_candidate";
+    CC_CHECK_LAYER(layer, func);
+    if (candidate == NULL) {
+        layer->requested = CONDCONV_ALGO_AUTO;
+        layer->forced_variant[0] = '\0';
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    /* "algo" or "algo[variant]": the algorithm by its name, the variant's
+     * name checked at prepare (only preparing a variant names it). */
+    const char *open = strchr(candidate, '[');
+    const size_t algo_len = open ? (size_t)(open - candidate) : strlen(candidate);
+    size_t variant_len = 0;
+    if (open != NULL) {
+        const char *close = strchr(open, ']');
+        if (close == NULL || close[1] != '\0' || close == open + 1)
+            return cc_fail(CONDCONV_STATUS_BAD_VALUE,
+                           "%s: \"%.80s\" is not a candidate's name (\"algo\" or \"algo[variant]\")", func, candidate);
+        variant_len = (size_t)(close - open - 1);
+        if (variant_len >= sizeof layer->forced_variant)
+            return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: variant name longer than %zu characters", func,
+                           sizeof layer->forced_variant - 1);
+    }
+    for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a) {
+        const char *name = condconv_algo_name((condconv_algo)a);
+        if (strlen(name) != algo_len || strncmp(name, candidate, algo_len) != 0) continue;
+        layer->requested = (condconv_algo)a;
+        memcpy(layer->forced_variant, variant_len ? open + 1 : "", variant_len);
+        layer->forced_variant[variant_len] = '\0';
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: no algorithm is named \"%.*s\"", func,
+                   (int)(algo_len > 64 ? 64 : algo_len), candidate);
+}
+
+condconv_status condconv_layer_set_kernel_variants(condconv_layer_t layer, int routing_variant, int aggregate_variant)
+{
+    static const char func[] = "condconv_layer_set_kernel_variants";
+    CC_CHECK_LAYER(layer, func);
+    if (routing_variant < -1 || routing_variant >= CC_ROUTING_VARIANTS)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: routing variant %d outside [-1, %d)", func, routing_variant,
+                       CC_ROUTING_VARIANTS);
+    if (aggregate_variant < -1 || aggregate_variant >= CC_AGGREGATE_VARIANTS)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: aggregation variant %d outside [-1, %d)", func,
+                       aggregate_variant, CC_AGGREGATE_VARIANTS);
+    layer->forced_routing = routing_variant;
+    layer->forced_aggregate = aggregate_variant;
     return CONDCONV_STATUS_SUCCESS;
 }
 

@@ -232,6 +232,7 @@ condconv_status condconv_layer_create(condconv_context_t context, condconv_layer
     l->ctx = context;
     l->weights = w;
     l->requested = CONDCONV_ALGO_AUTO;
+    l->forced_routing = l->forced_aggregate = -1;
     /* Registered last, with its context, which then counts it as a user. */
     if (s == CONDCONV_STATUS_SUCCESS) s = cc_registry_add(l, CC_HANDLE_LAYER, context, func);
     if (s != CONDCONV_STATUS_SUCCESS) {
@@ -259,6 +260,9 @@ condconv_status condconv_layer_create_shared(condconv_context_t context, condcon
     l->ctx = context;
     l->weights = source->weights;
     l->requested = source->requested;
+    memcpy(l->forced_variant, source->forced_variant, sizeof l->forced_variant);
+    l->forced_routing = source->forced_routing;
+    l->forced_aggregate = source->forced_aggregate;
     const condconv_status s = cc_registry_add(l, CC_HANDLE_LAYER, context, func);
     if (s != CONDCONV_STATUS_SUCCESS) {
         free(l);

@@ -47,6 +47,11 @@ struct condconv_layer {
     condconv_context_t ctx;
     cc_weights *weights;
     condconv_algo requested;
+    /* condconv_layer_set_candidate's variant name ("" for none: AUTO's
+     * choice, or the forced algorithm's default) and the forced routing and
+     * aggregation kernel variants (-1: AUTO times them). */
+    char forced_variant[48];
+    int forced_routing, forced_aggregate;
     struct cc_plan **plans;
     int plan_count, plan_capacity;
 };

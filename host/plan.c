@@ -21,7 +21,8 @@ cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w)
     for (int i = 0; i < layer->plan_count; ++i) {
         cc_plan *p = layer->plans[i];
         if (p->n == n && p->h == h && p->w == w && p->math == layer->ctx->math && p->requested == layer->requested &&
-            p->info.select == layer->ctx->select)
+            p->info.select == layer->ctx->select && strcmp(p->forced_variant, layer->forced_variant) == 0 &&
+            p->forced_routing == layer->forced_routing && p->forced_aggregate == layer->forced_aggregate)
             return p;
     }
     return NULL;
@@ -172,6 +173,9 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
     plan->w = w;
     plan->math = ctx->math;
     plan->requested = layer->requested;
+    memcpy(plan->forced_variant, layer->forced_variant, sizeof plan->forced_variant);
+    plan->forced_routing = layer->forced_routing;
+    plan->forced_aggregate = layer->forced_aggregate;
     plan->geom = geom;
     plan->alpha_bytes = cc_align256(sizeof(float) * (size_t)geom.alpha_elems);
     condconv_plan_info *pi = &plan->info;
@@ -192,13 +196,7 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
      * MEASURE, whatever the algorithm), then the algorithm. */
     condconv_status st = cc_auto_choose_kernels(layer, plan, &scratch, &budget, func);
     if (st == CONDCONV_STATUS_SUCCESS && layer->requested != CONDCONV_ALGO_AUTO) {
-        const cc_algo_ops *ops = cc_algo_lookup(layer->requested);
-        st = ops->check(layer, &geom, func); /* again, for its message */
-        plan->state.aggregate_variant = plan->aggregate_variant;
-        if (st == CONDCONV_STATUS_SUCCESS)
-            st = ops->prepare(layer, &geom, plan->math, ctx->select, &scratch, &plan->state, func);
-        if (st == CONDCONV_STATUS_SUCCESS)
-            snprintf(pi->reason, sizeof pi->reason, "forced by condconv_layer_set_algo (its default variant)");
+        st = cc_auto_prepare_forced(layer, plan, &scratch, func);
     } else if (st == CONDCONV_STATUS_SUCCESS && ctx->select == CONDCONV_SELECT_HEURISTIC) {
         st = cc_auto_choose_by_rule(layer, plan, &scratch, func);
     } else if (st == CONDCONV_STATUS_SUCCESS) {

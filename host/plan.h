@@ -13,6 +13,8 @@ typedef struct cc_plan {
     int n, h, w;
     condconv_math math;
     condconv_algo requested;
+    char forced_variant[48];              /* the layer's, when the plan was made */
+    int forced_routing, forced_aggregate; /* likewise */
     cc_geometry geom;
     /* What runs for x and y both CC_LIB_ALIGNMENT-aligned (state), and for
      * any less-aligned x or y (state_unaligned, which stages them;

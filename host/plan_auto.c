@@ -156,8 +156,18 @@ static condconv_status run_route(const void *arg, const char *func)
 static condconv_status choose_routing(const struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                       cc_auto_budget *budget, const char *func)
 {
-    const int measure = layer->ctx->select == CONDCONV_SELECT_MEASURE &&
-                        layer->weights->info.routing != CONDCONV_ROUTING_EXTERNAL && CC_ROUTING_VARIANTS > 1;
+    const int external = layer->weights->info.routing == CONDCONV_ROUTING_EXTERNAL;
+    if (layer->forced_routing > 0 && !external) {
+        const condconv_status st = cc_plan_routing_create(layer, plan, layer->forced_routing, func);
+        if (st == CONDCONV_STATUS_NOT_SUPPORTED)
+            return cc_fail(st,
+                           "%s: routing variant %d (%s), forced by condconv_layer_set_kernel_variants, does not "
+                           "run this shape",
+                           func, layer->forced_routing, cc_routing_variant_name(layer->forced_routing));
+        return st;
+    }
+    const int measure = layer->ctx->select == CONDCONV_SELECT_MEASURE && !external && CC_ROUTING_VARIANTS > 1 &&
+                        layer->forced_routing < 0;
     CC_TRY(cc_plan_routing_create(layer, plan, 0, func));
     if (!measure) return CONDCONV_STATUS_SUCCESS;
     condconv_plan_info *info = &plan->info;
@@ -226,7 +236,8 @@ static condconv_status run_aggregate(const void *arg, const char *func)
 static condconv_status choose_aggregation(const struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                           cc_auto_budget *budget, const char *func)
 {
-    plan->aggregate_variant = 0;
+    plan->aggregate_variant = layer->forced_aggregate > 0 ? layer->forced_aggregate : 0;
+    if (layer->forced_aggregate >= 0) return CONDCONV_STATUS_SUCCESS;
     int aggregates = 0;
     for (int a = 1; a < CONDCONV_ALGO_COUNT; ++a)
         if (plan->info.applicable[a] && cc_algo_lookup((condconv_algo)a)->aggregates &&
@@ -516,6 +527,46 @@ condconv_status cc_auto_choose_by_measuring(const struct condconv_layer *layer, 
                (double)c[best_unaligned].unaligned_us);
     if (kernels[0]) append(info->candidates, sizeof info->candidates, "; %s", kernels);
     return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_auto_prepare_forced(const struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
+                                       const char *func)
+{
+    const cc_algo_ops *ops = cc_algo_lookup(layer->requested);
+    condconv_plan_info *info = &plan->info;
+    CC_TRY(ops->check(layer, &plan->geom, func)); /* again, for its message */
+    const char *wanted = layer->forced_variant;
+    if (wanted[0] == '\0') {
+        plan->state.aggregate_variant = plan->aggregate_variant;
+        CC_TRY(ops->prepare(layer, &plan->geom, plan->math, layer->ctx->select, scratch, &plan->state, func));
+        snprintf(info->reason, sizeof info->reason, "forced by condconv_layer_set_algo (its default variant)");
+        return CONDCONV_STATUS_SUCCESS;
+    }
+    /* A variant is known by name only once prepared: each is prepared in
+     * turn until one answers to the name. */
+    int variants = ops->variants ? ops->variants(layer, &plan->geom, plan->math) : 1;
+    if (variants > CC_MAX_ALGO_VARIANTS) variants = CC_MAX_ALGO_VARIANTS;
+    char have[160] = "";
+    for (int v = 1; v < variants; ++v) {
+        cc_algo_state state;
+        memset(&state, 0, sizeof state);
+        state.variant = v;
+        state.aggregate_variant = plan->aggregate_variant;
+        const condconv_status st =
+            ops->prepare(layer, &plan->geom, plan->math, CONDCONV_SELECT_MEASURE, scratch, &state, func);
+        if (st == CONDCONV_STATUS_SUCCESS && strcmp(state.variant_name, wanted) == 0) {
+            plan->state = state;
+            snprintf(info->reason, sizeof info->reason, "forced by condconv_layer_set_candidate: %s[%s]",
+                     condconv_algo_name(layer->requested), wanted);
+            return CONDCONV_STATUS_SUCCESS;
+        }
+        if (st == CONDCONV_STATUS_SUCCESS)
+            append(have, sizeof have, "%s\"%s\"", have[0] ? ", " : "", state.variant_name);
+        cc_algo_state_destroy(&state);
+        if (st != CONDCONV_STATUS_SUCCESS && st != CONDCONV_STATUS_NOT_SUPPORTED) return st;
+    }
+    return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: %s has no variant \"%s\" for this shape (it has: %s)", func,
+                   condconv_algo_name(layer->requested), wanted, have[0] ? have : "only its default");
 }
 
 /* The rule's choice; if it cannot be prepared after all (cuDNN has no

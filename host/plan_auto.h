@@ -27,6 +27,11 @@ void cc_auto_budget_report(const cc_auto_budget *budget, condconv_plan_info *inf
  * variant 0 under HEURISTIC. Creates the plan's routing buffers. */
 condconv_status cc_auto_choose_kernels(const struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                        cc_auto_budget *budget, const char *func);
+/* The algorithm forced by condconv_layer_set_algo or _set_candidate: its
+ * default variant, or the variant named by the candidate (NOT_SUPPORTED,
+ * listing the shape's variants, if it has none of that name). */
+condconv_status cc_auto_prepare_forced(const struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
+                                       const char *func);
 /* The rule's ranking, the first that prepares. */
 condconv_status cc_auto_choose_by_rule(const struct condconv_layer *layer, cc_plan *plan, cc_scratch *scratch,
                                        const char *func);

@@ -422,8 +422,25 @@ CONDCONV_API condconv_status condconv_layer_create_from_safetensors_memory(condc
 /* GPU path: plan (prepare), workspace, forward                              */
 /* ------------------------------------------------------------------------ */
 
-/* Force an algorithm for plans prepared after the call, or AUTO (default). */
+/* Force an algorithm for plans prepared after the call, or AUTO (default).
+ * Clears a candidate forced by condconv_layer_set_candidate. */
 CONDCONV_API condconv_status condconv_layer_set_algo(condconv_layer_t layer, condconv_algo algo);
+
+/* Force one of AUTO's candidates for plans prepared after the call, by the
+ * name condconv_plan_info.candidates lists it under: "fused" (an algorithm's
+ * default variant, as condconv_layer_set_algo) or "fused[nhwc coalesced]"
+ * (a kernel variant no GPU has ruled on yet). NULL: back to AUTO. A name
+ * that is no algorithm is BAD_VALUE here; a variant that the shape does not
+ * have is NOT_SUPPORTED at prepare, naming the variants it has. For
+ * benchmarks (a row per candidate) and for pinning a winner found once. */
+CONDCONV_API condconv_status condconv_layer_set_candidate(condconv_layer_t layer, const char *candidate);
+
+/* Force the routing and aggregation kernels' variants (kernels/routing.h,
+ * kernels/aggregate.h; plan info's routing_variant and aggregate_variant)
+ * for plans prepared after the call: 0 is the GPU-measured default, -1 lets
+ * AUTO time them (the default). BAD_VALUE outside [-1, count). */
+CONDCONV_API condconv_status condconv_layer_set_kernel_variants(condconv_layer_t layer, int routing_variant,
+                                                                int aggregate_variant);
 
 /* Prepares the layer for N x Cin x H x W inputs on the context's stream:
  * checks the shape, creates descriptors, chooses the algorithm (measuring

@@ -5,7 +5,8 @@
 #   2. every CTest test once, both labels, without sanitizer; then the
 #      Python package's GPU tests (pytest, if the machine's python3 has it)
 #   2b. the candidates' dev drivers (routing, aggregation, fused NHWC loaders):
-#      validate, then time each library variant against the byte floor
+#      validate, then time each library variant against the byte floor; then
+#      a bench row per candidate on CC-B0's 1x1 layers (f16 NHWC, f32 NCHW)
 #   3. condconv-bench --quick (the bench layer set, batch 1/32/128, E = 8,
 #      every algorithm and the static yardstick) with its CSV and JSON, then
 #      the timm side by side, the merged table and the plots; then the same
@@ -193,6 +194,16 @@ fi
 gpu_step routing_dev 40 "$build/bench/routing_dev"
 gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
 gpu_step fused_dev 40 "$build/bench/fused_dev"
+#     Then a bench row per candidate (--candidates: each variant AUTO lists,
+#     forced by its name, and each routing/aggregation kernel variant), with
+#     the static yardstick, floor and x-floor, on EfficientNet-CC-B0's 1x1
+#     layers at batch 32 and 128, E = 8: f16 NHWC and strict f32 NCHW.
+candidate_layers=(--layer 1152,192,1,1,1,7 --layer 112,672,1,1,1,14 --batch 32,128 --experts 8 --algo auto
+  --candidates --reps 7 --iters 10 --max-row-ms 100 --no-phases)
+gpu_step bench_candidates_f16 60 "$build/bench/condconv-bench" "${candidate_layers[@]}" --dtype f16 --layout nhwc \
+  --csv "$OUT/logs/bench_candidates_f16.csv"
+gpu_step bench_candidates_f32 45 "$build/bench/condconv-bench" "${candidate_layers[@]}" \
+  --csv "$OUT/logs/bench_candidates_f32.csv"
 
 # 3. benchmark (CSV written row by row, so a timeout keeps what ran), timm
 #    side by side, merged table, plots.

@@ -28,3 +28,30 @@ foreach(format "f32;nchw;2;cudnn_grouped" "f16;nhwc;3;depthwise_fused" "bf16;nch
   set_tests_properties(example_server_emu_${dtype}_${layout} PROPERTIES LABELS "cpu;emu" TIMEOUT 600
     PASS_REGULAR_EXPRESSION "6 of 6 requests.*on the GPU with CUDA graphs.*padding images.*completion by CUDA events.*0 differ")
 endforeach()
+
+# condconv-bench's GPU sweep -- the static cuDNN yardstick, every algorithm,
+# AUTO and a row per candidate (--candidates, issue 19), CSV out -- run
+# without a GPU, linked against the emulated runtime and libraries instead
+# of cudart, cuDNN and cuBLAS. It proves the sweep's logic (each candidate
+# AUTO lists can be forced by its name and measured); its times are the
+# emulator's, meaningless as speeds. One tiny layer, few repeats.
+set(cc_bench_dir ${PROJECT_SOURCE_DIR}/bench)
+add_executable(condconv_bench_emu ${cc_bench_dir}/main.c ${cc_bench_dir}/layers.c ${cc_bench_dir}/timing.c
+                                  ${cc_bench_dir}/baselines.c ${cc_bench_dir}/report.c ${cc_bench_dir}/floors.c
+                                  ${cc_bench_dir}/cpu_path.c ${cc_bench_dir}/stats.c)
+target_include_directories(condconv_bench_emu PRIVATE ${cc_bench_dir} ${PROJECT_SOURCE_DIR}/host
+                                                      ${PROJECT_SOURCE_DIR}/kernels)
+target_link_libraries(condconv_bench_emu PRIVATE cc_cpu_host m)
+set_target_properties(condconv_bench_emu PROPERTIES LINKER_LANGUAGE CXX)
+cc_emu_c_warnings(condconv_bench_emu)
+# f32 NHWC: the fused kernel's NHWC loader is a candidate there; AUTO's
+# budget unbounded so that every candidate is timed at prepare (the
+# emulator's forwards take milliseconds). Rows: AUTO, the loader forced by
+# name, routing variant 1 and aggregation variants 1 and 2 under AUTO.
+add_test(NAME test_bench_emu_candidates
+  COMMAND condconv_bench_emu --layer 16,24,1,1,1,4,4 --batch 3 --experts 4 --dtype f32 --layout nhwc --algo auto
+          --candidates --auto-budget 0 --reps 3 --warmup 1 --iters 1 --phase-reps 1 --max-row-ms 1 --no-graph
+          --no-ceilings --csv ${CMAKE_CURRENT_BINARY_DIR}/bench_emu_candidates.csv)
+set_tests_properties(test_bench_emu_candidates PROPERTIES LABELS "cpu;emu;emu_e2e" TIMEOUT 900
+  PASS_REGULAR_EXPRESSION "fp32 auto: ok.*fp32 fused\\[nhwc coalesced\\]: ok.*fp32 auto\\+routing\\[v1\\]: ok.*fp32 auto\\+aggregate\\[v1\\]: ok.*fp32 auto\\+aggregate\\[v2\\]: ok"
+  FAIL_REGULAR_EXPRESSION ": error|: n/a")

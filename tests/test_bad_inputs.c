@@ -209,6 +209,20 @@ static void layer_and_forward(void)
     EXPECT(ws == 99, "workspace size written on failure");
     EXPECT_REJECTED(condconv_layer_set_algo(layer, CONDCONV_ALGO_COUNT), CONDCONV_STATUS_BAD_VALUE,
                     "unknown algorithm");
+    /* Candidates by name and kernel variants by number (issue 19). */
+    EXPECT_REJECTED(condconv_layer_set_candidate(layer, "fusedx"), CONDCONV_STATUS_BAD_VALUE, "no algorithm is named");
+    EXPECT_REJECTED(condconv_layer_set_candidate(layer, "fused[a"), CONDCONV_STATUS_BAD_VALUE, "not a candidate");
+    EXPECT_REJECTED(condconv_layer_set_candidate(layer, "[a]"), CONDCONV_STATUS_BAD_VALUE, "no algorithm is named");
+    EXPECT_REJECTED(condconv_layer_set_candidate(layer, "auto"), CONDCONV_STATUS_BAD_VALUE, "no algorithm is named");
+    EXPECT_REJECTED(
+        condconv_layer_set_candidate(layer, "fused[a variant name far longer than any variant has ever been]"),
+        CONDCONV_STATUS_BAD_VALUE, "longer than");
+    EXPECT_REJECTED(condconv_layer_set_candidate(NULL, NULL), CONDCONV_STATUS_NULL_POINTER, "layer");
+    EXPECT_OK(condconv_layer_set_candidate(layer, "fused[nhwc coalesced]"));
+    EXPECT_OK(condconv_layer_set_candidate(layer, NULL));
+    EXPECT_REJECTED(condconv_layer_set_kernel_variants(layer, -2, 0), CONDCONV_STATUS_BAD_VALUE, "routing variant");
+    EXPECT_REJECTED(condconv_layer_set_kernel_variants(layer, 0, 99), CONDCONV_STATUS_BAD_VALUE, "aggregation variant");
+    EXPECT_OK(condconv_layer_set_kernel_variants(layer, -1, 0));
     condconv_layer_destroy(layer);
 
     /* External routing: the forward needs routing weights. */

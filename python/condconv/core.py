@@ -668,6 +668,19 @@ class Layer:
             value = int(algo)  # C judges the range (BAD_VALUE)
         check(lib().condconv_layer_set_algo(self.handle, value), "condconv_layer_set_algo")
 
+    def set_candidate(self, candidate: str | None) -> None:
+        """Forces one of AUTO's candidates by the name plan info lists it under ("fused", "fused[nhwc coalesced]"),
+        or None for AUTO again, for shapes prepared afterwards."""
+        name = None if candidate is None else candidate.encode()
+        check(lib().condconv_layer_set_candidate(self.handle, name), "condconv_layer_set_candidate")
+
+    def set_kernel_variants(self, routing: int = -1, aggregate: int = -1) -> None:
+        """Forces the routing and aggregation kernels' variants (0: the GPU-measured default; -1: AUTO times them)."""
+        check(
+            lib().condconv_layer_set_kernel_variants(self.handle, int(routing), int(aggregate)),
+            "condconv_layer_set_kernel_variants",
+        )
+
     def prepare(self, n: int, h: int, w: int) -> None:
         """Plans the GPU forward of N x Cin x H x W inputs (may allocate, synchronise and measure; never inside a
         CUDA graph capture)."""

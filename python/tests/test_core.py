@@ -442,6 +442,15 @@ def test_plan_info_on_cpu_context(ctx: Context) -> None:
     layer.set_algo(condconv.Algo.AUTO)
     with pytest.raises(ValueError, match="unknown algorithm"):
         layer.set_algo("winograd")
+    layer.set_candidate("fused[nhwc coalesced]")
+    layer.set_candidate(None)
+    with pytest.raises(CondConvError) as excinfo:
+        layer.set_candidate("winograd")
+    expect_status(excinfo, Status.BAD_VALUE, "condconv_layer_set_candidate")
+    layer.set_kernel_variants(0, -1)
+    with pytest.raises(CondConvError) as excinfo:
+        layer.set_kernel_variants(-5, 0)
+    expect_status(excinfo, Status.BAD_VALUE, "condconv_layer_set_kernel_variants")
     with pytest.raises(CondConvError) as excinfo:
         layer.plan_info(1, 4, 4)
     expect_status(excinfo, Status.NO_DEVICE, "condconv_get_plan_info")

@@ -8,7 +8,9 @@
  * layers that reach each kind of candidate: f32 NHWC dense (the fused
  * kernel's NHWC loaders), f16 NCHW pointwise and a depthwise layer (the
  * aggregation variants through cudnn_grouped and gemm_batched), with
- * routing inside the layer (the routing variants) and external. */
+ * routing inside the layer (the routing variants) and external. Each
+ * candidate can be forced by its name, and each kernel variant by number
+ * (the bench's row per candidate). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,24 +110,46 @@ static void check_unmeasured(const layer_case *lc, const condconv_plan_info *inf
            info->aggregate_variant);
 }
 
+/* A case's layer, its parameters (host, f32 and in the dtype) and output size. */
+typedef struct case_layer {
+    tu_params p;
+    void *hp[4];
+    condconv_layer_desc_t desc;
+    condconv_layer_t layer; /* NULL if creating it failed (reported) */
+    int ho, wo;
+} case_layer;
+
+static void case_layer_create(condconv_context_t ctx, const layer_case *lc, case_layer *cl)
+{
+    tu_make_params(&lc->spec, &cl->p);
+    tu_params_in_dtype(&cl->p, lc->dtype, cl->hp);
+    const condconv_params view = {cl->hp[0], cl->hp[1], cl->hp[2], cl->hp[3]};
+    cl->desc = tu_make_desc(&lc->spec);
+    EXPECT_OK(condconv_layer_desc_set_format(cl->desc, lc->dtype, lc->layout));
+    cl->ho = cl->wo = 0;
+    EXPECT_OK(condconv_layer_desc_get_output_dims(cl->desc, lc->h, lc->w, &cl->ho, &cl->wo, NULL));
+    cl->layer = NULL;
+    if (!EXPECT_OK(condconv_layer_create(ctx, cl->desc, &view, &cl->layer))) cl->layer = NULL;
+}
+
+static void case_layer_destroy(case_layer *cl)
+{
+    if (cl->layer) condconv_layer_destroy(cl->layer);
+    condconv_layer_desc_destroy(cl->desc);
+    for (int i = 0; i < 4; ++i) free(cl->hp[i]);
+    tu_free_params(&cl->p);
+}
+
 /* extras: candidates beyond the defaults the unbounded plan timed (for the budget check). */
 static void run(condconv_context_t ctx, const layer_case *lc, condconv_algo algo, condconv_algo_select select,
                 float budget_ms, int *extras)
 {
-    const tu_layer_spec *s = &lc->spec;
     EXPECT_OK(condconv_context_set_algo_select(ctx, select));
     EXPECT_OK(condconv_context_set_auto_budget(ctx, budget_ms));
-    tu_params p;
-    tu_make_params(s, &p);
-    void *hp[4];
-    tu_params_in_dtype(&p, lc->dtype, hp);
-    const condconv_params view = {hp[0], hp[1], hp[2], hp[3]};
-    condconv_layer_desc_t desc = tu_make_desc(s);
-    EXPECT_OK(condconv_layer_desc_set_format(desc, lc->dtype, lc->layout));
-    int ho = 0, wo = 0;
-    EXPECT_OK(condconv_layer_desc_get_output_dims(desc, lc->h, lc->w, &ho, &wo, NULL));
-    condconv_layer_t layer = NULL;
-    if (EXPECT_OK(condconv_layer_create(ctx, desc, &view, &layer))) {
+    case_layer cl;
+    case_layer_create(ctx, lc, &cl);
+    condconv_layer_t layer = cl.layer;
+    if (layer != NULL) {
         EXPECT_OK(condconv_layer_set_algo(layer, algo));
         condconv_plan_info info;
         if (EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &info))) {
@@ -151,13 +175,96 @@ static void run(condconv_context_t ctx, const layer_case *lc, condconv_algo algo
                        info.winner);
                 EXPECT(strstr(info.reason, "forced") != NULL, "%s: reason '%s'", lc->name, info.reason);
             }
-            eu_check_forward(layer, lc->name, &lc->spec, lc->dtype, lc->layout, &p, lc->n, lc->h, lc->w, ho, wo);
+            eu_check_forward(layer, lc->name, &lc->spec, lc->dtype, lc->layout, &cl.p, lc->n, lc->h, lc->w, cl.ho,
+                             cl.wo);
         }
-        condconv_layer_destroy(layer);
     }
-    condconv_layer_desc_destroy(desc);
-    for (int i = 0; i < 4; ++i) free(hp[i]);
-    tu_free_params(&p);
+    case_layer_destroy(&cl);
+}
+
+/* Each candidate AUTO listed, forced by its name (condconv_layer_set_candidate,
+ * as the bench makes a row per candidate), and each routing and aggregation
+ * variant forced by number: the plan runs exactly that, says so, and the
+ * forward equals the reference. Then the names and numbers it must refuse. */
+static void forced_candidates(condconv_context_t ctx, const layer_case *lc)
+{
+    EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
+    EXPECT_OK(condconv_context_set_auto_budget(ctx, 0.0f));
+    case_layer cl;
+    case_layer_create(ctx, lc, &cl);
+    condconv_layer_t layer = cl.layer;
+    condconv_plan_info info;
+    if (layer == NULL || !EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &info))) {
+        case_layer_destroy(&cl);
+        return;
+    }
+    /* The algorithm candidates: "[*]name t us" entries up to the first ';'. */
+    char list[sizeof info.candidates];
+    snprintf(list, sizeof list, "%s", info.candidates);
+    char *end = strchr(list, ';');
+    if (end) *end = '\0';
+    int forced = 0;
+    for (char *entry = strtok(list, ","); entry != NULL; entry = strtok(NULL, ",")) {
+        while (*entry == ' ' || *entry == '*') ++entry;
+        char *cut = strstr(entry, " us");
+        if (cut == NULL) continue;
+        while (cut > entry && cut[-1] != ' ') --cut; /* back over the time */
+        if (cut > entry) cut[-1] = '\0';
+        char name[64];
+        snprintf(name, sizeof name, "%s", entry);
+        EXPECT_OK(condconv_layer_set_candidate(layer, name));
+        condconv_plan_info f;
+        if (!EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &f))) continue;
+        const int variant = strchr(name, '[') != NULL;
+        EXPECT(strncmp(name, condconv_algo_name(f.algo), strlen(condconv_algo_name(f.algo))) == 0 &&
+                   f.requested == f.algo,
+               "%s: forced '%s', runs %s", lc->name, name, condconv_algo_name(f.algo));
+        EXPECT(strstr(f.reason, variant ? "condconv_layer_set_candidate" : "its default variant") != NULL &&
+                   (!variant || strstr(f.reason, name) != NULL),
+               "%s: forced '%s', reason '%s'", lc->name, name, f.reason);
+        printf("  %s, forced candidate %s: %s\n", lc->name, name, f.backend);
+        eu_check_forward(layer, lc->name, &lc->spec, lc->dtype, lc->layout, &cl.p, lc->n, lc->h, lc->w, cl.ho, cl.wo);
+        ++forced;
+    }
+    EXPECT(forced >= 1, "%s: no candidate parsed from '%s'", lc->name, info.candidates);
+    /* The kernels' variants by number, under the forced cudnn_grouped
+     * (it aggregates) where it applies, else under AUTO. */
+    EXPECT_OK(condconv_layer_set_candidate(layer, NULL));
+    if (info.applicable[CONDCONV_ALGO_CUDNN_GROUPED]) EXPECT_OK(condconv_layer_set_candidate(layer, "cudnn_grouped"));
+    const int internal = lc->spec.routing != CONDCONV_ROUTING_EXTERNAL;
+    for (int r = 0; r < CC_ROUTING_VARIANTS; ++r)
+        for (int a = 0; a < CC_AGGREGATE_VARIANTS; ++a) {
+            if (!EXPECT_OK(condconv_layer_set_kernel_variants(layer, r, a))) continue;
+            condconv_plan_info f;
+            if (!EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &f))) continue;
+            EXPECT(f.routing_variant == (internal ? r : 0) && f.aggregate_variant == a,
+                   "%s: forced routing %d aggregation %d, plan runs %d and %d", lc->name, r, a, f.routing_variant,
+                   f.aggregate_variant);
+            eu_check_forward(layer, lc->name, &lc->spec, lc->dtype, lc->layout, &cl.p, lc->n, lc->h, lc->w, cl.ho,
+                             cl.wo);
+        }
+    /* Refusals: nothing changes on a refused call. */
+    EXPECT(condconv_layer_set_candidate(layer, "no_such_algo") == CONDCONV_STATUS_BAD_VALUE, "unknown algorithm");
+    EXPECT(condconv_layer_set_candidate(layer, "fused[") == CONDCONV_STATUS_BAD_VALUE, "unclosed bracket");
+    EXPECT(condconv_layer_set_candidate(layer, "fused[]") == CONDCONV_STATUS_BAD_VALUE, "empty variant");
+    EXPECT(condconv_layer_set_candidate(layer, "fused[x]y") == CONDCONV_STATUS_BAD_VALUE, "text after ]");
+    EXPECT(condconv_layer_set_candidate(NULL, "fused") == CONDCONV_STATUS_NULL_POINTER, "NULL layer");
+    EXPECT(condconv_layer_set_kernel_variants(layer, CC_ROUTING_VARIANTS, 0) == CONDCONV_STATUS_BAD_VALUE,
+           "routing variant past the last");
+    EXPECT(condconv_layer_set_kernel_variants(layer, 0, -2) == CONDCONV_STATUS_BAD_VALUE, "aggregation variant -2");
+    EXPECT_OK(condconv_layer_set_kernel_variants(layer, -1, -1));
+    if (info.applicable[CONDCONV_ALGO_FUSED]) {
+        EXPECT_OK(condconv_layer_set_candidate(layer, "fused[no such variant]"));
+        EXPECT(condconv_prepare(layer, lc->n, lc->h, lc->w) == CONDCONV_STATUS_NOT_SUPPORTED &&
+                   strstr(condconv_last_error(), "no variant \"no such variant\"") != NULL,
+               "%s: an unknown variant: '%s'", lc->name, condconv_last_error());
+    }
+    /* NULL: AUTO again. */
+    EXPECT_OK(condconv_layer_set_candidate(layer, NULL));
+    condconv_plan_info back;
+    if (EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &back)))
+        EXPECT(back.requested == CONDCONV_ALGO_AUTO && back.winner[0] != '\0', "%s: AUTO after NULL", lc->name);
+    case_layer_destroy(&cl);
 }
 
 int main(void)
@@ -194,6 +301,11 @@ int main(void)
     int unused = 0;
     run(ctx, &cases[0], CONDCONV_ALGO_FUSED, CONDCONV_SELECT_MEASURE, 0.0f, &unused);
     run(ctx, &cases[1], CONDCONV_ALGO_GEMM_BATCHED, CONDCONV_SELECT_HEURISTIC, 0.0f, &unused);
+    /* Every candidate by name: the fused NHWC loader (case 0), the
+     * aggregation variants under cudnn_grouped (case 1), external routing (3). */
+    forced_candidates(ctx, &cases[0]);
+    forced_candidates(ctx, &cases[1]);
+    forced_candidates(ctx, &cases[3]);
     EXPECT_OK(condconv_context_destroy(ctx));
     return tu_finish("test_emu_auto");
 }

@@ -475,6 +475,8 @@ cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t stream)
     return CUDNN_STATUS_SUCCESS;
 }
 
+size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
+
 const char *cudnnGetErrorString(cudnnStatus_t status)
 {
     switch (status) {
@@ -835,6 +837,30 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
         cc_cpu::check_guards(call);
     };
     return cc_cpu::enqueue(handle->stream, call, work) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+// One GEMM: the strided-batched call with a batch of one (the bench's
+// tensor-core ceiling; the library itself makes batched calls only).
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *a, cudaDataType a_type, int lda, const void *b,
+                            cudaDataType b_type, int ldb, const void *beta, void *c, cudaDataType c_type, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t algo)
+{
+    return cublasGemmStridedBatchedEx(handle, transa, transb, m, n, k, alpha, a, a_type, lda, 0, b, b_type, ldb, 0,
+                                      beta, c, c_type, ldc, 0, 1, compute, algo);
+}
+
+// The versions the headers this layer compiles against name (what the
+// bench's report records as the environment).
+cublasStatus_t cublasGetProperty(libraryPropertyType type, int *value)
+{
+    if (value == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+    switch (type) {
+    case MAJOR_VERSION: *value = CUBLAS_VER_MAJOR; return CUBLAS_STATUS_SUCCESS;
+    case MINOR_VERSION: *value = CUBLAS_VER_MINOR; return CUBLAS_STATUS_SUCCESS;
+    case PATCH_LEVEL: *value = CUBLAS_VER_PATCH; return CUBLAS_STATUS_SUCCESS;
+    default: return CUBLAS_STATUS_INVALID_VALUE;
+    }
 }
 
 const char *cublasGetStatusName(cublasStatus_t status)

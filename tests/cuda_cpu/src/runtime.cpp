@@ -480,6 +480,21 @@ extern "C" cudaError_t cudaGetDeviceCount(int *count)
     return cudaSuccess;
 }
 
+// The emulated runtime is the toolkit's headers' version; so is its "driver".
+extern "C" cudaError_t cudaRuntimeGetVersion(int *version)
+{
+    if (version == nullptr) return result(cudaErrorInvalidValue);
+    *version = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaDriverGetVersion(int *version)
+{
+    if (version == nullptr) return result(cudaErrorInvalidValue);
+    *version = CUDART_VERSION;
+    return cudaSuccess;
+}
+
 extern "C" cudaError_t cudaGetDevice(int *device)
 {
     if (device == nullptr) return result(cudaErrorInvalidValue);
