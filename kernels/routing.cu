@@ -367,14 +367,12 @@ extern "C" int cc_routing_splits(int n, int c, long long hw, int sm_count)
     return splits < 1 ? 1 : (int)splits;
 }
 
+// Arguments checked by cc_launch_routing_variant.
 static cudaError_t launch_routing_v0(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
                                      float *alpha, int n, int c, long long hw, int e, int softmax,
                                      float inv_temperature, int splits, float *partial, unsigned int *counters,
                                      cudaStream_t stream)
 {
-    if (n <= 0 || c <= 0 || hw <= 0 || e <= 0 || e > CC_ROUTING_MAX_EXPERTS || splits < 1 || splits > 65535 ||
-        (splits > 1 && (partial == NULL || counters == NULL)) || (layout != CC_LAYOUT_NCHW && layout != CC_LAYOUT_NHWC))
-        return cudaErrorInvalidValue;
     return cc_dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
         using T = typename decltype(tag)::type;
         constexpr int kV = cc_vec16<T>::count;
@@ -793,14 +791,12 @@ static int routing_splits_v1(int n, int c, long long hw, int sm_count)
     return splits < 1 ? 1 : (int)splits;
 }
 
+// Arguments checked by cc_launch_routing_variant.
 static cudaError_t launch_routing_v1(int dtype, int layout, const void *x, const float *weight_t, const float *bias,
                                      float *alpha, int n, int c, long long hw, int e, int softmax,
                                      float inv_temperature, int splits, float *partial, unsigned int *counters,
                                      cudaStream_t stream)
 {
-    if (n <= 0 || c <= 0 || hw <= 0 || e <= 0 || e > CC_ROUTING_MAX_EXPERTS || splits < 1 || splits > 65535 ||
-        (splits > 1 && (partial == NULL || counters == NULL)) || (layout != CC_LAYOUT_NCHW && layout != CC_LAYOUT_NHWC))
-        return cudaErrorInvalidValue;
     return cc_dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
         using T = typename decltype(tag)::type;
         constexpr int kV = cc_vec16<T>::count;
@@ -867,6 +863,10 @@ extern "C" cudaError_t cc_launch_routing_variant(int variant, int dtype, int lay
                                                  long long hw, int e, int softmax, float inv_temperature, int splits,
                                                  float *partial, unsigned int *counters, cudaStream_t stream)
 {
+    // The arguments both variants take, checked once before either launches.
+    if (n <= 0 || c <= 0 || hw <= 0 || e <= 0 || e > CC_ROUTING_MAX_EXPERTS || splits < 1 || splits > 65535 ||
+        (splits > 1 && (partial == NULL || counters == NULL)) || (layout != CC_LAYOUT_NCHW && layout != CC_LAYOUT_NHWC))
+        return cudaErrorInvalidValue;
     if (variant == 0)
         return launch_routing_v0(dtype, layout, x, weight_t, bias, alpha, n, c, hw, e, softmax, inv_temperature, splits,
                                  partial, counters, stream);

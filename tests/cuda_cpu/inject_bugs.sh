@@ -7,14 +7,19 @@
 # pass on the unmodified copy, so that a failure means the bug was seen.
 # Exits 1 unless every bug is caught; prints how each one was.
 #
-# The ASan and the TSan bugs run side by side, each build on its own copy.
+# Three workers run side by side, each with its own build on its own copy:
+# the TSan bugs, and the ASan bugs in two shards by test (ASAN_SHARD2_TESTS
+# go to the second). A bug's time is mostly one single-threaded compile, so
+# one ASan worker left a core idle for most of CI's run once the TSan bugs
+# were done; the shards are sized to finish together.
 #
-# Usage: tests/cuda_cpu/inject_bugs.sh [PREFIX]   (build trees PREFIX-asan and
-#        PREFIX-tsan on copies PREFIX-kernels-asan and -tsan, PREFIX-host-asan
-#        and -tsan; default build-emu-bugs)
+# Usage: tests/cuda_cpu/inject_bugs.sh [PREFIX]   (build trees PREFIX-asan,
+#        PREFIX-asan2 and PREFIX-tsan on copies PREFIX-kernels-<worker> and
+#        PREFIX-host-<worker>; default build-emu-bugs)
 # Environment: JOBS (default 2), BUG_TIMEOUT (seconds per test run, default 300),
 #   BUG_LIST (default tests/cuda_cpu/bugs.txt: another file of records, e.g. only
-#   the ones being written, to prove a few without the whole list's hour).
+#   the ones being written, to prove a few without the whole list's hour),
+#   ASAN_SHARD2_TESTS (the tests whose ASan bugs the second ASan worker takes).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
@@ -23,6 +28,7 @@ jobs=${JOBS:-2}
 timeout_s=${BUG_TIMEOUT:-300}
 list=${BUG_LIST:-$root/tests/cuda_cpu/bugs.txt}
 start=$(date +%s)
+shard2=" ${ASAN_SHARD2_TESTS:-test_fused_conv test_emu_forward test_emu_formats test_emu_graph test_emu_gather} "
 
 # --- the bug list ----------------------------------------------------------------------------------
 names=() files=() builds=() tests=() froms=() tos=()
@@ -39,6 +45,17 @@ while IFS= read -r line || [[ -n $line ]]; do
   esac
 done <"$list"
 count=${#names[@]}
+# The worker of each bug: its build, the ASan ones split by test.
+workers=()
+for i in "${!names[@]}"; do
+  w=${builds[$i]}
+  if [[ $w != asan && $w != tsan ]]; then
+    echo "inject_bugs: $list: bug '${names[$i]}': build '$w' (asan or tsan)" >&2
+    exit 2
+  fi
+  [[ $w == asan && $shard2 == *" ${tests[$i]} "* ]] && w=asan2
+  workers+=("$w")
+done
 if ((count == 0)) || ((${#files[@]} != count || ${#builds[@]} != count || ${#tests[@]} != count ||
   ${#froms[@]} != count || ${#tos[@]} != count)); then
   echo "inject_bugs: $list: every bug needs bug, file, build, test, from and to" >&2
@@ -57,7 +74,7 @@ sync_dir() { # source copy
 sync_copy() { # build
   sync_dir kernels "$prefix-kernels-$1" && sync_dir host "$prefix-host-$1"
 }
-configure() { # build (asan|tsan)
+configure() { # worker (asan|asan2|tsan)
   local dir=$prefix-$1 copy=$prefix-kernels-$1 sanitize=address
   [[ $1 == tsan ]] && sanitize=thread
   mkdir -p "$copy" "$prefix-host-$1" "$dir" && sync_copy "$1" || return 1
@@ -104,7 +121,7 @@ inject() { # build
   local b=$1 i log status t0 result target
   local -A seen
   for i in "${!names[@]}"; do
-    [[ ${builds[$i]} == "$b" && -z ${seen[${tests[$i]}]:-} ]] || continue
+    [[ ${workers[$i]} == "$b" && -z ${seen[${tests[$i]}]:-} ]] || continue
     seen[${tests[$i]}]=1
     log=$prefix-$b/${tests[$i]}.baseline.log
     if ! build "$b" "${tests[$i]}" "$log" || ! run "$b" "${tests[$i]}" "$log"; then
@@ -114,7 +131,7 @@ inject() { # build
     echo "  $b: ${tests[$i]} passes unmodified ($(($(date +%s) - start)) s)"
   done
   for i in "${!names[@]}"; do
-    [[ ${builds[$i]} == "$b" ]] || continue
+    [[ ${workers[$i]} == "$b" ]] || continue
     t0=$(date +%s)
     sync_copy "$b" # undo the previous bug
     log=$prefix-$b/bug$((i + 1)).log
@@ -145,34 +162,41 @@ inject() { # build
   sync_copy "$b"
 }
 
-for b in asan tsan; do configure "$b" || exit 1; done
-rm -f "$prefix"-asan/result.* "$prefix"-tsan/result.*
-echo "inject_bugs: $count bugs, the ASan and the TSan ones side by side"
-# The TSan worker's status goes through a file: `wait PID` can lose it (a CI
-# run was told "pid is not a child of this shell" after the asan worker's
+# Only the workers that have bugs (a BUG_LIST of a few records may need one).
+active=()
+for b in asan asan2 tsan; do
+  for w in "${workers[@]}"; do [[ $w == "$b" ]] && { active+=("$b"); break; }; done
+done
+for b in "${active[@]}"; do configure "$b" || exit 1; done
+for b in "${active[@]}"; do rm -f "$prefix-$b"/result.* "$prefix-$b/worker.rc"; done
+echo "inject_bugs: $count bugs; workers side by side: ${active[*]}"
+# Each worker's status goes through a file: `wait PID` can lose it (a CI run
+# was told "pid is not a child of this shell" once the other worker's
 # thousands of processes had recycled the finished worker's pid).
-rm -f "$prefix-tsan/worker.rc"
-(
-  inject tsan
-  echo $? >"$prefix-tsan/worker.rc"
-) &
-inject asan
-asan_rc=$?
+for b in "${active[@]}"; do
+  (
+    inject "$b"
+    echo $? >"$prefix-$b/worker.rc"
+  ) &
+done
 wait
-tsan_rc=$(cat "$prefix-tsan/worker.rc" 2>/dev/null || echo "no status")
-[[ $tsan_rc == 0 ]] || echo "inject_bugs: the TSan worker ended with status $tsan_rc"
-[[ $asan_rc == 0 && $tsan_rc == 0 ]] || exit 1
+failed_workers=0
+for b in "${active[@]}"; do
+  rc=$(cat "$prefix-$b/worker.rc" 2>/dev/null || echo "no status")
+  [[ $rc == 0 ]] || { echo "inject_bugs: the $b worker ended with status $rc"; failed_workers=1; }
+done
+((failed_workers == 0)) || exit 1
 
 caught=0
 echo
 for i in "${!names[@]}"; do
-  f=$prefix-${builds[$i]}/result.$i
+  f=$prefix-${workers[$i]}/result.$i
   if [[ -f $f ]]; then
     [[ $(cat "$f") == CAUGHT* ]] && caught=$((caught + 1))
   else
-    echo "ERROR   ${names[$i]}: no result (unknown build '${builds[$i]}'?)" >"$f"
+    echo "ERROR   ${names[$i]}: no result (its worker ${workers[$i]} stopped before it)" >"$f"
   fi
 done
 echo "==== injected bugs: $caught of $count caught ($(($(date +%s) - start)) s) ===="
-for i in "${!names[@]}"; do cat "$prefix-${builds[$i]}/result.$i"; done
+for i in "${!names[@]}"; do cat "$prefix-${workers[$i]}/result.$i"; done
 ((caught == count))
