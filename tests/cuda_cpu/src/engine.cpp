@@ -212,6 +212,14 @@ struct thread_ctx {
     block_state *block = nullptr;
     unsigned tid = 0, warp = 0, lane = 0;
     bool release_pending = false; // a __threadfence() was executed: later atomics release
+    // <cuda_pipeline.h>: the open group and the committed groups, oldest first.
+    struct pipe_copy {
+        void *dst;
+        const void *src;
+        size_t bytes, zfill;
+    };
+    std::vector<pipe_copy> pipe_open;
+    std::deque<std::vector<pipe_copy>> pipe_groups;
 };
 thread_local thread_ctx t_self;
 
@@ -439,6 +447,13 @@ std::atomic<bool> g_buffering{false}; // the running grid uses the store buffer
 // --- running the threads of a block ---------------------------------------------------------
 void thread_exit(block_state &b, thread_ctx &me)
 {
+    size_t queued = me.pipe_open.size();
+    for (const auto &group : me.pipe_groups) queued += group.size();
+    if (queued > 0)
+        fault_in(&b, nullptr, 0,
+                 "thread %u returned with %zu cp.async copies never waited for (__pipeline_wait_prior): their "
+                 "shared-memory destinations are undefined",
+                 me.tid, queued);
     std::unique_lock<std::mutex> lk(b.m);
     --b.live;
     ++b.exited;
@@ -461,6 +476,8 @@ void thread_exit(block_state &b, thread_ctx &me)
 void run_thread(block_state &b, unsigned tid)
 {
     const launch_desc &d = *b.grid->desc;
+    t_self.pipe_open.clear(); // per GPU thread and launch (a fault ended the last one)
+    t_self.pipe_groups.clear();
     t_self.block = &b;
     t_self.tid = tid;
     t_self.warp = tid / 32;
@@ -1087,6 +1104,61 @@ void atomic_after(const void *addr)
 #else
     (void)addr;
 #endif
+}
+
+void pipeline_copy(void *dst, const void *src, size_t bytes, size_t zfill, const char *file, int line)
+{
+    thread_ctx &me = self("__pipeline_memcpy_async", file, line);
+    if (bytes != 4 && bytes != 8 && bytes != 16)
+        fault_in(me.block, file, line, "__pipeline_memcpy_async: size %zu, must be 4, 8 or 16", bytes);
+    if (zfill > bytes)
+        fault_in(me.block, file, line, "__pipeline_memcpy_async: zero-fill %zu bytes of a %zu-byte copy", zfill, bytes);
+    const auto d = reinterpret_cast<uintptr_t>(dst);
+    const auto sect = reinterpret_cast<uintptr_t>(__start_cc_cpu_shared);
+    const auto sect_end = reinterpret_cast<uintptr_t>(__stop_cc_cpu_shared);
+    const auto arena = reinterpret_cast<uintptr_t>(dynamic_arena), arena_end = arena + kArenaBytes;
+    const grid_state &g = *me.block->grid;
+    const auto dyn = reinterpret_cast<uintptr_t>(g.dyn), dyn_end = dyn + (g.dyn != nullptr ? g.desc->smem : 0);
+    const bool in_dyn = g.dyn != nullptr && d >= dyn && d + bytes <= dyn_end;
+    const bool in_static = d >= sect && d + bytes <= sect_end && (d + bytes <= arena || d >= arena_end);
+    if (!in_dyn && !in_static)
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: destination %p (%zu bytes) is not in the block's shared memory", dst, bytes);
+    if (d % bytes != 0)
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: destination %p is not %zu-byte aligned (a GPU raises "
+                 "cudaErrorMisalignedAddress)",
+                 dst, bytes);
+    if (reinterpret_cast<uintptr_t>(src) % bytes != 0)
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: source %p is not %zu-byte aligned (a GPU raises cudaErrorMisalignedAddress)",
+                 src, bytes);
+    if (bytes - zfill > 0 && !is_device_range(src, bytes - zfill))
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: source %p (%zu bytes) is not device memory (a GPU raises "
+                 "cudaErrorIllegalAddress)",
+                 src, bytes - zfill);
+    me.pipe_open.push_back({dst, src, bytes, zfill});
+}
+
+void pipeline_commit()
+{
+    thread_ctx &me = self("__pipeline_commit", nullptr, 0);
+    me.pipe_groups.push_back(std::move(me.pipe_open));
+    me.pipe_open.clear();
+}
+
+void pipeline_wait_prior(size_t prior, const char *file, int line)
+{
+    thread_ctx &me = self("__pipeline_wait_prior", file, line);
+    while (me.pipe_groups.size() > prior) {
+        for (const thread_ctx::pipe_copy &c : me.pipe_groups.front()) {
+            auto *d = static_cast<unsigned char *>(c.dst);
+            std::memcpy(d, c.src, c.bytes - c.zfill);
+            std::memset(d + (c.bytes - c.zfill), 0, c.zfill);
+        }
+        me.pipe_groups.pop_front();
+    }
 }
 
 // NOLINTNEXTLINE(cert-dcl50-cpp): printf-style, so that the compiler checks every message's arguments
