@@ -61,9 +61,11 @@
 //     path) or col-major [64][16 + 16/es] (NHWC 16-byte path: a pixel's 8
 //     channels are one contiguous 16-byte cp.async)
 //   | A tiles [S][16][BM + 16/es] | alpha f32 [S][E] | bias f32 [S][BM]
-// f16, S = 4: E = 8, BM = 64: 51.6 KiB; E = 64 (BM = 16): 79.1 KiB.
-// f32, S = 4: E = 8, BM = 64: 95.6 KiB; E = 48 (BM = 16): 111.6 KiB, the
-// largest f32 E that fits 113 KiB.
+// Per block at S = 4 (the larger of the two input-tile forms):
+//   f16/bf16: E = 8, BM = 64: 48.1 KiB (just past 48 KiB: the opt-in);
+//     E = 32, BM = 32: 78.0 KiB; E = 64 (the largest), BM = 16: 75.2 KiB.
+//   f32: E = 8, BM = 64: 92.1 KiB; E = 32, BM = 16: 81.8 KiB; E = 46 (the
+//     largest that fits 113 KiB), BM = 16: 110.0 KiB.
 // Pitches: every row pitch is 16 bytes mod 128 (A: BM+8 halves = 144, 80, 48
 // bytes; BM+4 floats = 272, 144, 80; B row-major 144 / 272; B col-major 48 /
 // 80; C 272 / 272, 144, 80), so the 8 row addresses of an 8x16-byte
