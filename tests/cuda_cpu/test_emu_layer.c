@@ -422,7 +422,8 @@ static int scenario(const char *name)
         for (int m = 0; m < 6; ++m)
             if (strcmp(name, modes[m]) == 0) {
                 const cudaError_t err = st_pipeline(x, out, m);
-                return err != cudaSuccess ? err : cudaDeviceSynchronize();
+                if (err != cudaSuccess) return err;
+                return cudaDeviceSynchronize();
             }
     }
     if (strcmp(name, "handoff_race") == 0) {

@@ -212,16 +212,27 @@ struct thread_ctx {
     block_state *block = nullptr;
     unsigned tid = 0, warp = 0, lane = 0;
     bool release_pending = false; // a __threadfence() was executed: later atomics release
-    // <cuda_pipeline.h>: the open group and the committed groups, oldest first.
-    struct pipe_copy {
-        void *dst;
-        const void *src;
-        size_t bytes, zfill;
-    };
-    std::vector<pipe_copy> pipe_open;
-    std::deque<std::vector<pipe_copy>> pipe_groups;
 };
 thread_local thread_ctx t_self;
+
+// <cuda_pipeline.h>: the running GPU thread's open group and committed
+// groups, oldest first. Allocated at the OS thread's first copy (a
+// unique_ptr: nothing that can throw at thread start), cleared per GPU thread.
+struct pipe_copy {
+    void *dst;
+    const void *src;
+    size_t bytes, zfill;
+};
+struct pipe_state {
+    std::vector<pipe_copy> open;
+    std::deque<std::vector<pipe_copy>> groups;
+};
+thread_local std::unique_ptr<pipe_state> t_pipe;
+pipe_state &pipes()
+{
+    if (!t_pipe) t_pipe = std::make_unique<pipe_state>();
+    return *t_pipe;
+}
 
 // --- faults --------------------------------------------------------------------------
 const char *base_name(const char *path)
@@ -447,8 +458,11 @@ std::atomic<bool> g_buffering{false}; // the running grid uses the store buffer
 // --- running the threads of a block ---------------------------------------------------------
 void thread_exit(block_state &b, thread_ctx &me)
 {
-    size_t queued = me.pipe_open.size();
-    for (const auto &group : me.pipe_groups) queued += group.size();
+    size_t queued = 0;
+    if (t_pipe) {
+        queued = t_pipe->open.size();
+        for (const auto &group : t_pipe->groups) queued += group.size();
+    }
     if (queued > 0)
         fault_in(&b, nullptr, 0,
                  "thread %u returned with %zu cp.async copies never waited for (__pipeline_wait_prior): their "
@@ -476,8 +490,10 @@ void thread_exit(block_state &b, thread_ctx &me)
 void run_thread(block_state &b, unsigned tid)
 {
     const launch_desc &d = *b.grid->desc;
-    t_self.pipe_open.clear(); // per GPU thread and launch (a fault ended the last one)
-    t_self.pipe_groups.clear();
+    if (t_pipe) { // per GPU thread and launch
+        t_pipe->open.clear();
+        t_pipe->groups.clear();
+    }
     t_self.block = &b;
     t_self.tid = tid;
     t_self.warp = tid / 32;
@@ -1138,26 +1154,28 @@ void pipeline_copy(void *dst, const void *src, size_t bytes, size_t zfill, const
                  "__pipeline_memcpy_async: source %p (%zu bytes) is not device memory (a GPU raises "
                  "cudaErrorIllegalAddress)",
                  src, bytes - zfill);
-    me.pipe_open.push_back({dst, src, bytes, zfill});
+    pipes().open.push_back({dst, src, bytes, zfill});
 }
 
 void pipeline_commit()
 {
-    thread_ctx &me = self("__pipeline_commit", nullptr, 0);
-    me.pipe_groups.push_back(std::move(me.pipe_open));
-    me.pipe_open.clear();
+    (void)self("__pipeline_commit", nullptr, 0);
+    pipe_state &p = pipes();
+    p.groups.push_back(std::move(p.open));
+    p.open.clear();
 }
 
 void pipeline_wait_prior(size_t prior, const char *file, int line)
 {
-    thread_ctx &me = self("__pipeline_wait_prior", file, line);
-    while (me.pipe_groups.size() > prior) {
-        for (const thread_ctx::pipe_copy &c : me.pipe_groups.front()) {
+    (void)self("__pipeline_wait_prior", file, line);
+    pipe_state &p = pipes();
+    while (p.groups.size() > prior) {
+        for (const pipe_copy &c : p.groups.front()) {
             auto *d = static_cast<unsigned char *>(c.dst);
             std::memcpy(d, c.src, c.bytes - c.zfill);
             std::memset(d + (c.bytes - c.zfill), 0, c.zfill);
         }
-        me.pipe_groups.pop_front();
+        p.groups.pop_front();
     }
 }
 
