@@ -74,6 +74,14 @@ int cc_fused_tc_choose(const cc_fused_tc_args *args, int sm_count, size_t smem_o
  * match it, NULL or misaligned pointers. */
 cudaError_t cc_launch_fused_tc(const cc_fused_tc_args *args, const cc_fused_tc_config *cfg, cudaStream_t stream);
 
+/* Second generation (kernels/fused_conv_tc2.cu, a candidate AUTO times against the kernel above). */
+/* Largest E of the second generation (its two expert stages must fit shared
+ * memory; f32 stops earlier: cc_fused_tc2_supported says). */
+#define CC_FUSED_TC2_MAX_EXPERTS 64
+int cc_fused_tc2_supported(const cc_fused_tc_args *args, char *reason, size_t reason_len);
+int cc_fused_tc2_choose(const cc_fused_tc_args *args, int sm_count, size_t smem_optin, cc_fused_tc_config *cfg);
+cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const cc_fused_tc_config *cfg, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,13 +7,18 @@
 //   W_n = sum_e alpha[n][e] W_e   (kernels/fused_conv.cu)
 //
 // Build (from the repository root, on a GPU machine; CMake target fused_dev):
-//   nvcc -O3 -arch=sm_90 -std=c++17 -Ikernels bench/dev/fused_dev.cu kernels/fused_conv.cu -lcublas -o fused_dev
+//   nvcc -O3 -arch=sm_90 -std=c++17 -Ikernels -Iinclude bench/dev/fused_dev.cu kernels/fused_conv.cu
+//        kernels/fused_conv_tc.cu kernels/fused_conv_tc2.cu -lcublas -o fused_dev   (one line)
 // Run:
 //   ./fused_dev            validate, then time the EfficientNet-CondConv-B0 1x1 layers
 //   ./fused_dev --model    (no GPU needed) the floors and the cost model's choice per layer
 //   ./fused_dev --quick    validation only
 //   ./fused_dev --nhwc     NHWC only: validate nhwc_loader 0 and 1 on every
 //                          shape, then time them against each other
+//   ./fused_dev --tc       tensor cores only: validate gen 1 (fused_conv_tc.cu)
+//                          and gen 2 (fused_conv_tc2.cu, the cp.async candidate)
+//                          in f16, bf16, TF32, NCHW and NHWC, then time both
+//                          (with --quick: validation only)
 // Exits 77 without a CUDA device (except --model), 1 on a mismatch.
 //
 // Variants (every one validated, the chosen one timed, the others with --all):
@@ -42,7 +47,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "formats.h"
 #include "fused_conv.h"
+#include "fused_conv_tc.h"
 #include "fused_reference.h"
 
 #define CHECK(call)                                                                                                    \
@@ -584,11 +595,252 @@ static void time_nhwc_loaders(int sm_count, size_t optin)
 }
 
 // ---------------------------------------------------------------------------
+// Tensor cores: gen 1 (kernels/fused_conv_tc.cu, variant 0) against gen 2
+// (kernels/fused_conv_tc2.cu, the cp.async candidate AUTO times against it),
+// f16, bf16 and f32 (TF32), NCHW and NHWC. Both validated on every shape
+// with the bound of tests/cuda_cpu/test_fused_conv_tc.cpp, then timed on the
+// EfficientNet 1x1 layers and a 3x3 one (ratio < 1: gen 2 is faster).
+
+static uint16_t tc_bits(int dtype, float v)
+{
+    uint16_t b;
+    if (dtype == CC_DTYPE_F16) {
+        const __half h = __float2half_rn(v);
+        memcpy(&b, &h, sizeof b);
+    } else {
+        const __nv_bfloat16 h = __float2bfloat16_rn(v);
+        memcpy(&b, &h, sizeof b);
+    }
+    return b;
+}
+static float tc_value(int dtype, const void *buf, size_t i)
+{
+    if (dtype == CC_DTYPE_F32) return static_cast<const float *>(buf)[i];
+    const uint16_t b = static_cast<const uint16_t *>(buf)[i];
+    if (dtype == CC_DTYPE_F16) {
+        __half_raw r;
+        r.x = b;
+        return __half2float(__half(r));
+    }
+    __nv_bfloat16_raw r;
+    r.x = b;
+    return __bfloat162float(__nv_bfloat16(r));
+}
+static float tc_round(int dtype, float v)
+{
+    if (dtype == CC_DTYPE_F32) return v;
+    const uint16_t b = tc_bits(dtype, v);
+    return tc_value(dtype, &b, 0);
+}
+
+struct tc_problem {
+    cc_fused_tc_args a;
+    size_t x_elems, y_elems, es;
+    void *d_x, *d_y, *d_packed;
+    float *d_alpha, *d_b;
+    double *ref, *mag; // NULL when not validating
+    void *h_y;
+};
+
+static void tc_create(tc_problem *p, const shape &s, int dtype, int layout, bool with_reference)
+{
+    memset(p, 0, sizeof *p);
+    const cc_fused_args fa = args_for(s);
+    cc_fused_tc_args &a = p->a;
+    a.dtype = dtype;
+    a.layout = layout;
+    a.n = fa.n;
+    a.in_channels = fa.in_channels;
+    a.out_channels = fa.out_channels;
+    a.groups = fa.groups;
+    a.experts = fa.experts;
+    a.h = fa.h;
+    a.w = fa.w;
+    a.out_h = fa.out_h;
+    a.out_w = fa.out_w;
+    a.kernel_h = fa.kernel_h;
+    a.kernel_w = fa.kernel_w;
+    a.stride_h = fa.stride_h;
+    a.stride_w = fa.stride_w;
+    a.dilation_h = fa.dilation_h;
+    a.dilation_w = fa.dilation_w;
+    a.pad_top = fa.pad_top;
+    a.pad_left = fa.pad_left;
+    a.activation = fa.activation;
+    p->es = dtype == CC_DTYPE_F32 ? 4 : 2;
+    const size_t hw = (size_t)s.h * s.w, pix = (size_t)a.out_h * a.out_w;
+    p->x_elems = (size_t)s.n * s.cin * hw;
+    p->y_elems = (size_t)s.n * s.cout * pix;
+    const size_t w_elems = (size_t)s.e * s.cout * (s.cin / s.groups) * s.kh * s.kw;
+    const size_t packed = cc_fused_tc_packed_elems(s.cin, s.cout, s.groups, s.kh, s.kw, s.e);
+    unsigned int seed = 11u;
+    float *x = (float *)malloc(sizeof(float) * p->x_elems), *w = (float *)malloc(sizeof(float) * w_elems);
+    float *b = (float *)malloc(sizeof(float) * (size_t)s.e * s.cout), *al = (float *)malloc(sizeof(float) * s.n * s.e);
+    for (size_t i = 0; i < p->x_elems; ++i) x[i] = tc_round(dtype, frand(&seed));
+    for (size_t i = 0; i < w_elems; ++i) w[i] = tc_round(dtype, 0.5f * frand(&seed));
+    for (size_t i = 0; i < (size_t)s.e * s.cout; ++i) b[i] = frand(&seed);
+    for (size_t i = 0; i < (size_t)s.n * s.e; ++i) al[i] = 0.5f * (frand(&seed) + 1.0f);
+    if (with_reference) {
+        p->ref = (double *)malloc(sizeof(double) * p->y_elems);
+        p->mag = (double *)malloc(sizeof(double) * p->y_elems);
+        cc_fused_reference(fa, x, w, b, al, p->ref, p->mag);
+    }
+    void *h_packed = malloc(p->es * packed), *h_x = malloc(p->es * p->x_elems);
+    if (!cc_fused_tc_pack(dtype, w, h_packed, s.cin, s.cout, s.groups, s.kh, s.kw, s.e)) {
+        fprintf(stderr, "cc_fused_tc_pack refused %s\n", s.name);
+        exit(1);
+    }
+    for (int n = 0; n < s.n; ++n)
+        for (int c = 0; c < s.cin; ++c)
+            for (size_t q = 0; q < hw; ++q) {
+                const size_t src = ((size_t)n * s.cin + c) * hw + q;
+                const size_t dst = layout == CC_LAYOUT_NCHW ? src : ((size_t)n * hw + q) * s.cin + c;
+                if (dtype == CC_DTYPE_F32)
+                    static_cast<float *>(h_x)[dst] = x[src];
+                else
+                    static_cast<uint16_t *>(h_x)[dst] = tc_bits(dtype, x[src]);
+            }
+    CHECK(cudaMalloc(&p->d_x, p->es * p->x_elems));
+    CHECK(cudaMalloc(&p->d_y, p->es * p->y_elems));
+    CHECK(cudaMalloc(&p->d_packed, p->es * packed));
+    CHECK(cudaMalloc(&p->d_alpha, sizeof(float) * s.n * s.e));
+    CHECK(cudaMalloc(&p->d_b, sizeof(float) * (size_t)s.e * s.cout));
+    CHECK(cudaMemcpy(p->d_x, h_x, p->es * p->x_elems, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(p->d_packed, h_packed, p->es * packed, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(p->d_alpha, al, sizeof(float) * s.n * s.e, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(p->d_b, b, sizeof(float) * (size_t)s.e * s.cout, cudaMemcpyHostToDevice));
+    a.x = p->d_x;
+    a.y = p->d_y;
+    a.alpha = p->d_alpha;
+    a.expert_bias = p->d_b;
+    a.packed = p->d_packed;
+    p->h_y = malloc(p->es * p->y_elems);
+    free(x);
+    free(w);
+    free(b);
+    free(al);
+    free(h_packed);
+    free(h_x);
+}
+
+static void tc_destroy(tc_problem *p)
+{
+    CHECK(cudaFree(p->d_x));
+    CHECK(cudaFree(p->d_y));
+    CHECK(cudaFree(p->d_packed));
+    CHECK(cudaFree(p->d_alpha));
+    CHECK(cudaFree(p->d_b));
+    free(p->ref);
+    free(p->mag);
+    free(p->h_y);
+}
+
+// One launch of generation gen (1 or 2), checked against the reference:
+// |y - ref| <= 1.1 (2u + 1e-5) mag + u_out |ref| + 1e-6 (u = 2^-11 f16,
+// 2^-8 bf16, 2^-10 per TF32 operand; the f32 output is not rounded).
+static long long tc_check(tc_problem *p, int gen, const cc_fused_tc_config &c, const char *what)
+{
+    CHECK(cudaMemset(p->d_y, 0xff, p->es * p->y_elems)); // NaN in every dtype
+    CHECK(gen == 1 ? cc_launch_fused_tc(&p->a, &c, 0) : cc_launch_fused_tc2(&p->a, &c, 0));
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaMemcpy(p->h_y, p->d_y, p->es * p->y_elems, cudaMemcpyDeviceToHost));
+    const int dtype = p->a.dtype;
+    const double u = dtype == CC_DTYPE_F16 ? 1.0 / 2048.0 : dtype == CC_DTYPE_BF16 ? 1.0 / 256.0 : 1.0 / 1024.0;
+    const double u_out = dtype == CC_DTYPE_F32 ? 0.0 : u;
+    const cc_fused_tc_args &a = p->a;
+    const size_t pix = (size_t)a.out_h * a.out_w;
+    long long bad = 0;
+    for (int n = 0; n < a.n; ++n)
+        for (int o = 0; o < a.out_channels; ++o)
+            for (size_t q = 0; q < pix; ++q) {
+                const size_t ri = ((size_t)n * a.out_channels + o) * pix + q;
+                const size_t gi = a.layout == CC_LAYOUT_NCHW ? ri : ((size_t)n * pix + q) * a.out_channels + o;
+                const double got = tc_value(dtype, p->h_y, gi);
+                const double tol = 1.1 * (2.0 * u + 1e-5) * p->mag[ri] + u_out * fabs(p->ref[ri]) + 1e-6;
+                if (!(fabs(got - p->ref[ri]) <= tol)) {
+                    if (bad < 3)
+                        fprintf(stderr, "  %s [%zu]: %.7g vs %.7g (tol %.3g)\n", what, ri, got, p->ref[ri], tol);
+                    ++bad;
+                }
+            }
+    return bad;
+}
+
+static const char *tc_dtype_name(int d) { return d == CC_DTYPE_F16 ? "f16" : d == CC_DTYPE_BF16 ? "bf16" : "tf32"; }
+
+static int tc_generations(int sm_count, size_t optin, bool quick)
+{
+    const int dtypes[] = {CC_DTYPE_F16, CC_DTYPE_BF16, CC_DTYPE_F32};
+    const shape fixed[] = {
+        {"1x1 P16 E8", 5, 24, 40, 1, 8, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
+        {"1x1 s2 Cin19 E3", 3, 19, 70, 1, 3, 7, 7, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1},
+        {"3x3 pad1 E1", 3, 20, 48, 1, 1, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+        {"5x5 s2 d2 E17", 3, 12, 20, 1, 17, 11, 9, 5, 5, 2, 2, 2, 2, 2, 2, 2, 1, 2},
+        {"3x3 s2 g4 E32", 2, 64, 64, 4, 32, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 0},
+        {"3x3 g2 P90 E6", 3, 32, 96, 2, 6, 9, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},
+        {"1x1 E46", 4, 32, 64, 1, 46, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
+        {"1x1 E64", 4, 32, 64, 1, 64, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
+    };
+    long long failures = 0, runs = 0;
+    for (const shape &s : fixed)
+        for (int dtype : dtypes)
+            for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) {
+                tc_problem p;
+                tc_create(&p, s, dtype, layout, true);
+                for (int gen = 1; gen <= 2; ++gen) {
+                    cc_fused_tc_config c;
+                    const int ok = gen == 1 ? cc_fused_tc_choose(&p.a, sm_count, optin, &c)
+                                            : cc_fused_tc2_choose(&p.a, sm_count, optin, &c);
+                    if (!ok) continue; // gen 2: E past its stages (supported() says why)
+                    char what[160];
+                    snprintf(what, sizeof what, "gen %d %s %s %s tile %d", gen, s.name, tc_dtype_name(dtype),
+                             layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC", c.tile_m);
+                    const long long bad = tc_check(&p, gen, c, what);
+                    ++runs;
+                    if (bad) {
+                        fprintf(stderr, "FAIL %s: %lld mismatches\n", what, bad);
+                        ++failures;
+                    }
+                }
+                tc_destroy(&p);
+            }
+    printf("tensor cores: %lld runs validated (gen 1 and gen 2), %lld failed\n", runs, failures);
+    if (failures != 0 || quick) return failures != 0;
+
+    printf("%-16s %4s %3s %-5s %-4s %9s %9s %7s  %s\n", "layer", "N", "E", "dtype", "lay", "gen1 us", "gen2 us", "2/1",
+           "gen 2 config");
+    static const shape k3 = {"3x3 96->96 @14", 0, 96, 96, 1, 8, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2};
+    const int batches[] = {32, 128}, experts[] = {8, 32};
+    for (int i = 0; i <= kLayerCount; ++i)
+        for (int b = 0; b < 2; ++b)
+            for (int k = 0; k < 2; ++k)
+                for (int dtype : dtypes)
+                    for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) {
+                        shape s = i < kLayerCount ? kLayers[i] : k3;
+                        s.n = batches[b];
+                        s.e = experts[k];
+                        s.act = 2;
+                        tc_problem p;
+                        tc_create(&p, s, dtype, layout, false);
+                        cc_fused_tc_config c1, c2;
+                        const bool ok1 = cc_fused_tc_choose(&p.a, sm_count, optin, &c1) != 0;
+                        const bool ok2 = cc_fused_tc2_choose(&p.a, sm_count, optin, &c2) != 0;
+                        const float us1 = ok1 ? time_us([&] { CHECK(cc_launch_fused_tc(&p.a, &c1, 0)); }) : 0.0f;
+                        const float us2 = ok2 ? time_us([&] { CHECK(cc_launch_fused_tc2(&p.a, &c2, 0)); }) : 0.0f;
+                        printf("%-16s %4d %3d %-5s %-4s %9.1f %9.1f %7.3f  %s\n", s.name, s.n, s.e,
+                               tc_dtype_name(dtype), layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC", us1, us2,
+                               ok1 && ok2 ? us2 / us1 : 0.0f, ok2 ? c2.reason : "gen 2 unsupported");
+                        tc_destroy(&p);
+                    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
 // Driver
 
 int main(int argc, char **argv)
 {
-    bool model_only = false, quick = false, all_tiles = false, nhwc_only = false;
+    bool model_only = false, quick = false, all_tiles = false, nhwc_only = false, tc_only = false;
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--model"))
             model_only = true;
@@ -598,6 +850,8 @@ int main(int argc, char **argv)
             all_tiles = true;
         else if (!strcmp(argv[i], "--nhwc"))
             nhwc_only = true;
+        else if (!strcmp(argv[i], "--tc"))
+            tc_only = true;
     }
     if (model_only) {
         print_model(132, 227 * 1024); // H100 SXM
@@ -613,6 +867,7 @@ int main(int argc, char **argv)
     const int sm_count = prop.multiProcessorCount;
     const size_t optin = prop.sharedMemPerBlockOptin;
     printf("device: %s, %d SMs, %zu KiB opt-in shared memory per block\n", prop.name, sm_count, optin / 1024);
+    if (tc_only) return tc_generations(sm_count, optin, quick);
     print_model(sm_count, optin);
     if (validate_all(sm_count, optin, nhwc_only) != 0) return 1;
     if (!quick && !nhwc_only) time_layers(sm_count, optin, all_tiles);

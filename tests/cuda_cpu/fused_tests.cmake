@@ -35,6 +35,19 @@ else()
   message(WARNING "test_fused_conv_tc: kernels/fused_conv_tc.cu is not in CONDCONV_KERNEL_SOURCES, not built")
 endif()
 
+# The second-generation tensor-core kernel (kernels/fused_conv_tc2.cu, a
+# candidate: cp.async double buffering), against the same reference and bounds.
+if("kernels/fused_conv_tc2.cu" IN_LIST CONDCONV_KERNEL_SOURCES)
+  add_executable(test_fused_conv_tc2 ${CMAKE_CURRENT_LIST_DIR}/test_fused_conv_tc2.cpp)
+  target_link_libraries(test_fused_conv_tc2 PRIVATE cc_cpu_kernel_fused_conv_tc2 cc_cpu_kernel_fused_conv_tc)
+  target_include_directories(test_fused_conv_tc2 PRIVATE ${CC_EMU_ROOT}/bench/dev)
+  target_compile_options(test_fused_conv_tc2 PRIVATE ${CC_EMU_CXX_WARNINGS})
+  add_test(NAME test_fused_conv_tc2 COMMAND test_fused_conv_tc2)
+  set_tests_properties(test_fused_conv_tc2 PROPERTIES LABELS "cpu;emu" TIMEOUT 600)
+else()
+  message(WARNING "test_fused_conv_tc2: kernels/fused_conv_tc2.cu is not in CONDCONV_KERNEL_SOURCES, not built")
+endif()
+
 # The choosers against other cards' limits (H200, H100, A100, sm_89, sm_86):
 # every configuration they produce must launch (the launches are checked,
 # not run).

@@ -8,6 +8,7 @@
 // part of the library.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "common.cuh"
@@ -283,6 +284,48 @@ __global__ void __launch_bounds__(32) wmma_tf32_unrounded_kernel(float *d)
     wmma::store_matrix_sync(d, fc, 16, wmma::mem_row_major);
 }
 
+// <cuda_pipeline.h>: 64 threads, two stages of 64 x 4 floats in dynamic
+// shared memory. mode 0 (right): each thread copies its 4 floats of both
+// stages (one 16-byte copy for stage 0; 8 + 4 + 4 bytes, the last with a
+// 4-byte zero-fill, for stage 1), waits for stage 0 (wait_prior(1)), and
+// after a barrier reads its neighbour's (tid ^ 1) part; then stage 1 the
+// same: out[0..255] = stage 0, out[256..511] = stage 1 (its every 4th value
+// 0). mode 1 (stale): reads its part of stage 0 before its wait (out: the
+// NaN fill), then waits. mode 2: returns with copies never waited for. mode 3: a
+// 16-byte copy to a destination 4 bytes off 16. mode 4: a destination in
+// global memory. mode 5: waits but reads the neighbour's part without a
+// barrier (a data race under TSan).
+__global__ void __launch_bounds__(64) pipeline_kernel(const float *src, float *out, int mode)
+{
+    CC_DYNAMIC_SHARED(float4, st_pipe_smem);
+    float *const stage0 = reinterpret_cast<float *>(st_pipe_smem), *const stage1 = stage0 + 256;
+    const int tid = threadIdx.x, other = tid ^ 1;
+    if (mode == 3) {
+        __pipeline_memcpy_async(stage0 + 4 * tid + 1, src + 4 * tid, 16);
+    } else if (mode == 4) {
+        __pipeline_memcpy_async(out + 4 * tid, src + 4 * tid, 16);
+    } else {
+        __pipeline_memcpy_async(stage0 + 4 * tid, src + 4 * tid, 16);
+    }
+    __pipeline_commit();
+    __pipeline_memcpy_async(stage1 + 4 * tid, src + 256 + 4 * tid, 8);
+    __pipeline_memcpy_async(stage1 + 4 * tid + 2, src + 258 + 4 * tid, 4);
+    __pipeline_memcpy_async(stage1 + 4 * tid + 3, src + 259 + 4 * tid, 4, 4); // zero-filled
+    __pipeline_commit();
+    if (mode == 2) return;
+    if (mode == 1) { // its own part: no other thread's wait can have landed it
+        for (int i = 0; i < 4; ++i) out[4 * tid + i] = stage0[4 * tid + i];
+        __pipeline_wait_prior(0);
+        return;
+    }
+    __pipeline_wait_prior(1);
+    if (mode != 5) __syncthreads();
+    for (int i = 0; i < 4; ++i) out[4 * tid + i] = stage0[4 * other + i];
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    for (int i = 0; i < 4; ++i) out[256 + 4 * tid + i] = stage1[4 * other + i];
+}
+
 } // namespace
 
 // --- launchers --------------------------------------------------------------------------------------
@@ -331,6 +374,11 @@ extern "C" cudaError_t st_handoff(float *x, unsigned *flag, float *out, int orde
 extern "C" cudaError_t st_bounded(float *out, int threads, unsigned grid_y)
 {
     return cc_launch(bounded_kernel, dim3(1, grid_y), (unsigned)threads, 0, nullptr, out);
+}
+
+extern "C" cudaError_t st_pipeline(const float *src, float *out, int mode)
+{
+    return cc_launch(pipeline_kernel, 1, 64, 512 * sizeof(float), nullptr, src, out, mode);
 }
 
 extern "C" cudaError_t st_wrong(int which, float *x, float *out, int n)

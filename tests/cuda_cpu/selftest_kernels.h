@@ -29,6 +29,11 @@ cudaError_t st_handoff(float *x, unsigned *flag, float *out, int ordered);
 /* A kernel compiled with __launch_bounds__(64), launched with `threads`. */
 cudaError_t st_bounded(float *out, int threads, unsigned grid_y);
 
+/* <cuda_pipeline.h>: mode 0 right, 1 stale read (out: the NaN fill), 2 never
+ * waited, 3 misaligned destination, 4 destination not shared memory, 5 no
+ * barrier after the wait (TSan); src and out 512 floats. */
+cudaError_t st_pipeline(const float *src, float *out, int mode);
+
 /* The wrong kernels. */
 enum {
     ST_MISALIGNED_LDG,

@@ -207,6 +207,34 @@ static void check_half(void)
     cudaFree(dy);
 }
 
+/* <cuda_pipeline.h>: the right kernel gets its neighbour's copies (with the
+ * 4-byte zero-fill); a read before the wait sees the old contents (the NaN
+ * fill), as a stage read before its copies land would on a GPU. */
+static void check_pipeline(void)
+{
+    float src[512], out[512];
+    for (int i = 0; i < 512; ++i) src[i] = (float)(i + 1);
+    float *dsrc = dev(sizeof src), *dout = dev(sizeof out);
+    to_dev(dsrc, src, sizeof src);
+    EU_LAUNCH(st_pipeline(dsrc, dout, 0));
+    to_host(out, dout, sizeof out);
+    long long wrong = 0;
+    for (int t = 0; t < 64; ++t)
+        for (int i = 0; i < 4; ++i) {
+            const int o = t ^ 1;
+            if (out[4 * t + i] != src[4 * o + i]) ++wrong;
+            if (out[256 + 4 * t + i] != (i == 3 ? 0.0f : src[256 + 4 * o + i])) ++wrong;
+        }
+    EXPECT(wrong == 0, "pipeline copies: %lld values wrong", wrong);
+    EU_LAUNCH(st_pipeline(dsrc, dout, 1));
+    to_host(out, dout, sizeof out);
+    long long stale = 0;
+    for (int i = 0; i < 256; ++i) stale += isnan(out[i]) ? 1 : 0;
+    EXPECT(stale == 256, "a stage read before its wait: %lld of 256 values stale (NaN), want all", stale);
+    cudaFree(dsrc);
+    cudaFree(dout);
+}
+
 static void check_wmma(void)
 {
     /* A: 32x16 row-major, B: 16x32 column-major (element (k, n) at n * 16 + k), C: 32x32. */
@@ -388,6 +416,16 @@ static int scenario(const char *name)
         if (err != cudaSuccess) return err;
         return cudaFree(small);
     }
+    if (strncmp(name, "pipeline_", 9) == 0) {
+        static const char *modes[] = {"pipeline_right",      "pipeline_stale",      "pipeline_unwaited",
+                                      "pipeline_misaligned", "pipeline_global_dst", "pipeline_no_barrier"};
+        for (int m = 0; m < 6; ++m)
+            if (strcmp(name, modes[m]) == 0) {
+                const cudaError_t err = st_pipeline(x, out, m);
+                if (err != cudaSuccess) return err;
+                return cudaDeviceSynchronize();
+            }
+    }
     if (strcmp(name, "handoff_race") == 0) {
         unsigned *flag = dev(sizeof(unsigned));
         return st_handoff(x, flag, out, 0);
@@ -453,6 +491,7 @@ int main(int argc, char **argv)
     check_unwritten_shared();
     check_half();
     check_wmma();
+    check_pipeline();
     check_handoff(0);
     check_handoff(1);
     if (!ST_TSAN) check_store_buffer();
@@ -471,12 +510,16 @@ int main(int argc, char **argv)
     expect_child("global_overrun", ST_ASAN ? "use-after-poison" : "guard zone");
     expect_child("global_underrun", ST_ASAN ? "use-after-poison" : "guard zone");
     expect_child("wmma_tf32_unrounded", "not a TF32 value");
+    expect_child("pipeline_unwaited", "never waited for");
+    expect_child("pipeline_misaligned", "not 16-byte aligned");
+    expect_child("pipeline_global_dst", "not in the block's shared memory");
     if (ST_ASAN)
         expect_child("shared_overrun", "use-after-poison");
     else
         printf("  %-22s skipped (ASan builds only)\n", "shared_overrun");
     if (ST_TSAN) {
         expect_child("missing_barrier", "data race");
+        expect_child("pipeline_no_barrier", "data race");
         expect_child("warp_order_shuffle", "data race");
         expect_child("warp_order_syncwarp", NULL);
         expect_child("handoff_race", "data race");

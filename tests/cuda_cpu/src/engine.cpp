@@ -215,6 +215,25 @@ struct thread_ctx {
 };
 thread_local thread_ctx t_self;
 
+// <cuda_pipeline.h>: the running GPU thread's open group and committed
+// groups, oldest first. Allocated at the OS thread's first copy (a
+// unique_ptr: nothing that can throw at thread start), cleared per GPU thread.
+struct pipe_copy {
+    void *dst;
+    const void *src;
+    size_t bytes, zfill;
+};
+struct pipe_state {
+    std::vector<pipe_copy> open;
+    std::deque<std::vector<pipe_copy>> groups;
+};
+thread_local std::unique_ptr<pipe_state> t_pipe;
+pipe_state &pipes()
+{
+    if (!t_pipe) t_pipe = std::make_unique<pipe_state>();
+    return *t_pipe;
+}
+
 // --- faults --------------------------------------------------------------------------
 const char *base_name(const char *path)
 {
@@ -439,6 +458,16 @@ std::atomic<bool> g_buffering{false}; // the running grid uses the store buffer
 // --- running the threads of a block ---------------------------------------------------------
 void thread_exit(block_state &b, thread_ctx &me)
 {
+    size_t queued = 0;
+    if (t_pipe) {
+        queued = t_pipe->open.size();
+        for (const auto &group : t_pipe->groups) queued += group.size();
+    }
+    if (queued > 0)
+        fault_in(&b, nullptr, 0,
+                 "thread %u returned with %zu cp.async copies never waited for (__pipeline_wait_prior): their "
+                 "shared-memory destinations are undefined",
+                 me.tid, queued);
     std::unique_lock<std::mutex> lk(b.m);
     --b.live;
     ++b.exited;
@@ -461,6 +490,10 @@ void thread_exit(block_state &b, thread_ctx &me)
 void run_thread(block_state &b, unsigned tid)
 {
     const launch_desc &d = *b.grid->desc;
+    if (t_pipe) { // per GPU thread and launch
+        t_pipe->open.clear();
+        t_pipe->groups.clear();
+    }
     t_self.block = &b;
     t_self.tid = tid;
     t_self.warp = tid / 32;
@@ -1087,6 +1120,63 @@ void atomic_after(const void *addr)
 #else
     (void)addr;
 #endif
+}
+
+void pipeline_copy(void *dst, const void *src, size_t bytes, size_t zfill, const char *file, int line)
+{
+    thread_ctx &me = self("__pipeline_memcpy_async", file, line);
+    if (bytes != 4 && bytes != 8 && bytes != 16)
+        fault_in(me.block, file, line, "__pipeline_memcpy_async: size %zu, must be 4, 8 or 16", bytes);
+    if (zfill > bytes)
+        fault_in(me.block, file, line, "__pipeline_memcpy_async: zero-fill %zu bytes of a %zu-byte copy", zfill, bytes);
+    const auto d = reinterpret_cast<uintptr_t>(dst);
+    const auto sect = reinterpret_cast<uintptr_t>(__start_cc_cpu_shared);
+    const auto sect_end = reinterpret_cast<uintptr_t>(__stop_cc_cpu_shared);
+    const auto arena = reinterpret_cast<uintptr_t>(dynamic_arena), arena_end = arena + kArenaBytes;
+    const grid_state &g = *me.block->grid;
+    const auto dyn = reinterpret_cast<uintptr_t>(g.dyn), dyn_end = dyn + (g.dyn != nullptr ? g.desc->smem : 0);
+    const bool in_dyn = g.dyn != nullptr && d >= dyn && d + bytes <= dyn_end;
+    const bool in_static = d >= sect && d + bytes <= sect_end && (d + bytes <= arena || d >= arena_end);
+    if (!in_dyn && !in_static)
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: destination %p (%zu bytes) is not in the block's shared memory", dst, bytes);
+    if (d % bytes != 0)
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: destination %p is not %zu-byte aligned (a GPU raises "
+                 "cudaErrorMisalignedAddress)",
+                 dst, bytes);
+    if (reinterpret_cast<uintptr_t>(src) % bytes != 0)
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: source %p is not %zu-byte aligned (a GPU raises cudaErrorMisalignedAddress)",
+                 src, bytes);
+    if (bytes - zfill > 0 && !is_device_range(src, bytes - zfill))
+        fault_in(me.block, file, line,
+                 "__pipeline_memcpy_async: source %p (%zu bytes) is not device memory (a GPU raises "
+                 "cudaErrorIllegalAddress)",
+                 src, bytes - zfill);
+    pipes().open.push_back({dst, src, bytes, zfill});
+}
+
+void pipeline_commit()
+{
+    (void)self("__pipeline_commit", nullptr, 0);
+    pipe_state &p = pipes();
+    p.groups.push_back(std::move(p.open));
+    p.open.clear();
+}
+
+void pipeline_wait_prior(size_t prior, const char *file, int line)
+{
+    (void)self("__pipeline_wait_prior", file, line);
+    pipe_state &p = pipes();
+    while (p.groups.size() > prior) {
+        for (const pipe_copy &c : p.groups.front()) {
+            auto *d = static_cast<unsigned char *>(c.dst);
+            std::memcpy(d, c.src, c.bytes - c.zfill);
+            std::memset(d + (c.bytes - c.zfill), 0, c.zfill);
+        }
+        p.groups.pop_front();
+    }
 }
 
 // NOLINTNEXTLINE(cert-dcl50-cpp): printf-style, so that the compiler checks every message's arguments

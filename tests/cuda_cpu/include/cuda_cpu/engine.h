@@ -102,6 +102,20 @@ void *dynamic_shared_base(size_t align);
 // error).
 void check_aligned(const void *p, size_t align, const char *what, const char *file, int line);
 
+// The asynchronous copies of <cuda_pipeline.h> (include/cuda_pipeline.h),
+// per GPU thread: pipeline_copy checks the addresses (dst in the block's
+// shared memory, src in device memory, both `bytes`-aligned, bytes 4, 8 or
+// 16; zfill <= bytes trailing bytes are zero-filled) and queues the copy in
+// the thread's open group, without copying; pipeline_commit closes the
+// group; pipeline_wait_prior performs (copies) every committed group but the
+// newest `prior`, oldest first. So a read of a stage before its wait sees
+// the old contents, and the copying thread writes at the wait (a reader that
+// no barrier orders after it races with it under TSan). A thread that
+// returns with copies queued (committed or not) is a fault.
+void pipeline_copy(void *dst, const void *src, size_t bytes, size_t zfill, const char *file, int line);
+void pipeline_commit();
+void pipeline_wait_prior(size_t prior, const char *file, int line);
+
 // GPU memory-model hooks: __threadfence*(), and every atomic (of `size`
 // bytes). Under TSan they give the happens-before a GPU's fence + atomic
 // patterns give (a fence before an atomic releases, a fence after an atomic
