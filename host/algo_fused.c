@@ -130,12 +130,19 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
     state->workspace_bytes = 0;
     if (uses_tc(layer, math)) {
         const cc_fused_tc_args t = make_tc_args(layer, geom);
-        if (!cc_fused_tc_choose(&t, ctx->sm_count, (size_t)ctx->max_smem_per_block_optin, &state->fused_tc))
-            return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused found no tile configuration for this shape", func);
+        const size_t optin = (size_t)ctx->max_smem_per_block_optin;
+        /* Variant 1: the second generation (cp.async pipeline), a candidate. */
+        const int gen2 = state->variant == 1;
+        if (gen2 ? !cc_fused_tc2_choose(&t, ctx->sm_count, optin, &state->fused_tc)
+                 : !cc_fused_tc_choose(&t, ctx->sm_count, optin, &state->fused_tc))
+            return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused%s found no tile configuration for this shape",
+                           func, gen2 ? "'s second tensor-core generation" : "");
+        if (gen2) snprintf(state->variant_name, sizeof state->variant_name, "tc gen2");
         snprintf(state->backend, sizeof state->backend,
-                 "condconv fused kernel, %s %s, %s tensor cores (wmma), f32 "
-                 "accumulation; %s",
-                 cc_dtype_name(layer->weights->info.dtype), cc_layout_name(layer->weights->info.layout),
+                 "condconv fused kernel%s, %s %s, %s tensor cores (wmma), f32 "
+                 "accumulation; %.110s",
+                 gen2 ? " (gen 2 candidate: cp.async pipeline)" : "", cc_dtype_name(layer->weights->info.dtype),
+                 cc_layout_name(layer->weights->info.layout),
                  layer->weights->info.dtype == CONDCONV_DTYPE_F32 ? "tf32" : "half", state->fused_tc.reason);
         return CONDCONV_STATUS_SUCCESS;
     }
@@ -176,10 +183,12 @@ static condconv_status fused_run(const struct condconv_layer *layer, const cc_ge
         t.x = buffers->x;
         t.y = buffers->y;
         t.alpha = buffers->alpha;
+        const int gen2 = state->variant == 1;
         CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
-        const cudaError_t err = cc_launch_fused_tc(&t, &state->fused_tc, layer->ctx->stream);
+        const cudaError_t err = gen2 ? cc_launch_fused_tc2(&t, &state->fused_tc, layer->ctx->stream)
+                                     : cc_launch_fused_tc(&t, &state->fused_tc, layer->ctx->stream);
         CC_PHASE_END(CC_PHASE_CONV, layer->ctx->stream);
-        return cc_cuda_status(err, "cc_launch_fused_tc", func);
+        return cc_cuda_status(err, gen2 ? "cc_launch_fused_tc2" : "cc_launch_fused_tc", func);
     }
     cc_fused_args a = make_args(layer, geom);
     a.x = buffers->x;
@@ -193,13 +202,19 @@ static condconv_status fused_run(const struct condconv_layer *layer, const cc_ge
     return cc_cuda_status(err, "cc_launch_fused_conv", func);
 }
 
-/* Variant 1 (a candidate, issue 19): strict-f32 NHWC layers with the
- * channel-major coalesced input loader and vector stores
- * (cc_fused_config.nhwc_loader); AUTO times it against the pixel-major
- * loader a GPU measured. */
+/* Variant 1 (a candidate, issue 19): on tensor cores (f16/bf16, TF32) the
+ * second-generation kernel (kernels/fused_conv_tc2.cu: cp.async double
+ * buffering, two blocks per SM) where it runs the shape; strict-f32 NHWC
+ * layers: the channel-major coalesced input loader and vector stores
+ * (cc_fused_config.nhwc_loader). AUTO times either against the kernel it
+ * would replace. */
 static int fused_variants(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math)
 {
-    if (uses_tc(layer, math) || layer->weights->info.layout != CONDCONV_LAYOUT_NHWC) return 1;
+    if (uses_tc(layer, math)) {
+        const cc_fused_tc_args t = make_tc_args(layer, geom);
+        return cc_fused_tc2_supported(&t, NULL, 0) ? 2 : 1;
+    }
+    if (layer->weights->info.layout != CONDCONV_LAYOUT_NHWC) return 1;
     const cc_fused_args a = make_args(layer, geom);
     return cc_fused_nhwc_loader_supported(&a, 1) ? 2 : 1;
 }

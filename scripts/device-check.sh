@@ -194,6 +194,7 @@ fi
 gpu_step routing_dev 40 "$build/bench/routing_dev"
 gpu_step aggregate_dev 40 "$build/bench/aggregate_dev"
 gpu_step fused_dev 40 "$build/bench/fused_dev"
+gpu_step fused_dev_tc 40 "$build/bench/fused_dev" --tc
 #     Then a bench row per candidate (--candidates: each variant AUTO lists,
 #     forced by its name, and each routing/aggregation kernel variant), with
 #     the static yardstick, floor and x-floor, on EfficientNet-CC-B0's 1x1
