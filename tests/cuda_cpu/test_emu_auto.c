@@ -204,14 +204,16 @@ static void forced_candidates(condconv_context_t ctx, const layer_case *lc)
     char *end = strchr(list, ';');
     if (end) *end = '\0';
     int forced = 0;
-    for (char *entry = strtok(list, ","); entry != NULL; entry = strtok(NULL, ",")) {
+    for (char *entry = list, *next; entry != NULL; entry = next) {
+        next = strchr(entry, ','); /* entries split in place, as strtok would, without its hidden state */
+        if (next) *next++ = '\0';
         while (*entry == ' ' || *entry == '*') ++entry;
         char *cut = strstr(entry, " us");
         if (cut == NULL) continue;
         while (cut > entry && cut[-1] != ' ') --cut; /* back over the time */
         if (cut > entry) cut[-1] = '\0';
         char name[64];
-        snprintf(name, sizeof name, "%s", entry);
+        snprintf(name, sizeof name, "%.63s", entry);
         EXPECT_OK(condconv_layer_set_candidate(layer, name));
         condconv_plan_info f;
         if (!EXPECT_OK(condconv_get_plan_info(layer, lc->n, lc->h, lc->w, &f))) continue;
