@@ -131,18 +131,26 @@ static condconv_status fused_prepare(const struct condconv_layer *layer, const c
     if (uses_tc(layer, math)) {
         const cc_fused_tc_args t = make_tc_args(layer, geom);
         const size_t optin = (size_t)ctx->max_smem_per_block_optin;
-        /* Variant 1: the second generation (cp.async pipeline), a candidate. */
-        const int gen2 = state->variant == 1;
-        if (gen2 ? !cc_fused_tc2_choose(&t, ctx->sm_count, optin, &state->fused_tc)
-                 : !cc_fused_tc_choose(&t, ctx->sm_count, optin, &state->fused_tc))
+        /* Variants 1 and 2: the second generation (cp.async pipeline), with
+         * the expert mix on CUDA cores (1) or on tensor cores (2): candidates. */
+        const int gen2 = state->variant >= 1, mix = state->variant == 2;
+        const int ok = mix    ? cc_fused_tc2_choose_mma_mix(&t, ctx->sm_count, optin, &state->fused_tc)
+                       : gen2 ? cc_fused_tc2_choose(&t, ctx->sm_count, optin, &state->fused_tc)
+                              : cc_fused_tc_choose(&t, ctx->sm_count, optin, &state->fused_tc);
+        if (!ok)
             return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: fused%s found no tile configuration for this shape",
-                           func, gen2 ? "'s second tensor-core generation" : "");
-        if (gen2) snprintf(state->variant_name, sizeof state->variant_name, "tc gen2");
+                           func,
+                           mix    ? "'s second tensor-core generation with the tensor-core mix"
+                           : gen2 ? "'s second tensor-core generation"
+                                  : "");
+        if (gen2) snprintf(state->variant_name, sizeof state->variant_name, mix ? "tc gen2 mma-mix" : "tc gen2");
         snprintf(state->backend, sizeof state->backend,
                  "condconv fused kernel%s, %s %s, %s tensor cores (wmma), f32 "
                  "accumulation; %.110s",
-                 gen2 ? " (gen 2 candidate: cp.async pipeline)" : "", cc_dtype_name(layer->weights->info.dtype),
-                 cc_layout_name(layer->weights->info.layout),
+                 mix    ? " (gen 2 candidate: cp.async pipeline, mix as MMA)"
+                 : gen2 ? " (gen 2 candidate: cp.async pipeline)"
+                        : "",
+                 cc_dtype_name(layer->weights->info.dtype), cc_layout_name(layer->weights->info.layout),
                  layer->weights->info.dtype == CONDCONV_DTYPE_F32 ? "tf32" : "half", state->fused_tc.reason);
         return CONDCONV_STATUS_SUCCESS;
     }
@@ -183,7 +191,7 @@ static condconv_status fused_run(const struct condconv_layer *layer, const cc_ge
         t.x = buffers->x;
         t.y = buffers->y;
         t.alpha = buffers->alpha;
-        const int gen2 = state->variant == 1;
+        const int gen2 = state->variant >= 1; /* the config says which mix */
         CC_PHASE_BEGIN(CC_PHASE_CONV, "condconv.conv", layer->ctx->stream);
         const cudaError_t err = gen2 ? cc_launch_fused_tc2(&t, &state->fused_tc, layer->ctx->stream)
                                      : cc_launch_fused_tc(&t, &state->fused_tc, layer->ctx->stream);
@@ -206,13 +214,16 @@ static condconv_status fused_run(const struct condconv_layer *layer, const cc_ge
  * second-generation kernel (kernels/fused_conv_tc2.cu: cp.async double
  * buffering, two blocks per SM) where it runs the shape; strict-f32 NHWC
  * layers: the channel-major coalesced input loader and vector stores
- * (cc_fused_config.nhwc_loader). AUTO times either against the kernel it
+ * (cc_fused_config.nhwc_loader). Variant 2 (a candidate): gen 2 with the
+ * expert mix as an MMA (f16/bf16, E a multiple of 16), where the CUDA-core
+ * mix's N*E*|W| FMAs would set t(E). AUTO times each against the kernel it
  * would replace. */
 static int fused_variants(const struct condconv_layer *layer, const cc_geometry *geom, condconv_math math)
 {
     if (uses_tc(layer, math)) {
         const cc_fused_tc_args t = make_tc_args(layer, geom);
-        return cc_fused_tc2_supported(&t, NULL, 0) ? 2 : 1;
+        if (!cc_fused_tc2_supported(&t, NULL, 0)) return 1;
+        return cc_fused_tc2_mma_mix_supported(&t, NULL, 0) ? 3 : 2;
     }
     if (layer->weights->info.layout != CONDCONV_LAYOUT_NHWC) return 1;
     const cc_fused_args a = make_args(layer, geom);

@@ -603,7 +603,8 @@ extern "C" cudaError_t cc_launch_fused_tc(const cc_fused_tc_args *args, const cc
     derived d;
     if (cfg == nullptr || !derive(args, &d, nullptr, 0)) return cudaErrorInvalidValue;
     const int bm = cfg->tile_m;
-    if ((bm != 32 && bm != 64) || cfg->tile_n != kBN || cfg->samples_cap != samples_cap(d, args->n))
+    if ((bm != 32 && bm != 64) || cfg->tile_n != kBN || cfg->samples_cap != samples_cap(d, args->n) ||
+        cfg->mix_mma != 0) // gen 2's
         return cudaErrorInvalidValue;
     const size_t esize = cc_element_size(args->dtype);
     const smem_layout l = layout_for(bm, cfg->samples_cap, args->experts, (int)esize);

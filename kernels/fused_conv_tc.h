@@ -46,6 +46,7 @@ typedef struct cc_fused_tc_config {
     int tile_m, tile_n; /* output channels x output columns per block */
     int samples_cap;    /* most samples one block spans */
     size_t smem_bytes;  /* dynamic shared memory per block */
+    int mix_mma;        /* gen 2 only: 1 = the expert mix on tensor cores (cc_fused_tc2_choose_mma_mix) */
     char reason[160];   /* what was chosen and why, for condconv_plan_info */
 } cc_fused_tc_config;
 
@@ -81,6 +82,11 @@ cudaError_t cc_launch_fused_tc(const cc_fused_tc_args *args, const cc_fused_tc_c
 int cc_fused_tc2_supported(const cc_fused_tc_args *args, char *reason, size_t reason_len);
 int cc_fused_tc2_choose(const cc_fused_tc_args *args, int sm_count, size_t smem_optin, cc_fused_tc_config *cfg);
 cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const cc_fused_tc_config *cfg, cudaStream_t stream);
+/* Gen 2 with the expert mix on tensor cores (a candidate beside gen 2's
+ * CUDA-core mix): f16/bf16, E a multiple of 16. The config it chooses has
+ * mix_mma = 1; cc_launch_fused_tc2 runs it. */
+int cc_fused_tc2_mma_mix_supported(const cc_fused_tc_args *args, char *reason, size_t reason_len);
+int cc_fused_tc2_choose_mma_mix(const cc_fused_tc_args *args, int sm_count, size_t smem_optin, cc_fused_tc_config *cfg);
 
 #ifdef __cplusplus
 }

@@ -85,15 +85,30 @@
 //   epilogue reads: 1 (NCHW reads C rows along columns, NHWC reads C's
 //     col-major columns along channels).
 //
+// The mix as an MMA (template kMix; cc_fused_tc2_choose_mma_mix, a separate
+// candidate "tc gen2 mma-mix" that AUTO times against the CUDA-core mix):
+// per K step, A_s[k][m] = sum_e alpha[s][e] W[k][e][m] is, per K row k, an
+// [S x E] x [E x BM] product. The four warps take (K row, 32 or 16 columns)
+// units in turn; a unit is E/16 wmma products (m8n32k16; m16n16k16 for
+// 16-row tiles) of alpha (A, [8 or 16][E + 8] in shared memory, built once
+// per block) by the stage's expert rows (B, read in place: an expert's row
+// padded by 16 bytes where that avoids ldmatrix conflicts), accumulated in
+// f32, stored to the warp's scratch [M][N + 4] and summed into the A tiles.
+// Numerics: alpha must be a dtype operand, so per sample it is scaled by a
+// power of two sc to |alpha / sc| < 1 and split into hi = dtype(alpha / sc)
+// (rows 0..3) and lo = dtype(alpha / sc - hi) (rows 4..7): the products are
+// exact in f32, hi + lo carries alpha to 2^-22 (f16) / 2^-16 (bf16) of the
+// sample's largest alpha, and the row sums (hi + lo) * sc are rounded once
+// to the dtype, as the CUDA-core mix does. Why it should win: the CUDA-core
+// mix is S*E*BM*16 FMAs per step (E = 32, BM = 32: 512 per thread, beside
+// the step's 2 main MMAs per warp); on tensor cores it is 16*BM/N_mix*E/16
+// MMAs (8 per warp at E = 32, BM = 32) plus S*BM*16 conversions. Unmeasured:
+// whether the scratch round trip and the extra barrier-free warp work beat
+// the FMAs at E = 16; f16/bf16 only (TF32 would cut each expert's weights
+// to TF32 before the mix, a different contract) and E a multiple of 16
+// (an MMA's K; rows past E would be read).
+//
 // For a later round (not done here):
-//   - the mixing as an MMA for E >= 16: per K step, A_s[k][m] =
-//     sum_e alpha[s][e] W[k][e][m] is, per K row k, an [S x E] x [E x BM]
-//     product: pad S to 16 (m16n16k16 with 12 zero rows wasted, or m8n32k16
-//     with 4) and run it on the tensor cores from the expert stage with
-//     alpha as the A fragment (kept in f32 for f32; for f16/bf16 alpha must
-//     then be rounded to the dtype, which changes the numerics contract: the
-//     products alpha*w are no longer exact in f32, so the test's bound grows
-//     by u*sum|alpha w|; or split alpha into hi + lo halves, two MMAs).
 //   - 3 stages (wait_prior(1)) where shared memory allows (small E).
 //   - a double-buffered A tile, dropping barrier (2) to one per step.
 //   - cp.async for the NCHW input tile (4-byte copies of pixel pairs when W
@@ -132,6 +147,7 @@ constexpr int kPitchC = 68; // NCHW C tile [BM][68] f32: 272 bytes, 16 mod 128
 constexpr size_t kSmemBudget = 113 * 1024;
 
 static_assert(kBN / 16 == kWarps, "a warp per column fragment");
+static_assert(kMaxSamples == 4, "the tensor-core mix keeps alpha's hi rows in 0..3, lo rows in 4..7");
 
 long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 long long round_up(long long a, long long b) { return ceil_div(a, b) * b; }
@@ -148,13 +164,14 @@ struct tc2_params {
     int s_cap, m_tiles, activation;
     int rp;                                         // expert stage K-row pitch (elements)
     int off_b, b_stage, off_a, off_alpha, off_bias; // bytes
+    int off_mix, off_scale, off_scr;                // bytes; the tensor-core mix's parts (else 0)
 };
 
 __host__ __device__ inline size_t al128(size_t v) { return (v + 127) & ~(size_t)127; }
 
 // Shared-memory layout, the same on host and device (bytes).
 struct smem_layout {
-    size_t e_stage, b, b_stage, a, alpha, bias, total;
+    size_t e_stage, b, b_stage, a, alpha, bias, mix, scale, scr, total;
     int rp; // expert K-row pitch, elements
 };
 
@@ -162,11 +179,32 @@ __host__ __device__ inline int pitch_a(int bm, int esize) { return bm + 16 / esi
 __host__ __device__ inline int pitch_bn(int esize) { return kBN + 16 / esize; } // row-major input tile
 __host__ __device__ inline int pitch_bk(int esize) { return kBK + 16 / esize; } // col-major input tile
 
-inline smem_layout layout_for(int bm, int s_cap, int experts, int esize, bool col_b)
+// The expert mix on tensor cores (kMix, f16/bf16, E % 16 == 0; see "The mix
+// as an MMA" above): per K row k and kMixN output channels, an
+// [kMixM x 16 experts] x [16 experts x kMixN] wmma product, accumulated over
+// the E/16 expert chunks. m8n32k16 where the tile has 32 or 64 rows, m16n16k16
+// for 16 rows (rows 8..15 zero).
+__host__ __device__ constexpr int mix_n(int bm) { return bm < 32 ? bm : 32; }
+__host__ __device__ constexpr int mix_m(int bm) { return 256 / mix_n(bm); }
+// An expert's row in a stage (elements): BM, padded by 16 bytes for the
+// mix's wmma loads when that makes the 8 rows an ldmatrix phase reads fall in
+// different 16-byte bank groups (rows 64 or 128 bytes apart: 4- or 8-way
+// conflicts unpadded; 32 bytes apart (BM 16): 2-way, left, as the padding
+// would cost the E = 64 tile its fit).
+__host__ __device__ constexpr int expert_pitch(int bm, int esize, bool mix)
+{
+    return mix && bm >= 32 ? bm + 16 / esize : bm;
+}
+__host__ __device__ constexpr int mix_alpha_pitch(int experts) { return experts + 8; } // 16 bytes mod 32
+__host__ __device__ constexpr int mix_scr_pitch(int bm) { return mix_n(bm) + 4; }      // f32, 16 bytes mod 128
+
+inline smem_layout layout_for(int bm, int s_cap, int experts, int esize, bool col_b, bool mix)
 {
     smem_layout l;
-    const size_t row = (size_t)experts * bm * esize;
-    const size_t rp = al128(row) + ((size_t)bm * esize) % 128;
+    const size_t row = (size_t)experts * expert_pitch(bm, esize, mix) * esize;
+    // CUDA-core mix: K rows a quarter-warp spans contiguous mod 128 (below);
+    // tensor-core mix: a K row 32-byte aligned for wmma (E % 16 == 0 makes it so).
+    const size_t rp = mix ? row : al128(row) + ((size_t)bm * esize) % 128;
     l.rp = (int)(rp / esize);
     l.e_stage = kBK * rp;
     const size_t c_bytes = (size_t)std::max(bm * kPitchC, kBN * (bm + 4)) * sizeof(float);
@@ -175,7 +213,15 @@ inline smem_layout layout_for(int bm, int s_cap, int experts, int esize, bool co
     l.a = l.b + 2 * l.b_stage;
     l.alpha = l.a + al128((size_t)s_cap * kBK * pitch_a(bm, esize) * esize);
     l.bias = l.alpha + al128((size_t)s_cap * experts * sizeof(float));
-    l.total = l.bias + al128((size_t)s_cap * bm * sizeof(float));
+    l.mix = l.bias + al128((size_t)s_cap * bm * sizeof(float));
+    l.scale = l.mix;
+    l.scr = l.mix;
+    l.total = l.mix;
+    if (mix) {
+        l.scale = l.mix + al128((size_t)mix_m(bm) * mix_alpha_pitch(experts) * esize);
+        l.scr = l.scale + al128((size_t)kMaxSamples * sizeof(float));
+        l.total = l.scr + al128((size_t)kWarps * mix_m(bm) * mix_scr_pitch(bm) * sizeof(float));
+    }
     return l;
 }
 
@@ -351,11 +397,13 @@ struct x_loader2 {
     }
 };
 
-template <typename T, int kBM, int kLayout, bool kVec>
+template <typename T, int kBM, int kLayout, bool kVec, bool kMix>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc2_kernel(const tc2_params a)
 {
     using namespace nvcuda;
+    static_assert(!kMix || !std::is_same<T, float>::value, "the tensor-core mix is for f16/bf16");
     constexpr int kEs = (int)sizeof(T);
+    constexpr int kEPitch = expert_pitch(kBM, kEs, kMix); // an expert's row in a stage
     constexpr int kPitchA = kBM + 16 / kEs;
     constexpr int kPitchB = kVec ? kBK + 16 / kEs : kBN + 16 / kEs;
     constexpr int kPitchCt = kBM + 4; // NHWC C tile, col-major [64][BM+4]
@@ -397,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc2_kernel(const t
         for (int i = tid; i < chunks; i += kThreads) {
             const int r = i / (a.experts * kChunksRow), rem = i - r * (a.experts * kChunksRow);
             const int e = rem / kChunksRow, q = rem - e * kChunksRow;
-            T *dst = stage + r * a.rp + e * kBM + q * kChunkEl;
+            T *dst = stage + r * a.rp + e * kEPitch + q * kChunkEl;
             if (m0 + q * kChunkEl < a.mg8)
                 __pipeline_memcpy_async(dst, src0 + r * k_row + (size_t)e * a.mg8 + q * kChunkEl, 16);
             else
@@ -434,6 +482,39 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc2_kernel(const t
         }
         bias_s[i] = b;
     }
+    // Tensor-core mix: alpha as the A operand, per sample s scaled by a power
+    // of two sc_s (exact) to |alpha / sc_s| < 1 (f16's range; and its
+    // subnormals reach only the terms far below the sample's largest), split
+    // into hi = dtype(alpha / sc_s) in row s and lo = dtype(alpha / sc_s - hi)
+    // in row 4 + s, so that hi*w and lo*w are exact f32 products and their sum
+    // carries alpha to ~2^-22 (f16) / 2^-16 (bf16) of the sample's largest
+    // alpha: the mixed weight stays an f32 sum rounded once (the numerics
+    // contract), up to that. Rows of absent samples and rows 8.. are zeros.
+    T *const alpha_mix = reinterpret_cast<T *>(smem + a.off_mix);         // [kMixM][E + 8]
+    float *const scale_s = reinterpret_cast<float *>(smem + a.off_scale); // [kMaxSamples]
+    if constexpr (kMix) {
+        if (tid < kMaxSamples) {
+            float mx = 0.0f;
+            for (int e = 0; tid < s_count && e < a.experts; ++e) mx = fmaxf(mx, fabsf(alpha_s[tid * a.experts + e]));
+            int ex = 0;
+            const bool scaled = mx > 0.0f && mx <= 3.4028235e38f; // finite (NaN fails both)
+            if (scaled) frexpf(mx, &ex);
+            scale_s[tid] = scaled ? ldexpf(1.0f, ex) : 1.0f;
+        }
+        __syncthreads(); // the scales are written
+        constexpr int kMixM = mix_m(kBM);
+        const int ap = mix_alpha_pitch(a.experts);
+        for (int i = tid; i < kMixM * a.experts; i += kThreads) {
+            const int row = i / a.experts, e = i - row * a.experts, s = row & 3;
+            float v = 0.0f;
+            if (row < 2 * kMaxSamples && s < s_count) {
+                const float scaled = alpha_s[s * a.experts + e] / scale_s[s]; // exact: a power of two
+                v = row < kMaxSamples ? scaled : scaled - cc_to_float(cc_from_float<T>(scaled));
+            }
+            alpha_mix[row * ap + e] = cc_from_float<T>(v);
+        }
+        // Barrier (1) of step 0 orders these stores before the first mix.
+    }
 
     // Mixing slot: K row r, output channels m0 + 8 mq .. +7; samples first_s, first_s + kSplit, ...
     const int slot = tid % kSlots, first_s = tid / kSlots;
@@ -468,31 +549,64 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fused_tc2_kernel(const t
         }
         __pipeline_commit();
 
-        // Mix from the stage (zeros past Mg8: no bounds test needed).
-        float sum[kPer][8];
+        if constexpr (kMix) {
+            // Per unit (K row rr, channels cc*kMixN..): E/16 MMAs into an
+            // f32 accumulator, stored to the warp's scratch, then hi + lo rows
+            // summed, scaled back and rounded once into the A tiles.
+            constexpr int kMixM = mix_m(kBM), kMixN = mix_n(kBM), kScr = mix_scr_pitch(kBM);
+            constexpr int kChunksM = kBM / kMixN;
+            float *const scr = reinterpret_cast<float *>(smem + a.off_scr) + warp * kMixM * kScr;
+            const int lane = tid & 31, ap = mix_alpha_pitch(a.experts);
+            for (int u = warp; u < kBK * kChunksM; u += kWarps) {
+                const int rr = u / kChunksM, cc = u - rr * kChunksM;
+                wmma::fragment<wmma::accumulator, kMixM, kMixN, 16, float> macc;
+                wmma::fill_fragment(macc, 0.0f);
+                const T *wk = e_cur + rr * a.rp + cc * kMixN;
+                for (int q = 0; q < a.experts / 16; ++q) {
+                    wmma::fragment<wmma::matrix_a, kMixM, kMixN, 16, T, wmma::row_major> fa;
+                    wmma::fragment<wmma::matrix_b, kMixM, kMixN, 16, T, wmma::row_major> fb;
+                    wmma::load_matrix_sync(fa, alpha_mix + 16 * q, ap);
+                    wmma::load_matrix_sync(fb, wk + (size_t)16 * q * kEPitch, kEPitch);
+                    wmma::mma_sync(macc, fa, fb, macc);
+                }
+                wmma::store_matrix_sync(scr, macc, kScr, wmma::mem_row_major);
+                __syncwarp(); // the scratch is complete
+                for (int i = lane; i < kMaxSamples * kMixN; i += 32) {
+                    const int s = i / kMixN, m = i - s * kMixN;
+                    if (s < s_count) {
+                        const float v = (scr[s * kScr + m] + scr[(kMaxSamples + s) * kScr + m]) * scale_s[s];
+                        as[(size_t)s * kBK * kPitchA + rr * kPitchA + cc * kMixN + m] = cc_from_float<T>(v);
+                    }
+                }
+                __syncwarp(); // the scratch is read before the next unit's store
+            }
+        } else {
+            // Mix from the stage (zeros past Mg8: no bounds test needed).
+            float sum[kPer][8];
 #pragma unroll
-        for (int j = 0; j < kPer; ++j)
+            for (int j = 0; j < kPer; ++j)
 #pragma unroll
-            for (int i = 0; i < 8; ++i) sum[j][i] = 0.0f;
-        const T *wrow = e_cur + r * a.rp + 8 * mq;
+                for (int i = 0; i < 8; ++i) sum[j][i] = 0.0f;
+            const T *wrow = e_cur + r * a.rp + 8 * mq;
 #pragma unroll 4
-        for (int e = 0; e < a.experts; ++e) {
-            float wv[8];
-            tc2_lds8<T>(wrow + e * kBM, wv);
+            for (int e = 0; e < a.experts; ++e) {
+                float wv[8];
+                tc2_lds8<T>(wrow + e * kEPitch, wv);
+#pragma unroll
+                for (int j = 0; j < kPer; ++j) {
+                    const int s = first_s + j * kSplit;
+                    if (s < s_count) {
+                        const float al = alpha_s[s * a.experts + e];
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) sum[j][i] = fmaf(al, wv[i], sum[j][i]);
+                    }
+                }
+            }
 #pragma unroll
             for (int j = 0; j < kPer; ++j) {
                 const int s = first_s + j * kSplit;
-                if (s < s_count) {
-                    const float al = alpha_s[s * a.experts + e];
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) sum[j][i] = fmaf(al, wv[i], sum[j][i]);
-                }
+                if (s < s_count) tc2_store8<T>(as + (size_t)s * kBK * kPitchA + r * kPitchA + 8 * mq, sum[j]);
             }
-        }
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) {
-            const int s = first_s + j * kSplit;
-            if (s < s_count) tc2_store8<T>(as + (size_t)s * kBK * kPitchA + r * kPitchA + 8 * mq, sum[j]);
         }
         __syncthreads(); // (2) the A tiles are complete
 
@@ -613,11 +727,11 @@ bool col_b_of(const cc_fused_tc_args *a, const derived &d)
 
 // The tallest tile (from `first` down to 16 rows) whose shared memory fits
 // `limit` and whose grid fits 65535 rows; 0 if none.
-int fit_bm(const cc_fused_tc_args *a, const derived &d, int first, size_t limit, bool col_b, size_t *smem)
+int fit_bm(const cc_fused_tc_args *a, const derived &d, int first, size_t limit, bool col_b, bool mix, size_t *smem)
 {
     const int esize = (int)cc_element_size(a->dtype);
     for (int bm = first; bm >= 16; bm /= 2) {
-        const size_t s = layout_for(bm, d.s_cap, a->experts, esize, col_b).total;
+        const size_t s = layout_for(bm, d.s_cap, a->experts, esize, col_b, mix).total;
         if (s <= limit && ceil_div(d.mg, bm) * a->groups <= 65535) {
             *smem = s;
             return bm;
@@ -626,7 +740,7 @@ int fit_bm(const cc_fused_tc_args *a, const derived &d, int first, size_t limit,
     return 0;
 }
 
-template <typename T, int kBM, int kLayout, bool kVec>
+template <typename T, int kBM, int kLayout, bool kVec, bool kMix>
 cudaError_t launch_instance(dim3 grid, size_t smem, cudaStream_t stream, const tc2_params &p)
 {
     // Past 48 KiB the kernel needs the opt-in, per instance and device (as
@@ -642,48 +756,76 @@ cudaError_t launch_instance(dim3 grid, size_t smem, cudaStream_t stream, const t
         const std::lock_guard<std::mutex> hold(lock);
         size_t *slot = dev >= 0 && dev < kDevices ? &granted[dev] : nullptr;
         if (slot == nullptr || *slot < smem) {
-            err = cudaFuncSetAttribute(reinterpret_cast<const void *>(&fused_tc2_kernel<T, kBM, kLayout, kVec>),
+            err = cudaFuncSetAttribute(reinterpret_cast<const void *>(&fused_tc2_kernel<T, kBM, kLayout, kVec, kMix>),
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
             if (err != cudaSuccess) return err;
             if (slot != nullptr) *slot = smem;
         }
     }
-    return cc_launch(fused_tc2_kernel<T, kBM, kLayout, kVec>, grid, dim3(kThreads), smem, stream, p);
+    return cc_launch(fused_tc2_kernel<T, kBM, kLayout, kVec, kMix>, grid, dim3(kThreads), smem, stream, p);
 }
 
-template <typename T, int kLayout, bool kVec>
+template <typename T, int kLayout, bool kVec, bool kMix>
 cudaError_t launch_layout(int bm, dim3 grid, size_t smem, cudaStream_t stream, const tc2_params &p)
 {
-    if (bm == 64) return launch_instance<T, 64, kLayout, kVec>(grid, smem, stream, p);
-    if (bm == 32) return launch_instance<T, 32, kLayout, kVec>(grid, smem, stream, p);
-    return launch_instance<T, 16, kLayout, kVec>(grid, smem, stream, p);
+    if (bm == 64) return launch_instance<T, 64, kLayout, kVec, kMix>(grid, smem, stream, p);
+    if (bm == 32) return launch_instance<T, 32, kLayout, kVec, kMix>(grid, smem, stream, p);
+    return launch_instance<T, 16, kLayout, kVec, kMix>(grid, smem, stream, p);
 }
 
-} // namespace
+// f32 never takes the tensor-core mix (cc_fused_tc2_mma_mix_supported): no instances.
+template <typename T, int kLayout, bool kVec>
+cudaError_t launch_mix(bool mix, int bm, dim3 grid, size_t smem, cudaStream_t stream, const tc2_params &p)
+{
+    if constexpr (std::is_same<T, float>::value) {
+        if (mix) return cudaErrorInvalidValue;
+        return launch_layout<T, kLayout, kVec, false>(bm, grid, smem, stream, p);
+    } else {
+        return mix ? launch_layout<T, kLayout, kVec, true>(bm, grid, smem, stream, p)
+                   : launch_layout<T, kLayout, kVec, false>(bm, grid, smem, stream, p);
+    }
+}
 
-extern "C" int cc_fused_tc2_supported(const cc_fused_tc_args *args, char *reason, size_t reason_len)
+// The tensor-core mix's own conditions beyond gen 2's.
+bool mix_ok(const cc_fused_tc_args *a, char *reason, size_t len)
+{
+    if (a->dtype == CC_DTYPE_F32) {
+        say2(reason, len,
+             "gen 2 tensor-core mix: f16/bf16 only (TF32 would cut the f32 experts before they are mixed)");
+        return false;
+    }
+    if (a->experts < 16 || a->experts % 16 != 0) {
+        say2(reason, len, "gen 2 tensor-core mix: E = %d, needs a multiple of 16 (the MMA's K is 16 experts)",
+             a->experts);
+        return false;
+    }
+    return true;
+}
+
+int supported(const cc_fused_tc_args *args, bool mix, char *reason, size_t reason_len)
 {
     derived d;
     if (!derive(args, &d, reason, reason_len)) return 0;
+    if (mix && !mix_ok(args, reason, reason_len)) return 0;
     size_t smem = 0;
     // The 2-byte input path's tile is the larger one for f32; the col-major
     // one for f16: either way the smaller E limit is the one stated.
-    if (fit_bm(args, d, 16, kSmemBudget, false, &smem) == 0 || fit_bm(args, d, 16, kSmemBudget, true, &smem) == 0) {
+    if (fit_bm(args, d, 16, kSmemBudget, false, mix, &smem) == 0 ||
+        fit_bm(args, d, 16, kSmemBudget, true, mix, &smem) == 0) {
         say2(reason, reason_len,
-             "gen 2: %d experts of %zu bytes with %d samples per block: two expert stages do not fit %zu bytes of "
+             "gen 2%s: %d experts of %zu bytes with %d samples per block: two expert stages do not fit %zu bytes of "
              "shared memory (two blocks per SM) even with 16-row tiles",
-             args->experts, (size_t)cc_element_size(args->dtype), d.s_cap, kSmemBudget);
+             mix ? " tensor-core mix" : "", args->experts, (size_t)cc_element_size(args->dtype), d.s_cap, kSmemBudget);
         return 0;
     }
     if (reason != nullptr && reason_len > 0) reason[0] = '\0';
     return 1;
 }
 
-extern "C" int cc_fused_tc2_choose(const cc_fused_tc_args *args, int sm_count, size_t smem_optin,
-                                   cc_fused_tc_config *cfg)
+int choose(const cc_fused_tc_args *args, int sm_count, size_t smem_optin, bool mix, cc_fused_tc_config *cfg)
 {
     derived d;
-    if (cfg == nullptr || !cc_fused_tc2_supported(args, nullptr, 0) || !derive(args, &d, nullptr, 0)) return 0;
+    if (cfg == nullptr || !supported(args, mix, nullptr, 0) || !derive(args, &d, nullptr, 0)) return 0;
     if (sm_count < 1) sm_count = 1;
     const long long col_tiles = ceil_div(d.total_cols, kBN);
     const long long blocks64 = col_tiles * ceil_div(d.mg, 64) * args->groups;
@@ -695,21 +837,48 @@ extern "C" int cc_fused_tc2_choose(const cc_fused_tc_args *args, int sm_count, s
     const int first = pad_rule || fill_rule ? 32 : 64;
     const size_t limit = std::min(kSmemBudget, smem_optin);
     size_t smem = 0;
-    const int bm = fit_bm(args, d, first, limit, col_b_of(args, d), &smem);
+    const int bm = fit_bm(args, d, first, limit, col_b_of(args, d), mix, &smem);
     if (bm == 0) return 0;
     memset(cfg, 0, sizeof *cfg);
     cfg->tile_m = bm;
     cfg->tile_n = kBN;
     cfg->samples_cap = d.s_cap;
     cfg->smem_bytes = smem;
-    snprintf(cfg->reason, sizeof cfg->reason,
-             "gen 2 (cp.async 2 stages): wmma %dx%d tile, <= %d samples/block, %lld blocks on %d SMs, %zu B smem (%s)",
-             bm, kBN, d.s_cap, col_tiles * ceil_div(d.mg, bm) * args->groups, sm_count, smem,
-             bm < first  ? "stages fit 2 blocks/SM"
-             : pad_rule  ? "Mg mod 64 <= 32"
-             : fill_rule ? "64-row tiles leave SMs idle"
-                         : "default");
+    cfg->mix_mma = mix ? 1 : 0;
+    snprintf(
+        cfg->reason, sizeof cfg->reason,
+        "gen 2 (cp.async 2 stages%s): wmma %dx%d tile, <= %d samples/block, %lld blocks on %d SMs, %zu B smem (%s)",
+        mix ? ", mix on tensor cores" : "", bm, kBN, d.s_cap, col_tiles * ceil_div(d.mg, bm) * args->groups, sm_count,
+        smem,
+        bm < first  ? "stages fit 2 blocks/SM"
+        : pad_rule  ? "Mg mod 64 <= 32"
+        : fill_rule ? "64-row tiles leave SMs idle"
+                    : "default");
     return 1;
+}
+
+} // namespace
+
+extern "C" int cc_fused_tc2_supported(const cc_fused_tc_args *args, char *reason, size_t reason_len)
+{
+    return supported(args, false, reason, reason_len);
+}
+
+extern "C" int cc_fused_tc2_mma_mix_supported(const cc_fused_tc_args *args, char *reason, size_t reason_len)
+{
+    return supported(args, true, reason, reason_len);
+}
+
+extern "C" int cc_fused_tc2_choose(const cc_fused_tc_args *args, int sm_count, size_t smem_optin,
+                                   cc_fused_tc_config *cfg)
+{
+    return choose(args, sm_count, smem_optin, false, cfg);
+}
+
+extern "C" int cc_fused_tc2_choose_mma_mix(const cc_fused_tc_args *args, int sm_count, size_t smem_optin,
+                                           cc_fused_tc_config *cfg)
+{
+    return choose(args, sm_count, smem_optin, true, cfg);
 }
 
 extern "C" cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const cc_fused_tc_config *cfg,
@@ -717,6 +886,8 @@ extern "C" cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const c
 {
     derived d;
     if (cfg == nullptr || !derive(args, &d, nullptr, 0)) return cudaErrorInvalidValue;
+    const bool mix = cfg->mix_mma != 0;
+    if ((cfg->mix_mma != 0 && cfg->mix_mma != 1) || (mix && !mix_ok(args, nullptr, 0))) return cudaErrorInvalidValue;
     const int bm = cfg->tile_m;
     if ((bm != 16 && bm != 32 && bm != 64) || cfg->tile_n != kBN || cfg->samples_cap != d.s_cap)
         return cudaErrorInvalidValue;
@@ -725,7 +896,7 @@ extern "C" cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const c
         !cc_aligned16(args->packed) || (uintptr_t)args->x % esize != 0 || (uintptr_t)args->y % esize != 0)
         return cudaErrorInvalidValue;
     const bool col_b = col_b_of(args, d);
-    const smem_layout l = layout_for(bm, d.s_cap, args->experts, (int)esize, col_b);
+    const smem_layout l = layout_for(bm, d.s_cap, args->experts, (int)esize, col_b, mix);
     if (cfg->smem_bytes != l.total || l.total > kSmemBudget) return cudaErrorInvalidValue;
     const long long col_tiles = ceil_div(d.total_cols, kBN);
     const long long m_tiles = ceil_div(d.mg, bm);
@@ -771,13 +942,16 @@ extern "C" cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const c
     p.off_a = (int)l.a;
     p.off_alpha = (int)l.alpha;
     p.off_bias = (int)l.bias;
+    p.off_mix = (int)l.mix;
+    p.off_scale = (int)l.scale;
+    p.off_scr = (int)l.scr;
 
     const dim3 grid((unsigned int)col_tiles, (unsigned int)(m_tiles * args->groups));
     return cc_dispatch_dtype(args->dtype, [&](auto tag) -> cudaError_t {
         using T = typename decltype(tag)::type;
         if (args->layout == CC_LAYOUT_NCHW)
-            return launch_layout<T, CC_LAYOUT_NCHW, false>(bm, grid, l.total, stream, p);
-        return col_b ? launch_layout<T, CC_LAYOUT_NHWC, true>(bm, grid, l.total, stream, p)
-                     : launch_layout<T, CC_LAYOUT_NHWC, false>(bm, grid, l.total, stream, p);
+            return launch_mix<T, CC_LAYOUT_NCHW, false>(mix, bm, grid, l.total, stream, p);
+        return col_b ? launch_mix<T, CC_LAYOUT_NHWC, true>(mix, bm, grid, l.total, stream, p)
+                     : launch_mix<T, CC_LAYOUT_NHWC, false>(mix, bm, grid, l.total, stream, p);
     });
 }

@@ -596,10 +596,12 @@ static void time_nhwc_loaders(int sm_count, size_t optin)
 
 // ---------------------------------------------------------------------------
 // Tensor cores: gen 1 (kernels/fused_conv_tc.cu, variant 0) against gen 2
-// (kernels/fused_conv_tc2.cu, the cp.async candidate AUTO times against it),
-// f16, bf16 and f32 (TF32), NCHW and NHWC. Both validated on every shape
-// with the bound of tests/cuda_cpu/test_fused_conv_tc.cpp, then timed on the
-// EfficientNet 1x1 layers and a 3x3 one (ratio < 1: gen 2 is faster).
+// (kernels/fused_conv_tc2.cu, the cp.async candidate AUTO times against it)
+// and gen 2 with the expert mix on tensor cores ("gen 3" here: f16/bf16, E a
+// multiple of 16), f16, bf16 and f32 (TF32), NCHW and NHWC. All validated on
+// every shape with the bound of tests/cuda_cpu/test_fused_conv_tc.cpp, then
+// timed on the EfficientNet 1x1 layers and a 3x3 one (ratio < 1: faster
+// than gen 1).
 
 static uint16_t tc_bits(int dtype, float v)
 {
@@ -735,7 +737,8 @@ static void tc_destroy(tc_problem *p)
     free(p->h_y);
 }
 
-// One launch of generation gen (1 or 2), checked against the reference:
+// One launch of generation gen (1; 2 and 3: gen 2's launcher, the config says
+// which mix), checked against the reference:
 // |y - ref| <= 1.1 (2u + 1e-5) mag + u_out |ref| + 1e-6 (u = 2^-11 f16,
 // 2^-8 bf16, 2^-10 per TF32 operand; the f32 output is not rounded).
 static long long tc_check(tc_problem *p, int gen, const cc_fused_tc_config &c, const char *what)
@@ -780,6 +783,7 @@ static int tc_generations(int sm_count, size_t optin, bool quick)
         {"3x3 g2 P90 E6", 3, 32, 96, 2, 6, 9, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},
         {"1x1 E46", 4, 32, 64, 1, 46, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
         {"1x1 E64", 4, 32, 64, 1, 64, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
+        {"1x1 E16 Mg128", 4, 32, 128, 1, 16, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2},
     };
     long long failures = 0, runs = 0;
     for (const shape &s : fixed)
@@ -787,11 +791,12 @@ static int tc_generations(int sm_count, size_t optin, bool quick)
             for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout) {
                 tc_problem p;
                 tc_create(&p, s, dtype, layout, true);
-                for (int gen = 1; gen <= 2; ++gen) {
+                for (int gen = 1; gen <= 3; ++gen) {
                     cc_fused_tc_config c;
-                    const int ok = gen == 1 ? cc_fused_tc_choose(&p.a, sm_count, optin, &c)
-                                            : cc_fused_tc2_choose(&p.a, sm_count, optin, &c);
-                    if (!ok) continue; // gen 2: E past its stages (supported() says why)
+                    const int ok = gen == 1   ? cc_fused_tc_choose(&p.a, sm_count, optin, &c)
+                                   : gen == 2 ? cc_fused_tc2_choose(&p.a, sm_count, optin, &c)
+                                              : cc_fused_tc2_choose_mma_mix(&p.a, sm_count, optin, &c);
+                    if (!ok) continue; // gen 2: E past its stages; the MMA mix: f32, E % 16 (supported() says why)
                     char what[160];
                     snprintf(what, sizeof what, "gen %d %s %s %s tile %d", gen, s.name, tc_dtype_name(dtype),
                              layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC", c.tile_m);
@@ -804,11 +809,11 @@ static int tc_generations(int sm_count, size_t optin, bool quick)
                 }
                 tc_destroy(&p);
             }
-    printf("tensor cores: %lld runs validated (gen 1 and gen 2), %lld failed\n", runs, failures);
+    printf("tensor cores: %lld runs validated (gen 1, gen 2, gen 2 with the MMA mix), %lld failed\n", runs, failures);
     if (failures != 0 || quick) return failures != 0;
 
-    printf("%-16s %4s %3s %-5s %-4s %9s %9s %7s  %s\n", "layer", "N", "E", "dtype", "lay", "gen1 us", "gen2 us", "2/1",
-           "gen 2 config");
+    printf("%-16s %4s %3s %-5s %-4s %9s %9s %9s %7s %7s  %s\n", "layer", "N", "E", "dtype", "lay", "gen1 us", "gen2 us",
+           "mix us", "2/1", "mix/1", "gen 2 config");
     static const shape k3 = {"3x3 96->96 @14", 0, 96, 96, 1, 8, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2};
     const int batches[] = {32, 128}, experts[] = {8, 32};
     for (int i = 0; i <= kLayerCount; ++i)
@@ -822,14 +827,17 @@ static int tc_generations(int sm_count, size_t optin, bool quick)
                         s.act = 2;
                         tc_problem p;
                         tc_create(&p, s, dtype, layout, false);
-                        cc_fused_tc_config c1, c2;
+                        cc_fused_tc_config c1, c2, c3;
                         const bool ok1 = cc_fused_tc_choose(&p.a, sm_count, optin, &c1) != 0;
                         const bool ok2 = cc_fused_tc2_choose(&p.a, sm_count, optin, &c2) != 0;
+                        const bool ok3 = cc_fused_tc2_choose_mma_mix(&p.a, sm_count, optin, &c3) != 0;
                         const float us1 = ok1 ? time_us([&] { CHECK(cc_launch_fused_tc(&p.a, &c1, 0)); }) : 0.0f;
                         const float us2 = ok2 ? time_us([&] { CHECK(cc_launch_fused_tc2(&p.a, &c2, 0)); }) : 0.0f;
-                        printf("%-16s %4d %3d %-5s %-4s %9.1f %9.1f %7.3f  %s\n", s.name, s.n, s.e,
-                               tc_dtype_name(dtype), layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC", us1, us2,
-                               ok1 && ok2 ? us2 / us1 : 0.0f, ok2 ? c2.reason : "gen 2 unsupported");
+                        const float us3 = ok3 ? time_us([&] { CHECK(cc_launch_fused_tc2(&p.a, &c3, 0)); }) : 0.0f;
+                        printf("%-16s %4d %3d %-5s %-4s %9.1f %9.1f %9.1f %7.3f %7.3f  %s\n", s.name, s.n, s.e,
+                               tc_dtype_name(dtype), layout == CC_LAYOUT_NCHW ? "NCHW" : "NHWC", us1, us2, us3,
+                               ok1 && ok2 ? us2 / us1 : 0.0f, ok1 && ok3 ? us3 / us1 : 0.0f,
+                               ok2 ? c2.reason : "gen 2 unsupported");
                         tc_destroy(&p);
                     }
     return 0;

@@ -51,6 +51,6 @@ endif()
 # The choosers against other cards' limits (H200, H100, A100, sm_89, sm_86):
 # every configuration they produce must launch (the launches are checked,
 # not run).
-if("kernels/fused_conv_tc.cu" IN_LIST CONDCONV_KERNEL_SOURCES)
-  cc_emu_test(test_emu_profiles "cc_cpu_emu_util;cc_cpu_kernel_fused_conv;cc_cpu_kernel_fused_conv_tc;cc_cpu_kernel_depthwise_fused")
+if("kernels/fused_conv_tc.cu" IN_LIST CONDCONV_KERNEL_SOURCES AND "kernels/fused_conv_tc2.cu" IN_LIST CONDCONV_KERNEL_SOURCES)
+  cc_emu_test(test_emu_profiles "cc_cpu_emu_util;cc_cpu_kernel_fused_conv;cc_cpu_kernel_fused_conv_tc;cc_cpu_kernel_fused_conv_tc2;cc_cpu_kernel_depthwise_fused")
 endif()

@@ -2,7 +2,11 @@
  * profile of the emulated runtime (H200, H100 PCIe, A100, L40S (sm_89), A10
  * (sm_86); hooks.h), every configuration that the fused kernel's chooser and
  * forced configs (every tile, split-K 1-3), the tensor-core kernel's chooser
- * (f16, bf16, TF32) and the depthwise kernel produce for a sweep of shapes
+ * (f16, bf16, TF32), its second generation's two (the CUDA-core mix and the
+ * tensor-core mix; a card whose opt-in is below gen 2's two-blocks budget
+ * may leave a large E without a config: counted, not a failure, as the
+ * layer then reports the variant unsupported) and the depthwise kernel
+ * produce for a sweep of shapes
  * must launch: the runtime refuses, as a GPU does, static plus dynamic
  * shared memory above the card's per-block opt-in, and an opt-in request
  * that leaves no room for the kernel's static shared memory. Launches are
@@ -20,7 +24,7 @@
 #include "fused_conv.h"
 #include "fused_conv_tc.h"
 
-static long long launches, refused_before;
+static long long launches, refused_before, gen2_configs, gen2_none;
 static int printed;
 
 static void *dummy; /* every pointer argument: launches are not run */
@@ -107,7 +111,7 @@ static void tc_shapes(const char *card, int sm_count, size_t optin)
             for (size_t in = 0; in < sizeof ns / sizeof ns[0]; ++in)
                 for (size_t is = 0; is < sizeof sizes / sizeof sizes[0]; ++is)
                     for (int k = 1; k <= 3; k += 2)
-                        for (int e = 1; e <= CC_FUSED_TC_MAX_EXPERTS; e += 3) {
+                        for (int e = 1; e <= CC_FUSED_TC_MAX_EXPERTS; e += e < 64 && e % 16 == 12 ? 4 : 3) {
                             cc_fused_tc_args a;
                             memset(&a, 0, sizeof a);
                             a.dtype = dtypes[id];
@@ -136,6 +140,22 @@ static void tc_shapes(const char *card, int sm_count, size_t optin)
                             snprintf(what, sizeof what, "tile %dx%d, %d samples, %zu B", cfg.tile_m, cfg.tile_n,
                                      cfg.samples_cap, cfg.smem_bytes);
                             expect_launch(cc_launch_fused_tc(&a, &cfg, NULL), what, card, shape);
+                            for (int mix = 0; mix <= 1; ++mix) {
+                                if (!(mix ? cc_fused_tc2_mma_mix_supported(&a, NULL, 0)
+                                          : cc_fused_tc2_supported(&a, NULL, 0)))
+                                    continue;
+                                if (!(mix ? cc_fused_tc2_choose_mma_mix(&a, sm_count, optin, &cfg)
+                                          : cc_fused_tc2_choose(&a, sm_count, optin, &cfg))) {
+                                    ++gen2_none;
+                                    continue;
+                                }
+                                ++gen2_configs;
+                                EU_EXPECT(cfg.mix_mma == mix, "%s on the %s: mix_mma %d", shape, card, cfg.mix_mma);
+                                snprintf(what, sizeof what, "gen 2%s tile %dx%d, %d samples, %zu B",
+                                         mix ? " (tensor-core mix)" : "", cfg.tile_m, cfg.tile_n, cfg.samples_cap,
+                                         cfg.smem_bytes);
+                                expect_launch(cc_launch_fused_tc2(&a, &cfg, NULL), what, card, shape);
+                            }
                         }
 }
 
@@ -198,6 +218,9 @@ int main(void)
     EU_EXPECT(cc_cpu_refused_launches() == refused_before, "the layer refused %lld launch(es)",
               cc_cpu_refused_launches() - refused_before);
     cudaFree(dummy);
-    printf("test_emu_profiles: %lld launches on %d cards\n", launches, CC_CPU_DEVICE_PROFILE_COUNT);
+    EU_EXPECT(gen2_configs > 0, "gen 2 chose no config on any card");
+    printf("test_emu_profiles: %lld launches on %d cards (gen 2: %lld configs; %lld supported shapes without one on a "
+           "card's opt-in)\n",
+           launches, CC_CPU_DEVICE_PROFILE_COUNT, gen2_configs, gen2_none);
     return eu_finish("test_emu_profiles");
 }

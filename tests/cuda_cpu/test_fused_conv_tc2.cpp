@@ -11,7 +11,12 @@
 // (64 for f16/bf16, fewer for f32: two expert stages must fit), with and
 // without bias, each activation; NHWC through the cp.async input path
 // (Cin/g % 8 == 0, x aligned) and the register-prefetch one; y one element
-// off alignment; NaN-poisoned outputs and guard zones around y. The layer's
+// off alignment; NaN-poisoned outputs and guard zones around y. Where E is
+// a multiple of 16 in f16/bf16, every config above is also run with the
+// expert mix on tensor cores (cc_fused_tc2_choose_mma_mix: E 16, 32 and 64,
+// every tile height, all three input paths), also with alphas of both signs
+// spread over 6.5 decades (the per-sample power-of-two scale, f16's range).
+// The layer's
 // <cuda_pipeline.h> performs a copy only at the wait that covers it, so a
 // stage read before its wait reads stale data (NaN at first) and fails here.
 // Then the refusals of supported(), choose() and the launcher.
@@ -29,6 +34,12 @@
 // K/16 <= 25 here: < 1e-5 * mag); one more u * mag of slack for the
 // tensor core's own rounding on a GPU; SiLU's slope is at most 1.1:
 //   |got - ref| <= 1.1 (2u + 1e-5) mag + u |ref| + 1e-6 (f16 subnormals).
+// The tensor-core mix carries each alpha as hi + lo halves of alpha / sc
+// (sc a power of two, |alpha / sc| < 1): off by at most 2^-22 (f16, down to
+// its subnormals: 2^-25 absolute) or 2^-16 (bf16) of the sample's largest
+// |alpha|; with E <= 64 experts of comparable weights that is below the
+// 1e-5 mag term for f16, and for bf16 (2^-16 = 1.5e-5 per term, summed
+// against mag's own sum of the same terms) inside the spare u mag.
 // f32 (TF32 tensor cores): each operand is cut to TF32 as it enters the
 // product, the mixed weight W_n (mixed in f32) and the input x: the kernel
 // rounds both to nearest (cvt.rna, relative error <= 2^-11; the CPU
@@ -155,6 +166,7 @@ struct shape {
     int act;
     bool bias;
     int x_offset, y_offset; // elements: one off a 16-byte boundary
+    int alpha_kind;         // 0: alpha in [0, 1]; 1: either sign, |alpha| in 1e-4 .. 10^2.5 (log-uniform)
 };
 
 int out_size(int in, int k, int s, int d, int p0, int p1) { return (in + p0 + p1 - (k - 1) * d - 1) / s + 1; }
@@ -217,7 +229,7 @@ constexpr unsigned char kGuardByte = 0x5a;  // 0x5a5a(5a5a): finite in every dty
 constexpr unsigned char kPoisonByte = 0xff; // 0xffff(ffff): NaN in every dtype
 
 struct tally {
-    long long runs = 0, failed = 0, by_tile[3] = {0, 0, 0}, outputs = 0;
+    long long runs = 0, failed = 0, by_tile[3] = {0, 0, 0}, mix_by_tile[3] = {0, 0, 0}, outputs = 0;
     double worst[3] = {0.0, 0.0, 0.0}; // per dtype (f32, f16, bf16): largest |got - ref| / (u mag + u_out |ref|)
 };
 
@@ -237,7 +249,14 @@ void run_shape(const shape &s, int dtype, unsigned int seed, bool descend, tally
     for (size_t i = 0; i < x_elems; ++i) x[i] = round_to(dtype, frand(&seed));
     for (size_t i = 0; i < w_elems; ++i) w[i] = round_to(dtype, 0.5f * frand(&seed));
     for (size_t i = 0; i < b_elems; ++i) b[i] = frand(&seed);
-    for (size_t i = 0; i < al_elems; ++i) al[i] = 0.5f * (frand(&seed) + 1.0f);
+    for (size_t i = 0; i < al_elems; ++i) {
+        if (s.alpha_kind == 0) {
+            al[i] = 0.5f * (frand(&seed) + 1.0f);
+        } else {
+            const float mag10 = 3.25f * frand(&seed) - 0.75f; // -4 .. 2.5
+            al[i] = (frand(&seed) < 0.0f ? -1.0f : 1.0f) * powf(10.0f, mag10);
+        }
+    }
     double *ref = (double *)malloc(sizeof(double) * y_elems), *mag = (double *)malloc(sizeof(double) * y_elems);
     cc_fused_reference(ra, x, w, s.bias ? b : NULL, al, ref, mag);
 
@@ -280,32 +299,41 @@ void run_shape(const shape &s, int dtype, unsigned int seed, bool descend, tally
         EXPECT(cc_fused_tc2_supported(&a, reason, sizeof reason), "%s: unsupported: %s", s.name, reason);
         // The chooser at 1 SM and at 132, then (descend: every other shape,
         // all of them in the quick run) every smaller tile: the shared-memory
-        // limit lowered below the last pick's size.
-        cc_fused_tc_config cfgs[4] = {};
+        // limit lowered below the last pick's size. The same again with the
+        // tensor-core mix where it runs the shape.
+        const bool mix_ok = cc_fused_tc2_mma_mix_supported(&a, reason, sizeof reason) != 0;
+        EXPECT(mix_ok == (dtype != CC_DTYPE_F32 && s.e % 16 == 0), "%s %s: tensor-core mix supported %d: %s", s.name,
+               dtype_name(dtype), (int)mix_ok, reason);
+        cc_fused_tc_config cfgs[8] = {};
         int count = 0;
-        for (int sms : {1, 132}) {
-            cc_fused_tc_config c = {};
-            EXPECT(cc_fused_tc2_choose(&a, sms, 227 * 1024, &c), "%s: choose", s.name);
-            EXPECT(strncmp(c.reason, "gen 2", 5) == 0, "%s: a reason: %s", s.name, c.reason);
-            if (count == 0 || cfgs[0].tile_m != c.tile_m) cfgs[count++] = c;
-        }
-        int smallest = 64;
-        for (int k = 0; k < count; ++k) smallest = cfgs[k].tile_m < smallest ? cfgs[k].tile_m : smallest;
-        for (int k = 0; k < count && descend; ++k)
-            if (cfgs[k].tile_m == smallest) {
-                cc_fused_tc_config c = cfgs[k], d = {};
-                while (count < 4 && cc_fused_tc2_choose(&a, 1, c.smem_bytes - 1, &d)) {
-                    EXPECT(d.tile_m < c.tile_m, "%s: a smaller limit, a smaller tile", s.name);
-                    cfgs[count++] = d;
-                    c = d;
-                }
-                break;
+        for (int mix = 0; mix <= (mix_ok ? 1 : 0); ++mix) {
+            const auto choose = mix ? cc_fused_tc2_choose_mma_mix : cc_fused_tc2_choose;
+            const int first = count;
+            for (int sms : {1, 132}) {
+                cc_fused_tc_config c = {};
+                EXPECT(choose(&a, sms, 227 * 1024, &c), "%s: choose", s.name);
+                EXPECT(strncmp(c.reason, "gen 2", 5) == 0, "%s: a reason: %s", s.name, c.reason);
+                EXPECT(c.mix_mma == mix, "%s: mix_mma %d", s.name, c.mix_mma);
+                if (count == first || cfgs[first].tile_m != c.tile_m) cfgs[count++] = c;
             }
+            int smallest = 64;
+            for (int k = first; k < count; ++k) smallest = cfgs[k].tile_m < smallest ? cfgs[k].tile_m : smallest;
+            for (int k = first; k < count && descend; ++k)
+                if (cfgs[k].tile_m == smallest) {
+                    cc_fused_tc_config c = cfgs[k], d = {};
+                    while (count < first + 4 && choose(&a, 1, c.smem_bytes - 1, &d)) {
+                        EXPECT(d.tile_m < c.tile_m, "%s: a smaller limit, a smaller tile", s.name);
+                        cfgs[count++] = d;
+                        c = d;
+                    }
+                    break;
+                }
+        }
         for (int ci = 0; ci < count; ++ci) {
             const cc_fused_tc_config &c = cfgs[ci];
             char what[256];
-            snprintf(what, sizeof what, "%s %s %s tile %dx%d (<= %d samples)", s.name, dtype_name(dtype),
-                     layout_name(layout), c.tile_m, c.tile_n, c.samples_cap);
+            snprintf(what, sizeof what, "%s %s %s tile %dx%d (<= %d samples)%s", s.name, dtype_name(dtype),
+                     layout_name(layout), c.tile_m, c.tile_n, c.samples_cap, c.mix_mma ? ", tensor-core mix" : "");
             const size_t y0 = kGuard + (size_t)s.y_offset;
             memset(hy, kGuardByte, es * y_total);
             memset(hy + es * y0, kPoisonByte, es * y_elems);
@@ -344,7 +372,7 @@ void run_shape(const shape &s, int dtype, unsigned int seed, bool descend, tally
                         }
                     }
             ++t->runs;
-            ++t->by_tile[c.tile_m == 64 ? 0 : c.tile_m == 32 ? 1 : 2];
+            ++(c.mix_mma ? t->mix_by_tile : t->by_tile)[c.tile_m == 64 ? 0 : c.tile_m == 32 ? 1 : 2];
             t->outputs += (long long)y_elems;
             if (bad) {
                 fprintf(stderr, "FAIL fused_tc2: %s: %lld mismatches\n", what, bad);
@@ -383,9 +411,81 @@ int largest_e(shape s, int dtype)
     return 0;
 }
 
+// The mixed weight is an f32 sum rounded ONCE to the dtype, also with the
+// mix on tensor cores (alpha as hi + lo halves): a probe the tolerance above
+// cannot see (alpha cut to the dtype moves W_n by at most u mag, inside the
+// bound). 1x1, Cin 1, x = 1, every expert weight 1, no bias: y = W_n =
+// sum_e alpha_e, exactly, once rounded. Per sample, 4 of the 16 alphas are
+// 2^-4 (1 + 0.95 ulp) and 12 are 2^-4 (1 + 0.45 ulp) (ulp: the dtype's at 1):
+// the sum is 1 + 0.575 ulp, which rounds to 1 + ulp; alphas rounded to the
+// dtype first (each to the nearer of 2^-4 and 2^-4 (1 + ulp)) sum to
+// 1 + 0.25 ulp, which rounds to 1.
+void mix_precision_probe()
+{
+    const shape sh = {"probe", 5, 1, 16, 1, 16, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, false, 0, 0, 0};
+    for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16}) {
+        const double ulp = dtype == CC_DTYPE_F16 ? 1.0 / 1024.0 : 1.0 / 128.0;
+        const size_t es = cc_element_size(dtype), y_elems = (size_t)sh.n * sh.cout;
+        float w[16 * 16], al[5 * 16];
+        for (float &v : w) v = 1.0f;
+        for (int n = 0; n < sh.n; ++n)
+            for (int e = 0; e < 16; ++e) // which 4 experts get 0.95 ulp moves with the sample
+                al[n * 16 + e] = (float)(0.0625 * (1.0 + ((e + 3 * n) % 16 < 4 ? 0.95 : 0.45) * ulp));
+        const size_t packed_elems = cc_fused_tc_packed_elems(sh.cin, sh.cout, 1, 1, 1, 16);
+        void *packed = malloc(es * packed_elems), *hx = malloc(es * sh.n), *hy = malloc(es * y_elems);
+        EXPECT(cc_fused_tc_pack(dtype, w, packed, sh.cin, sh.cout, 1, 1, 1, 16), "probe: pack");
+        for (int n = 0; n < sh.n; ++n) put(dtype, hx, (size_t)n, 1.0f);
+        void *d_packed, *d_alpha, *d_x, *d_y;
+        CUDA_OK(cudaMalloc(&d_packed, es * packed_elems));
+        CUDA_OK(cudaMalloc(&d_alpha, sizeof al));
+        CUDA_OK(cudaMalloc(&d_x, es * sh.n));
+        CUDA_OK(cudaMalloc(&d_y, es * y_elems));
+        CUDA_OK(cudaMemcpy(d_packed, packed, es * packed_elems, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(d_alpha, al, sizeof al, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(d_x, hx, es * sh.n, cudaMemcpyHostToDevice));
+        for (int layout = CC_LAYOUT_NCHW; layout <= CC_LAYOUT_NHWC; ++layout)
+            for (int mix = 0; mix <= 1; ++mix) {
+                cc_fused_tc_args a = args_for(sh, dtype, layout);
+                a.x = d_x;
+                a.y = d_y;
+                a.alpha = (const float *)d_alpha;
+                a.packed = d_packed;
+                cc_fused_tc_config c;
+                EXPECT((mix ? cc_fused_tc2_choose_mma_mix : cc_fused_tc2_choose)(&a, 132, 227 * 1024, &c),
+                       "probe: choose");
+                memset(hy, kPoisonByte, es * y_elems);
+                CUDA_OK(cudaMemcpy(d_y, hy, es * y_elems, cudaMemcpyHostToDevice));
+                EXPECT(cc_launch_fused_tc2(&a, &c, 0) == cudaSuccess, "probe: launch");
+                CUDA_OK(cudaDeviceSynchronize());
+                CUDA_OK(cudaMemcpy(hy, d_y, es * y_elems, cudaMemcpyDeviceToHost));
+                int bad = 0;
+                for (size_t i = 0; i < y_elems; ++i) {
+                    const double got = get(dtype, hy, i);
+                    if (!(got == 1.0 + ulp)) {
+                        if (bad < 3)
+                            fprintf(stderr, "  probe %s %s%s: y[%zu] = %.9g, expected %.9g (1 + ulp)\n",
+                                    dtype_name(dtype), layout_name(layout), mix ? " tensor-core mix" : "", i, got,
+                                    1.0 + ulp);
+                        ++bad;
+                    }
+                }
+                EXPECT(bad == 0, "probe %s %s%s: %d of %zu mixed weights not the sum rounded once", dtype_name(dtype),
+                       layout_name(layout), mix ? " tensor-core mix" : "", bad, y_elems);
+            }
+        CUDA_OK(cudaFree(d_packed));
+        CUDA_OK(cudaFree(d_alpha));
+        CUDA_OK(cudaFree(d_x));
+        CUDA_OK(cudaFree(d_y));
+        free(packed);
+        free(hx);
+        free(hy);
+    }
+    printf("mix precision probe: done\n");
+}
+
 void refusals()
 {
-    const shape s = {"refusals", 2, 16, 16, 1, 4, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, true, 0, 0};
+    const shape s = {"refusals", 2, 16, 16, 1, 4, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, true, 0, 0, 0};
     const cc_fused_tc_args a = args_for(s, CC_DTYPE_F16, CC_LAYOUT_NCHW);
     char reason[256];
     EXPECT(cc_fused_tc2_supported(&a, reason, sizeof reason) == 1, "plain 1x1: %s", reason);
@@ -486,6 +586,38 @@ void refusals()
     m.experts = CC_FUSED_TC2_MAX_EXPERTS + 1;
     EXPECT(cc_launch_fused_tc2(&m, &c, 0) == cudaErrorInvalidValue, "E past gen 2's limit");
     EXPECT(cc_launch_fused_tc2(&l, NULL, 0) == cudaErrorInvalidValue, "NULL config");
+
+    // The tensor-core mix: f16/bf16 with E a multiple of 16, its configs only for it.
+    cc_fused_tc_args x = l;
+    x.experts = 8;
+    EXPECT(cc_fused_tc2_mma_mix_supported(&x, reason, sizeof reason) == 0 && strstr(reason, "multiple of 16"),
+           "mix E 8: %s", reason);
+    EXPECT(cc_fused_tc2_choose_mma_mix(&x, 132, 227 * 1024, &c) == 0, "choose mix E 8");
+    x.experts = 16;
+    EXPECT(cc_fused_tc2_mma_mix_supported(&x, reason, sizeof reason) == 1 && reason[0] == '\0', "mix E 16: %s", reason);
+    x.dtype = CC_DTYPE_F32;
+    EXPECT(cc_fused_tc2_mma_mix_supported(&x, reason, sizeof reason) == 0 && strstr(reason, "f16/bf16"), "mix f32: %s",
+           reason);
+    x.dtype = CC_DTYPE_BF16;
+    x.experts = CC_FUSED_TC2_MAX_EXPERTS;
+    EXPECT(cc_fused_tc2_mma_mix_supported(&x, reason, sizeof reason) == 1, "mix bf16 E 64: %s", reason);
+    EXPECT(cc_fused_tc2_choose_mma_mix(&x, 132, 227 * 1024, &c) == 1 && c.mix_mma == 1 && c.tile_m == 16 &&
+               strstr(c.reason, "mix on tensor cores"),
+           "mix bf16 E 64: %d rows, %s", c.tile_m, c.reason);
+    x.experts = 16;
+    x.dtype = CC_DTYPE_F16;
+    EXPECT(cc_fused_tc2_choose_mma_mix(&x, 132, 227 * 1024, &c) == 1, "choose mix E 16");
+    EXPECT(cc_launch_fused_tc(&x, &c, 0) == cudaErrorInvalidValue, "gen 1 refuses a mix config");
+    wrong = c;
+    wrong.mix_mma = 2;
+    EXPECT(cc_launch_fused_tc2(&x, &wrong, 0) == cudaErrorInvalidValue, "mix_mma 2");
+    wrong.mix_mma = 0; // the mix's smem size (alpha rows, scratch) is not the plain mix's
+    EXPECT(cc_launch_fused_tc2(&x, &wrong, 0) == cudaErrorInvalidValue, "mix/smem mismatch");
+    cc_fused_tc_args y = x;
+    y.experts = 24;
+    EXPECT(cc_launch_fused_tc2(&y, &c, 0) == cudaErrorInvalidValue, "mix config, E 24");
+    EXPECT(cc_launch_fused_tc2(&x, &c, 0) == cudaSuccess, "mix E 16 launches");
+    CUDA_OK(cudaDeviceSynchronize());
     CUDA_OK(cudaFree(d_buf));
 }
 
@@ -506,36 +638,48 @@ int main(int argc, char **argv)
     // name, N, Cin, Cout, groups, E (0: the largest gen 2 takes in the dtype), H, W, kh, kw, sh, sw, dh, dw,
     // pad t l b r, act, bias, x/y offsets (elements)
     const shape shapes[] = {
+        // The tensor-core mix's shapes first (where an injected bug in it is caught soonest); two, so that
+        // the quick run's every-other-shape keeps its old selection below.
+        // Tensor-core mix, E 16: Mg 112 (64-row tiles, an edge tile of 48), Cin 40, x and y off alignment
+        // (the NHWC register path), N 5 not a multiple of 4, relu.
+        {"1x1 E16 off", 5, 40, 112, 1, 16, 5, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 1, 1, 0},
+        // E 32, 3x3 stride 2 (P = 9: blocks straddle samples), no bias.
+        {"3x3 s2 E32", 3, 16, 48, 1, 32, 6, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, false, 0, 0, 0},
         // P = 16 (one fragment per sample: 4 samples per block), N = 5 not a multiple; Mg 40; cp.async NHWC.
-        {"1x1 P16 E8", 5, 24, 40, 1, 8, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0},
+        {"1x1 P16 E8", 5, 24, 40, 1, 8, 4, 4, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0, 0},
         // 1x1 stride 2 (7x7 -> 4x4), Cin 19 (not a multiple of 16), Mg 70 (edge tile), E 3, x misaligned.
-        {"1x1 s2 Cin19", 3, 19, 70, 1, 3, 7, 7, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, true, 1, 0},
+        {"1x1 s2 Cin19", 3, 19, 70, 1, 3, 7, 7, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, true, 1, 0, 0},
         // 3x3 grouped (g 2, Mg 48), P = 63 (4 fragments), both offsets off (register path everywhere).
-        {"3x3 g2 P63 off", 2, 32, 96, 2, 6, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 1, 1},
+        {"3x3 g2 P63 off", 2, 32, 96, 2, 6, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 1, 1, 0},
         // P = 49 (4 fragments, 15 padded columns), E = 1, no bias, y misaligned.
-        {"1x1 7x7 E1", 6, 33, 36, 1, 1, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, false, 0, 1},
+        {"1x1 7x7 E1", 6, 33, 36, 1, 1, 7, 7, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, false, 0, 1, 0},
         // 3x3 grouped (g 2, Mg 48, Cin/g 16: cp.async NHWC), P = 90, E 6.
-        {"3x3 g2 P90", 2, 32, 96, 2, 6, 9, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 0, 0},
+        {"3x3 g2 P90", 2, 32, 96, 2, 6, 9, 10, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 0, 0, 0},
         // 3x3 "same", P = 30 (2 fragments: blocks straddle samples), relu.
-        {"3x3 pad1", 3, 20, 48, 1, 4, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true, 1, 1},
+        {"3x3 pad1", 3, 20, 48, 1, 4, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, true, 1, 1, 0},
         // The largest E (0), 3x3 stride 2 dilation 2, asymmetric padding, Cin 16 (cp.async NHWC), silu.
-        {"3x3 s2 d2 Emax", 5, 16, 24, 1, 0, 9, 7, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1, 2, true, 0, 0},
+        {"3x3 s2 d2 Emax", 5, 16, 24, 1, 0, 9, 7, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1, 2, true, 0, 0, 0},
         // 5x5 stride 2 dilation 2, asymmetric padding, E = 17, silu.
-        {"5x5 s2 d2 asym", 3, 12, 20, 1, 17, 11, 9, 5, 5, 2, 2, 2, 2, 2, 2, 2, 1, 2, true, 0, 0},
+        {"5x5 s2 d2 asym", 3, 12, 20, 1, 17, 11, 9, 5, 5, 2, 2, 2, 2, 2, 2, 2, 1, 2, true, 0, 0, 0},
         // 3x3 stride 2, groups 4 (Cin/g = 16), E = 32.
-        {"3x3 s2 g4 E32", 2, 64, 64, 4, 32, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 0, true, 0, 0},
+        {"3x3 s2 g4 E32", 2, 64, 64, 4, 32, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 0, true, 0, 0, 0},
         // Groups 3, Mg = 5, P = 1: 4 samples per block, 10 column blocks.
-        {"1x1 P1 g3", 40, 12, 15, 3, 5, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 1, 1},
+        {"1x1 P1 g3", 40, 12, 15, 3, 5, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 1, 1, 0},
         // Mg 112: 64-row tiles with an edge tile of 48; E = 2, Cin 8 (cp.async NHWC, one valid chunk of two).
-        {"1x1 Cout112", 2, 8, 112, 1, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 0, 0},
+        {"1x1 Cout112", 2, 8, 112, 1, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 0, 0, 0},
         // 5x5 pad 2, N = 1, P = 100 (7 fragments, 2 column blocks), Mg 64, E 3.
-        {"5x5 pad2 N1", 1, 16, 64, 1, 3, 10, 10, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 0, true, 0, 0},
+        {"5x5 pad2 N1", 1, 16, 64, 1, 3, 10, 10, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 0, true, 0, 0, 0},
+        // E 16 with alphas of both signs over 6.5 decades (caller-given routing), 3x3 pad 1, Cin 24
+        // (cp.async NHWC), Mg 64, silu.
+        {"3x3 E16 wide a", 3, 24, 64, 1, 16, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 0, 0, 1},
     };
     const int count = (int)(sizeof shapes / sizeof shapes[0]);
+    mix_precision_probe();
     tally t;
     for (int i = 0; i < count; ++i) {
         if (quick && i % 2 == 1) continue;
         for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16, CC_DTYPE_F32}) {
+            if (i < 2 && dtype == CC_DTYPE_F32) continue; // the mix's own shapes: f32 has no tensor-core mix
             shape s = shapes[i];
             if (s.e == 0) {
                 s.e = largest_e(s, dtype);
@@ -547,10 +691,11 @@ int main(int argc, char **argv)
         printf("%-16s done: %lld runs so far, %lld failed\n", shapes[i].name, t.runs, t.failed);
     }
     refusals();
-    printf("fused_conv_tc2: %lld runs (tiles 64x64 %lld, 32x64 %lld, 16x64 %lld; %lld outputs checked, largest error "
+    printf("fused_conv_tc2: %lld runs (tiles 64x64 %lld, 32x64 %lld, 16x64 %lld; with the tensor-core mix %lld, %lld, "
+           "%lld; %lld outputs checked, largest error "
            "%.2f u (mag + |ref|) f16, %.2f bf16, %.2f u mag f32 (u = 2^-10)), %lld failed, %d failures in all\n",
-           t.runs, t.by_tile[0], t.by_tile[1], t.by_tile[2], t.outputs, t.worst[CC_DTYPE_F16], t.worst[CC_DTYPE_BF16],
-           t.worst[CC_DTYPE_F32], t.failed, g_failures);
+           t.runs, t.by_tile[0], t.by_tile[1], t.by_tile[2], t.mix_by_tile[0], t.mix_by_tile[1], t.mix_by_tile[2],
+           t.outputs, t.worst[CC_DTYPE_F16], t.worst[CC_DTYPE_BF16], t.worst[CC_DTYPE_F32], t.failed, g_failures);
     const int unlaunched = cc_cpu_report_unlaunched("fused_conv_tc2");
     EXPECT(unlaunched == 0, "%d kernel instances never launched", unlaunched);
     return g_failures == 0 ? 0 : 1;
