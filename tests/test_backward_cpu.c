@@ -282,7 +282,7 @@ static void run_case(condconv_context_t ctx, case_t c)
     const float *alpha = L.len[SEG_ALPHA] ? thf + L.off[SEG_ALPHA] : NULL;
     float *dy = malloc((L.y_elems ? L.y_elems : 1) * sizeof(float));
     tu_fill_uniform(dy, L.y_elems, -1.0f, 1.0f);
-    double *z = malloc((L.y_elems ? L.y_elems : 1) * sizeof(double));
+    double *z = calloc(L.y_elems ? L.y_elems : 1, sizeof(double)); /* zeroed: naive_preact writes each */
     double l1 = 0.0;
     naive_loss(&c, &L, th, dy, z, &l1);
     if (s->activation == CONDCONV_ACTIVATION_RELU)
