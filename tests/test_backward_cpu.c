@@ -352,6 +352,18 @@ static void run_case(condconv_context_t ctx, case_t c)
         grads_free(&one);
     }
 
+    /* With self-routing routing_in is not read (as in condconv_forward_cpu): a NaN one changes nothing. */
+    if (s->routing != CONDCONV_ROUTING_EXTERNAL) {
+        float junk[64];
+        tu_fill_nan(junk, 64);
+        grads_t g;
+        grads_alloc(&g, &L, L.len[SEG_X] * sizeof(float));
+        grads_poison(&g, &L);
+        if (EXPECT_OK(call_bwd(layer, &c, x, junk, dy, &g, all)))
+            expect_same_grads("routing_in given", &g, &full, &L, 0);
+        grads_free(&g);
+    }
+
     /* NHWC: transposed dx, identical parameter gradients. */
     {
         const size_t plane = (size_t)c.h * c.w, plane_out = (size_t)c.ho * c.wo;
@@ -588,12 +600,26 @@ int main(void)
     const int count = (int)(sizeof(cases) / sizeof(cases[0]));
     for (int i = 0; i < count; ++i) run_case(ctx, cases[i]);
     run_case(ctx, odd);
+    /* Random layers of every kind (tests/test_util.c draws them), few experts so FD stays fast. */
+    const int random_cases = tu_case_count(12);
+    for (int drawn = 0; drawn < random_cases;) {
+        case_t c = mk(1, 1, 1, 1, 1, EXT, 1.0f, 0, NONE, EXPL, 0, 1, 1, 1, 1);
+        c.s = tu_random_spec(TU_ANY, 2, 3);
+        if (c.s.experts > 5) c.s.experts = tu_rng_int(1, 5);
+        c.n = tu_rng_int(1, 2);
+        c.h = 2 * tu_rng_int(1, 4) + 1;
+        c.w = 2 * tu_rng_int(1, 4) + 1;
+        own_geometry(&c);
+        if (c.ho < 1 || c.wo < 1) continue;
+        run_case(ctx, c);
+        ++drawn;
+    }
     bad_inputs(ctx);
     printf("test_backward_cpu: %d cases; largest |error| / tolerance %.3g (|error| %.3g, in %s); half dx exact %ld, "
            "one ulp %ld; %.1f s CPU\n",
            cases_run, worst_ratio, worst_err, worst_what, exact_half_dx, ulp_half_dx,
            (double)(clock() - start) / CLOCKS_PER_SEC);
-    EXPECT(cases_run == count + 1, "only %d of %d cases ran", cases_run, count + 1);
+    EXPECT(cases_run == count + 1 + random_cases, "only %d of %d cases ran", cases_run, count + 1 + random_cases);
     EXPECT_OK(condconv_context_destroy(ctx));
     return tu_finish("test_backward_cpu");
 }
