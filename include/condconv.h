@@ -549,6 +549,35 @@ CONDCONV_API condconv_status condconv_forward_cpu(condconv_layer_t layer, int n,
 CONDCONV_API condconv_status condconv_route_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
                                                 void *routing_out);
 
+/* The backward of condconv_forward_cpu (training), on host memory, in plain
+ * C with double accumulation: given the forward's input x, its routing
+ * weights routing_in (alpha [N][E] f32, required with external routing and
+ * ignored otherwise, as condconv_forward_cpu) and the gradient dy of a loss
+ * with respect to its output y, the gradients of that loss with respect to
+ *   dx                [N][Cin][H][W] (NHWC layers: [N][H][W][Cin]), the
+ *                     layer's dtype; routing inside the layer included
+ *                     (the global average pool passes its share to x)
+ *   d_routing_in      alpha [N][E]; external routing only
+ *   d_experts         [E][Cout][Cin/groups][kh][kw]
+ *   d_expert_bias     [E][Cout]; layers with bias only
+ *   d_routing_weight  routing FC [E][Cin]; layers that route themselves only
+ *   d_routing_bias    routing FC [E]; layers that route themselves only
+ * x and dy are in the layer's dtype and layout, as condconv_forward_cpu's x
+ * and y. Only the gradients whose pointer is not NULL are computed (at
+ * least one; the values do not depend on which others are asked for). The
+ * parameter and routing gradients are f32, written (not accumulated),
+ * each rounded once from double; dx is rounded double -> f32 -> dtype (for
+ * half types that can move an exact tie by one ulp). ReLU's derivative at 0
+ * is 0. A gradient the layer cannot have (d_routing_in with self-routing,
+ * d_routing_weight or d_routing_bias with external routing, d_expert_bias
+ * without bias), every output NULL, or an output overlapping any other
+ * buffer is CONDCONV_STATUS_BAD_VALUE. Allocates its own scratch memory;
+ * on any failure nothing is written. The GPU backward is still to come. */
+CONDCONV_API condconv_status condconv_backward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                                   const void *routing_in, const void *dy, void *dx,
+                                                   float *d_routing_in, float *d_experts, float *d_expert_bias,
+                                                   float *d_routing_weight, float *d_routing_bias);
+
 #ifdef __cplusplus
 }
 #endif

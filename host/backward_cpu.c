@@ -1,0 +1,192 @@
+/* The public CPU backward: argument checks, then the reference backward
+ * (reference_backward.c) on f32 NCHW data. A layer in another dtype or
+ * layout has x and dy converted (exactly) and transposed first; dx is
+ * rounded double -> f32 -> dtype and transposed last, as forward_cpu.c does
+ * for y (for half types the double rounding can move an exact tie by one
+ * ulp). Parameter gradients are f32, rounded once from double. Everything
+ * is computed into scratch and the outputs are written only once it has
+ * succeeded, so a failed call writes nothing. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dtype.h"
+#include "error.h"
+#include "layer.h"
+#include "reference_backward.h"
+#include "registry.h"
+
+/* [N][A][B] -> [N][B][A]: NHWC <-> NCHW with A, B = (H*W, C) or (C, H*W). */
+static void transpose_planes(const float *src, float *dst, uint64_t n, uint64_t a, uint64_t b)
+{
+    for (uint64_t s = 0; s < n; ++s) {
+        const float *in = src + s * a * b;
+        float *out = dst + s * a * b;
+        for (uint64_t i = 0; i < a; ++i)
+            for (uint64_t j = 0; j < b; ++j) out[j * a + i] = in[i * b + j];
+    }
+}
+
+/* A tensor [N][C][plane] (or [N][plane][C] for NHWC) in the layer's format
+ * -> a new f32 NCHW buffer (NULL when out of memory). */
+static float *as_f32_nchw(const condconv_layer_info *info, const void *src, int n, int c, uint64_t plane)
+{
+    const size_t count = (size_t)((uint64_t)n * (uint64_t)c * plane);
+    float *f32 = malloc((count ? count : 1) * sizeof(float));
+    if (f32 == NULL) return NULL;
+    cc_dtype_load(info->dtype, src, f32, count);
+    if (info->layout == CONDCONV_LAYOUT_NCHW) return f32;
+    float *nchw = malloc((count ? count : 1) * sizeof(float));
+    if (nchw != NULL) transpose_planes(f32, nchw, (uint64_t)n, plane, (uint64_t)c);
+    free(f32);
+    return nchw;
+}
+
+/* One buffer of the call, for the overlap check. */
+typedef struct buffer {
+    const char *name;
+    const void *ptr;
+    uint64_t bytes;
+    int written;
+} buffer;
+
+static int ranges_overlap(const buffer *a, const buffer *b)
+{
+    if (a->ptr == NULL || b->ptr == NULL || a->bytes == 0 || b->bytes == 0) return 0;
+    const uintptr_t pa = (uintptr_t)a->ptr, pb = (uintptr_t)b->ptr;
+    return pa < pb + b->bytes && pb < pa + a->bytes;
+}
+
+/* Which outputs the layer can have: the specific refusal for one it cannot. */
+static condconv_status check_selection(const condconv_layer_info *info, const void *dx, const float *d_routing_in,
+                                       const float *d_experts, const float *d_expert_bias,
+                                       const float *d_routing_weight, const float *d_routing_bias, const char *func)
+{
+    const int external = info->routing == CONDCONV_ROUTING_EXTERNAL;
+    if (!dx && !d_routing_in && !d_experts && !d_expert_bias && !d_routing_weight && !d_routing_bias)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: every output is NULL; request at least one gradient", func);
+    if (d_routing_in && !external)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE,
+                       "%s: d_routing_in is only for layers with external routing; this layer routes itself "
+                       "(ask for d_routing_weight and d_routing_bias)",
+                       func);
+    if ((d_routing_weight || d_routing_bias) && external)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE,
+                       "%s: the layer uses external routing and has no routing function, so d_routing_weight and "
+                       "d_routing_bias must be NULL (ask for d_routing_in)",
+                       func);
+    if (d_expert_bias && !info->has_bias)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: the layer has no bias, so d_expert_bias must be NULL", func);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_backward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                      const void *routing_in, const void *dy, void *dx, float *d_routing_in,
+                                      float *d_experts, float *d_expert_bias, float *d_routing_weight,
+                                      float *d_routing_bias)
+{
+    static const char func[] = "condconv_backward_cpu";
+    CC_CHECK_LAYER(layer, func);
+    CC_CHECK_NOT_NULL(x, func);
+    CC_CHECK_NOT_NULL(dy, func);
+    const condconv_layer_info *info = &layer->weights->info;
+    const cc_param_sizes *sizes = &layer->weights->sizes;
+    cc_geometry geom = {0};
+    CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
+    const int external = info->routing == CONDCONV_ROUTING_EXTERNAL;
+    if (external && routing_in == NULL)
+        return cc_fail(CONDCONV_STATUS_MISSING_ROUTING,
+                       "%s: the layer uses external routing, so routing_in (alpha [N=%d][E=%d]) is required", func, n,
+                       info->num_experts);
+    CC_TRY(check_selection(info, dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias, func));
+
+    /* Inputs may share bytes with each other; no output may share bytes with
+     * any other buffer (routing_in is not read with self-routing, as in
+     * condconv_forward_cpu). Byte counts fit: cc_geometry_make and the
+     * layer's creation checked them. */
+    const uint64_t elem = cc_dtype_size(info->dtype);
+    const buffer bufs[] = {
+        {"x", x, geom.x_elems * elem, 0},
+        {"dy", dy, geom.y_elems * elem, 0},
+        {"routing_in", external ? routing_in : NULL, geom.alpha_elems * sizeof(float), 0},
+        {"dx", dx, geom.x_elems * elem, 1},
+        {"d_routing_in", d_routing_in, geom.alpha_elems * sizeof(float), 1},
+        {"d_experts", d_experts, sizes->experts_elems * sizeof(float), 1},
+        {"d_expert_bias", d_expert_bias, sizes->bias_elems * sizeof(float), 1},
+        {"d_routing_weight", d_routing_weight, sizes->routing_weight_elems * sizeof(float), 1},
+        {"d_routing_bias", d_routing_bias, sizes->routing_bias_elems * sizeof(float), 1},
+    };
+    const int count = (int)(sizeof(bufs) / sizeof(bufs[0]));
+    for (int i = 0; i < count; ++i)
+        for (int j = i + 1; j < count; ++j)
+            if ((bufs[i].written || bufs[j].written) && ranges_overlap(&bufs[i], &bufs[j]))
+                return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: %s and %s overlap; the backward cannot run in place",
+                               func, bufs[i].name, bufs[j].name);
+
+    /* Scratch: f32 NCHW inputs, double gradients, and dx's f32 staging. */
+    const uint64_t largest = geom.x_elems > sizes->experts_elems ? geom.x_elems : sizes->experts_elems;
+    if (largest > SIZE_MAX / sizeof(double))
+        return cc_fail(CONDCONV_STATUS_SIZE_OVERFLOW, "%s: the gradients' double scratch would overflow size_t", func);
+    const int converted = info->dtype != CONDCONV_DTYPE_F32 || info->layout != CONDCONV_LAYOUT_NCHW;
+    const uint64_t plane_in = (uint64_t)geom.h * (uint64_t)geom.w;
+    const uint64_t plane_out = (uint64_t)geom.out_h * (uint64_t)geom.out_w;
+    float *x_owned = converted ? as_f32_nchw(info, x, n, info->in_channels, plane_in) : NULL;
+    float *dy_owned = converted ? as_f32_nchw(info, dy, n, info->out_channels, plane_out) : NULL;
+    const float *x32 = converted ? x_owned : x;
+    const float *dy32 = converted ? dy_owned : dy;
+    const size_t x_count = (size_t)geom.x_elems;
+#define CC_SCRATCH(want, elems) ((want) ? malloc(sizeof(double) * ((size_t)(elems) ? (size_t)(elems) : 1)) : NULL)
+    const cc_backward_grads grads = {
+        CC_SCRATCH(dx, x_count),
+        CC_SCRATCH(d_routing_in, geom.alpha_elems),
+        CC_SCRATCH(d_experts, sizes->experts_elems),
+        CC_SCRATCH(d_expert_bias, sizes->bias_elems),
+        CC_SCRATCH(d_routing_weight, sizes->routing_weight_elems),
+        CC_SCRATCH(d_routing_bias, sizes->routing_bias_elems),
+    };
+#undef CC_SCRATCH
+    float *dx32 = dx ? malloc(sizeof(float) * (x_count ? x_count : 1)) : NULL;
+    float *dx_out = dx && info->layout == CONDCONV_LAYOUT_NHWC ? malloc(sizeof(float) * (x_count ? x_count : 1)) : dx32;
+    condconv_status s = (x32 && dy32 && (!dx || (grads.dx && dx32 && dx_out)) && (!d_routing_in || grads.d_alpha) &&
+                         (!d_experts || grads.d_experts) && (!d_expert_bias || grads.d_expert_bias) &&
+                         (!d_routing_weight || grads.d_routing_weight) && (!d_routing_bias || grads.d_routing_bias))
+                            ? CONDCONV_STATUS_SUCCESS
+                            : CONDCONV_STATUS_ALLOC_FAILED;
+    if (s == CONDCONV_STATUS_SUCCESS) {
+        const cc_host_params params = cc_layer_host_params(layer);
+        s = cc_reference_backward(info, &params, &geom, x32, external ? routing_in : NULL, dy32, &grads);
+    }
+    if (s == CONDCONV_STATUS_SUCCESS) {
+        /* Nothing can fail from here on: write the outputs. */
+        if (dx) {
+            for (size_t i = 0; i < x_count; ++i) dx32[i] = (float)grads.dx[i];
+            if (dx_out != dx32) transpose_planes(dx32, dx_out, (uint64_t)n, (uint64_t)info->in_channels, plane_in);
+            cc_dtype_store(info->dtype, dx_out, dx, x_count);
+        }
+        const struct {
+            float *dst;
+            const double *src;
+            uint64_t elems;
+        } params_out[] = {
+            {d_routing_in, grads.d_alpha, geom.alpha_elems},
+            {d_experts, grads.d_experts, sizes->experts_elems},
+            {d_expert_bias, grads.d_expert_bias, sizes->bias_elems},
+            {d_routing_weight, grads.d_routing_weight, sizes->routing_weight_elems},
+            {d_routing_bias, grads.d_routing_bias, sizes->routing_bias_elems},
+        };
+        for (size_t k = 0; k < sizeof(params_out) / sizeof(params_out[0]); ++k)
+            if (params_out[k].dst != NULL)
+                for (uint64_t i = 0; i < params_out[k].elems; ++i) params_out[k].dst[i] = (float)params_out[k].src[i];
+    }
+    free(x_owned);
+    free(dy_owned);
+    free(grads.dx);
+    free(grads.d_alpha);
+    free(grads.d_experts);
+    free(grads.d_expert_bias);
+    free(grads.d_routing_weight);
+    free(grads.d_routing_bias);
+    if (dx_out != dx32) free(dx_out);
+    free(dx32);
+    if (s != CONDCONV_STATUS_SUCCESS) return cc_fail(s, "%s: out of host memory for scratch buffers", func);
+    return CONDCONV_STATUS_SUCCESS;
+}
