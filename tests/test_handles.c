@@ -73,6 +73,8 @@ static void never_created(void)
     float x[2 * 2 * 16] = {0}, y[2 * 3 * 16], alpha[4];
     EXPECT_NOT_LIVE(condconv_forward_cpu(fake_layer, 2, 4, 4, x, y, NULL, alpha));
     EXPECT_NOT_LIVE(condconv_route_cpu(fake_layer, 2, 4, 4, x, alpha));
+    float dx[2 * 2 * 16];
+    EXPECT_NOT_LIVE(condconv_backward_cpu(fake_layer, 2, 4, 4, x, NULL, y, dx, NULL, NULL, NULL, NULL, NULL));
     EXPECT_NOT_LIVE(condconv_layer_set_algo(fake_layer, CONDCONV_ALGO_AUTO));
     EXPECT_NOT_LIVE(condconv_prepare(fake_layer, 2, 4, 4));
     size_t ws = 7;
@@ -121,6 +123,8 @@ static void double_destroy(void)
     EXPECT_OK(condconv_layer_destroy(layer));
     EXPECT_NOT_LIVE(condconv_layer_destroy(layer)); /* aborted inside glibc before the registry */
     EXPECT_NOT_LIVE(condconv_forward_cpu(layer, 2, 4, 4, x, y, NULL, NULL));
+    float dx[2 * 2 * 16];
+    EXPECT_NOT_LIVE(condconv_backward_cpu(layer, 2, 4, 4, x, NULL, y, dx, NULL, NULL, NULL, NULL, NULL));
     EXPECT_NOT_LIVE(condconv_layer_set_algo(layer, CONDCONV_ALGO_FUSED));
     condconv_layer_desc_t d = small_desc();
     EXPECT_OK(condconv_layer_desc_destroy(d));
