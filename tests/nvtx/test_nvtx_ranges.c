@@ -13,11 +13,12 @@
  *             phases (condconv.route first when the layer routes, then
  *             aggregate / gather / conv / epilogue, condconv.conv at least
  *             once), none nested deeper, all on the calling thread.
- * An algorithm that this build cannot run (the cuDNN and cuBLAS ones, until
- * the CPU layer computes them) refuses at prepare; it is listed, and its
- * refusal must still leave no range open. depthwise_fused and fused run
- * today and must be among those checked; any algorithm that starts running
- * here is checked without a change to this test.
+ * The CPU layer computes the cuDNN and cuBLAS algorithms too (its emulated
+ * libraries, tests/cuda_cpu/src/libs.cpp), so every algorithm runs here; one
+ * that refuses a layer at prepare (e.g. depthwise_fused on a dense layer) is
+ * listed, and its refusal must still leave no range open. depthwise_fused
+ * and fused must be among those checked; an algorithm added later is
+ * checked without a change to this test.
  *
  * Needs the injection to load: the test fails (never passes vacuously) when
  * NVTX_INJECTION64_PATH is unset or NVTX never initialised it. */
