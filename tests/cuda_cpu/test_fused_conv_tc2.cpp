@@ -450,7 +450,7 @@ void mix_precision_probe()
                 a.y = d_y;
                 a.alpha = (const float *)d_alpha;
                 a.packed = d_packed;
-                cc_fused_tc_config c;
+                cc_fused_tc_config c = {};
                 EXPECT((mix ? cc_fused_tc2_choose_mma_mix : cc_fused_tc2_choose)(&a, 132, 227 * 1024, &c),
                        "probe: choose");
                 memset(hy, kPoisonByte, es * y_elems);
@@ -635,6 +635,7 @@ void refusals()
 int main(int argc, char **argv)
 {
     const bool quick = FUSED_TC2_TEST_TSAN || (argc > 1 && strcmp(argv[1], "--quick") == 0);
+    setvbuf(stdout, NULL, _IOLBF, 0); // progress visible in a log even when a run is cut off
     // name, N, Cin, Cout, groups, E (0: the largest gen 2 takes in the dtype), H, W, kh, kw, sh, sw, dh, dw,
     // pad t l b r, act, bias, x/y offsets (elements)
     const shape shapes[] = {
@@ -642,7 +643,7 @@ int main(int argc, char **argv)
         // the quick run's every-other-shape keeps its old selection below.
         // Tensor-core mix, E 16: Mg 112 (64-row tiles, an edge tile of 48), Cin 40, x and y off alignment
         // (the NHWC register path), N 5 not a multiple of 4, relu.
-        {"1x1 E16 off", 5, 40, 112, 1, 16, 5, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 1, 1, 0},
+        {"1x1 E16 off", 5, 40, 112, 1, 16, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 1, 1, 0},
         // E 32, 3x3 stride 2 (P = 9: blocks straddle samples), no bias.
         {"3x3 s2 E32", 3, 16, 48, 1, 32, 6, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0, false, 0, 0, 0},
         // P = 16 (one fragment per sample: 4 samples per block), N = 5 not a multiple; Mg 40; cp.async NHWC.
@@ -669,9 +670,9 @@ int main(int argc, char **argv)
         {"1x1 Cout112", 2, 8, 112, 1, 2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, true, 0, 0, 0},
         // 5x5 pad 2, N = 1, P = 100 (7 fragments, 2 column blocks), Mg 64, E 3.
         {"5x5 pad2 N1", 1, 16, 64, 1, 3, 10, 10, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 0, true, 0, 0, 0},
-        // E 16 with alphas of both signs over 6.5 decades (caller-given routing), 3x3 pad 1, Cin 24
-        // (cp.async NHWC), Mg 64, silu.
-        {"3x3 E16 wide a", 3, 24, 64, 1, 16, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, true, 0, 0, 1},
+        // Tensor-core mix, E 16 with alphas of both signs over 6.5 decades (caller-given routing), 1x1,
+        // Cin 24 (cp.async NHWC), Mg 64, silu.
+        {"1x1 E16 wide a", 3, 24, 64, 1, 16, 6, 6, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, true, 0, 0, 1},
     };
     const int count = (int)(sizeof shapes / sizeof shapes[0]);
     mix_precision_probe();
@@ -679,7 +680,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < count; ++i) {
         if (quick && i % 2 == 1) continue;
         for (int dtype : {CC_DTYPE_F16, CC_DTYPE_BF16, CC_DTYPE_F32}) {
-            if (i < 2 && dtype == CC_DTYPE_F32) continue; // the mix's own shapes: f32 has no tensor-core mix
+            // The tensor-core mix's own shapes (the first two and the last): f32 has no tensor-core mix.
+            if ((i < 2 || i == count - 1) && dtype == CC_DTYPE_F32) continue;
             shape s = shapes[i];
             if (s.e == 0) {
                 s.e = largest_e(s, dtype);
