@@ -9,37 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_layout.h"
 #include "dtype.h"
 #include "error.h"
 #include "layer.h"
 #include "reference_backward.h"
 #include "registry.h"
-
-/* [N][A][B] -> [N][B][A]: NHWC <-> NCHW with A, B = (H*W, C) or (C, H*W). */
-static void transpose_planes(const float *src, float *dst, uint64_t n, uint64_t a, uint64_t b)
-{
-    for (uint64_t s = 0; s < n; ++s) {
-        const float *in = src + s * a * b;
-        float *out = dst + s * a * b;
-        for (uint64_t i = 0; i < a; ++i)
-            for (uint64_t j = 0; j < b; ++j) out[j * a + i] = in[i * b + j];
-    }
-}
-
-/* A tensor [N][C][plane] (or [N][plane][C] for NHWC) in the layer's format
- * -> a new f32 NCHW buffer (NULL when out of memory). */
-static float *as_f32_nchw(const condconv_layer_info *info, const void *src, int n, int c, uint64_t plane)
-{
-    const size_t count = (size_t)((uint64_t)n * (uint64_t)c * plane);
-    float *f32 = malloc((count ? count : 1) * sizeof(float));
-    if (f32 == NULL) return NULL;
-    cc_dtype_load(info->dtype, src, f32, count);
-    if (info->layout == CONDCONV_LAYOUT_NCHW) return f32;
-    float *nchw = malloc((count ? count : 1) * sizeof(float));
-    if (nchw != NULL) transpose_planes(f32, nchw, (uint64_t)n, plane, (uint64_t)c);
-    free(f32);
-    return nchw;
-}
 
 /* One buffer of the call, for the overlap check. */
 typedef struct buffer {
@@ -129,8 +104,8 @@ condconv_status condconv_backward_cpu(condconv_layer_t layer, int n, int h, int 
     const int converted = info->dtype != CONDCONV_DTYPE_F32 || info->layout != CONDCONV_LAYOUT_NCHW;
     const uint64_t plane_in = (uint64_t)geom.h * (uint64_t)geom.w;
     const uint64_t plane_out = (uint64_t)geom.out_h * (uint64_t)geom.out_w;
-    float *x_owned = converted ? as_f32_nchw(info, x, n, info->in_channels, plane_in) : NULL;
-    float *dy_owned = converted ? as_f32_nchw(info, dy, n, info->out_channels, plane_out) : NULL;
+    float *x_owned = converted ? cc_cpu_as_f32_nchw(info, x, n, info->in_channels, plane_in) : NULL;
+    float *dy_owned = converted ? cc_cpu_as_f32_nchw(info, dy, n, info->out_channels, plane_out) : NULL;
     const float *x32 = converted ? x_owned : x;
     const float *dy32 = converted ? dy_owned : dy;
     const size_t x_count = (size_t)geom.x_elems;
@@ -159,7 +134,8 @@ condconv_status condconv_backward_cpu(condconv_layer_t layer, int n, int h, int 
         /* Nothing can fail from here on: write the outputs. */
         if (dx) {
             for (size_t i = 0; i < x_count; ++i) dx32[i] = (float)grads.dx[i];
-            if (dx_out != dx32) transpose_planes(dx32, dx_out, (uint64_t)n, (uint64_t)info->in_channels, plane_in);
+            if (dx_out != dx32)
+                cc_cpu_transpose_planes(dx32, dx_out, (uint64_t)n, (uint64_t)info->in_channels, plane_in);
             cc_dtype_store(info->dtype, dx_out, dx, x_count);
         }
         const struct {

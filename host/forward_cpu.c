@@ -8,38 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_layout.h"
 #include "dtype.h"
 #include "error.h"
 #include "layer.h"
 #include "reference.h"
 #include "registry.h"
-
-/* [N][A][B] -> [N][B][A]: NHWC <-> NCHW with A, B = (H*W, C) or (C, H*W). */
-static void transpose_planes(const float *src, float *dst, uint64_t n, uint64_t a, uint64_t b)
-{
-    for (uint64_t s = 0; s < n; ++s) {
-        const float *in = src + s * a * b;
-        float *out = dst + s * a * b;
-        for (uint64_t i = 0; i < a; ++i)
-            for (uint64_t j = 0; j < b; ++j) out[j * a + i] = in[i * b + j];
-    }
-}
-
-/* x in the layer's format -> a new f32 NCHW buffer (NULL when out of memory). */
-static float *input_as_f32_nchw(const condconv_layer_info *info, const cc_geometry *geom, const void *x)
-{
-    const size_t count = (size_t)geom->x_elems;
-    float *f32 = malloc((count ? count : 1) * sizeof(float));
-    if (f32 == NULL) return NULL;
-    cc_dtype_load(info->dtype, x, f32, count);
-    if (info->layout == CONDCONV_LAYOUT_NCHW) return f32;
-    float *nchw = malloc((count ? count : 1) * sizeof(float));
-    if (nchw != NULL)
-        transpose_planes(f32, nchw, (uint64_t)geom->n, (uint64_t)geom->h * (uint64_t)geom->w,
-                         (uint64_t)info->in_channels);
-    free(f32);
-    return nchw;
-}
 
 condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
                                      const void *routing_in, void *routing_out)
@@ -56,15 +30,15 @@ condconv_status condconv_forward_cpu(condconv_layer_t layer, int n, int h, int w
     }
     /* Into scratch first, so that y is written only once everything succeeded. */
     const size_t y_count = (size_t)geom.y_elems;
-    float *x32 = input_as_f32_nchw(info, &geom, x);
+    float *x32 = cc_cpu_as_f32_nchw(info, x, geom.n, info->in_channels, (uint64_t)geom.h * (uint64_t)geom.w);
     float *y32 = malloc((y_count ? y_count : 1) * sizeof(float));
     float *y_out = info->layout == CONDCONV_LAYOUT_NHWC ? malloc((y_count ? y_count : 1) * sizeof(float)) : y32;
     condconv_status s = x32 && y32 && y_out ? CONDCONV_STATUS_SUCCESS : CONDCONV_STATUS_ALLOC_FAILED;
     if (s == CONDCONV_STATUS_SUCCESS) s = cc_reference_forward(info, &params, &geom, x32, routing_in, y32, routing_out);
     if (s == CONDCONV_STATUS_SUCCESS) {
         if (y_out != y32)
-            transpose_planes(y32, y_out, (uint64_t)geom.n, (uint64_t)info->out_channels,
-                             (uint64_t)geom.out_h * (uint64_t)geom.out_w);
+            cc_cpu_transpose_planes(y32, y_out, (uint64_t)geom.n, (uint64_t)info->out_channels,
+                                    (uint64_t)geom.out_h * (uint64_t)geom.out_w);
         cc_dtype_store(info->dtype, y_out, y, y_count);
     }
     free(x32);
@@ -87,7 +61,8 @@ condconv_status condconv_route_cpu(condconv_layer_t layer, int n, int h, int w, 
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     const int converted = info->dtype != CONDCONV_DTYPE_F32 || info->layout != CONDCONV_LAYOUT_NCHW;
-    float *owned = converted ? input_as_f32_nchw(info, &geom, x) : NULL;
+    float *owned =
+        converted ? cc_cpu_as_f32_nchw(info, x, geom.n, info->in_channels, (uint64_t)geom.h * (uint64_t)geom.w) : NULL;
     const float *x32 = converted ? owned : x;
     double *alpha = malloc(sizeof(double) * (size_t)geom.alpha_elems);
     if (alpha == NULL || x32 == NULL) {
