@@ -19,7 +19,7 @@
 #include "staging.h"
 
 /* Most kernel variants one algorithm offers AUTO (issue 19's candidates). */
-#define CC_MAX_ALGO_VARIANTS 2
+#define CC_MAX_ALGO_VARIANTS 3 /* fused on tensor cores: gen 1, gen 2, gen 2 with the MMA mix */
 
 typedef struct cc_algo_state {
     condconv_algo algo;

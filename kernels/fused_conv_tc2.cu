@@ -725,13 +725,27 @@ bool col_b_of(const cc_fused_tc_args *a, const derived &d)
     return a->layout == CC_LAYOUT_NHWC && d.cin_g % 8 == 0 && cc_aligned16(a->x);
 }
 
-// The tallest tile (from `first` down to 16 rows) whose shared memory fits
-// `limit` and whose grid fits 65535 rows; 0 if none.
-int fit_bm(const cc_fused_tc_args *a, const derived &d, int first, size_t limit, bool col_b, bool mix, size_t *smem)
+// The dynamic shared memory a config reserves. An NHWC layer whose channels
+// allow the cp.async input path takes it only when x is 16-byte aligned,
+// which is known only at the call (the library chooses configs on NULL
+// pointers at prepare, and runs them on pointers of either alignment class),
+// so its configs reserve the larger of the two input-tile forms and the
+// launch runs either. `both`: that maximum whatever the layout (supported()
+// states one E limit for every layout).
+size_t smem_need(const cc_fused_tc_args *a, const derived &d, int bm, bool mix, bool both)
 {
     const int esize = (int)cc_element_size(a->dtype);
+    const size_t row_form = layout_for(bm, d.s_cap, a->experts, esize, false, mix).total;
+    if (!both && (a->layout != CC_LAYOUT_NHWC || d.cin_g % 8 != 0)) return row_form;
+    return std::max(row_form, layout_for(bm, d.s_cap, a->experts, esize, true, mix).total);
+}
+
+// The tallest tile (from `first` down to 16 rows) whose shared memory fits
+// `limit` and whose grid fits 65535 rows; 0 if none.
+int fit_bm(const cc_fused_tc_args *a, const derived &d, int first, size_t limit, bool mix, bool both, size_t *smem)
+{
     for (int bm = first; bm >= 16; bm /= 2) {
-        const size_t s = layout_for(bm, d.s_cap, a->experts, esize, col_b, mix).total;
+        const size_t s = smem_need(a, d, bm, mix, both);
         if (s <= limit && ceil_div(d.mg, bm) * a->groups <= 65535) {
             *smem = s;
             return bm;
@@ -810,8 +824,7 @@ int supported(const cc_fused_tc_args *args, bool mix, char *reason, size_t reaso
     size_t smem = 0;
     // The 2-byte input path's tile is the larger one for f32; the col-major
     // one for f16: either way the smaller E limit is the one stated.
-    if (fit_bm(args, d, 16, kSmemBudget, false, mix, &smem) == 0 ||
-        fit_bm(args, d, 16, kSmemBudget, true, mix, &smem) == 0) {
+    if (fit_bm(args, d, 16, kSmemBudget, mix, true, &smem) == 0) {
         say2(reason, reason_len,
              "gen 2%s: %d experts of %zu bytes with %d samples per block: two expert stages do not fit %zu bytes of "
              "shared memory (two blocks per SM) even with 16-row tiles",
@@ -837,7 +850,7 @@ int choose(const cc_fused_tc_args *args, int sm_count, size_t smem_optin, bool m
     const int first = pad_rule || fill_rule ? 32 : 64;
     const size_t limit = std::min(kSmemBudget, smem_optin);
     size_t smem = 0;
-    const int bm = fit_bm(args, d, first, limit, col_b_of(args, d), mix, &smem);
+    const int bm = fit_bm(args, d, first, limit, mix, false, &smem);
     if (bm == 0) return 0;
     memset(cfg, 0, sizeof *cfg);
     cfg->tile_m = bm;
@@ -897,7 +910,8 @@ extern "C" cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const c
         return cudaErrorInvalidValue;
     const bool col_b = col_b_of(args, d);
     const smem_layout l = layout_for(bm, d.s_cap, args->experts, (int)esize, col_b, mix);
-    if (cfg->smem_bytes != l.total || l.total > kSmemBudget) return cudaErrorInvalidValue;
+    if (cfg->smem_bytes != smem_need(args, d, bm, mix, false) || cfg->smem_bytes > kSmemBudget)
+        return cudaErrorInvalidValue; // (l.total <= smem_need: the form this call runs fits)
     const long long col_tiles = ceil_div(d.total_cols, kBN);
     const long long m_tiles = ceil_div(d.mg, bm);
     if (col_tiles > kIntMax || m_tiles * args->groups > 65535) return cudaErrorInvalidValue;
@@ -950,8 +964,8 @@ extern "C" cudaError_t cc_launch_fused_tc2(const cc_fused_tc_args *args, const c
     return cc_dispatch_dtype(args->dtype, [&](auto tag) -> cudaError_t {
         using T = typename decltype(tag)::type;
         if (args->layout == CC_LAYOUT_NCHW)
-            return launch_mix<T, CC_LAYOUT_NCHW, false>(mix, bm, grid, l.total, stream, p);
-        return col_b ? launch_mix<T, CC_LAYOUT_NHWC, true>(mix, bm, grid, l.total, stream, p)
-                     : launch_mix<T, CC_LAYOUT_NHWC, false>(mix, bm, grid, l.total, stream, p);
+            return launch_mix<T, CC_LAYOUT_NCHW, false>(mix, bm, grid, cfg->smem_bytes, stream, p);
+        return col_b ? launch_mix<T, CC_LAYOUT_NHWC, true>(mix, bm, grid, cfg->smem_bytes, stream, p)
+                     : launch_mix<T, CC_LAYOUT_NHWC, false>(mix, bm, grid, cfg->smem_bytes, stream, p);
     });
 }

@@ -289,8 +289,9 @@ int main(void)
     cases[2].spec.groups = 6;
     cases[2].spec.pad_h = cases[2].spec.pad_w = 1;
     cases[2].spec.routing = CONDCONV_ROUTING_SIGMOID;
+    /* E = 16: fused's tensor-core candidates include gen 2 with the MMA mix. */
     cases[3] = (layer_case){
-        "bf16 NHWC external routing", tu_basic_spec(8, 8, 1, 2), CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC, 4, 3, 3};
+        "bf16 NHWC external E16", tu_basic_spec(8, 8, 1, 16), CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC, 4, 3, 3};
     cases[3].spec.routing = CONDCONV_ROUTING_EXTERNAL;
     for (int c = 0; c < 4; ++c) {
         int extras = 0;
@@ -304,7 +305,8 @@ int main(void)
     run(ctx, &cases[0], CONDCONV_ALGO_FUSED, CONDCONV_SELECT_MEASURE, 0.0f, &unused);
     run(ctx, &cases[1], CONDCONV_ALGO_GEMM_BATCHED, CONDCONV_SELECT_HEURISTIC, 0.0f, &unused);
     /* Every candidate by name: the fused NHWC loader (case 0), the
-     * aggregation variants under cudnn_grouped (case 1), external routing (3). */
+     * aggregation variants under cudnn_grouped (case 1), external routing and
+     * fused[tc gen2 mma-mix] (case 3). */
     forced_candidates(ctx, &cases[0]);
     forced_candidates(ctx, &cases[1]);
     forced_candidates(ctx, &cases[3]);

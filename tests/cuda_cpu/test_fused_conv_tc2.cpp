@@ -300,7 +300,11 @@ void run_shape(const shape &s, int dtype, unsigned int seed, bool descend, tally
         // The chooser at 1 SM and at 132, then (descend: every other shape,
         // all of them in the quick run) every smaller tile: the shared-memory
         // limit lowered below the last pick's size. The same again with the
-        // tensor-core mix where it runs the shape.
+        // tensor-core mix where it runs the shape. Chosen on x = NULL, as the
+        // library chooses at prepare, and launched on this x, aligned or not
+        // (an NHWC config must run either input path).
+        cc_fused_tc_args a_prep = a;
+        a_prep.x = NULL;
         const bool mix_ok = cc_fused_tc2_mma_mix_supported(&a, reason, sizeof reason) != 0;
         EXPECT(mix_ok == (dtype != CC_DTYPE_F32 && s.e % 16 == 0), "%s %s: tensor-core mix supported %d: %s", s.name,
                dtype_name(dtype), (int)mix_ok, reason);
@@ -311,7 +315,7 @@ void run_shape(const shape &s, int dtype, unsigned int seed, bool descend, tally
             const int first = count;
             for (int sms : {1, 132}) {
                 cc_fused_tc_config c = {};
-                EXPECT(choose(&a, sms, 227 * 1024, &c), "%s: choose", s.name);
+                EXPECT(choose(&a_prep, sms, 227 * 1024, &c), "%s: choose", s.name);
                 EXPECT(strncmp(c.reason, "gen 2", 5) == 0, "%s: a reason: %s", s.name, c.reason);
                 EXPECT(c.mix_mma == mix, "%s: mix_mma %d", s.name, c.mix_mma);
                 if (count == first || cfgs[first].tile_m != c.tile_m) cfgs[count++] = c;
@@ -321,7 +325,7 @@ void run_shape(const shape &s, int dtype, unsigned int seed, bool descend, tally
             for (int k = first; k < count && descend; ++k)
                 if (cfgs[k].tile_m == smallest) {
                     cc_fused_tc_config c = cfgs[k], d = {};
-                    while (count < first + 4 && choose(&a, 1, c.smem_bytes - 1, &d)) {
+                    while (count < first + 4 && choose(&a_prep, 1, c.smem_bytes - 1, &d)) {
                         EXPECT(d.tile_m < c.tile_m, "%s: a smaller limit, a smaller tile", s.name);
                         cfgs[count++] = d;
                         c = d;
