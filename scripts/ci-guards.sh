@@ -29,8 +29,9 @@
 #   emu       the CPU execution layer (tests/cuda_cpu: the CUDA kernels and
 #             condconv_forward run on the CPU) built with ASan + UBSan and
 #             with TSan, every emu test in each, then the bug-injection
-#             proof (tests/cuda_cpu/inject_bugs.sh: each listed kernel bug
-#             must make its test fail): a third of the list per run, chosen
+#             proof in the same builds (tests/cuda_cpu/inject_bugs.sh
+#             EMU_CTEST=1: each listed kernel bug must make its test
+#             fail): a third of the list per run, chosen
 #             by the commit's first hex digit mod 3, since the whole list
 #             takes ~40 min on 2 cores (BUG_SAMPLE=K/N picks another share;
 #             BUG_SAMPLE= (set, empty) runs the whole list)
@@ -270,39 +271,14 @@ guard_spills() {
 
 guard_emu() {
   # nvcc: the layer reads each kernel's __launch_bounds__ and static shared
-  # memory from nvcc's PTX of it.
-  local san dir failed=0
-  for san in address thread; do
-    dir=$root/$prefix-emu-$san
-    echo "  CPU execution layer, -fsanitize=$san: $dir"
-    mkdir -p "$dir"
-    cmake -S tests/cuda_cpu -B "$dir" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
-      -DCC_EMU_SANITIZE="$san" >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log"; return 1; }
-    cmake --build "$dir" -j"$jobs" >"$dir/build.log" 2>&1 || { tail -n 40 "$dir/build.log"; return 1; }
-    # LeakSanitizer at exit is part of the fault-injection test; TSan stops
-    # at its first report (exit 66). The end-to-end tests (label emu_e2e:
-    # host code and the emulated cuDNN/cuBLAS around the same kernels) run
-    # under ASan only: under TSan they would take most of CI's time and see
-    # no block thread that the per-kernel tests do not.
-    (
-      cd "$dir" &&
-        ASAN_OPTIONS=abort_on_error=1:halt_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
-        UBSAN_OPTIONS=abort_on_error=1:halt_on_error=1:print_stacktrace=1 TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
-          ctest -L emu $([[ $san == thread ]] && echo -LE emu_e2e) -j"$jobs" --output-on-failure --no-tests=error
-    ) || failed=1
-    # The layer's self-test runs wrong kernels in child processes and keeps
-    # their reports to itself: anything a sanitizer printed here is a finding.
-    if grep -nE "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|WARNING: ThreadSanitizer" \
-      "$dir/Testing/Temporary/LastTest.log"; then
-      echo "ci-guards: a sanitizer reported an error (above; full output in $dir/Testing/Temporary/LastTest.log)"
-      failed=1
-    fi
-  done
-  ((failed == 0)) || return 1
+  # memory from nvcc's PTX of it. inject_bugs.sh with EMU_CTEST=1 builds the
+  # layer with ASan + UBSan and with TSan, runs every emu test in each (the
+  # end-to-end ones under ASan only), then injects the bugs into the same
+  # builds (their unmodified baselines are those ctest runs).
   local sample head
   head=$(git rev-parse HEAD 2>/dev/null || echo 0)
   sample=${BUG_SAMPLE-$((16#${head:0:1} % 3))/3}
-  JOBS=$jobs BUG_SAMPLE=$sample tests/cuda_cpu/inject_bugs.sh "$prefix-emu-bugs" || return 1
+  JOBS=$jobs EMU_CTEST=1 BUG_SAMPLE=$sample tests/cuda_cpu/inject_bugs.sh "$prefix-emu-bugs" || return 1
 }
 
 guard_python() {

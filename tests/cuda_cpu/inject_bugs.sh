@@ -24,7 +24,13 @@
 #   BUG_SAMPLE=K/N (only the records whose position in the list, from 0, is K
 #   mod N: CI proves a third of the list per run, rotating with the commit,
 #   because the whole list takes about 40 minutes on 2 cores and CI has 90 in
-#   all; run the whole list, or a BUG_LIST of new records, when adding them).
+#   all; run the whole list, or a BUG_LIST of new records, when adding them),
+#   EMU_CTEST=1 (CI's emu guard: first build every emu test in the asan and
+#   tsan workers' builds and run them all with ctest, the sanitizers'
+#   findings failing the run; the per-test baselines are then skipped, since
+#   every test just passed unmodified in builds of the same flags, the asan2
+#   worker's included. One build per sanitizer instead of two, and no test
+#   run twice unmodified: that saved CI about 15 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
@@ -141,12 +147,42 @@ how() { # log
   fi
 }
 
-# Everything for one build: its tests on the unmodified copy, then its bugs,
-# one at a time; each bug's result goes to a file, printed in list order.
+# Every emu test in the build, unmodified, under its sanitizer (EMU_CTEST=1).
+# LeakSanitizer at exit is part of the fault-injection test; TSan stops at
+# its first report (exit 66). The end-to-end tests (label emu_e2e: host code
+# and the emulated cuDNN/cuBLAS around the same kernels) run under ASan only:
+# under TSan they would take most of CI's time and see no block thread that
+# the per-kernel tests do not.
+emu_ctest() { # build (asan|tsan)
+  local dir=$prefix-$1 status=0 skip=()
+  [[ $1 == tsan ]] && skip=(-LE emu_e2e)
+  echo "  $1: building every emu test ($(($(date +%s) - start)) s)"
+  cmake --build "$dir" -j"$jobs" >"$dir/build-all.log" 2>&1 || { tail -n 40 "$dir/build-all.log"; return 1; }
+  (
+    cd "$dir" &&
+      ASAN_OPTIONS=abort_on_error=1:halt_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+      UBSAN_OPTIONS=abort_on_error=1:halt_on_error=1:print_stacktrace=1 TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
+        ctest -L emu "${skip[@]}" -j"$jobs" --output-on-failure --no-tests=error
+  ) || status=1
+  # The layer's self-test runs wrong kernels in child processes and keeps
+  # their reports to itself: anything a sanitizer printed here is a finding.
+  if grep -nE "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|WARNING: ThreadSanitizer" \
+    "$dir/Testing/Temporary/LastTest.log"; then
+    echo "inject_bugs: a sanitizer reported an error (above; full output in $dir/Testing/Temporary/LastTest.log)"
+    status=1
+  fi
+  echo "  $1: every emu test ran unmodified, status $status ($(($(date +%s) - start)) s)"
+  return "$status"
+}
+
+# Everything for one build: its tests on the unmodified copy (unless
+# EMU_CTEST ran them all), then its bugs, one at a time; each bug's result
+# goes to a file, printed in list order.
 inject() { # build
   local b=$1 i log status t0 result target
   local -A seen
   for i in "${!names[@]}"; do
+    [[ -z ${EMU_CTEST:-} ]] || break
     [[ ${workers[$i]} == "$b" && -z ${seen[${tests[$i]}]:-} ]] || continue
     seen[${tests[$i]}]=1
     log=$prefix-$b/${tests[$i]}.baseline.log
@@ -193,7 +229,15 @@ active=()
 for b in asan asan2 tsan; do
   for w in "${workers[@]}"; do [[ $w == "$b" ]] && { active+=("$b"); break; }; done
 done
+if [[ -n ${EMU_CTEST:-} ]]; then
+  for b in asan tsan; do [[ " ${active[*]} " == *" $b "* ]] || active+=("$b"); done
+fi
 for b in "${active[@]}"; do configure "$b" || exit 1; done
+if [[ -n ${EMU_CTEST:-} ]]; then
+  ctest_failed=0
+  for b in asan tsan; do emu_ctest "$b" || ctest_failed=1; done
+  ((ctest_failed == 0)) || { echo "inject_bugs: the emu tests fail unmodified; no bug injected"; exit 1; }
+fi
 for b in "${active[@]}"; do rm -f "$prefix-$b"/result.* "$prefix-$b/worker.rc"; done
 echo "inject_bugs: $count bugs; workers side by side: ${active[*]}"
 # Each worker's status goes through a file: `wait PID` can lose it (a CI run
