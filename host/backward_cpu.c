@@ -6,9 +6,11 @@
  * ulp). Parameter gradients are f32, rounded once from double. Everything
  * is computed into scratch and the outputs are written only once it has
  * succeeded, so a failed call writes nothing. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backward_args.h"
 #include "cpu_layout.h"
 #include "dtype.h"
 #include "error.h"
@@ -16,86 +18,18 @@
 #include "reference_backward.h"
 #include "registry.h"
 
-/* One buffer of the call, for the overlap check. */
-typedef struct buffer {
-    const char *name;
-    const void *ptr;
-    uint64_t bytes;
-    int written;
-} buffer;
-
-static int ranges_overlap(const buffer *a, const buffer *b)
-{
-    if (a->ptr == NULL || b->ptr == NULL || a->bytes == 0 || b->bytes == 0) return 0;
-    const uintptr_t pa = (uintptr_t)a->ptr, pb = (uintptr_t)b->ptr;
-    return pa < pb + b->bytes && pb < pa + a->bytes;
-}
-
-/* Which outputs the layer can have: the specific refusal for one it cannot. */
-static condconv_status check_selection(const condconv_layer_info *info, const void *dx, const float *d_routing_in,
-                                       const float *d_experts, const float *d_expert_bias,
-                                       const float *d_routing_weight, const float *d_routing_bias, const char *func)
-{
-    const int external = info->routing == CONDCONV_ROUTING_EXTERNAL;
-    if (!dx && !d_routing_in && !d_experts && !d_expert_bias && !d_routing_weight && !d_routing_bias)
-        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: every output is NULL; request at least one gradient", func);
-    if (d_routing_in && !external)
-        return cc_fail(CONDCONV_STATUS_BAD_VALUE,
-                       "%s: d_routing_in is only for layers with external routing; this layer routes itself "
-                       "(ask for d_routing_weight and d_routing_bias)",
-                       func);
-    if ((d_routing_weight || d_routing_bias) && external)
-        return cc_fail(CONDCONV_STATUS_BAD_VALUE,
-                       "%s: the layer uses external routing and has no routing function, so d_routing_weight and "
-                       "d_routing_bias must be NULL (ask for d_routing_in)",
-                       func);
-    if (d_expert_bias && !info->has_bias)
-        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: the layer has no bias, so d_expert_bias must be NULL", func);
-    return CONDCONV_STATUS_SUCCESS;
-}
-
 condconv_status condconv_backward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
                                       const void *routing_in, const void *dy, void *dx, float *d_routing_in,
                                       float *d_experts, float *d_expert_bias, float *d_routing_weight,
                                       float *d_routing_bias)
 {
     static const char func[] = "condconv_backward_cpu";
-    CC_CHECK_LAYER(layer, func);
-    CC_CHECK_NOT_NULL(x, func);
-    CC_CHECK_NOT_NULL(dy, func);
+    const cc_backward_outputs out = {dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias};
+    cc_geometry geom = {0};
+    CC_TRY(cc_backward_check_args(layer, n, h, w, x, routing_in, dy, &out, &geom, func));
     const condconv_layer_info *info = &layer->weights->info;
     const cc_param_sizes *sizes = &layer->weights->sizes;
-    cc_geometry geom = {0};
-    CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     const int external = info->routing == CONDCONV_ROUTING_EXTERNAL;
-    if (external && routing_in == NULL)
-        return cc_fail(CONDCONV_STATUS_MISSING_ROUTING,
-                       "%s: the layer uses external routing, so routing_in (alpha [N=%d][E=%d]) is required", func, n,
-                       info->num_experts);
-    CC_TRY(check_selection(info, dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias, func));
-
-    /* Inputs may share bytes with each other; no output may share bytes with
-     * any other buffer (routing_in is not read with self-routing, as in
-     * condconv_forward_cpu). Byte counts fit: cc_geometry_make and the
-     * layer's creation checked them. */
-    const uint64_t elem = cc_dtype_size(info->dtype);
-    const buffer bufs[] = {
-        {"x", x, geom.x_elems * elem, 0},
-        {"dy", dy, geom.y_elems * elem, 0},
-        {"routing_in", external ? routing_in : NULL, geom.alpha_elems * sizeof(float), 0},
-        {"dx", dx, geom.x_elems * elem, 1},
-        {"d_routing_in", d_routing_in, geom.alpha_elems * sizeof(float), 1},
-        {"d_experts", d_experts, sizes->experts_elems * sizeof(float), 1},
-        {"d_expert_bias", d_expert_bias, sizes->bias_elems * sizeof(float), 1},
-        {"d_routing_weight", d_routing_weight, sizes->routing_weight_elems * sizeof(float), 1},
-        {"d_routing_bias", d_routing_bias, sizes->routing_bias_elems * sizeof(float), 1},
-    };
-    const int count = (int)(sizeof(bufs) / sizeof(bufs[0]));
-    for (int i = 0; i < count; ++i)
-        for (int j = i + 1; j < count; ++j)
-            if ((bufs[i].written || bufs[j].written) && ranges_overlap(&bufs[i], &bufs[j]))
-                return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: %s and %s overlap; the backward cannot run in place",
-                               func, bufs[i].name, bufs[j].name);
 
     /* Scratch: f32 NCHW inputs, double gradients, and dx's f32 staging. */
     const uint64_t largest = geom.x_elems > sizes->experts_elems ? geom.x_elems : sizes->experts_elems;

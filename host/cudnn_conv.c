@@ -52,7 +52,11 @@ int cc_cudnn_algo_allowed(condconv_dtype dtype, condconv_math math, cudnnConvolu
     const int transform = algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
                           algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD ||
                           algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
-    if (transform) return 0;
+    return !transform && cc_cudnn_math_allowed(dtype, math, t);
+}
+
+int cc_cudnn_math_allowed(condconv_dtype dtype, condconv_math math, cudnnMathType_t t)
+{
     if (dtype != CONDCONV_DTYPE_F32) return 1;
     if (math == CONDCONV_MATH_TF32) return t == CUDNN_FMA_MATH || t == CUDNN_DEFAULT_MATH || t == CUDNN_TENSOR_OP_MATH;
     return t == CUDNN_FMA_MATH;
@@ -92,8 +96,8 @@ static condconv_status try_run(condconv_context_t ctx, const cc_conv_shape *s, c
     return cc_cudnn_conv_run(ctx, conv, x, w, NULL, y, ws, func);
 }
 
-static condconv_status set_descriptors(const cc_conv_shape *s, condconv_math math, cc_cudnn_conv *conv,
-                                       const char *func)
+condconv_status cc_cudnn_conv_descriptors(const cc_conv_shape *s, condconv_math math, cc_cudnn_conv *conv,
+                                          const char *func)
 {
     const cudnnDataType_t type = data_type(s->dtype);
     const cudnnTensorFormat_t format = s->layout == CONDCONV_LAYOUT_NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
@@ -209,7 +213,7 @@ condconv_status cc_cudnn_conv_create(condconv_context_t ctx, const cc_conv_shape
                                      cc_cudnn_conv *conv, const char *func)
 {
     memset(conv, 0, sizeof *conv);
-    condconv_status st = set_descriptors(shape, math, conv, func);
+    condconv_status st = cc_cudnn_conv_descriptors(shape, math, conv, func);
     if (st == CONDCONV_STATUS_SUCCESS) st = choose_algorithm(ctx, shape, math, select, scratch, conv, func);
     if (st == CONDCONV_STATUS_SUCCESS && want_bias_relu && shape->dtype == CONDCONV_DTYPE_F32)
         st = try_fused_bias_relu(ctx, shape, scratch, conv, func);

@@ -64,6 +64,16 @@ void cc_cudnn_conv_destroy(cc_cudnn_conv *conv);
  * every mode, FMA only for strict f32 (cudnn_conv.c says why). */
 int cc_cudnn_algo_allowed(condconv_dtype dtype, condconv_math math, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t t);
 
+/* The math-type half of cc_cudnn_algo_allowed, for every direction. */
+int cc_cudnn_math_allowed(condconv_dtype dtype, condconv_math math, cudnnMathType_t t);
+
+/* Creates and sets conv's x, w, y and convolution descriptors for the shape
+ * (f32 accumulation; the math type the plan's mode permits), checking
+ * cuDNN's output size against the shape's; no algorithm chosen. The
+ * backward (cudnn_conv_backward.c) shares them. */
+condconv_status cc_cudnn_conv_descriptors(const cc_conv_shape *shape, condconv_math math, cc_cudnn_conv *conv,
+                                          const char *func);
+
 /* The short name of a forward algorithm ("implicit_precomp_gemm"). */
 const char *cc_cudnn_fwd_algo_name(cudnnConvolutionFwdAlgo_t algo);
 

@@ -54,6 +54,11 @@ struct condconv_layer {
     int forced_routing, forced_aggregate;
     struct cc_plan **plans;
     int plan_count, plan_capacity;
+    /* The backward's (backward_plan.h): the algorithm asked for and the
+     * plans per shape. */
+    condconv_bwd_algo bwd_requested;
+    struct cc_bwd_plan **bwd_plans;
+    int bwd_plan_count, bwd_plan_capacity;
 };
 
 /* The layer's parameters as the reference wants them. */

@@ -13,6 +13,7 @@
 #include "phase_timer.h"
 #include "scratch.h"
 
+#include "backward_plan.h"
 #include "plan_auto.h"
 #include "routing.h"
 
@@ -39,6 +40,7 @@ static void plan_destroy(cc_plan *plan)
 
 void cc_layer_release_plans(struct condconv_layer *layer)
 {
+    cc_bwd_release_plans(layer);
     for (int i = 0; i < layer->plan_count; ++i) plan_destroy(layer->plans[i]);
     free(layer->plans);
     layer->plans = NULL;
@@ -136,7 +138,7 @@ condconv_status cc_plan_execute(const struct condconv_layer *layer, const cc_pla
     return st;
 }
 
-static condconv_status check_not_capturing(condconv_context_t ctx, const char *func)
+condconv_status cc_check_not_capturing(condconv_context_t ctx, const char *func)
 {
     enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     const cudaError_t err = cudaStreamIsCapturing(ctx->stream, &capture);
@@ -156,7 +158,7 @@ static condconv_status plan_create(struct condconv_layer *layer, int n, int h, i
     const condconv_layer_info *info = &layer->weights->info;
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
-    CC_TRY(check_not_capturing(ctx, func));
+    CC_TRY(cc_check_not_capturing(ctx, func));
     CC_TRY(cc_context_gpu_begin(ctx, func));
     if (layer->plan_count == layer->plan_capacity) {
         const int cap = layer->plan_capacity ? 2 * layer->plan_capacity : 4;

@@ -38,6 +38,10 @@ typedef struct cc_plan {
     int aggregate_variant; /* kernels/aggregate.h's variant, copied into the states that aggregate */
 } cc_plan;
 
+/* NOT_PREPARED when the context's stream is capturing (a plan cannot be
+ * made then: it may allocate and synchronise). */
+condconv_status cc_check_not_capturing(condconv_context_t ctx, const char *func);
+
 /* The cached plan for this shape under the layer's current settings, or NULL. */
 cc_plan *cc_plan_lookup(const struct condconv_layer *layer, int n, int h, int w);
 

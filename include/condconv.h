@@ -572,11 +572,100 @@ CONDCONV_API condconv_status condconv_route_cpu(condconv_layer_t layer, int n, i
  * d_routing_weight or d_routing_bias with external routing, d_expert_bias
  * without bias), every output NULL, or an output overlapping any other
  * buffer is CONDCONV_STATUS_BAD_VALUE. Allocates its own scratch memory;
- * on any failure nothing is written. The GPU backward is still to come. */
+ * on any failure nothing is written. condconv_backward is the same on the GPU. */
 CONDCONV_API condconv_status condconv_backward_cpu(condconv_layer_t layer, int n, int h, int w, const void *x,
                                                    const void *routing_in, const void *dy, void *dx,
                                                    float *d_routing_in, float *d_experts, float *d_expert_bias,
                                                    float *d_routing_weight, float *d_routing_bias);
+
+/* ------------------------------------------------------------------------ */
+/* GPU path: backward (training)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* How condconv_backward computes the gradients on the GPU. */
+typedef enum condconv_bwd_algo {
+    CONDCONV_BWD_ALGO_AUTO = 0, /* choose per shape */
+    /* The design card's baseline: aggregate the per-sample filters W_b, then
+     * cuDNN's backward data (dx) and backward filter (per-sample filter
+     * gradients G_b in the workspace) with the batch as groups, then
+     * condconv's reductions: dW_e = sum_b alpha_be G_b, dalpha_be =
+     * <W_e, G_b> + <bias_e, sum_pixels dy_b>, dbias, and the routing's
+     * backward, each summed in a fixed order. */
+    CONDCONV_BWD_ALGO_CUDNN_GROUPED = 1,
+    CONDCONV_BWD_ALGO_COUNT = 2
+} condconv_bwd_algo;
+
+/* Name of a backward algorithm ("cudnn_grouped"); NULL for an invalid value. */
+CONDCONV_API const char *condconv_bwd_algo_name(condconv_bwd_algo algo);
+
+/* Force a backward algorithm for backward plans prepared after the call, or
+ * AUTO (the default). */
+CONDCONV_API condconv_status condconv_layer_set_backward_algo(condconv_layer_t layer, condconv_bwd_algo algo);
+
+/* Prepares the backward for N x Cin x H x W inputs, as condconv_prepare
+ * does the forward: checks the shape, creates descriptors, chooses
+ * algorithms, caches the plan in the layer. May allocate, synchronise and
+ * launch; never inside a CUDA graph capture. NOT_SUPPORTED for layers with
+ * a fused activation (the GPU backward does not recompute the
+ * pre-activation yet: apply the activation outside the layer, or use
+ * condconv_backward_cpu). */
+CONDCONV_API condconv_status condconv_backward_prepare(condconv_layer_t layer, int n, int h, int w);
+
+/* Workspace bytes condconv_backward needs at this shape (prepares if needed),
+ * whichever gradients a call asks for. */
+CONDCONV_API condconv_status condconv_get_backward_workspace_size(condconv_layer_t layer, int n, int h, int w,
+                                                                  size_t *bytes);
+
+typedef struct condconv_backward_plan_info {
+    condconv_bwd_algo algo;      /* what this shape runs */
+    condconv_bwd_algo requested; /* what the layer asked for */
+    condconv_algo_select select; /* the context's selection mode when the plan was made */
+    condconv_math math;
+    size_t workspace_bytes;
+    /* 1: the gradients are bitwise identical from run to run (no
+     * floating-point atomics; cuDNN algorithms reported deterministic). */
+    int deterministic;
+    char reason[160];  /* why this algorithm */
+    char backend[256]; /* what runs inside, e.g. "cuDNN f16 bwd data algo_1, tensor ops; bwd filter algo_1, ..." */
+} condconv_backward_plan_info;
+
+/* Describes the backward plan for this shape (prepares if needed). */
+CONDCONV_API condconv_status condconv_get_backward_plan_info(condconv_layer_t layer, int n, int h, int w,
+                                                             condconv_backward_plan_info *info);
+
+/* The backward of condconv_forward on device memory: the same buffers and
+ * gradients as condconv_backward_cpu (x, dy and dx in the layer's dtype and
+ * layout, every other gradient f32; routing_in required with external
+ * routing, ignored otherwise: a layer that routes itself recomputes alpha
+ * from x), computed in f32 with f32 accumulation. Only the gradients whose
+ * pointer is not NULL are computed (at least one); they are written, not
+ * accumulated. Deterministic: every sum runs in a fixed order, so a call
+ * repeated on the same inputs gives bitwise identical gradients.
+ * workspace: at least condconv_get_backward_workspace_size bytes,
+ * CONDCONV_WORKSPACE_ALIGNMENT-aligned. Asynchronous on the context's
+ * stream; no allocation and no host synchronisation once the shape is
+ * prepared (CUDA-graph capturable; an unprepared shape inside a capture is
+ * NOT_PREPARED). Buffers that overlap (an output with any other buffer)
+ * are BAD_VALUE, a gradient the layer cannot have is BAD_VALUE as in
+ * condconv_backward_cpu; nothing is launched then. */
+CONDCONV_API condconv_status condconv_backward(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                               const void *routing_in, const void *dy, void *dx, float *d_routing_in,
+                                               float *d_experts, float *d_expert_bias, float *d_routing_weight,
+                                               float *d_routing_bias, void *workspace, size_t workspace_bytes);
+
+/* condconv_backward for the gradients with respect to the layer's inputs
+ * only (dx and, with external routing, d_routing_in) ... */
+CONDCONV_API condconv_status condconv_backward_data(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                                    const void *routing_in, const void *dy, void *dx,
+                                                    float *d_routing_in, void *workspace, size_t workspace_bytes);
+/* ... and with respect to its parameters only (experts, expert biases,
+ * routing FC). The two calls may run one after the other on the same
+ * workspace; condconv_backward computes both at once, sharing the work
+ * they have in common (the per-sample filter gradients). */
+CONDCONV_API condconv_status condconv_backward_params(condconv_layer_t layer, int n, int h, int w, const void *x,
+                                                      const void *routing_in, const void *dy, float *d_experts,
+                                                      float *d_expert_bias, float *d_routing_weight,
+                                                      float *d_routing_bias, void *workspace, size_t workspace_bytes);
 
 #ifdef __cplusplus
 }

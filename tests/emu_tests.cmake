@@ -198,7 +198,7 @@ foreach(t routing aggregate depthwise_fused epilogue gather)
 endforeach()
 # condconv_forward end to end, fault injection, device restore, pointer staging,
 # the emulated cuDNN and cuBLAS, AUTO's candidates and budget.
-foreach(t forward formats faults devices staging libs auto)
+foreach(t forward formats faults devices staging libs auto backward_api)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
   # End to end: host code around kernels that the per-kernel tests already
   # run under TSan; the CI guard runs these under ASan only (emu_e2e).

@@ -1,0 +1,498 @@
+/* condconv_backward end to end on the CPU execution layer: the library's
+ * host code (backward plans, workspace layout, cuDNN's backward data and
+ * filter on the layer's emulated cuDNN, the routing, aggregation, gather
+ * and backward kernels run on the CPU) against condconv_backward_cpu, the
+ * double reference that tests/test_backward_cpu.c checks against finite
+ * differences.
+ *
+ * Random layers (dense, grouped, depthwise, pointwise; strides, dilation,
+ * explicit and asymmetric "same" padding; E from 1 to 32; sigmoid, softmax
+ * with a temperature and external routing; bias or not) in f32, f16 and
+ * bf16, NCHW and NHWC, with every gradient the layer can have requested,
+ * then random subsets of them. Outputs and workspace are NaN-poisoned
+ * before each run and the workspace is allocated exactly as large as asked
+ * (the emulated cudaMalloc's guard zones stop a layout that under-counts).
+ * Then:
+ *   - determinism: a second run gives bitwise identical gradients, and
+ *     condconv_backward_data + condconv_backward_params equal
+ *     condconv_backward bit for bit;
+ *   - x, dy and dx one element off 16 bytes (the staging through the
+ *     workspace);
+ *   - a CUDA graph capture and replay, and NOT_PREPARED for an unprepared
+ *     shape inside a capture;
+ *   - bad calls: each refused with its status, and nothing written.
+ *
+ * Tolerance, per gradient tensor: max |got - ref| <= tol * max |ref| (+ a
+ * tiny floor), NaN never passing. f32: 5e-5 (f32 accumulation over sums of
+ * up to a few thousand terms; the emulated cuDNN is exact then rounds once).
+ * Half types: the GPU path rounds two intermediates to the dtype that the
+ * double reference does not, the per-sample filters W_b (dx) and the
+ * per-sample filter gradients G_b (dW, dalpha, the routing), each to half
+ * an ulp u (2^-11 for f16, 2^-8 for bf16); on random data the error of a
+ * sum of such products is about u times its typical magnitude, so 8u of the
+ * tensor's largest element: 4e-3 (f16) and 3.2e-2 (bf16). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emu_util.h"
+#include "gpu_util.h"
+#include "test_util.h"
+
+#define GRADS 6 /* dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias */
+static const char *const grad_names[GRADS] = {"dx",           "d_routing_in",     "d_experts",
+                                              "d_expert_bias", "d_routing_weight", "d_routing_bias"};
+
+static int backwards;
+
+typedef struct bcase {
+    tu_layer_spec s;
+    tu_params p;
+    condconv_dtype dtype;
+    condconv_layout layout;
+    condconv_layer_t layer;
+    void *half_params[4];
+    int n, h, w, ho, wo;
+    size_t x_n, y_n, a_n;
+    size_t count[GRADS]; /* elements of each gradient, 0 where the layer has none */
+    void *x_host, *dy_host;
+    float *alpha_host;
+    /* Device inputs (16-byte aligned unless a test shifts them). */
+    void *x_dev, *dy_dev;
+    float *alpha_dev;
+} bcase;
+
+static size_t elem_of(const bcase *c, int g) { return g == 0 ? tu_dtype_size(c->dtype) : sizeof(float); }
+
+static void make_case(condconv_context_t ctx, bcase *c, const tu_layer_spec *spec, condconv_dtype dtype,
+                      condconv_layout layout, int n, int h, int w)
+{
+    memset(c, 0, sizeof *c);
+    c->s = *spec;
+    c->dtype = dtype;
+    c->layout = layout;
+    c->n = n;
+    c->h = h;
+    c->w = w;
+    tu_make_params(&c->s, &c->p);
+    tu_params *p = &c->p;
+    tu_round_to_dtype(p->experts, p->experts_n, dtype);
+    tu_round_to_dtype(p->expert_bias, p->bias_n, dtype);
+    tu_round_to_dtype(p->routing_weight, p->routing_weight_n, dtype);
+    tu_round_to_dtype(p->routing_bias, p->routing_bias_n, dtype);
+    c->half_params[0] = tu_to_dtype(p->experts, p->experts_n, dtype);
+    c->half_params[1] = tu_to_dtype(p->expert_bias, p->bias_n, dtype);
+    c->half_params[2] = tu_to_dtype(p->routing_weight, p->routing_weight_n, dtype);
+    c->half_params[3] = tu_to_dtype(p->routing_bias, p->routing_bias_n, dtype);
+    const condconv_params view = {c->half_params[0], c->half_params[1], c->half_params[2], c->half_params[3]};
+    condconv_layer_desc_t desc = tu_make_desc(&c->s);
+    EXPECT_OK(condconv_layer_desc_set_format(desc, dtype, layout));
+    EXPECT_OK(condconv_layer_desc_get_output_dims(desc, h, w, &c->ho, &c->wo, NULL));
+    EXPECT_OK(condconv_layer_create(ctx, desc, &view, &c->layer));
+    condconv_layer_desc_destroy(desc);
+    const int external = c->s.routing == CONDCONV_ROUTING_EXTERNAL;
+    c->x_n = (size_t)n * c->s.cin * h * w;
+    c->y_n = (size_t)n * c->s.cout * c->ho * c->wo;
+    c->a_n = (size_t)n * c->s.experts;
+    c->count[0] = c->x_n;
+    c->count[1] = external ? c->a_n : 0;
+    c->count[2] = p->experts_n;
+    c->count[3] = c->s.has_bias ? p->bias_n : 0;
+    c->count[4] = external ? 0 : p->routing_weight_n;
+    c->count[5] = external ? 0 : p->routing_bias_n;
+    /* Random x and dy in the dtype (their values are the dtype's; the layout
+     * does not matter to random data). */
+    float *x = eu_random(c->x_n, -1.0f, 1.0f), *dy = eu_random(c->y_n, -1.0f, 1.0f);
+    c->x_host = tu_to_dtype(x, c->x_n, dtype);
+    c->dy_host = tu_to_dtype(dy, c->y_n, dtype);
+    free(x);
+    free(dy);
+    c->alpha_host = external ? eu_random(c->a_n, 0.0f, 1.0f) : NULL;
+    const size_t e = tu_dtype_size(dtype);
+    c->x_dev = tu_dev_alloc_bytes(c->x_n * e);
+    c->dy_dev = tu_dev_alloc_bytes(c->y_n * e);
+    TU_CUDA(cudaMemcpy(c->x_dev, c->x_host, c->x_n * e, cudaMemcpyHostToDevice));
+    TU_CUDA(cudaMemcpy(c->dy_dev, c->dy_host, c->y_n * e, cudaMemcpyHostToDevice));
+    if (external) {
+        c->alpha_dev = tu_dev_alloc(c->a_n);
+        tu_to_dev(c->alpha_dev, c->alpha_host, c->a_n);
+    }
+}
+
+static void free_case(bcase *c)
+{
+    EXPECT_OK(condconv_layer_destroy(c->layer));
+    for (int i = 0; i < 4; ++i) free(c->half_params[i]);
+    tu_free_params(&c->p);
+    free(c->x_host);
+    free(c->dy_host);
+    free(c->alpha_host);
+    TU_CUDA(cudaFree(c->x_dev));
+    TU_CUDA(cudaFree(c->dy_dev));
+    TU_CUDA(cudaFree(c->alpha_dev));
+}
+
+/* The reference gradients (host, f32; dx converted from the dtype), all that the layer has. */
+static int reference(const bcase *c, float *ref[GRADS])
+{
+    void *dx_host = malloc(c->x_n * tu_dtype_size(c->dtype));
+    for (int g = 0; g < GRADS; ++g) ref[g] = c->count[g] ? eu_floats(c->count[g]) : NULL;
+    const int ok = EXPECT_OK(condconv_backward_cpu(c->layer, c->n, c->h, c->w, c->x_host, c->alpha_host, c->dy_host,
+                                                   dx_host, ref[1], ref[2], ref[3], ref[4], ref[5]));
+    if (ok) EXPECT_OK(condconv_convert(c->dtype, dx_host, CONDCONV_DTYPE_F32, ref[0], c->x_n));
+    free(dx_host);
+    return ok;
+}
+
+/* Device outputs for the gradients in `want` (bit g), NaN-poisoned, each
+ * `offset` bytes into its allocation (dx only: the f32 ones stay aligned). */
+typedef struct outputs {
+    void *block[GRADS];
+    void *ptr[GRADS];
+} outputs;
+
+static outputs alloc_outputs(const bcase *c, unsigned want, size_t dx_offset)
+{
+    outputs o;
+    memset(&o, 0, sizeof o);
+    for (int g = 0; g < GRADS; ++g) {
+        if (!(want >> g & 1u) || c->count[g] == 0) continue;
+        const size_t off = g == 0 ? dx_offset : 0, bytes = c->count[g] * elem_of(c, g);
+        o.block[g] = tu_dev_alloc_bytes(bytes + off);
+        o.ptr[g] = (unsigned char *)o.block[g] + off;
+        TU_CUDA(cudaMemset(o.block[g], 0xFF, bytes + off)); /* NaN in every dtype */
+    }
+    return o;
+}
+
+static void free_outputs(outputs *o)
+{
+    for (int g = 0; g < GRADS; ++g) TU_CUDA(cudaFree(o->block[g]));
+}
+
+/* Host f32 copies of the outputs (dx converted from the dtype). */
+static void download(const bcase *c, const outputs *o, float *got[GRADS])
+{
+    TU_CUDA(cudaDeviceSynchronize());
+    for (int g = 0; g < GRADS; ++g) {
+        got[g] = NULL;
+        if (o->ptr[g] == NULL) continue;
+        got[g] = eu_floats(c->count[g]);
+        if (g == 0) {
+            void *host = malloc(c->x_n * tu_dtype_size(c->dtype));
+            TU_CUDA(cudaMemcpy(host, o->ptr[0], c->x_n * tu_dtype_size(c->dtype), cudaMemcpyDeviceToHost));
+            EXPECT_OK(condconv_convert(c->dtype, host, CONDCONV_DTYPE_F32, got[0], c->x_n));
+            free(host);
+        } else {
+            TU_CUDA(cudaMemcpy(got[g], o->ptr[g], c->count[g] * sizeof(float), cudaMemcpyDeviceToHost));
+        }
+    }
+}
+
+static void free_grads(float *g[GRADS])
+{
+    for (int i = 0; i < GRADS; ++i) free(g[i]);
+}
+
+static double tolerance(condconv_dtype dtype)
+{
+    return dtype == CONDCONV_DTYPE_F32 ? 5e-5 : dtype == CONDCONV_DTYPE_F16 ? 4e-3 : 3.2e-2;
+}
+
+/* Max-normalised comparison of one gradient; NaN never passes. */
+static int close_enough(const char *what, const bcase *c, int g, const float *got, const float *ref)
+{
+    double ref_max = 0.0, err_max = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < c->count[g]; ++i) ref_max = fmax(ref_max, fabs((double)ref[i]));
+    for (size_t i = 0; i < c->count[g]; ++i) {
+        const double err = fabs((double)got[i] - (double)ref[i]);
+        if (!(err <= err_max)) { /* NaN lands here too */
+            err_max = isnan(err) ? INFINITY : err;
+            worst = i;
+        }
+    }
+    const double bound = tolerance(c->dtype) * ref_max + 1e-30;
+    if (err_max <= bound) return 1;
+    EXPECT(0, "%s: %s %s %s: max error %.3g > %.3g (= %.1e x max |ref| %.3g) at %zu: got %.9g want %.9g; %s n=%d h=%d w=%d",
+           what, grad_names[g], c->dtype == CONDCONV_DTYPE_F32 ? "f32" : c->dtype == CONDCONV_DTYPE_F16 ? "f16" : "bf16",
+           c->layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW", err_max, bound, tolerance(c->dtype), ref_max, worst,
+           (double)got[worst], (double)ref[worst], tu_spec_string(&c->s), c->n, c->h, c->w);
+    return 0;
+}
+
+static condconv_status run_backward(const bcase *c, const void *x, const void *dy, const outputs *o, void *ws,
+                                    size_t ws_bytes)
+{
+    return condconv_backward(c->layer, c->n, c->h, c->w, x, c->alpha_dev, dy, o->ptr[0], o->ptr[1], o->ptr[2],
+                             o->ptr[3], o->ptr[4], o->ptr[5], ws, ws_bytes);
+}
+
+/* One backward asking for the gradients in `want`, compared with the reference. */
+static void check_case(const bcase *c, float *ref[GRADS], unsigned want, const char *what)
+{
+    size_t ws_bytes = 0;
+    if (!EXPECT_OK(condconv_get_backward_workspace_size(c->layer, c->n, c->h, c->w, &ws_bytes))) return;
+    void *ws = tu_dev_alloc_bytes(ws_bytes);
+    TU_CUDA(cudaMemset(ws, 0xFF, ws_bytes ? ws_bytes : 1));
+    outputs o = alloc_outputs(c, want, 0);
+    int any = 0;
+    for (int g = 0; g < GRADS; ++g) any |= o.ptr[g] != NULL;
+    if (any && EXPECT_OK(run_backward(c, c->x_dev, c->dy_dev, &o, ws, ws_bytes))) {
+        float *got[GRADS];
+        download(c, &o, got);
+        for (int g = 0; g < GRADS; ++g)
+            if (got[g] != NULL) close_enough(what, c, g, got[g], ref[g]);
+        free_grads(got);
+        ++backwards;
+    }
+    free_outputs(&o);
+    TU_CUDA(cudaFree(ws));
+}
+
+/* Two runs, and the data/params split, bit for bit. */
+static void check_determinism(const bcase *c)
+{
+    size_t ws_bytes = 0;
+    if (!EXPECT_OK(condconv_get_backward_workspace_size(c->layer, c->n, c->h, c->w, &ws_bytes))) return;
+    void *ws = tu_dev_alloc_bytes(ws_bytes);
+    outputs a = alloc_outputs(c, 0x3Fu, 0), b = alloc_outputs(c, 0x3Fu, 0), s = alloc_outputs(c, 0x3Fu, 0);
+    EXPECT_OK(run_backward(c, c->x_dev, c->dy_dev, &a, ws, ws_bytes));
+    TU_CUDA(cudaMemset(ws, 0x5A, ws_bytes ? ws_bytes : 1)); /* a different stale workspace */
+    EXPECT_OK(run_backward(c, c->x_dev, c->dy_dev, &b, ws, ws_bytes));
+    EXPECT_OK(condconv_backward_data(c->layer, c->n, c->h, c->w, c->x_dev, c->alpha_dev, c->dy_dev, s.ptr[0],
+                                     (float *)s.ptr[1], ws, ws_bytes));
+    EXPECT_OK(condconv_backward_params(c->layer, c->n, c->h, c->w, c->x_dev, c->alpha_dev, c->dy_dev,
+                                       (float *)s.ptr[2], (float *)s.ptr[3], (float *)s.ptr[4], (float *)s.ptr[5], ws,
+                                       ws_bytes));
+    TU_CUDA(cudaDeviceSynchronize());
+    for (int g = 0; g < GRADS; ++g) {
+        if (a.ptr[g] == NULL) continue;
+        const size_t bytes = c->count[g] * elem_of(c, g);
+        unsigned char *ha = malloc(bytes), *hb = malloc(bytes), *hs = malloc(bytes);
+        TU_CUDA(cudaMemcpy(ha, a.ptr[g], bytes, cudaMemcpyDeviceToHost));
+        TU_CUDA(cudaMemcpy(hb, b.ptr[g], bytes, cudaMemcpyDeviceToHost));
+        TU_CUDA(cudaMemcpy(hs, s.ptr[g], bytes, cudaMemcpyDeviceToHost));
+        EXPECT(memcmp(ha, hb, bytes) == 0, "%s differs between two runs (%s)", grad_names[g], tu_spec_string(&c->s));
+        EXPECT(memcmp(ha, hs, bytes) == 0, "%s of backward_data/backward_params differs from backward's (%s)",
+               grad_names[g], tu_spec_string(&c->s));
+        free(ha);
+        free(hb);
+        free(hs);
+    }
+    free_outputs(&a);
+    free_outputs(&b);
+    free_outputs(&s);
+    TU_CUDA(cudaFree(ws));
+}
+
+/* x, dy and dx one element off 16 bytes: what cuDNN would touch goes through the workspace. */
+static void check_unaligned(const bcase *c, float *ref[GRADS])
+{
+    const size_t e = tu_dtype_size(c->dtype);
+    unsigned char *xb = tu_dev_alloc_bytes(c->x_n * e + e), *dyb = tu_dev_alloc_bytes(c->y_n * e + e);
+    TU_CUDA(cudaMemcpy(xb + e, c->x_host, c->x_n * e, cudaMemcpyHostToDevice));
+    TU_CUDA(cudaMemcpy(dyb + e, c->dy_host, c->y_n * e, cudaMemcpyHostToDevice));
+    size_t ws_bytes = 0;
+    EXPECT_OK(condconv_get_backward_workspace_size(c->layer, c->n, c->h, c->w, &ws_bytes));
+    void *ws = tu_dev_alloc_bytes(ws_bytes);
+    outputs o = alloc_outputs(c, 0x3Fu, e);
+    if (EXPECT_OK(run_backward(c, xb + e, dyb + e, &o, ws, ws_bytes))) {
+        float *got[GRADS];
+        download(c, &o, got);
+        for (int g = 0; g < GRADS; ++g)
+            if (got[g] != NULL) close_enough("unaligned x, dy, dx", c, g, got[g], ref[g]);
+        free_grads(got);
+        ++backwards;
+    }
+    free_outputs(&o);
+    TU_CUDA(cudaFree(ws));
+    TU_CUDA(cudaFree(xb));
+    TU_CUDA(cudaFree(dyb));
+}
+
+static void random_cases(condconv_context_t ctx, int count)
+{
+    for (int i = 0; i < count; ++i) {
+        tu_layer_spec s = tu_random_spec(TU_ANY, 6, 3);
+        s.activation = CONDCONV_ACTIVATION_NONE; /* the GPU backward refuses activations (bad_calls) */
+        const condconv_dtype dtype = (condconv_dtype)tu_rng_int(0, 2);
+        const condconv_layout layout = (condconv_layout)tu_rng_int(0, 1);
+        const int n = tu_rng_int(1, 4), h = tu_rng_int(3, 9), w = tu_rng_int(3, 9);
+        condconv_layer_desc_t probe = tu_make_desc(&s);
+        int ho = 0, wo = 0;
+        const condconv_status dims = condconv_layer_desc_get_output_dims(probe, h, w, &ho, &wo, NULL);
+        condconv_layer_desc_destroy(probe);
+        if (dims != CONDCONV_STATUS_SUCCESS) { /* the draw gives no output at this size */
+            --i;
+            continue;
+        }
+        bcase c;
+        make_case(ctx, &c, &s, dtype, layout, n, h, w);
+        float *ref[GRADS];
+        if (reference(&c, ref)) {
+            char what[64];
+            snprintf(what, sizeof what, "case %d, every gradient", i);
+            check_case(&c, ref, 0x3Fu, what);
+            const unsigned subset = (unsigned)tu_rng_int(1, 0x3F);
+            snprintf(what, sizeof what, "case %d, gradients 0x%x", i, subset);
+            check_case(&c, ref, subset, what);
+            if (i % 3 == 0) check_determinism(&c);
+            if (i % 3 == 1) check_unaligned(&c, ref);
+        }
+        free_grads(ref);
+        free_case(&c);
+    }
+}
+
+/* Plan info, graph capture and replay, NOT_PREPARED inside a capture. */
+static void plan_and_graph(condconv_context_t ctx, cudaStream_t stream)
+{
+    tu_layer_spec s = tu_basic_spec(6, 8, 3, 4);
+    s.pad_h = s.pad_w = 1;
+    s.has_bias = 1;
+    s.routing = CONDCONV_ROUTING_SOFTMAX;
+    s.temperature = 3.0f;
+    bcase c;
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 3, 7, 6);
+    condconv_backward_plan_info info;
+    if (EXPECT_OK(condconv_get_backward_plan_info(c.layer, c.n, c.h, c.w, &info))) {
+        printf("  plan: %s, %zu bytes, deterministic %d: %s; %s\n", condconv_bwd_algo_name(info.algo),
+               info.workspace_bytes, info.deterministic, info.backend, info.reason);
+        EXPECT(info.algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED && info.deterministic == 1, "plan info");
+        /* The emulated cuDNN ranks a non-deterministic algorithm first in each direction. */
+        EXPECT(strstr(info.backend, "bwd data algo_1") != NULL && strstr(info.backend, "bwd filter algo_1") != NULL,
+               "the plan took a non-deterministic or transform algorithm: %s", info.backend);
+    }
+    float *ref[GRADS];
+    if (reference(&c, ref)) {
+        size_t ws_bytes = 0;
+        EXPECT_OK(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &ws_bytes));
+        void *ws = tu_dev_alloc_bytes(ws_bytes);
+        outputs o = alloc_outputs(&c, 0x3Fu, 0);
+        cudaGraph_t graph = NULL;
+        cudaGraphExec_t exec = NULL;
+        TU_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        EXPECT_OK(run_backward(&c, c.x_dev, c.dy_dev, &o, ws, ws_bytes));
+        EXPECT_STATUS(condconv_backward(c.layer, c.n - 1, c.h, c.w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, NULL,
+                                        NULL, NULL, NULL, ws, ws_bytes),
+                      CONDCONV_STATUS_NOT_PREPARED);
+        const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+        EXPECT(end == cudaSuccess, "the capture was invalidated (%s): the backward allocated or synchronised",
+               cudaGetErrorName(end));
+        if (end == cudaSuccess) {
+            TU_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+            TU_CUDA(cudaGraphLaunch(exec, stream));
+            TU_CUDA(cudaStreamSynchronize(stream));
+            float *got[GRADS];
+            download(&c, &o, got);
+            for (int g = 0; g < GRADS; ++g)
+                if (got[g] != NULL) close_enough("graph replay", &c, g, got[g], ref[g]);
+            free_grads(got);
+            ++backwards;
+            TU_CUDA(cudaGraphExecDestroy(exec));
+            TU_CUDA(cudaGraphDestroy(graph));
+        }
+        free_outputs(&o);
+        TU_CUDA(cudaFree(ws));
+    }
+    free_grads(ref);
+    free_case(&c);
+}
+
+/* 1 when every byte of the output is still the 0xFF poison. */
+static int untouched(const void *dev, size_t bytes)
+{
+    unsigned char *h = malloc(bytes);
+    TU_CUDA(cudaDeviceSynchronize());
+    TU_CUDA(cudaMemcpy(h, dev, bytes, cudaMemcpyDeviceToHost));
+    int same = 1;
+    for (size_t i = 0; i < bytes; ++i) same &= h[i] == 0xFF;
+    free(h);
+    return same;
+}
+
+static void bad_calls(condconv_context_t ctx)
+{
+    tu_layer_spec s = tu_basic_spec(4, 6, 3, 3);
+    s.has_bias = 1;
+    s.routing = CONDCONV_ROUTING_SIGMOID;
+    bcase c;
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 2, 5, 5);
+    size_t ws_bytes = 0;
+    EXPECT_OK(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &ws_bytes));
+    unsigned char *ws = tu_dev_alloc_bytes(ws_bytes + 256);
+    outputs o = alloc_outputs(&c, 0x3Fu, 0);
+    float *f = (float *)o.ptr[2];
+    condconv_layer_t L = c.layer;
+    const int n = c.n, h = c.h, w = c.w;
+    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, NULL, NULL, NULL, NULL, NULL, NULL, ws,
+                                    ws_bytes),
+                  CONDCONV_STATUS_BAD_VALUE); /* nothing asked */
+    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws,
+                                    ws_bytes - 1),
+                  CONDCONV_STATUS_WORKSPACE_TOO_SMALL);
+    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws + 16,
+                                    ws_bytes),
+                  CONDCONV_STATUS_MISALIGNED);
+    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, NULL,
+                                    ws_bytes),
+                  CONDCONV_STATUS_NULL_POINTER);
+    EXPECT_STATUS(condconv_backward(L, n, h, w, NULL, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws,
+                                    ws_bytes),
+                  CONDCONV_STATUS_NULL_POINTER);
+    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, c.dy_dev, NULL, f, NULL, NULL, NULL, ws,
+                                    ws_bytes),
+                  CONDCONV_STATUS_BAD_VALUE); /* dx overlaps dy */
+    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], (float *)o.ptr[3], f, NULL, NULL,
+                                    NULL, ws, ws_bytes),
+                  CONDCONV_STATUS_BAD_VALUE); /* d_routing_in of a layer that routes itself */
+    EXPECT_STATUS(condconv_backward(L, 0, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws,
+                                    ws_bytes),
+                  CONDCONV_STATUS_BAD_SIZE);
+    EXPECT_STATUS(condconv_backward(L, n, h, w, (unsigned char *)c.x_dev + 1, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL,
+                                    NULL, NULL, ws, ws_bytes),
+                  CONDCONV_STATUS_MISALIGNED);
+    EXPECT_STATUS(condconv_layer_set_backward_algo(L, (condconv_bwd_algo)7), CONDCONV_STATUS_BAD_VALUE);
+    EXPECT(condconv_bwd_algo_name((condconv_bwd_algo)7) == NULL, "a name for an invalid algorithm");
+    for (int g = 0; g < GRADS; ++g)
+        if (o.ptr[g] != NULL)
+            EXPECT(untouched(o.ptr[g], c.count[g] * elem_of(&c, g)), "a refused call wrote %s", grad_names[g]);
+    free_outputs(&o);
+    TU_CUDA(cudaFree(ws));
+    free_case(&c);
+
+    /* A fused activation: the GPU backward refuses it; the CPU backward takes it. */
+    s.activation = CONDCONV_ACTIVATION_SILU;
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 2, 5, 5);
+    size_t bytes = 0;
+    EXPECT_STATUS(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &bytes), CONDCONV_STATUS_NOT_SUPPORTED);
+    EXPECT(strstr(condconv_last_error(), "activation") != NULL, "the refusal names the activation: %s",
+           condconv_last_error());
+    free_case(&c);
+}
+
+int main(void)
+{
+    tu_seed_from_env();
+    condconv_context_t ctx;
+    cudaStream_t stream;
+    TU_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_emu_backward_api");
+    EXPECT_OK(condconv_context_set_stream(ctx, stream));
+    printf("random layers:\n");
+    random_cases(ctx, tu_case_count(12));
+    printf("plan info and graph capture:\n");
+    plan_and_graph(ctx, stream);
+    printf("bad calls:\n");
+    bad_calls(ctx);
+    EXPECT_OK(condconv_context_destroy(ctx));
+    TU_CUDA(cudaStreamDestroy(stream));
+    EXPECT(cc_cpu_live_allocations() == 0, "%zu device allocation(s) leaked", cc_cpu_live_allocations());
+    EXPECT(cc_cpu_live_handles() == 0, "%zu stream/event/handle(s) leaked", cc_cpu_live_handles());
+    printf("test_emu_backward_api: %d backwards compared\n", backwards);
+    return tu_finish("test_emu_backward_api");
+}
