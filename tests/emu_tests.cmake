@@ -198,12 +198,20 @@ foreach(t routing aggregate depthwise_fused epilogue gather)
 endforeach()
 # condconv_forward end to end, fault injection, device restore, pointer staging,
 # the emulated cuDNN and cuBLAS, AUTO's candidates and budget.
-foreach(t forward formats faults devices staging libs auto backward_api)
+foreach(t forward formats faults devices staging libs auto)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
   # End to end: host code around kernels that the per-kernel tests already
   # run under TSan; the CI guard runs these under ASan only (emu_e2e).
   set_tests_properties(test_emu_${t} PROPERTIES LABELS "cpu;emu;emu_e2e")
 endforeach()
+# condconv_backward end to end: tests/test_gpu_backward.c, run on the layer.
+add_executable(test_emu_backward_api ${CC_EMU_ROOT}/tests/test_gpu_backward.c)
+target_compile_definitions(test_emu_backward_api PRIVATE CC_EMU_TEST=1)
+target_link_libraries(test_emu_backward_api PRIVATE cc_cpu_test_util)
+set_target_properties(test_emu_backward_api PROPERTIES LINKER_LANGUAGE CXX)
+cc_emu_c_warnings(test_emu_backward_api)
+add_test(NAME test_emu_backward_api COMMAND test_emu_backward_api)
+set_tests_properties(test_emu_backward_api PROPERTIES LABELS "cpu;emu;emu_e2e" TIMEOUT 600)
 # The cuDNN graph-API candidate through the algorithms' ops (host-internal headers).
 cc_emu_test(test_emu_graph cc_cpu_test_util)
 target_include_directories(test_emu_graph PRIVATE ${CC_EMU_HOST_DIR} ${CC_EMU_KERNEL_DIR})

@@ -1,9 +1,12 @@
-/* condconv_backward end to end on the CPU execution layer: the library's
- * host code (backward plans, workspace layout, cuDNN's backward data and
- * filter on the layer's emulated cuDNN, the routing, aggregation, gather
- * and backward kernels run on the CPU) against condconv_backward_cpu, the
- * double reference that tests/test_backward_cpu.c checks against finite
- * differences.
+/* condconv_backward on the GPU against condconv_backward_cpu, the double
+ * reference that tests/test_backward_cpu.c checks against finite
+ * differences. The same program runs on the CPU execution layer as
+ * test_emu_backward_api (tests/emu_tests.cmake, CC_EMU_TEST defined): the
+ * library's host code (backward plans, workspace layout, cuDNN's backward
+ * data and filter on the layer's emulated cuDNN) with the routing,
+ * aggregation, gather and backward kernels run on the CPU; there it also
+ * checks that nothing leaks. Without a GPU (and outside the layer) it
+ * exits 77.
  *
  * Random layers (dense, grouped, depthwise, pointwise; strides, dilation,
  * explicit and asymmetric "same" padding; E from 1 to 32; sigmoid, softmax
@@ -38,9 +41,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "emu_util.h"
 #include "gpu_util.h"
 #include "test_util.h"
+#ifdef CC_EMU_TEST
+#include "emu_util.h"
+#endif
+
+/* Host arrays. */
+static float *floats(size_t n)
+{
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    if (p == NULL) {
+        fprintf(stderr, "FATAL: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+static float *uniform(size_t n, float lo, float hi)
+{
+    float *p = floats(n);
+    tu_fill_uniform(p, n, lo, hi);
+    return p;
+}
 
 #define GRADS 6 /* dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias */
 static const char *const grad_names[GRADS] = {"dx",           "d_routing_in",     "d_experts",
@@ -105,12 +127,12 @@ static void make_case(condconv_context_t ctx, bcase *c, const tu_layer_spec *spe
     c->count[5] = external ? 0 : p->routing_bias_n;
     /* Random x and dy in the dtype (their values are the dtype's; the layout
      * does not matter to random data). */
-    float *x = eu_random(c->x_n, -1.0f, 1.0f), *dy = eu_random(c->y_n, -1.0f, 1.0f);
+    float *x = uniform(c->x_n, -1.0f, 1.0f), *dy = uniform(c->y_n, -1.0f, 1.0f);
     c->x_host = tu_to_dtype(x, c->x_n, dtype);
     c->dy_host = tu_to_dtype(dy, c->y_n, dtype);
     free(x);
     free(dy);
-    c->alpha_host = external ? eu_random(c->a_n, 0.0f, 1.0f) : NULL;
+    c->alpha_host = external ? uniform(c->a_n, 0.0f, 1.0f) : NULL;
     const size_t e = tu_dtype_size(dtype);
     c->x_dev = tu_dev_alloc_bytes(c->x_n * e);
     c->dy_dev = tu_dev_alloc_bytes(c->y_n * e);
@@ -139,7 +161,7 @@ static void free_case(bcase *c)
 static int reference(const bcase *c, float *ref[GRADS])
 {
     void *dx_host = malloc(c->x_n * tu_dtype_size(c->dtype));
-    for (int g = 0; g < GRADS; ++g) ref[g] = c->count[g] ? eu_floats(c->count[g]) : NULL;
+    for (int g = 0; g < GRADS; ++g) ref[g] = c->count[g] ? floats(c->count[g]) : NULL;
     const int ok = EXPECT_OK(condconv_backward_cpu(c->layer, c->n, c->h, c->w, c->x_host, c->alpha_host, c->dy_host,
                                                    dx_host, ref[1], ref[2], ref[3], ref[4], ref[5]));
     if (ok) EXPECT_OK(condconv_convert(c->dtype, dx_host, CONDCONV_DTYPE_F32, ref[0], c->x_n));
@@ -180,7 +202,7 @@ static void download(const bcase *c, const outputs *o, float *got[GRADS])
     for (int g = 0; g < GRADS; ++g) {
         got[g] = NULL;
         if (o->ptr[g] == NULL) continue;
-        got[g] = eu_floats(c->count[g]);
+        got[g] = floats(c->count[g]);
         if (g == 0) {
             void *host = malloc(c->x_n * tu_dtype_size(c->dtype));
             TU_CUDA(cudaMemcpy(host, o->ptr[0], c->x_n * tu_dtype_size(c->dtype), cudaMemcpyDeviceToHost));
@@ -363,9 +385,11 @@ static void plan_and_graph(condconv_context_t ctx, cudaStream_t stream)
         printf("  plan: %s, %zu bytes, deterministic %d: %s; %s\n", condconv_bwd_algo_name(info.algo),
                info.workspace_bytes, info.deterministic, info.backend, info.reason);
         EXPECT(info.algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED && info.deterministic == 1, "plan info");
+#ifdef CC_EMU_TEST
         /* The emulated cuDNN ranks a non-deterministic algorithm first in each direction. */
         EXPECT(strstr(info.backend, "bwd data algo_1") != NULL && strstr(info.backend, "bwd filter algo_1") != NULL,
                "the plan took a non-deterministic or transform algorithm: %s", info.backend);
+#endif
     }
     float *ref[GRADS];
     if (reference(&c, ref)) {
@@ -475,13 +499,20 @@ static void bad_calls(condconv_context_t ctx)
     free_case(&c);
 }
 
+#ifdef CC_EMU_TEST
+static const char kName[] = "test_emu_backward_api";
+#else
+static const char kName[] = "test_gpu_backward";
+#endif
+
 int main(void)
 {
+    tu_require_gpu(kName);
     tu_seed_from_env();
     condconv_context_t ctx;
     cudaStream_t stream;
     TU_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish("test_emu_backward_api");
+    if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish(kName);
     EXPECT_OK(condconv_context_set_stream(ctx, stream));
     printf("random layers:\n");
     random_cases(ctx, tu_case_count(12));
@@ -491,8 +522,10 @@ int main(void)
     bad_calls(ctx);
     EXPECT_OK(condconv_context_destroy(ctx));
     TU_CUDA(cudaStreamDestroy(stream));
+#ifdef CC_EMU_TEST
     EXPECT(cc_cpu_live_allocations() == 0, "%zu device allocation(s) leaked", cc_cpu_live_allocations());
     EXPECT(cc_cpu_live_handles() == 0, "%zu stream/event/handle(s) leaked", cc_cpu_live_handles());
-    printf("test_emu_backward_api: %d backwards compared\n", backwards);
-    return tu_finish("test_emu_backward_api");
+#endif
+    printf("%s: %d backwards compared\n", kName, backwards);
+    return tu_finish(kName);
 }
