@@ -39,6 +39,14 @@ struct bench_static {
     float *const *y;
     cudaStream_t stream;
     char algo_name[40];
+    /* --backward: dx and dW of the same convolution, each with its own
+     * convolution descriptor (the algorithms may run different math types). */
+    int backward;
+    cudnnConvolutionDescriptor_t data_desc, filter_desc;
+    cudnnConvolutionBwdDataAlgo_t data_algo;
+    cudnnConvolutionBwdFilterAlgo_t filter_algo;
+    size_t data_ws, filter_ws;
+    void *dx, *dw;
 };
 
 /* The yardstick keeps to the library's strict-f32 rule (host/cudnn_conv.c):
@@ -199,6 +207,10 @@ void bench_static_destroy(bench_static *s)
     if (s->y_desc) (void)cudnnDestroyTensorDescriptor(s->y_desc);
     if (s->w_desc) (void)cudnnDestroyFilterDescriptor(s->w_desc);
     if (s->conv_desc) (void)cudnnDestroyConvolutionDescriptor(s->conv_desc);
+    if (s->data_desc) (void)cudnnDestroyConvolutionDescriptor(s->data_desc);
+    if (s->filter_desc) (void)cudnnDestroyConvolutionDescriptor(s->filter_desc);
+    if (s->dx) (void)cudaFree(s->dx);
+    if (s->dw) (void)cudaFree(s->dw);
     if (s->workspace) (void)cudaFree(s->workspace);
     if (s->w) (void)cudaFree(s->w);
     if (s->bias) (void)cudaFree(s->bias);
@@ -239,6 +251,118 @@ int bench_static_launch(void *arg, int set, char *err, size_t err_len)
         mark(CC_PHASE_EPILOGUE, 1, s->stream);
     }
     mark(CC_PHASE_FORWARD, 1, s->stream);
+    rc = 0;
+fail:
+    nvtxRangePop();
+    return rc;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+/* The rule of the forward's yardstick, per direction: strict f32 keeps to
+ * FMA math and direct summation; TF32 and half rows take what cuDNN ranks
+ * first. Determinism is not asked of the yardstick: it is what a static
+ * layer's training step gets by default (PyTorch, cudnn.benchmark off:
+ * cuDNN's heuristic first choice), the bar condconv's deterministic
+ * backward has to clear. */
+static int bwd_allowed(int half, condconv_math math, int direct, cudnnMathType_t t)
+{
+    return half || math == CONDCONV_MATH_TF32 || (t == CUDNN_FMA_MATH && direct);
+}
+
+static int copy_conv_desc(const bench_layer *l, cudnnConvolutionDescriptor_t *d, char *err, size_t err_len)
+{
+    const int pad = bench_layer_pad(l);
+    CUDNN_TRY(cudnnCreateConvolutionDescriptor(d));
+    CUDNN_TRY(cudnnSetConvolution2dDescriptor(*d, pad, pad, l->stride, l->stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                              CUDNN_DATA_FLOAT));
+    CUDNN_TRY(cudnnSetConvolutionGroupCount(*d, l->groups));
+    return 0;
+fail:
+    return -1;
+}
+
+int bench_static_enable_backward(bench_static *s, const bench_layer *l, condconv_math math, char *err, size_t err_len)
+{
+    const int half = s->dtype != (int)CONDCONV_DTYPE_F32;
+    const size_t es = bench_dtype_size((condconv_dtype)s->dtype);
+    const size_t x_bytes = es * (size_t)s->batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w;
+    const size_t w_bytes = es * (size_t)l->cout * (size_t)(l->cin / l->groups) * (size_t)l->k * (size_t)l->k;
+    if (copy_conv_desc(l, &s->data_desc, err, err_len) != 0 || copy_conv_desc(l, &s->filter_desc, err, err_len) != 0)
+        return -1;
+    cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    int returned = 0, chosen = -1;
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->data_desc, half ? CUDNN_TENSOR_OP_MATH
+                                                         : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
+                                                                                      : CUDNN_FMA_MATH));
+    CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->cudnn, s->w_desc, s->y_desc, s->data_desc, s->x_desc,
+                                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, dp));
+    for (int i = 0; i < returned && chosen < 0; ++i)
+        if (dp[i].status == CUDNN_STATUS_SUCCESS && dp[i].memory <= STATIC_MAX_WORKSPACE &&
+            bwd_allowed(half, math,
+                        dp[i].algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || dp[i].algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                        dp[i].mathType))
+            chosen = i;
+    if (chosen < 0) {
+        snprintf(err, err_len, "cuDNN offers no backward-data algorithm for this shape");
+        return -1;
+    }
+    s->data_algo = dp[chosen].algo;
+    s->data_ws = dp[chosen].memory;
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->data_desc, dp[chosen].mathType));
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->filter_desc, half ? CUDNN_TENSOR_OP_MATH
+                                                           : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
+                                                                                        : CUDNN_FMA_MATH));
+    CUDNN_TRY(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->cudnn, s->x_desc, s->y_desc, s->filter_desc, s->w_desc,
+                                                            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, fp));
+    chosen = -1;
+    for (int i = 0; i < returned && chosen < 0; ++i)
+        if (fp[i].status == CUDNN_STATUS_SUCCESS && fp[i].memory <= STATIC_MAX_WORKSPACE &&
+            bwd_allowed(half, math,
+                        fp[i].algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 ||
+                            fp[i].algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
+                            fp[i].algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+                        fp[i].mathType))
+            chosen = i;
+    if (chosen < 0) {
+        snprintf(err, err_len, "cuDNN offers no backward-filter algorithm for this shape");
+        return -1;
+    }
+    s->filter_algo = fp[chosen].algo;
+    s->filter_ws = fp[chosen].memory;
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->filter_desc, fp[chosen].mathType));
+    size_t need = s->workspace_bytes;
+    if (s->data_ws > need) need = s->data_ws;
+    if (s->filter_ws > need) need = s->filter_ws;
+    if (need > s->workspace_bytes) {
+        if (s->workspace) (void)cudaFree(s->workspace);
+        s->workspace = NULL;
+        CUDA_TRY(cudaMalloc(&s->workspace, need));
+    }
+    CUDA_TRY(cudaMalloc(&s->dx, x_bytes));
+    CUDA_TRY(cudaMalloc(&s->dw, w_bytes));
+    s->backward = 1;
+    const size_t len = strlen(s->algo_name);
+    snprintf(s->algo_name + len, sizeof s->algo_name - len, "+bwd");
+    return 0;
+fail:
+    return -1;
+}
+
+int bench_static_train_launch(void *arg, int set, char *err, size_t err_len)
+{
+    bench_static *s = arg;
+    const float one = 1.0f, zero = 0.0f;
+    if (bench_static_launch(arg, set, err, err_len) != 0) return -1;
+    int rc = -1;
+    nvtxRangePushA("bench.static.backward");
+    /* dy is the forward's own output: any O(1) values time the same. */
+    CUDNN_TRY(cudnnConvolutionBackwardData(s->cudnn, &one, s->w_desc, s->w, s->y_desc, s->y[set], s->data_desc,
+                                           s->data_algo, s->workspace, s->data_ws, &zero, s->x_desc, s->dx));
+    CUDNN_TRY(cudnnConvolutionBackwardFilter(s->cudnn, &one, s->x_desc, s->x[set], s->y_desc, s->y[set],
+                                             s->filter_desc, s->filter_algo, s->workspace, s->filter_ws, &zero,
+                                             s->w_desc, s->dw));
     rc = 0;
 fail:
     nvtxRangePop();

@@ -152,6 +152,13 @@ void bench_static_destroy(bench_static *s);
 /* Binds the rotated input and output sets (x[i], y[i]). */
 void bench_static_bind(bench_static *s, float *const *x, float *const *y);
 int bench_static_launch(void *arg, int set, char *err, size_t err_len); /* a bench_launch_fn */
+/* --backward: also dx and dW of the same convolution, cuDNN's heuristic
+ * first choice per direction (strict f32: FMA and direct summation only);
+ * bench_static_train_launch then runs forward, backward data and backward
+ * filter (dy = the forward's output). 0, or -1 with a message. */
+int bench_static_enable_backward(bench_static *s, const bench_layer *layer, condconv_math math, char *err,
+                                 size_t err_len);
+int bench_static_train_launch(void *arg, int set, char *err, size_t err_len); /* a bench_launch_fn */
 const char *bench_static_algo(const bench_static *s);
 size_t bench_static_workspace(const bench_static *s);
 

@@ -39,6 +39,7 @@ typedef struct options {
     int timing_set[5];
     int plain, graph, phases, ceilings;
     int candidates;        /* --candidates: a row per candidate AUTO listed */
+    int backward;          /* --backward: each row times forward + backward (a training step's layer) */
     double auto_budget_ms; /* --auto-budget; < 0: the library's default */
     const char *csv, *json;
     int device, cpu, quick, list;
@@ -55,6 +56,7 @@ typedef struct options {
 } options;
 
 /* Why the CPU reference path ignores an option of the GPU sweep. */
+static const char why_backward[] = "the CPU path times condconv_forward_cpu only";
 static const char why_algo[] = "the CPU reference path is one algorithm (cpu_reference); the GPU algorithms, AUTO and "
                                "the static cuDNN yardstick need a CUDA device",
                   why_math[] = "the CPU reference accumulates in double; TF32 is a GPU math mode",
@@ -110,7 +112,8 @@ static void usage(FILE *out)
             "                        default the library's, CONDCONV_DEFAULT_AUTO_BUDGET_MS)\n"
             "  --quick               the device check's short sweep: effnet-cc-b0 + issue5 layers, batch 1,32,128,\n"
             "                        E = 8, f32, fewer repeats (explicit options still override)\n"
-            "\n"
+            "\n");
+    fprintf(out,
             "How to time:\n"
             "  --warmup N            discarded timed loops first (default 2; quick 1)\n"
             "  --reps N              timed loops kept: median, p10, p90 (default 15; quick 7)\n"
@@ -119,6 +122,10 @@ static void usage(FILE *out)
             "  --max-row-ms MS       fewer reps (never < 5) when one timing mode of a row would take longer\n"
             "                        (default 250; quick 100)\n"
             "  --no-plain, --no-graph, --no-phases, --no-ceilings   skip a measurement\n"
+            "  --backward            time forward + backward (every gradient) instead of the forward: condconv's\n"
+            "                        forward (the --algo algorithm) then condconv_backward (AUTO), against the\n"
+            "                        static convolution's forward, backward data and backward filter (cuDNN's\n"
+            "                        heuristic choices, as PyTorch's default); no phase timings\n"
             "  --candidates          after each AUTO row, a row per candidate AUTO timed at prepare (kernel\n"
             "                        variants no GPU has ruled on, issue 19), each forced by its name, and a row\n"
             "                        per routing and aggregation kernel variant under AUTO's algorithm\n"
@@ -378,6 +385,9 @@ static int parse_args(int argc, char **argv, options *o)
                 return -1;
             }
             o->auto_budget_ms = ms;
+        } else if (strcmp(arg, "--backward") == 0) {
+            o->backward = 1;
+            gpu_only_note(o, arg, NULL, why_backward);
         } else if (strcmp(arg, "--candidates") == 0) {
             o->candidates = 1;
             gpu_only_note(o, arg, NULL, why_algo);
@@ -416,6 +426,7 @@ static int parse_args(int argc, char **argv, options *o)
 #undef NEED_VALUE
     }
     o->user_layers = given_sets;
+    if (o->backward) o->phases = 0; /* the phase events name the forward's phases only */
     if (o->dtype != CONDCONV_DTYPE_F32 && (o->math_count > 1 || o->maths[0] != CONDCONV_MATH_F32)) {
         fprintf(stderr, "condconv-bench: --math applies to f32 data; f16 and bf16 always use tensor cores with f32 "
                         "accumulation\n");
@@ -553,6 +564,28 @@ static int launch_condconv(void *arg, int set, char *err, size_t err_len)
     return -1;
 }
 
+/* --backward: the forward, then every gradient the layer has (dy = the
+ * forward's own output: any O(1) values time the same). */
+typedef struct cc_train_launch {
+    cc_launch fwd;
+    void *dx;
+    float *d_routing_in, *d_experts, *d_expert_bias, *d_routing_weight, *d_routing_bias;
+} cc_train_launch;
+
+static int launch_condconv_train(void *arg, int set, char *err, size_t err_len)
+{
+    cc_train_launch *t = arg;
+    const cc_launch *a = &t->fwd;
+    if (launch_condconv(&t->fwd, set, err, err_len) != 0) return -1;
+    const condconv_status st = condconv_backward(
+        a->layer, a->n, a->h, a->w, a->sets->x[set], a->external ? a->sets->alpha[set] : NULL, a->sets->y[set], t->dx,
+        t->d_routing_in, t->d_experts, t->d_expert_bias, t->d_routing_weight, t->d_routing_bias, a->workspace,
+        a->workspace_bytes);
+    if (st == CONDCONV_STATUS_SUCCESS) return 0;
+    snprintf(err, err_len, "%s", condconv_last_error());
+    return -1;
+}
+
 typedef struct gpu_run {
     const options *o;
     bench_report *report;
@@ -682,10 +715,19 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
         set_status(&row, "error", err);
     } else {
         bench_static_bind(s, sets->x, sets->y);
-        snprintf(row.algo_run, sizeof row.algo_run, "%s", bench_static_algo(s));
-        row.workspace_bytes = bench_static_workspace(s);
-        measure(g, &row, bench_static_launch, s, sets->count);
-        if (row.ok && has_bias) snprintf(row.note, sizeof row.note, "conv + the library's bias/act epilogue kernel");
+        if (o->backward && bench_static_enable_backward(s, l, math, err, sizeof err) != 0) {
+            set_status(&row, "error", err);
+        } else {
+            snprintf(row.algo_run, sizeof row.algo_run, "%s", bench_static_algo(s));
+            row.workspace_bytes = bench_static_workspace(s);
+            measure(g, &row, o->backward ? bench_static_train_launch : bench_static_launch, s, sets->count);
+            if (row.ok && has_bias) snprintf(row.note, sizeof row.note, "conv + the library's bias/act epilogue kernel");
+            if (row.ok && o->backward) {
+                const size_t len = strlen(row.note);
+                snprintf(row.note + len, sizeof row.note - len, "%sforward + backward data + backward filter",
+                         len ? "; " : "");
+            }
+        }
     }
     nvtxRangePop();
     bench_static_destroy(s);
@@ -694,6 +736,10 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
     bench_static_work(l, batch, o->dtype, &static_bytes, &static_flops);
     row.macs = (uint64_t)(static_flops / 2.0);
     row.bytes = (uint64_t)static_bytes + (has_bias ? bench_dtype_size(o->dtype) * (uint64_t)l->cout : 0u);
+    if (o->backward) { /* forward, backward data and backward filter: three convolutions' work, an estimate */
+        row.macs *= 3u;
+        row.bytes *= 3u;
+    }
     if (row.ok) {
         *plain_us = row.plain.n ? row.plain.median : NAN;
         *graph_us = row.graph.n ? row.graph.median : NAN;
@@ -717,6 +763,38 @@ typedef struct row_setup {
     const condconv_cost *cost;
 } row_setup;
 
+/* --backward: the gradients' buffers for one row, then its timing. */
+static void train_row(gpu_run *g, bench_row *row, const cc_launch *fwd, const row_setup *r)
+{
+    const options *o = g->o;
+    const bench_layer *l = r->l;
+    const int external = o->routing == CONDCONV_ROUTING_EXTERNAL, has_bias = o->epilogue > 0;
+    const size_t per_expert = (size_t)l->cout * (size_t)(l->cin / l->groups) * (size_t)l->k * (size_t)l->k;
+    const size_t e = (size_t)r->experts;
+    const struct {
+        size_t bytes;
+        int wanted;
+    } want[6] = {
+        {bench_dtype_size(o->dtype) * (size_t)r->batch * (size_t)l->cin * (size_t)l->h * (size_t)l->w, 1},
+        {sizeof(float) * (size_t)r->batch * e, external},
+        {sizeof(float) * e * per_expert, 1},
+        {sizeof(float) * e * (size_t)l->cout, has_bias},
+        {sizeof(float) * e * (size_t)l->cin, !external},
+        {sizeof(float) * e, !external},
+    };
+    void *buf[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    for (int i = 0; i < 6; ++i)
+        if (want[i].wanted && cudaMalloc(&buf[i], want[i].bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            set_status(row, "n/a", "the gradients do not fit in device memory");
+            for (int j = 0; j < i; ++j) (void)cudaFree(buf[j]);
+            return;
+        }
+    cc_train_launch t = {*fwd, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]};
+    measure(g, row, launch_condconv_train, &t, r->sets->count);
+    for (int i = 0; i < 6; ++i) (void)cudaFree(buf[i]);
+}
+
 /* One row: the layer forced to `algo`, or to `candidate` (a name AUTO
  * listed) when not NULL, with the kernel variants given (-1: AUTO's). On
  * success, AUTO's plan info is left in *auto_info (for the candidate rows). */
@@ -733,6 +811,10 @@ static void condconv_row(gpu_run *g, const row_setup *r, const char *method, con
     row.static_graph_us = r->static_graph;
     row.macs = r->cost->conv_macs + r->cost->aggregation_macs + r->cost->routing_macs;
     row.bytes = r->cost->min_bytes;
+    if (o->backward) { /* as the static row's: three times the forward's work, an estimate */
+        row.macs *= 3u;
+        row.bytes *= 3u;
+    }
     if (r->layer == NULL) {
         set_status(&row, r->setup_status, r->setup_error);
         add_row(g, &row);
@@ -750,6 +832,12 @@ static void condconv_row(gpu_run *g, const row_setup *r, const char *method, con
     memset(&info, 0, sizeof info);
     if (st == CONDCONV_STATUS_SUCCESS) st = condconv_prepare(r->layer, r->batch, l->h, l->w);
     if (st == CONDCONV_STATUS_SUCCESS) st = condconv_get_plan_info(r->layer, r->batch, l->h, l->w, &info);
+    condconv_backward_plan_info bwd_info;
+    memset(&bwd_info, 0, sizeof bwd_info);
+    if (st == CONDCONV_STATUS_SUCCESS && o->backward)
+        st = condconv_get_backward_plan_info(r->layer, r->batch, l->h, l->w, &bwd_info);
+    const size_t ws_need =
+        info.workspace_bytes > bwd_info.workspace_bytes ? info.workspace_bytes : bwd_info.workspace_bytes;
     char err[BENCH_ERR_LEN] = "";
     if (st == CONDCONV_STATUS_NOT_SUPPORTED || st == CONDCONV_STATUS_ALLOC_FAILED ||
         (st != CONDCONV_STATUS_SUCCESS && strstr(condconv_last_error(), "out of memory") != NULL)) {
@@ -757,7 +845,7 @@ static void condconv_row(gpu_run *g, const row_setup *r, const char *method, con
         (void)cudaGetLastError(); /* an allocation failure is not sticky */
     } else if (st != CONDCONV_STATUS_SUCCESS) {
         set_status(&row, "error", condconv_last_error());
-    } else if (ensure_workspace(g, info.workspace_bytes, err, sizeof err) != 0) {
+    } else if (ensure_workspace(g, ws_need, err, sizeof err) != 0) {
         set_status(&row, "n/a", err);
     } else {
         snprintf(row.algo_run, sizeof row.algo_run, "%s", condconv_algo_name(info.algo));
@@ -765,9 +853,16 @@ static void condconv_row(gpu_run *g, const row_setup *r, const char *method, con
             const size_t len = strlen(row.note);
             snprintf(row.note + len, sizeof row.note - len, "%s%s", len ? "; " : "", info.backend);
         }
-        row.workspace_bytes = info.workspace_bytes;
+        row.workspace_bytes = ws_need;
         cc_launch arg = {r->layer, r->batch, l->h, l->w, r->sets, external, g->workspace, g->workspace_cap};
-        measure(g, &row, launch_condconv, &arg, r->sets->count);
+        if (o->backward) {
+            const size_t len = strlen(row.note);
+            snprintf(row.note + len, sizeof row.note - len, "%sbackward %s: %s", len ? "; " : "",
+                     condconv_bwd_algo_name(bwd_info.algo), bwd_info.backend);
+            train_row(g, &row, &arg, r);
+        } else {
+            measure(g, &row, launch_condconv, &arg, r->sets->count);
+        }
         if (row.ok && algo == CONDCONV_ALGO_AUTO && candidate == NULL) {
             /* What AUTO timed at prepare (issue 19): every candidate, the
              * kernels' variants and the budget, winner starred. */

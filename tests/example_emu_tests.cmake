@@ -55,3 +55,20 @@ add_test(NAME test_bench_emu_candidates
 set_tests_properties(test_bench_emu_candidates PROPERTIES LABELS "cpu;emu;emu_e2e" TIMEOUT 900
   PASS_REGULAR_EXPRESSION "fp32 auto: ok.*fp32 fused\\[nhwc coalesced\\]: ok.*fp32 auto\\+routing\\[v1\\]: ok.*fp32 auto\\+aggregate\\[v1\\]: ok.*fp32 auto\\+aggregate\\[v2\\]: ok"
   FAIL_REGULAR_EXPRESSION ": error|: n/a")
+# --backward (issue 20): each row times the forward and condconv_backward
+# (every gradient), the static row cuDNN's forward, backward data and
+# backward filter; f32 NCHW with routing inside the layer, and bf16 NHWC
+# with external routing and a bias (every gradient buffer the bench feeds).
+add_test(NAME test_bench_emu_backward
+  COMMAND condconv_bench_emu --backward --layer 12,16,3,1,1,5,5 --batch 2 --experts 3 --algo static,auto
+          --reps 3 --warmup 1 --iters 1 --max-row-ms 1 --no-graph --no-ceilings)
+set_tests_properties(test_bench_emu_backward PROPERTIES LABELS "cpu;emu;emu_e2e" TIMEOUT 600
+  PASS_REGULAR_EXPRESSION "fp32 static: ok.*fp32 auto: ok"
+  FAIL_REGULAR_EXPRESSION ": error|: n/a")
+add_test(NAME test_bench_emu_backward_half
+  COMMAND condconv_bench_emu --backward --layer 8,12,1,2,1,6,6 --batch 3 --experts 2 --algo static,auto,cudnn_grouped
+          --dtype bf16 --layout nhwc --routing external --epilogue bias --reps 3 --warmup 1 --iters 1
+          --max-row-ms 1 --no-graph --no-ceilings)
+set_tests_properties(test_bench_emu_backward_half PROPERTIES LABELS "cpu;emu;emu_e2e" TIMEOUT 600
+  PASS_REGULAR_EXPRESSION "bf16 static: ok.*bf16 auto: ok.*bf16 cudnn_grouped: ok"
+  FAIL_REGULAR_EXPRESSION ": error|: n/a")
