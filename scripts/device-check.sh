@@ -247,6 +247,12 @@ if [[ -s "$OUT/logs/bench_f16_nhwc.csv" ]]; then
       --out "$OUT/logs/merged_f16.csv" --md "$OUT/logs/merged_f16.md"
 fi
 
+# 3c. training (issue 20): forward + backward per layer, f16 channels-last,
+#     E = 8, against the static convolution's forward + backward (target:
+#     <= 1.5x, geomean); no GPU has run condconv_backward before this step.
+gpu_step bench_backward_f16 90 "$build/bench/condconv-bench" --quick --backward --dtype f16 --layout nhwc \
+  --experts 8 --algo static,auto --csv "$OUT/logs/bench_backward_f16.csv"
+
 # 4. ncu on our kernels, two shapes: EffNet-CC-B0's 1152->192 1x1 at 7x7 and
 #    a 5x5 depthwise at 14x14, batch 32, E = 8. Kernels are selected by the
 #    library's NVTX range (--nvtx --nvtx-include 'condconv.forward/': launched
@@ -286,6 +292,7 @@ gpu_step memcheck.f16_nhwc 50 "${san[@]}" memcheck "$t/test_gpu_forward" auto f1
 gpu_step memcheck.grouped_bf16_nhwc 50 "${san[@]}" memcheck "$t/test_gpu_forward" cudnn_grouped bf16 nhwc
 gpu_step racecheck.depthwise_f16_nhwc 50 "${san[@]}" racecheck "$t/test_gpu_forward" depthwise_fused f16 nhwc
 gpu_step memcheck.graph 40 "${san[@]}" memcheck "$t/test_gpu_graph"
+gpu_step memcheck.backward 60 "${san[@]}" memcheck "$t/test_gpu_backward"
 gpu_step memcheck.bad_inputs 40 "${san[@]}" memcheck "$t/test_gpu_bad_inputs"
 gpu_step memcheck.golden 50 "${san[@]}" memcheck "$t/test_golden_gpu"
 # The server example's pattern (every GPU, f16 NHWC, 3 chunks in flight, padded and split
