@@ -298,7 +298,7 @@ condconv_status cc_bwd_plan_execute(const struct condconv_layer *layer, const cc
                 "cc_launch_bwd_channel_sums", func);
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cuda_status(cc_launch_bwd_experts((int)info->dtype, filter_grads, wt->dev_experts, alpha,
-                                                      wt->dev_expert_bias, dysum, out->d_experts, out->d_expert_bias,
+                                                      need_dysum ? wt->dev_expert_bias : NULL, dysum, out->d_experts, out->d_expert_bias,
                                                       need_dalpha ? dalpha : NULL, k, cout, n, e,
                                                       (float *)(void *)(ws + plan->off_reduce_scratch), stream),
                                 "cc_launch_bwd_experts", func);
