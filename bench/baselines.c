@@ -293,15 +293,16 @@ int bench_static_enable_backward(bench_static *s, const bench_layer *l, condconv
     cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     cudnnConvolutionBwdFilterAlgoPerf_t fp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int returned = 0, chosen = -1;
-    CUDNN_TRY(cudnnSetConvolutionMathType(s->data_desc, half ? CUDNN_TENSOR_OP_MATH
-                                                         : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
-                                                                                      : CUDNN_FMA_MATH));
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->data_desc, half                         ? CUDNN_TENSOR_OP_MATH
+                                                        : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
+                                                                                     : CUDNN_FMA_MATH));
     CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->cudnn, s->w_desc, s->y_desc, s->data_desc, s->x_desc,
                                                           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, dp));
     for (int i = 0; i < returned && chosen < 0; ++i)
         if (dp[i].status == CUDNN_STATUS_SUCCESS && dp[i].memory <= STATIC_MAX_WORKSPACE &&
             bwd_allowed(half, math,
-                        dp[i].algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || dp[i].algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                        dp[i].algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 ||
+                            dp[i].algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
                         dp[i].mathType))
             chosen = i;
     if (chosen < 0) {
@@ -311,9 +312,9 @@ int bench_static_enable_backward(bench_static *s, const bench_layer *l, condconv
     s->data_algo = dp[chosen].algo;
     s->data_ws = dp[chosen].memory;
     CUDNN_TRY(cudnnSetConvolutionMathType(s->data_desc, dp[chosen].mathType));
-    CUDNN_TRY(cudnnSetConvolutionMathType(s->filter_desc, half ? CUDNN_TENSOR_OP_MATH
-                                                           : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
-                                                                                        : CUDNN_FMA_MATH));
+    CUDNN_TRY(cudnnSetConvolutionMathType(s->filter_desc, half                         ? CUDNN_TENSOR_OP_MATH
+                                                          : math == CONDCONV_MATH_TF32 ? CUDNN_DEFAULT_MATH
+                                                                                       : CUDNN_FMA_MATH));
     CUDNN_TRY(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->cudnn, s->x_desc, s->y_desc, s->filter_desc, s->w_desc,
                                                             CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, fp));
     chosen = -1;
@@ -360,9 +361,8 @@ int bench_static_train_launch(void *arg, int set, char *err, size_t err_len)
     /* dy is the forward's own output: any O(1) values time the same. */
     CUDNN_TRY(cudnnConvolutionBackwardData(s->cudnn, &one, s->w_desc, s->w, s->y_desc, s->y[set], s->data_desc,
                                            s->data_algo, s->workspace, s->data_ws, &zero, s->x_desc, s->dx));
-    CUDNN_TRY(cudnnConvolutionBackwardFilter(s->cudnn, &one, s->x_desc, s->x[set], s->y_desc, s->y[set],
-                                             s->filter_desc, s->filter_algo, s->workspace, s->filter_ws, &zero,
-                                             s->w_desc, s->dw));
+    CUDNN_TRY(cudnnConvolutionBackwardFilter(s->cudnn, &one, s->x_desc, s->x[set], s->y_desc, s->y[set], s->filter_desc,
+                                             s->filter_algo, s->workspace, s->filter_ws, &zero, s->w_desc, s->dw));
     rc = 0;
 fail:
     nvtxRangePop();

@@ -113,36 +113,35 @@ static void usage(FILE *out)
             "  --quick               the device check's short sweep: effnet-cc-b0 + issue5 layers, batch 1,32,128,\n"
             "                        E = 8, f32, fewer repeats (explicit options still override)\n"
             "\n");
-    fprintf(out,
-            "How to time:\n"
-            "  --warmup N            discarded timed loops first (default 2; quick 1)\n"
-            "  --reps N              timed loops kept: median, p10, p90 (default 15; quick 7)\n"
-            "  --iters N             forwards per timed loop and per CUDA graph (default 20; quick 10)\n"
-            "  --phase-reps N        forwards timed phase by phase (default 10; quick 5)\n"
-            "  --max-row-ms MS       fewer reps (never < 5) when one timing mode of a row would take longer\n"
-            "                        (default 250; quick 100)\n"
-            "  --no-plain, --no-graph, --no-phases, --no-ceilings   skip a measurement\n"
-            "  --backward            time forward + backward (every gradient) instead of the forward: condconv's\n"
-            "                        forward (the --algo algorithm) then condconv_backward (AUTO), against the\n"
-            "                        static convolution's forward, backward data and backward filter (cuDNN's\n"
-            "                        heuristic choices, as PyTorch's default); no phase timings\n"
-            "  --candidates          after each AUTO row, a row per candidate AUTO timed at prepare (kernel\n"
-            "                        variants no GPU has ruled on, issue 19), each forced by its name, and a row\n"
-            "                        per routing and aggregation kernel variant under AUTO's algorithm\n"
-            "\n"
-            "Output:\n"
-            "  --csv FILE            one row per measurement, with card, driver, CUDA and cuDNN versions\n"
-            "  --json FILE           the same, with the environment and the ceilings\n"
-            "  --device N            CUDA device (default 0)\n"
-            "  --cpu                 the CPU reference path even when a GPU is present\n"
-            "  --list                the built-in layer sets\n"
-            "  --floors h100|h200    no GPU needed: the roofline floor of each layer, batch and E (default\n"
-            "                        batches 1,32,128, E 1,8,32) from the cost model and the card's datasheet;\n"
-            "                        floors, not measurements\n"
-            "  -h, --help\n"
-            "\n"
-            "Exit status: 0 when every row ran or is n/a (not applicable, or does not fit in memory), 1 when a\n"
-            "row failed, 2 for a bad command line.\n");
+    fprintf(out, "How to time:\n"
+                 "  --warmup N            discarded timed loops first (default 2; quick 1)\n"
+                 "  --reps N              timed loops kept: median, p10, p90 (default 15; quick 7)\n"
+                 "  --iters N             forwards per timed loop and per CUDA graph (default 20; quick 10)\n"
+                 "  --phase-reps N        forwards timed phase by phase (default 10; quick 5)\n"
+                 "  --max-row-ms MS       fewer reps (never < 5) when one timing mode of a row would take longer\n"
+                 "                        (default 250; quick 100)\n"
+                 "  --no-plain, --no-graph, --no-phases, --no-ceilings   skip a measurement\n"
+                 "  --backward            time forward + backward (every gradient) instead of the forward: condconv's\n"
+                 "                        forward (the --algo algorithm) then condconv_backward (AUTO), against the\n"
+                 "                        static convolution's forward, backward data and backward filter (cuDNN's\n"
+                 "                        heuristic choices, as PyTorch's default); no phase timings\n"
+                 "  --candidates          after each AUTO row, a row per candidate AUTO timed at prepare (kernel\n"
+                 "                        variants no GPU has ruled on, issue 19), each forced by its name, and a row\n"
+                 "                        per routing and aggregation kernel variant under AUTO's algorithm\n"
+                 "\n"
+                 "Output:\n"
+                 "  --csv FILE            one row per measurement, with card, driver, CUDA and cuDNN versions\n"
+                 "  --json FILE           the same, with the environment and the ceilings\n"
+                 "  --device N            CUDA device (default 0)\n"
+                 "  --cpu                 the CPU reference path even when a GPU is present\n"
+                 "  --list                the built-in layer sets\n"
+                 "  --floors h100|h200    no GPU needed: the roofline floor of each layer, batch and E (default\n"
+                 "                        batches 1,32,128, E 1,8,32) from the cost model and the card's datasheet;\n"
+                 "                        floors, not measurements\n"
+                 "  -h, --help\n"
+                 "\n"
+                 "Exit status: 0 when every row ran or is n/a (not applicable, or does not fit in memory), 1 when a\n"
+                 "row failed, 2 for a bad command line.\n");
 }
 
 static int parse_int_list(const char *s, int *out, int max, int lo, int hi, const char *what)
@@ -577,10 +576,10 @@ static int launch_condconv_train(void *arg, int set, char *err, size_t err_len)
     cc_train_launch *t = arg;
     const cc_launch *a = &t->fwd;
     if (launch_condconv(&t->fwd, set, err, err_len) != 0) return -1;
-    const condconv_status st = condconv_backward(
-        a->layer, a->n, a->h, a->w, a->sets->x[set], a->external ? a->sets->alpha[set] : NULL, a->sets->y[set], t->dx,
-        t->d_routing_in, t->d_experts, t->d_expert_bias, t->d_routing_weight, t->d_routing_bias, a->workspace,
-        a->workspace_bytes);
+    const condconv_status st =
+        condconv_backward(a->layer, a->n, a->h, a->w, a->sets->x[set], a->external ? a->sets->alpha[set] : NULL,
+                          a->sets->y[set], t->dx, t->d_routing_in, t->d_experts, t->d_expert_bias, t->d_routing_weight,
+                          t->d_routing_bias, a->workspace, a->workspace_bytes);
     if (st == CONDCONV_STATUS_SUCCESS) return 0;
     snprintf(err, err_len, "%s", condconv_last_error());
     return -1;
@@ -721,7 +720,8 @@ static void static_row(gpu_run *g, const bench_layer *l, int batch, condconv_mat
             snprintf(row.algo_run, sizeof row.algo_run, "%s", bench_static_algo(s));
             row.workspace_bytes = bench_static_workspace(s);
             measure(g, &row, o->backward ? bench_static_train_launch : bench_static_launch, s, sets->count);
-            if (row.ok && has_bias) snprintf(row.note, sizeof row.note, "conv + the library's bias/act epilogue kernel");
+            if (row.ok && has_bias)
+                snprintf(row.note, sizeof row.note, "conv + the library's bias/act epilogue kernel");
             if (row.ok && o->backward) {
                 const size_t len = strlen(row.note);
                 snprintf(row.note + len, sizeof row.note - len, "%sforward + backward data + backward filter",

@@ -23,12 +23,10 @@ static int ranges_overlap(const buffer *a, const buffer *b)
 }
 
 /* Which outputs the layer can have: the specific refusal for one it cannot. */
-static condconv_status check_selection(const condconv_layer_info *info, const cc_backward_outputs *o,
-                                       const char *func)
+static condconv_status check_selection(const condconv_layer_info *info, const cc_backward_outputs *o, const char *func)
 {
     const int external = info->routing == CONDCONV_ROUTING_EXTERNAL;
-    if (!o->dx && !o->d_routing_in && !o->d_experts && !o->d_expert_bias && !o->d_routing_weight &&
-        !o->d_routing_bias)
+    if (!o->dx && !o->d_routing_in && !o->d_experts && !o->d_expert_bias && !o->d_routing_weight && !o->d_routing_bias)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: every output is NULL; request at least one gradient", func);
     if (o->d_routing_in && !external)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE,

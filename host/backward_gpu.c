@@ -33,8 +33,7 @@ condconv_status condconv_layer_set_backward_algo(condconv_layer_t layer, condcon
 
 /* The backward plan of a shape, prepared if needed; the caller's device is
  * current again on return. */
-static condconv_status bwd_plan_for(condconv_layer_t layer, int n, int h, int w, cc_bwd_plan **plan,
-                                    const char *func)
+static condconv_status bwd_plan_for(condconv_layer_t layer, int n, int h, int w, cc_bwd_plan **plan, const char *func)
 {
     CC_CHECK_LAYER(layer, func);
     cc_geometry geom = {0};
@@ -102,8 +101,8 @@ static condconv_status check_alignment(const condconv_layer_info *info, const vo
 }
 
 static condconv_status backward(condconv_layer_t layer, int n, int h, int w, const void *x, const void *routing_in,
-                                const void *dy, const cc_backward_outputs *out, void *workspace,
-                                size_t workspace_bytes, const char *func)
+                                const void *dy, const cc_backward_outputs *out, void *workspace, size_t workspace_bytes,
+                                const char *func)
 {
     cc_geometry geom = {0};
     CC_TRY(cc_backward_check_args(layer, n, h, w, x, routing_in, dy, out, &geom, func));
@@ -130,9 +129,9 @@ static condconv_status backward(condconv_layer_t layer, int n, int h, int w, con
 }
 
 condconv_status condconv_backward(condconv_layer_t layer, int n, int h, int w, const void *x, const void *routing_in,
-                                  const void *dy, void *dx, float *d_routing_in, float *d_experts,
-                                  float *d_expert_bias, float *d_routing_weight, float *d_routing_bias,
-                                  void *workspace, size_t workspace_bytes)
+                                  const void *dy, void *dx, float *d_routing_in, float *d_experts, float *d_expert_bias,
+                                  float *d_routing_weight, float *d_routing_bias, void *workspace,
+                                  size_t workspace_bytes)
 {
     const cc_backward_outputs out = {dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias};
     return backward(layer, n, h, w, x, routing_in, dy, &out, workspace, workspace_bytes, "condconv_backward");
@@ -147,11 +146,10 @@ condconv_status condconv_backward_data(condconv_layer_t layer, int n, int h, int
 }
 
 condconv_status condconv_backward_params(condconv_layer_t layer, int n, int h, int w, const void *x,
-                                         const void *routing_in, const void *dy, float *d_experts,
-                                         float *d_expert_bias, float *d_routing_weight, float *d_routing_bias,
-                                         void *workspace, size_t workspace_bytes)
+                                         const void *routing_in, const void *dy, float *d_experts, float *d_expert_bias,
+                                         float *d_routing_weight, float *d_routing_bias, void *workspace,
+                                         size_t workspace_bytes)
 {
     const cc_backward_outputs out = {NULL, NULL, d_experts, d_expert_bias, d_routing_weight, d_routing_bias};
-    return backward(layer, n, h, w, x, routing_in, dy, &out, workspace, workspace_bytes,
-                    "condconv_backward_params");
+    return backward(layer, n, h, w, x, routing_in, dy, &out, workspace, workspace_bytes, "condconv_backward_params");
 }

@@ -104,8 +104,7 @@ static void layout_workspace(const struct condconv_layer *layer, cc_bwd_plan *p,
     CC_PIECE(off_dalpha, sizeof(float) * n * e);
     CC_PIECE(off_dlogits, self ? sizeof(float) * n * e : 0);
     CC_PIECE(off_dpooled, self ? sizeof(float) * n * cin : 0);
-    CC_PIECE(off_reduce_scratch,
-             sizeof(float) * cc_bwd_experts_scratch_elems((long long)k, (int)cout, (int)n, (int)e));
+    CC_PIECE(off_reduce_scratch, sizeof(float) * cc_bwd_experts_scratch_elems((long long)k, (int)cout, (int)n, (int)e));
     CC_PIECE(off_filters, elem * n * k);
     CC_PIECE(off_grads, elem * n * k);
     /* x for cuDNN: gathered, or a copy of an unaligned x (the larger). */
@@ -163,8 +162,8 @@ static condconv_status bwd_plan_create(struct condconv_layer *layer, int n, int 
     shape.groups = n * info->groups;
     plan->x_gathered = view.gather;
     plan->x_args = view.gather_args;
-    plan->x_copy_args = copy_args(info->dtype, CONDCONV_LAYOUT_NCHW, CC_GATHER_PLANES, n, info->in_channels, h, w, h,
-                                  w, 0, 0);
+    plan->x_copy_args =
+        copy_args(info->dtype, CONDCONV_LAYOUT_NCHW, CC_GATHER_PLANES, n, info->in_channels, h, w, h, w, 0, 0);
     const int nhwc = info->layout == CONDCONV_LAYOUT_NHWC;
     plan->dy_transposed = nhwc;
     plan->dy_args = copy_args(info->dtype, info->layout, CC_GATHER_PLANES, n, info->out_channels, geom.out_h,
@@ -173,9 +172,9 @@ static condconv_status bwd_plan_create(struct condconv_layer *layer, int n, int 
      * plane when the padding was gathered; the caller's dx is cropped out. */
     const int padded = shape.h != h || shape.w != w;
     plan->dx_scattered = nhwc || padded;
-    plan->dx_args = copy_args(info->dtype, CONDCONV_LAYOUT_NCHW, nhwc ? CC_GATHER_ROWS : CC_GATHER_PLANES, n,
-                              info->in_channels, shape.h, shape.w, h, w, padded ? -geom.pad_top : 0,
-                              padded ? -geom.pad_left : 0);
+    plan->dx_args =
+        copy_args(info->dtype, CONDCONV_LAYOUT_NCHW, nhwc ? CC_GATHER_ROWS : CC_GATHER_PLANES, n, info->in_channels,
+                  shape.h, shape.w, h, w, padded ? -geom.pad_top : 0, padded ? -geom.pad_left : 0);
 
     cc_scratch scratch = {0};
     scratch.stream = ctx->stream;
@@ -206,8 +205,7 @@ static condconv_status bwd_plan_create(struct condconv_layer *layer, int n, int 
     return CONDCONV_STATUS_SUCCESS;
 }
 
-condconv_status cc_bwd_plan_get(struct condconv_layer *layer, int n, int h, int w, cc_bwd_plan **plan,
-                                const char *func)
+condconv_status cc_bwd_plan_get(struct condconv_layer *layer, int n, int h, int w, cc_bwd_plan **plan, const char *func)
 {
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
     if (layer->bwd_requested != CONDCONV_BWD_ALGO_AUTO && layer->bwd_requested != CONDCONV_BWD_ALGO_CUDNN_GROUPED)
@@ -268,9 +266,9 @@ condconv_status cc_bwd_plan_execute(const struct condconv_layer *layer, const cc
         CC_NVTX_PUSH("condconv.backward.data");
         if (plan->dx_scattered || lib_unaligned(out->dx)) dx_c = ws + plan->off_dx;
         void *filters = ws + plan->off_filters;
-        st = cc_cuda_status(cc_launch_aggregate((int)info->dtype, wt->dev_experts, NULL, alpha, filters, NULL, k, cout,
-                                                n, e, stream),
-                            "cc_launch_aggregate", func);
+        st = cc_cuda_status(
+            cc_launch_aggregate((int)info->dtype, wt->dev_experts, NULL, alpha, filters, NULL, k, cout, n, e, stream),
+            "cc_launch_aggregate", func);
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cudnn_conv_bwd_data(layer->ctx, &plan->conv, filters, dy_c, dx_c, ws + plan->off_cudnn, func);
         CC_NVTX_POP();
@@ -284,22 +282,20 @@ condconv_status cc_bwd_plan_execute(const struct condconv_layer *layer, const cc
             st = gather(layer, x, ws + plan->off_x, plan->x_gathered ? &plan->x_args : &plan->x_copy_args, func);
         }
         if (st == CONDCONV_STATUS_SUCCESS)
-            st = cc_cudnn_conv_bwd_filter(layer->ctx, &plan->conv, x_c, dy_c, filter_grads, ws + plan->off_cudnn,
-                                          func);
+            st = cc_cudnn_conv_bwd_filter(layer->ctx, &plan->conv, x_c, dy_c, filter_grads, ws + plan->off_cudnn, func);
         CC_NVTX_POP();
     }
     /* 5. The expert reductions. */
     if (st == CONDCONV_STATUS_SUCCESS && (need_dysum || need_grads || out->d_expert_bias != NULL)) {
         CC_NVTX_PUSH("condconv.backward.experts");
         if (need_dysum)
-            st = cc_cuda_status(
-                cc_launch_bwd_channel_sums((int)info->dtype, (int)info->layout, dy, 1.0f, dysum, n, cout, hw_out,
-                                           stream),
-                "cc_launch_bwd_channel_sums", func);
+            st = cc_cuda_status(cc_launch_bwd_channel_sums((int)info->dtype, (int)info->layout, dy, 1.0f, dysum, n,
+                                                           cout, hw_out, stream),
+                                "cc_launch_bwd_channel_sums", func);
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cuda_status(cc_launch_bwd_experts((int)info->dtype, filter_grads, wt->dev_experts, alpha,
-                                                      need_dysum ? wt->dev_expert_bias : NULL, dysum, out->d_experts, out->d_expert_bias,
-                                                      need_dalpha ? dalpha : NULL, k, cout, n, e,
+                                                      need_dysum ? wt->dev_expert_bias : NULL, dysum, out->d_experts,
+                                                      out->d_expert_bias, need_dalpha ? dalpha : NULL, k, cout, n, e,
                                                       (float *)(void *)(ws + plan->off_reduce_scratch), stream),
                                 "cc_launch_bwd_experts", func);
         CC_NVTX_POP();
@@ -315,9 +311,8 @@ condconv_status cc_bwd_plan_execute(const struct condconv_layer *layer, const cc
         if (st == CONDCONV_STATUS_SUCCESS)
             st = cc_cuda_status(cc_launch_bwd_routing(alpha, dalpha, info->routing == CONDCONV_ROUTING_SOFTMAX,
                                                       1.0f / info->temperature, pooled, wt->dev_routing_weight_t,
-                                                      (float *)(void *)(ws + plan->off_dlogits),
-                                                      out->d_routing_weight, out->d_routing_bias, dpooled, n, cin, e,
-                                                      stream),
+                                                      (float *)(void *)(ws + plan->off_dlogits), out->d_routing_weight,
+                                                      out->d_routing_bias, dpooled, n, cin, e, stream),
                                 "cc_launch_bwd_routing", func);
         CC_NVTX_POP();
     }

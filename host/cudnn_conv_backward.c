@@ -48,9 +48,8 @@ static condconv_status choose_data(condconv_context_t ctx, const cc_conv_shape *
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int returned = 0;
     const cc_cudnn_conv *d = &conv->data;
-    CC_CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx->cudnn, d->w_desc, d->y_desc, d->conv_desc,
-                                                             d->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                             &returned, perf),
+    CC_CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx->cudnn, d->w_desc, d->y_desc, d->conv_desc, d->x_desc,
+                                                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf),
                  func);
     void *w, *dy, *dx, *ws;
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, filter_bytes(s), &w, func));
@@ -130,8 +129,8 @@ condconv_status cc_cudnn_conv_bwd_data(condconv_context_t ctx, const cc_cudnn_co
     const float one = 1.0f, zero = 0.0f;
     const cc_cudnn_conv *d = &conv->data;
     CC_CUDNN_TRY(cudnnConvolutionBackwardData(ctx->cudnn, &one, d->w_desc, w, d->y_desc, dy, d->conv_desc,
-                                              conv->data_algo, workspace, conv->data_workspace_bytes, &zero,
-                                              d->x_desc, dx),
+                                              conv->data_algo, workspace, conv->data_workspace_bytes, &zero, d->x_desc,
+                                              dx),
                  func);
     return CONDCONV_STATUS_SUCCESS;
 }
@@ -179,10 +178,10 @@ static const char *filter_algo_name(cudnnConvolutionBwdFilterAlgo_t a)
 
 static const char *math_name(condconv_dtype dtype, cudnnMathType_t t)
 {
-    return t == CUDNN_FMA_MATH               ? "fma"
-           : dtype != CONDCONV_DTYPE_F32     ? "tensor ops"
-           : t == CUDNN_DEFAULT_MATH         ? "tf32 allowed"
-                                             : "tensor ops";
+    return t == CUDNN_FMA_MATH           ? "fma"
+           : dtype != CONDCONV_DTYPE_F32 ? "tensor ops"
+           : t == CUDNN_DEFAULT_MATH     ? "tf32 allowed"
+                                         : "tensor ops";
 }
 
 void cc_cudnn_conv_bwd_describe(const cc_cudnn_conv_bwd *conv, char *out, size_t out_len)

@@ -65,8 +65,8 @@ static float *uniform(size_t n, float lo, float hi)
 }
 
 #define GRADS 6 /* dx, d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias */
-static const char *const grad_names[GRADS] = {"dx",           "d_routing_in",     "d_experts",
-                                              "d_expert_bias", "d_routing_weight", "d_routing_bias"};
+static const char *const grad_names[GRADS] = {
+    "dx", "d_routing_in", "d_experts", "d_expert_bias", "d_routing_weight", "d_routing_bias"};
 
 static int backwards;
 
@@ -239,10 +239,15 @@ static int close_enough(const char *what, const bcase *c, int g, const float *go
     }
     const double bound = tolerance(c->dtype) * ref_max + 1e-30;
     if (err_max <= bound) return 1;
-    EXPECT(0, "%s: %s %s %s: max error %.3g > %.3g (= %.1e x max |ref| %.3g) at %zu: got %.9g want %.9g; %s n=%d h=%d w=%d",
-           what, grad_names[g], c->dtype == CONDCONV_DTYPE_F32 ? "f32" : c->dtype == CONDCONV_DTYPE_F16 ? "f16" : "bf16",
-           c->layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW", err_max, bound, tolerance(c->dtype), ref_max, worst,
-           (double)got[worst], (double)ref[worst], tu_spec_string(&c->s), c->n, c->h, c->w);
+    EXPECT(
+        0,
+        "%s: %s %s %s: max error %.3g > %.3g (= %.1e x max |ref| %.3g) at %zu: got %.9g want %.9g; %s n=%d h=%d w=%d",
+        what, grad_names[g],
+        c->dtype == CONDCONV_DTYPE_F32   ? "f32"
+        : c->dtype == CONDCONV_DTYPE_F16 ? "f16"
+                                         : "bf16",
+        c->layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW", err_max, bound, tolerance(c->dtype), ref_max, worst,
+        (double)got[worst], (double)ref[worst], tu_spec_string(&c->s), c->n, c->h, c->w);
     return 0;
 }
 
@@ -287,9 +292,8 @@ static void check_determinism(const bcase *c)
     EXPECT_OK(run_backward(c, c->x_dev, c->dy_dev, &b, ws, ws_bytes));
     EXPECT_OK(condconv_backward_data(c->layer, c->n, c->h, c->w, c->x_dev, c->alpha_dev, c->dy_dev, s.ptr[0],
                                      (float *)s.ptr[1], ws, ws_bytes));
-    EXPECT_OK(condconv_backward_params(c->layer, c->n, c->h, c->w, c->x_dev, c->alpha_dev, c->dy_dev,
-                                       (float *)s.ptr[2], (float *)s.ptr[3], (float *)s.ptr[4], (float *)s.ptr[5], ws,
-                                       ws_bytes));
+    EXPECT_OK(condconv_backward_params(c->layer, c->n, c->h, c->w, c->x_dev, c->alpha_dev, c->dy_dev, (float *)s.ptr[2],
+                                       (float *)s.ptr[3], (float *)s.ptr[4], (float *)s.ptr[5], ws, ws_bytes));
     TU_CUDA(cudaDeviceSynchronize());
     for (int g = 0; g < GRADS; ++g) {
         if (a.ptr[g] == NULL) continue;
@@ -401,8 +405,8 @@ static void plan_and_graph(condconv_context_t ctx, cudaStream_t stream)
         cudaGraphExec_t exec = NULL;
         TU_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
         EXPECT_OK(run_backward(&c, c.x_dev, c.dy_dev, &o, ws, ws_bytes));
-        EXPECT_STATUS(condconv_backward(c.layer, c.n - 1, c.h, c.w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, NULL,
-                                        NULL, NULL, NULL, ws, ws_bytes),
+        EXPECT_STATUS(condconv_backward(c.layer, c.n - 1, c.h, c.w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, NULL, NULL,
+                                        NULL, NULL, ws, ws_bytes),
                       CONDCONV_STATUS_NOT_PREPARED);
         const cudaError_t end = cudaStreamEndCapture(stream, &graph);
         EXPECT(end == cudaSuccess, "the capture was invalidated (%s): the backward allocated or synchronised",
@@ -453,30 +457,30 @@ static void bad_calls(condconv_context_t ctx)
     float *f = (float *)o.ptr[2];
     condconv_layer_t L = c.layer;
     const int n = c.n, h = c.h, w = c.w;
-    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, NULL, NULL, NULL, NULL, NULL, NULL, ws,
-                                    ws_bytes),
-                  CONDCONV_STATUS_BAD_VALUE); /* nothing asked */
-    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws,
-                                    ws_bytes - 1),
-                  CONDCONV_STATUS_WORKSPACE_TOO_SMALL);
-    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws + 16,
-                                    ws_bytes),
-                  CONDCONV_STATUS_MISALIGNED);
-    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, NULL,
-                                    ws_bytes),
-                  CONDCONV_STATUS_NULL_POINTER);
-    EXPECT_STATUS(condconv_backward(L, n, h, w, NULL, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws,
-                                    ws_bytes),
-                  CONDCONV_STATUS_NULL_POINTER);
-    EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, c.dy_dev, NULL, f, NULL, NULL, NULL, ws,
-                                    ws_bytes),
-                  CONDCONV_STATUS_BAD_VALUE); /* dx overlaps dy */
+    EXPECT_STATUS(
+        condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, NULL, NULL, NULL, NULL, NULL, NULL, ws, ws_bytes),
+        CONDCONV_STATUS_BAD_VALUE); /* nothing asked */
+    EXPECT_STATUS(
+        condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws, ws_bytes - 1),
+        CONDCONV_STATUS_WORKSPACE_TOO_SMALL);
+    EXPECT_STATUS(
+        condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws + 16, ws_bytes),
+        CONDCONV_STATUS_MISALIGNED);
+    EXPECT_STATUS(
+        condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, NULL, ws_bytes),
+        CONDCONV_STATUS_NULL_POINTER);
+    EXPECT_STATUS(
+        condconv_backward(L, n, h, w, NULL, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws, ws_bytes),
+        CONDCONV_STATUS_NULL_POINTER);
+    EXPECT_STATUS(
+        condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, c.dy_dev, NULL, f, NULL, NULL, NULL, ws, ws_bytes),
+        CONDCONV_STATUS_BAD_VALUE); /* dx overlaps dy */
     EXPECT_STATUS(condconv_backward(L, n, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], (float *)o.ptr[3], f, NULL, NULL,
                                     NULL, ws, ws_bytes),
                   CONDCONV_STATUS_BAD_VALUE); /* d_routing_in of a layer that routes itself */
-    EXPECT_STATUS(condconv_backward(L, 0, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws,
-                                    ws_bytes),
-                  CONDCONV_STATUS_BAD_SIZE);
+    EXPECT_STATUS(
+        condconv_backward(L, 0, h, w, c.x_dev, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL, NULL, NULL, ws, ws_bytes),
+        CONDCONV_STATUS_BAD_SIZE);
     EXPECT_STATUS(condconv_backward(L, n, h, w, (unsigned char *)c.x_dev + 1, NULL, c.dy_dev, o.ptr[0], NULL, f, NULL,
                                     NULL, NULL, ws, ws_bytes),
                   CONDCONV_STATUS_MISALIGNED);
