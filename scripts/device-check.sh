@@ -219,7 +219,8 @@ if [[ -s "$OUT/bench.csv" ]]; then
 fi
 
 # 3a. whole networks (issue 17): timm's CC-B0-8e, the same converted to
-#     condconv.torch, static B0; eager and CUDA graph; f32, TF32, f16 and bf16
+#     condconv.torch, static B0; eager, CUDA graph and a training step (issue
+#     20); f32, TF32, f16 and bf16
 #     channels-last; batch 1/32/128, target points first. The package comes from
 #     this build (CONDCONV_LIBRARY + PYTHONPATH; the machine has torch and timm
 #     but no registry to pip install from). It stops starting points 45 s before
@@ -228,7 +229,7 @@ net_cap=180
 net_left=$(left)
 ((net_left < net_cap)) && net_cap=$net_left
 gpu_step network "$net_cap" env PYTHONPATH="$root/python" python3 bench/network/bench_network.py \
-  --library "$build/libcondconv.so" --out "$OUT/logs/network" --warmup 3 --iters 10 --reps 3 \
+  --library "$build/libcondconv.so" --out "$OUT/logs/network" --modes eager,graph,train --warmup 3 --iters 10 --reps 3 \
   --budget-seconds $((net_cap > 90 ? net_cap - 45 : net_cap / 2))
 if [[ -s "$OUT/logs/network/network.md" ]]; then
   grep -E '^\| (tf32|f16) \| (32|128) \|' "$OUT/logs/network/network.md" | sed 's/^/    /' | tee -a "$summary"

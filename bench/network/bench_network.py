@@ -13,7 +13,11 @@ Precisions: f32 (strict: TF32 off for cuDNN and matmul, NCHW), tf32 (TF32 on, NC
 model and input). Batches 1, 32, 128 (224x224 unless --size). Modes: eager (plain launches between two CUDA
 events around --iters forwards: what a Python server sees, host overhead included) and graph (one forward
 captured in a torch.cuda.CUDAGraph, replayed --iters times between two events: GPU time, launch gaps removed).
-Each time is the median of --reps repeats after --warmup forwards, per forward, in ms.
+Each time is the median of --reps repeats after --warmup forwards, per forward, in ms. Mode train (issue 20,
+--modes ...,train): one training step per iteration instead of a forward, eager: the model in train() mode
+(BatchNorm on batch statistics), forward, loss = mean of the squared outputs (in f32), backward; for converted,
+max_rel_diff is then over the parameters' gradients (converted vs stock, each parameter's max |a - b| / max |b|,
+the largest). The condconv layers' backward runs condconv_backward (GPU) or condconv_backward_cpu (dry run).
 
 condconv_ms / condconv_share: for stock and converted in eager mode, the CondConv layers' own time: CUDA events
 recorded by forward hooks around every CondConv layer (in a separate pass, so the hooks do not slow the timed one),
@@ -74,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("out/network"), help="output folder (created)")
     p.add_argument("--batch", default="1,32,128", help="comma-separated batch sizes")
     p.add_argument("--prec", default=",".join(PRECISIONS), help="comma-separated: f32,tf32,f16,bf16")
-    p.add_argument("--modes", default="eager,graph", help="comma-separated: eager,graph")
+    p.add_argument("--modes", default="eager,graph", help="comma-separated: eager,graph,train")
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--experts-model", default="efficientnet_cc_b0_8e", help="timm CondConv model")
     p.add_argument("--static-model", default="efficientnet_b0", help="timm static yardstick")
@@ -83,7 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=5, help="timed repeats (median reported)")
     p.add_argument("--budget-seconds", type=float, default=0.0, help="stop starting new points after this (0: none)")
     p.add_argument("--library", type=Path, help="libcondconv.so to load (sets CONDCONV_LIBRARY; default: as set)")
-    p.add_argument("--dry-run", action="store_true", help="no GPU: batch 1, 32x32, f32, eager, on the CPU")
+    p.add_argument(
+        "--dry-run", action="store_true", help="no GPU: batch 1, 32x32, f32, eager (and train if asked), on the CPU"
+    )
     return p.parse_args(argv)
 
 
@@ -192,6 +198,41 @@ class Bench:
                 graph.replay()
 
         return self._median(run)
+
+    def train_step(self, model: Any, x: Any) -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).float().square().mean().backward()
+
+    def time_train(self, model: Any, x: Any) -> tuple[float, float]:
+        """Eager training steps (train() mode), ms per step."""
+        a = self.args
+        model.train()
+        try:
+            for _ in range(a.warmup):
+                self.train_step(model, x)
+
+            def run() -> None:
+                for _ in range(a.iters):
+                    self.train_step(model, x)
+
+            return self._median(run)
+        finally:
+            model.eval()
+
+    def grad_diff(self, converted: Any, stock: Any, x: Any) -> tuple[float, float]:
+        """One training step of each on x: the largest per-parameter max |a - b| / max |b| of the gradients, and
+        the largest max |a - b|."""
+        rel = absd = 0.0
+        for m in (converted, stock):
+            m.train()
+            self.train_step(m, x)
+            m.eval()
+        for (name, pa), (_, pb) in zip(converted.named_parameters(), stock.named_parameters()):
+            if pb.grad is None or pa.grad is None:
+                raise RuntimeError(f"no gradient for {name}")
+            r, d = rel_abs(pa.grad, pb.grad)
+            rel, absd = max(rel, r), max(absd, d)
+        return rel, absd
 
     def condconv_time(self, model: Any, x: Any) -> float:
         """Summed time of the CondConv layers per eager forward, from CUDA events recorded by forward hooks."""
@@ -304,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_network: needs torch and timm ({err}); skipped", file=sys.stderr)
         return SKIP
     if args.dry_run:
-        args.batch, args.prec, args.modes, args.size = "1", "f32", "eager", 32
+        args.batch, args.prec, args.size = "1", "f32", 32
         args.warmup, args.iters, args.reps = 1, 1, 1
         torch.set_num_threads(1)  # a smoke test on a shared CI machine: no thread oversubscription
     elif not torch.cuda.is_available():
@@ -317,12 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batch.split(",") if b]
     precs = [p for p in args.prec.split(",") if p]
     modes = [m for m in args.modes.split(",") if m]
-    bad = [p for p in precs if p not in PRECISIONS] + [m for m in modes if m not in ("eager", "graph")]
+    bad = [p for p in precs if p not in PRECISIONS] + [m for m in modes if m not in ("eager", "graph", "train")]
     if bad:
         print(f"bench_network: unknown precision or mode {bad}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        modes = ["eager"]
+    if args.dry_run:  # no CUDA graphs on the CPU
+        modes = [m for m in modes if m != "graph"] or ["eager"]
 
     t_start = time.monotonic()
     bench = Bench(args)
@@ -330,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     csv_path, md_path = args.out / "network.csv", args.out / "network.md"
     rows: list[dict[str, Any]] = []
     failures = 0
-    with csv_path.open("w", newline="") as fh, torch.inference_mode():
+    # Forwards run under inference_mode; the models are made outside it, so that train mode can take gradients.
+    with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         fh.flush()
@@ -349,9 +391,12 @@ def main(argv: list[str] | None = None) -> int:
                 memory_format=fmt
             )
             try:
-                ref = nets["stock"](x)
-                got = nets["converted"](x)
+                with torch.inference_mode():
+                    ref = nets["stock"](x)
+                    got = nets["converted"](x)
                 rel, absd = rel_abs(got, ref)
+                if "train" in modes:
+                    grad_rel, grad_abs = bench.grad_diff(nets["converted"], nets["stock"], x)
             except Exception as err:
                 print(f"bench_network: {prec} b{batch}: forward failed: {err!r}", file=sys.stderr)
                 failures += 1
@@ -360,8 +405,14 @@ def main(argv: list[str] | None = None) -> int:
                 for name in NETWORKS:
                     model = nets[name]
                     try:
-                        med, best = (bench.time_eager if mode == "eager" else bench.time_graph)(model, x)
-                        cc = bench.condconv_time(model, x) if mode == "eager" and name != "static" else float("nan")
+                        if mode == "train":
+                            med, best = bench.time_train(model, x)
+                            cc = float("nan")
+                        else:
+                            with torch.inference_mode():
+                                med, best = (bench.time_eager if mode == "eager" else bench.time_graph)(model, x)
+                                eager = mode == "eager" and name != "static"
+                                cc = bench.condconv_time(model, x) if eager else float("nan")
                     except Exception as err:
                         print(f"bench_network: {name} {prec} b{batch} {mode}: {err!r}", file=sys.stderr)
                         failures += 1
@@ -375,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                         "min_ms": f"{best:.4f}",
                         "condconv_ms": "" if math.isnan(cc) else f"{cc:.4f}",
                         "condconv_share": "" if math.isnan(cc) else f"{cc / med:.4f}",
-                        "max_rel_diff": f"{rel:.3g}" if name == "converted" else "",
-                        "max_abs_diff": f"{absd:.3g}" if name == "converted" else "",
+                        "max_rel_diff": f"{grad_rel if mode == 'train' else rel:.3g}" if name == "converted" else "",
+                        "max_abs_diff": f"{grad_abs if mode == 'train' else absd:.3g}" if name == "converted" else "",
                         "size": args.size,
                         "iters": args.iters,
                         "reps": args.reps,
@@ -388,10 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"{name:9s} {prec:4s} b{batch:<4d} {mode:5s} {med:9.3f} ms"
                         + (f"  condconv {cc:.3f} ms" if not math.isnan(cc) else "")
-                        + (f"  diff {rel:.2g}" if name == "converted" else ""),
+                        + (f"  diff {grad_rel if mode == 'train' else rel:.2g}" if name == "converted" else ""),
                         flush=True,
                     )
-        call_us = bench.layer_call_us()
+        with torch.inference_mode():
+            call_us = bench.layer_call_us()
     header = [
         "# Whole network: stock timm CondConv vs condconv-converted vs static",
         "",
@@ -405,10 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(rows, md_path, header)
     print(f"bench_network: {len(rows)} rows -> {csv_path}, {md_path}")
     if args.dry_run:
-        bad_rows = [r for r in rows if r["network"] == "converted" and float(r["max_rel_diff"]) > 1e-5]
-        if len(rows) != len(NETWORKS) or bad_rows:
+        # Outputs within 1e-5 of stock; gradients within 1e-3 (f32 through the whole network's backward, the
+        # library's CPU backward in double against torch's f32 autograd).
+        bad_rows = [
+            r
+            for r in rows
+            if r["network"] == "converted" and float(r["max_rel_diff"]) > (1e-3 if r["mode"] == "train" else 1e-5)
+        ]
+        if len(rows) != len(NETWORKS) * len(modes) or bad_rows:
             print(
-                f"bench_network: dry run expected 3 rows, converted within 1e-5 of stock; got {rows}", file=sys.stderr
+                f"bench_network: dry run expected {len(NETWORKS) * len(modes)} rows, converted within tolerance of "
+                f"stock; got {rows}",
+                file=sys.stderr,
             )
             return 1
     return 1 if failures else 0

@@ -41,6 +41,23 @@ def test_dry_run_writes_csv_and_markdown(tmp_path: pathlib.Path) -> None:
     assert "| f32 | 1 | eager |" in md
 
 
+def test_dry_run_train_step(tmp_path: pathlib.Path) -> None:
+    """--modes train: a training step of each network on the CPU; the converted network's gradients (the library's
+    CPU backward) within 1e-3 of stock timm's."""
+    bench = _load()
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--dry-run", "--modes", "train", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = list(csv.DictReader((tmp_path / "network.csv").open()))
+    assert [(r["network"], r["mode"]) for r in rows] == [(n, "train") for n in ("stock", "converted", "static")]
+    assert all(float(r["median_ms"]) > 0 for r in rows)
+    assert float(rows[1]["max_rel_diff"]) <= 1e-3
+    assert "| f32 | 1 | train |" in (tmp_path / "network.md").read_text()
+
+
 def test_order_of_value_puts_targets_first() -> None:
     bench = _load()
     order = bench.order_of_value([1, 32, 128], ["f32", "tf32", "f16", "bf16"])
