@@ -8,7 +8,11 @@
 //     cudnnSetConvolution2dDescriptor, cudnnGetConvolution2dForwardOutputDim,
 //     cudnnGetConvolutionForwardAlgorithm_v7, cudnnFindConvolutionForwardAlgorithmEx,
 //     cudnnConvolutionForward and its table of supported data type
-//     configurations, cudnnConvolutionBiasActivationForward);
+//     configurations, cudnnConvolutionBiasActivationForward; backward:
+//     cudnnGetConvolutionBackwardDataAlgorithm_v7,
+//     cudnnGetConvolutionBackwardDataWorkspaceSize,
+//     cudnnConvolutionBackwardData, cudnnFindConvolutionBackwardDataAlgorithmEx
+//     and their BackwardFilter counterparts);
 //   cuBLAS: cublasGemmStridedBatchedEx of the cuBLAS library documentation
 //     (section "cublasGemmEx()": its table of supported compute, scale and
 //     A/B/C type combinations; the leading-dimension and batch rules).
@@ -21,6 +25,11 @@
 // what the descriptors say (else: a fault, as a GPU's illegal address) and be
 // aligned to their element size (else: a fault, as a GPU's misaligned
 // address). After every computing call the guard zones are checked.
+// Forward, backward data and backward filter share one index walk (walk)
+// and one checked, stream-ordered launch (run_checked). The backward
+// algorithm lists are adversarial for the host code: non-deterministic
+// algorithms and FFT (where it applies) come before the deterministic
+// direct one, as real cuDNN may rank them.
 #include "cuda_cpu/vector_types.h" // before the toolkit's headers, as in the kernels
 
 #include <cublas_v2.h>
@@ -234,33 +243,49 @@ int out_dim(int in, int pad, int filter, int dil, int stride)
     return (in + 2 * pad - (dil * (filter - 1) + 1)) / stride + 1;
 }
 
-// cudnnConvolutionForward's BAD_PARAM and NOT_SUPPORTED lists (cuDNN API
-// reference), for the 4-d NCHW/NHWC descriptors condconv sets.
+// Which convolution a call computes: y from x and w (forward), dx from dy and
+// w (backward data), dw from x and dy (backward filter). The descriptors are
+// always those of x, w and y (dx, dw and dy have the shapes of x, w and y).
+enum class conv_kind { forward, backward_data, backward_filter };
+
+// The BAD_PARAM and NOT_SUPPORTED lists (cuDNN API reference) of
+// cudnnConvolutionForward, cudnnConvolutionBackwardData and
+// cudnnConvolutionBackwardFilter, for the 4-d NCHW/NHWC descriptors condconv
+// sets. The lists differ in two places: an output channel count that is not
+// a multiple of the group count is BAD_PARAM for the forward and backward
+// filter, NOT_SUPPORTED for backward data; y (dy) spatial sizes that are not
+// the convolution's are NOT_SUPPORTED for the forward, BAD_PARAM for
+// backward data ("dyDesc spatial sizes do not match with the expected size
+// as determined by cudnnGetConvolutionNdForwardOutputDim"). Backward filter's
+// list names no such case; the emulation refuses it as backward data does.
 cudnnStatus_t check_problem(const cudnnTensorStruct *x, const cudnnFilterStruct *w, const cudnnConvolutionStruct *conv,
-                            const cudnnTensorStruct *y)
+                            const cudnnTensorStruct *y, conv_kind kind = conv_kind::forward)
 {
     if (x == nullptr || w == nullptr || conv == nullptr || y == nullptr || !x->set || !w->set || !conv->set || !y->set)
         return CUDNN_STATUS_BAD_PARAM;
     // "xDesc and wDesc have a non-matching number of input feature maps per
-    // image (or group in case of grouped convolutions)"; "yDesc or wDesc
-    // indicate an output channel count that isn't a multiple of group count".
-    if (x->c != w->c * conv->groups || w->k % conv->groups != 0 || y->c != w->k || x->n != y->n)
-        return CUDNN_STATUS_BAD_PARAM;
+    // image (or group in case of grouped convolutions)"; the batch and the
+    // output channels of y and w must agree.
+    if (x->c != w->c * conv->groups || y->c != w->k || x->n != y->n) return CUDNN_STATUS_BAD_PARAM;
+    // "yDesc or wDesc indicate an output channel count that isn't a multiple of group count".
+    if (w->k % conv->groups != 0)
+        return kind == conv_kind::backward_data ? CUDNN_STATUS_NOT_SUPPORTED : CUDNN_STATUS_BAD_PARAM;
     // "xDesc, wDesc, and yDesc have a non-matching data type".
     if (x->type != w->type || x->type != y->type) return CUDNN_STATUS_BAD_PARAM;
     // "wDesc has a spatial size that is larger than the input spatial size
     // (including zero-padding size)".
     if (conv->dil_h * (w->h - 1) + 1 > x->h + 2 * conv->pad_h || conv->dil_w * (w->w - 1) + 1 > x->w + 2 * conv->pad_w)
         return CUDNN_STATUS_BAD_PARAM;
-    // NOT_SUPPORTED: "yDesc spatial sizes do not match with the expected size
-    // as determined by cudnnGetConvolutionNdForwardOutputDim".
+    // "yDesc spatial sizes do not match with the expected size as determined
+    // by cudnnGetConvolutionNdForwardOutputDim".
     if (y->h != out_dim(x->h, conv->pad_h, w->h, conv->dil_h, conv->u) ||
         y->w != out_dim(x->w, conv->pad_w, w->w, conv->dil_w, conv->v))
-        return CUDNN_STATUS_NOT_SUPPORTED;
-    // The table "Supported Datatype Configurations" of cudnnConvolutionForward,
-    // for the types condconv uses: FLOAT_CONFIG (float data, float compute),
-    // PSEUDO_HALF_CONFIG (half data, float compute), TRUE_HALF_CONFIG (half,
-    // half), PSEUDO_BFLOAT16_CONFIG (bfloat16 data, float compute).
+        return kind == conv_kind::forward ? CUDNN_STATUS_NOT_SUPPORTED : CUDNN_STATUS_BAD_PARAM;
+    // The tables "Supported Datatype Configurations" of the three calls (the
+    // same rows in each), for the types condconv uses: FLOAT_CONFIG (float
+    // data, float compute), PSEUDO_HALF_CONFIG (half data, float compute),
+    // TRUE_HALF_CONFIG (half, half), PSEUDO_BFLOAT16_CONFIG (bfloat16 data,
+    // float compute).
     const bool ok =
         (x->type == CUDNN_DATA_FLOAT && conv->compute == CUDNN_DATA_FLOAT) ||
         (x->type == CUDNN_DATA_HALF && (conv->compute == CUDNN_DATA_FLOAT || conv->compute == CUDNN_DATA_HALF)) ||
@@ -271,11 +296,28 @@ cudnnStatus_t check_problem(const cudnnTensorStruct *x, const cudnnFilterStruct 
     return CUDNN_STATUS_SUCCESS;
 }
 
-// The algorithms offered: a short list with plausible workspaces. FFT (a
-// transform algorithm, which condconv must not take in strict f32 or half
-// precision) is offered where cuDNN's table restricts it to: NCHW float
-// data, stride 1, no dilation, and here ungrouped; GEMM (explicit im2col)
-// for NCHW only.
+// Where cuDNN's tables allow the FFT algorithms (forward, backward data and
+// backward filter alike): NCHW float data, stride 1, no dilation, and here
+// ungrouped. A transform algorithm, which condconv must not take in strict
+// f32 or half precision.
+bool fft_applies(const cudnnTensorStruct &x, const cudnnConvolutionStruct &conv)
+{
+    return x.format == CUDNN_TENSOR_NCHW && x.type == CUDNN_DATA_FLOAT && conv.u == 1 && conv.v == 1 &&
+           conv.dil_h == 1 && conv.dil_w == 1 && conv.groups == 1;
+}
+
+// FFT's workspace: the transforms of the padded images of `images` feature
+// maps and of the filters.
+size_t fft_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
+                     size_t images)
+{
+    return sizeof(float) * 2 * (images + static_cast<size_t>(w.k) * w.c) * static_cast<size_t>(x.h + 2 * conv.pad_h) *
+           static_cast<size_t>(x.w + 2 * conv.pad_w);
+}
+
+// The algorithms' workspaces: plausible sizes, and NOT_SUPPORTED where an
+// algorithm does not apply. Forward: FFT where fft_applies; GEMM (explicit
+// im2col) for NCHW only.
 cudnnStatus_t algo_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
                              const cudnnTensorStruct &y, cudnnConvolutionFwdAlgo_t algo, size_t *bytes)
 {
@@ -291,48 +333,132 @@ cudnnStatus_t algo_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct
         *bytes = e * patch * pixels; // one image's im2col of one group
         return CUDNN_STATUS_SUCCESS;
     case CUDNN_CONVOLUTION_FWD_ALGO_FFT:
-        if (x.format != CUDNN_TENSOR_NCHW || x.type != CUDNN_DATA_FLOAT || conv.u != 1 || conv.v != 1 ||
-            conv.dil_h != 1 || conv.dil_w != 1 || conv.groups != 1)
-            return CUDNN_STATUS_NOT_SUPPORTED;
-        *bytes = sizeof(float) * 2 * (static_cast<size_t>(x.n) * x.c + static_cast<size_t>(w.k) * w.c) *
-                 static_cast<size_t>(x.h + 2 * conv.pad_h) * static_cast<size_t>(x.w + 2 * conv.pad_w);
+        if (!fft_applies(x, conv)) return CUDNN_STATUS_NOT_SUPPORTED;
+        *bytes = fft_workspace(x, w, conv, static_cast<size_t>(x.n) * x.c);
         return CUDNN_STATUS_SUCCESS;
     default: return CUDNN_STATUS_NOT_SUPPORTED;
     }
 }
 
-// Offered best first (the order of the estimates, as Get_v7 sorts them).
-const cudnnConvolutionFwdAlgo_t kOffered[] = {
-    CUDNN_CONVOLUTION_FWD_ALGO_FFT, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_GEMM};
-
-// The perf list of every algorithm: the offered ones that apply first, the
-// others after them with status NOT_SUPPORTED (cudnnGetConvolutionForwardAlgorithm_v7).
-int algorithm_list(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
-                   const cudnnTensorStruct &y, int requested, cudnnConvolutionFwdAlgoPerf_t *perf)
+// Backward data: ALGO_0 and ALGO_1 (implicit GEMMs) take every problem with
+// no workspace; FFT where fft_applies.
+cudnnStatus_t algo_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
+                             const cudnnTensorStruct &y, cudnnConvolutionBwdDataAlgo_t algo, size_t *bytes)
 {
-    std::vector<cudnnConvolutionFwdAlgoPerf_t> list;
-    bool listed[CUDNN_CONVOLUTION_FWD_ALGO_COUNT] = {};
+    switch (algo) {
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_0:
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_1: *bytes = 0; return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT:
+        if (!fft_applies(x, conv)) return CUDNN_STATUS_NOT_SUPPORTED;
+        *bytes = fft_workspace(x, w, conv, static_cast<size_t>(x.n) * (static_cast<size_t>(x.c) + y.c));
+        return CUDNN_STATUS_SUCCESS;
+    default: return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+}
+
+// Backward filter: ALGO_0 (atomic adds into dw) needs no workspace; ALGO_3
+// "uses some small workspace to precompute some indices" (API reference);
+// ALGO_1 a float dw per slice of the batch, summed in a fixed order, and
+// the offsets; FFT where fft_applies.
+cudnnStatus_t algo_workspace(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
+                             const cudnnTensorStruct &y, cudnnConvolutionBwdFilterAlgo_t algo, size_t *bytes)
+{
+    const size_t patch = static_cast<size_t>(w.c) * w.h * w.w;
+    switch (algo) {
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0: *bytes = 0; return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3: *bytes = sizeof(int) * (patch + 64); return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1:
+        *bytes = sizeof(float) * filter_elems(w) * static_cast<size_t>(std::min(x.n, 4)) + sizeof(int) * (patch + 64);
+        return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT:
+        if (!fft_applies(x, conv)) return CUDNN_STATUS_NOT_SUPPORTED;
+        *bytes = fft_workspace(x, w, conv, static_cast<size_t>(x.n) * (static_cast<size_t>(x.c) + y.c));
+        return CUDNN_STATUS_SUCCESS;
+    default: return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+}
+
+// The algorithms each direction offers, best first (the order of the
+// estimates, as Get_v7 sorts them), and their determinism. The determinism
+// flags are real cuDNN's: cudnn_ops.h marks CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+// CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 and CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
+// "non-deterministic", and the API reference (cudnnConvolutionBwdDataAlgo_t,
+// cudnnConvolutionBwdFilterAlgo_t) says their sums are done "using the
+// atomic add operation, thus the results are non-deterministic"; every other
+// algorithm is deterministic. The backward lists put the non-deterministic
+// ones and FFT (where it applies) before the deterministic direct ALGO_1,
+// so that host code which takes the first entry, or the first deterministic
+// one without looking at the transforms, is caught.
+template <typename Algo>
+struct algo_traits;
+template <>
+struct algo_traits<cudnnConvolutionFwdAlgo_t> {
+    static constexpr int count = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    static std::vector<cudnnConvolutionFwdAlgo_t> offered()
+    {
+        return {CUDNN_CONVOLUTION_FWD_ALGO_FFT, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_GEMM};
+    }
+    static bool deterministic(cudnnConvolutionFwdAlgo_t /*algo*/) { return true; }
+    static bool transform(cudnnConvolutionFwdAlgo_t a) { return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT; }
+};
+template <>
+struct algo_traits<cudnnConvolutionBwdDataAlgo_t> {
+    static constexpr int count = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+    static std::vector<cudnnConvolutionBwdDataAlgo_t> offered()
+    {
+        return {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+                CUDNN_CONVOLUTION_BWD_DATA_ALGO_1};
+    }
+    static bool deterministic(cudnnConvolutionBwdDataAlgo_t a) { return a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_0; }
+    static bool transform(cudnnConvolutionBwdDataAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT; }
+};
+template <>
+struct algo_traits<cudnnConvolutionBwdFilterAlgo_t> {
+    static constexpr int count = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+    static std::vector<cudnnConvolutionBwdFilterAlgo_t> offered()
+    {
+        return {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+                CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1};
+    }
+    static bool deterministic(cudnnConvolutionBwdFilterAlgo_t a)
+    {
+        return a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 && a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
+    }
+    static bool transform(cudnnConvolutionBwdFilterAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT; }
+};
+
+// The perf list of every algorithm of a direction (Perf: the forward,
+// backward data or backward filter perf struct): the offered ones that apply
+// first, the others after them with status NOT_SUPPORTED (the Get_v7 calls).
+template <typename Perf>
+int algorithm_list(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &conv,
+                   const cudnnTensorStruct &y, int requested, Perf *perf)
+{
+    using Algo = decltype(Perf::algo);
+    using traits = algo_traits<Algo>;
+    std::vector<Perf> list;
+    bool listed[traits::count] = {};
     float estimate = 0.01f;
-    for (cudnnConvolutionFwdAlgo_t a : kOffered) {
+    for (Algo a : traits::offered()) {
         size_t bytes = 0;
         if (algo_workspace(x, w, conv, y, a, &bytes) != CUDNN_STATUS_SUCCESS) continue;
-        cudnnConvolutionFwdAlgoPerf_t p{};
+        Perf p{};
         p.algo = a;
         p.status = CUDNN_STATUS_SUCCESS;
         p.time = estimate;
         estimate *= 2.0f;
         p.memory = bytes;
-        p.determinism = CUDNN_DETERMINISTIC;
+        p.determinism = traits::deterministic(a) ? CUDNN_DETERMINISTIC : CUDNN_NON_DETERMINISTIC;
         // Transforms run no tensor ops; the others run the descriptor's math.
-        p.mathType = a == CUDNN_CONVOLUTION_FWD_ALGO_FFT ? CUDNN_FMA_MATH : conv.math;
+        p.mathType = traits::transform(a) ? CUDNN_FMA_MATH : conv.math;
         list.push_back(p);
         listed[a] = true;
     }
-    for (int a = 0; a < CUDNN_CONVOLUTION_FWD_ALGO_COUNT; ++a) {
+    for (int a = 0; a < traits::count; ++a) {
         if (listed[a]) continue;
-        cudnnConvolutionFwdAlgoPerf_t p{};
-        p.algo = static_cast<cudnnConvolutionFwdAlgo_t>(a);
+        Perf p{};
+        p.algo = static_cast<Algo>(a);
         p.status = CUDNN_STATUS_NOT_SUPPORTED;
         p.time = -1.0f;
         p.mathType = conv.math;
@@ -343,34 +469,39 @@ int algorithm_list(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const
     return n;
 }
 
-// y = act(alpha1 * conv(x, w) + alpha2 * z + bias) (act, z, bias optional),
-// or y = alpha * conv(x, w) + beta * y: double accumulation, one rounding.
+// One convolution call: y = act(alpha1 * conv(x, w) + alpha2 * z + bias)
+// (act, z, bias optional) or y = alpha * conv(x, w) + beta * y (forward);
+// dx = alpha * (W^T conv dy) + beta * dx (backward data); dw = alpha * (x
+// correlated with dy) + beta * dw (backward filter). Double accumulation,
+// one rounding.
 struct conv_call {
     const cudnnTensorStruct *xd, *yd;
     const cudnnFilterStruct *wd;
     const cudnnConvolutionStruct *cd;
-    const void *x, *w;
-    void *y;
-    double alpha, beta;      // beta: weight of y's old value
-    const void *z = nullptr; // residual, weight alpha2
+    conv_kind kind;
+    const void *x, *w, *y;   // the three tensors (x or dx, w or dw, y or dy)
+    void *out;               // the one computed, one of the three: y, dx or dw by kind
+    double alpha, beta;      // beta: weight of out's old value
+    const void *z = nullptr; // residual, weight alpha2 (forward)
     double alpha2 = 0.0;
-    const void *bias = nullptr; // [1][k][1][1] float
+    const void *bias = nullptr; // [1][k][1][1] float (forward)
     bool relu = false;
 };
 
-void compute(const conv_call &c)
+// The one index walk of every direction: for each element (n, k, oh, ow) of
+// y and each filter tap (ci, r, s) that lands inside x (padding is zeros),
+// tap(x index, w index, y index); after an element's taps, done(y index, k).
+template <typename Tap, typename Done>
+void walk(const cudnnTensorStruct &x, const cudnnFilterStruct &w, const cudnnConvolutionStruct &cv,
+          const cudnnTensorStruct &y, Tap tap, Done done)
 {
-    const cudnnTensorStruct &x = *c.xd, &y = *c.yd;
-    const cudnnFilterStruct &w = *c.wd;
-    const cudnnConvolutionStruct &cv = *c.cd;
-    const elem e = cudnn_elem(x.type);
     const int k_per_group = w.k / cv.groups;
     for (int n = 0; n < y.n; ++n)
         for (int k = 0; k < y.c; ++k) {
             const int c0 = (k / k_per_group) * w.c;
             for (int oh = 0; oh < y.h; ++oh)
                 for (int ow = 0; ow < y.w; ++ow) {
-                    double acc = 0.0;
+                    const size_t yi = tensor_index(y, n, k, oh, ow);
                     for (int ci = 0; ci < w.c; ++ci)
                         for (int r = 0; r < w.h; ++r) {
                             const int ih = oh * cv.u - cv.pad_h + r * cv.dil_h;
@@ -381,21 +512,62 @@ void compute(const conv_call &c)
                                 // CUDNN_CONVOLUTION flips the filter; cross-correlation does not.
                                 const int fr = cv.mode == CUDNN_CONVOLUTION ? w.h - 1 - r : r;
                                 const int fs = cv.mode == CUDNN_CONVOLUTION ? w.w - 1 - s : s;
-                                acc += load(e, c.x, tensor_index(x, n, c0 + ci, ih, iw)) *
-                                       load(e, c.w, filter_index(w, k, ci, fr, fs));
+                                tap(tensor_index(x, n, c0 + ci, ih, iw), filter_index(w, k, ci, fr, fs), yi);
                             }
                         }
-                    const size_t out = tensor_index(y, n, k, oh, ow);
-                    double v = c.alpha * acc;
-                    // A zero weight does not read its operand (cuDNN's scaling
-                    // parameters: "with beta zero the output is not read").
-                    if (c.beta != 0.0) v += c.beta * load(e, c.y, out);
-                    if (c.z != nullptr && c.alpha2 != 0.0) v += c.alpha2 * load(e, c.z, out);
-                    if (c.bias != nullptr) v += load(elem::f32, c.bias, static_cast<size_t>(k));
-                    if (c.relu && v < 0.0) v = 0.0;
-                    store(e, c.y, out, v);
+                    done(yi, k);
                 }
         }
+}
+
+void compute(const conv_call &c)
+{
+    const cudnnTensorStruct &x = *c.xd, &y = *c.yd;
+    const cudnnFilterStruct &w = *c.wd;
+    const cudnnConvolutionStruct &cv = *c.cd;
+    const elem e = cudnn_elem(x.type);
+    // out = alpha * acc + beta * out, rounded once. A zero weight does not
+    // read its operand (cuDNN's scaling parameters: "with beta zero the
+    // output is not read").
+    const auto blend = [&](size_t i, double acc) {
+        double v = c.alpha * acc;
+        if (c.beta != 0.0) v += c.beta * load(e, c.out, i);
+        return v;
+    };
+    const auto nothing = [](size_t, int) {};
+    switch (c.kind) {
+    case conv_kind::forward: {
+        double acc = 0.0;
+        walk(
+            x, w, cv, y, [&](size_t xi, size_t wi, size_t) { acc += load(e, c.x, xi) * load(e, c.w, wi); },
+            [&](size_t yi, int k) {
+                double v = blend(yi, acc);
+                if (c.z != nullptr && c.alpha2 != 0.0) v += c.alpha2 * load(e, c.z, yi);
+                if (c.bias != nullptr) v += load(elem::f32, c.bias, static_cast<size_t>(k));
+                if (c.relu && v < 0.0) v = 0.0;
+                store(e, c.out, yi, v);
+                acc = 0.0;
+            });
+        return;
+    }
+    case conv_kind::backward_data: {
+        // Each dx element's sum gathered in double over the whole walk, then rounded once.
+        std::vector<double> acc(tensor_elems(x), 0.0);
+        walk(
+            x, w, cv, y, [&](size_t xi, size_t wi, size_t yi) { acc[xi] += load(e, c.w, wi) * load(e, c.y, yi); },
+            nothing);
+        for (size_t i = 0; i < acc.size(); ++i) store(e, c.out, i, blend(i, acc[i]));
+        return;
+    }
+    case conv_kind::backward_filter: {
+        std::vector<double> acc(filter_elems(w), 0.0);
+        walk(
+            x, w, cv, y, [&](size_t xi, size_t wi, size_t yi) { acc[wi] += load(e, c.x, xi) * load(e, c.y, yi); },
+            nothing);
+        for (size_t i = 0; i < acc.size(); ++i) store(e, c.out, i, blend(i, acc[i]));
+        return;
+    }
+    }
 }
 
 // The buffers of a convolution: device memory of the described sizes,
@@ -423,12 +595,14 @@ void run_job(const char *call, conv_job job)
     cc_cpu::check_guards(call);
 }
 
-// Checks a convolution call; then runs it on `stream` in stream order
-// (captured into a graph like a kernel), or at once when `stream_order` is
-// false (Find, which cuDNN runs synchronously). EXECUTION_FAILED when the
-// stream refuses the work (a legacy stream during a capture).
-cudnnStatus_t run_checked(const char *call, const conv_call &c, cudnnConvolutionFwdAlgo_t algo, void *workspace,
-                          size_t workspace_bytes, bool stream_order = false, cudaStream_t stream = nullptr)
+// Checks a convolution call (any direction; Algo: its algorithm enum); then
+// runs it on `stream` in stream order (captured into a graph like a kernel),
+// or at once when `stream_order` is false (Find, which cuDNN runs
+// synchronously). EXECUTION_FAILED when the stream refuses the work (a
+// legacy stream during a capture).
+template <typename Algo>
+cudnnStatus_t run_checked(const char *call, const conv_call &c, Algo algo, void *workspace, size_t workspace_bytes,
+                          bool stream_order = false, cudaStream_t stream = nullptr)
 {
     size_t need = 0;
     if (algo_workspace(*c.xd, *c.wd, *c.cd, *c.yd, algo, &need) != CUDNN_STATUS_SUCCESS)
@@ -437,9 +611,10 @@ cudnnStatus_t run_checked(const char *call, const conv_call &c, cudnnConvolution
     // emulation says BAD_PARAM (workSpace is one of the parameters).
     if (workspace_bytes < need || (need > 0 && workspace == nullptr)) return CUDNN_STATUS_BAD_PARAM;
     const size_t e = elem_size(cudnn_elem(c.xd->type));
-    check_range(call, "x", c.x, e * tensor_elems(*c.xd), e);
-    check_range(call, "w", c.w, e * filter_elems(*c.wd), e);
-    check_range(call, "y", c.y, e * tensor_elems(*c.yd), e);
+    const bool fwd = c.kind == conv_kind::forward;
+    check_range(call, c.kind == conv_kind::backward_data ? "dx" : "x", c.x, e * tensor_elems(*c.xd), e);
+    check_range(call, c.kind == conv_kind::backward_filter ? "dw" : "w", c.w, e * filter_elems(*c.wd), e);
+    check_range(call, fwd ? "y" : "dy", c.y, e * tensor_elems(*c.yd), e);
     if (c.z != nullptr) check_range(call, "z", c.z, e * tensor_elems(*c.yd), e);
     if (c.bias != nullptr) check_range(call, "bias", c.bias, sizeof(float) * static_cast<size_t>(c.yd->c), 4);
     check_range(call, "workspace", workspace, need, 1);
@@ -450,6 +625,31 @@ cudnnStatus_t run_checked(const char *call, const conv_call &c, cudnnConvolution
     }
     return cc_cpu::enqueue(stream, call, [call, job] { run_job(call, job); }) ? CUDNN_STATUS_SUCCESS
                                                                               : CUDNN_STATUS_EXECUTION_FAILED;
+}
+
+// The Find calls (cudnnFindConvolution*AlgorithmEx): runs every offered
+// algorithm that fits the workspace on the given buffers (the computed one
+// is overwritten, alpha 1 and beta 0, as cuDNN's Find does) and reports them
+// with their times; the ones needing more workspace than given are reported
+// with CUDNN_STATUS_ALLOC_FAILED. Successful ones first, in the list's order.
+template <typename Perf>
+cudnnStatus_t find_algorithms(const char *call, const conv_call &c, int requested, int *returned, Perf *perf,
+                              void *workspace, size_t workspace_bytes)
+{
+    const int n = algorithm_list(*c.xd, *c.wd, *c.cd, *c.yd, requested, perf);
+    for (int i = 0; i < n; ++i) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+        if (perf[i].memory > workspace_bytes) {
+            perf[i].status = CUDNN_STATUS_ALLOC_FAILED;
+            perf[i].time = -1.0f;
+            continue;
+        }
+        const cudnnStatus_t run = run_checked(call, c, perf[i].algo, workspace, workspace_bytes);
+        if (run != CUDNN_STATUS_SUCCESS) perf[i].status = run;
+    }
+    std::stable_partition(perf, perf + n, [](const Perf &p) { return p.status == CUDNN_STATUS_SUCCESS; });
+    *returned = n;
+    return CUDNN_STATUS_SUCCESS;
 }
 
 // --- cuBLAS GEMM ---------------------------------------------------------------------------------------
@@ -623,24 +823,159 @@ cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(cudnnHandle_t handle, const
         return CUDNN_STATUS_BAD_PARAM;
     const cudnnStatus_t st = check_problem(xd, wd, conv, yd);
     if (st != CUDNN_STATUS_SUCCESS) return st;
-    const int n = algorithm_list(*xd, *wd, *conv, *yd, requested, perf);
-    conv_call c{xd, yd, wd, conv, x, w, y, 1.0, 0.0};
-    for (int i = 0; i < n; ++i) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
-        if (perf[i].memory > workspace_bytes) {
-            perf[i].status = CUDNN_STATUS_ALLOC_FAILED;
-            perf[i].time = -1.0f;
-            continue;
-        }
-        const cudnnStatus_t run =
-            run_checked("cudnnFindConvolutionForwardAlgorithmEx", c, perf[i].algo, workspace, workspace_bytes);
-        if (run != CUDNN_STATUS_SUCCESS) perf[i].status = run;
-    }
-    // Successful ones first, in the list's order of estimated time.
-    std::stable_partition(perf, perf + n,
-                          [](const cudnnConvolutionFwdAlgoPerf_t &p) { return p.status == CUDNN_STATUS_SUCCESS; });
-    *returned = n;
+    const conv_call c{xd, yd, wd, conv, conv_kind::forward, x, w, y, y, 1.0, 0.0};
+    return find_algorithms("cudnnFindConvolutionForwardAlgorithmEx", c, requested, returned, perf, workspace,
+                           workspace_bytes);
+}
+
+// --- cuDNN backward convolution (legacy API) -------------------------------------------------------------
+// BAD_PARAM: "one of the parameters handle, wDesc, dyDesc, convDesc, dxDesc,
+// perfResults, returnedAlgoCount is NULL"; "the numbers of feature maps of
+// the input tensor and output tensor differ"; "the dataType of the two
+// tensor descriptors or the filter are different"; "requestedAlgoCount is
+// less than or equal to 0"; and cudnnConvolutionBackwardData's lists.
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t handle, const cudnnFilterDescriptor_t w,
+                                                          const cudnnTensorDescriptor_t dy,
+                                                          const cudnnConvolutionDescriptor_t conv,
+                                                          const cudnnTensorDescriptor_t dx, const int requested,
+                                                          int *returned, cudnnConvolutionBwdDataAlgoPerf_t *perf)
+{
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1) return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(dx, w, conv, dy, conv_kind::backward_data);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    *returned = algorithm_list(*dx, *w, *conv, *dy, requested, perf);
     return CUDNN_STATUS_SUCCESS;
+}
+
+// BAD_PARAM: "at least one of the following is NULL: handle, dyDesc, wDesc,
+// convDesc, dxDesc, sizeInBytes", and the problem checks of the call;
+// NOT_SUPPORTED: "the combination of the tensor descriptors, filter
+// descriptor and convolution descriptor is not supported for the specified
+// algorithm".
+cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t handle, const cudnnFilterDescriptor_t w,
+                                                           const cudnnTensorDescriptor_t dy,
+                                                           const cudnnConvolutionDescriptor_t conv,
+                                                           const cudnnTensorDescriptor_t dx,
+                                                           cudnnConvolutionBwdDataAlgo_t algo, size_t *bytes)
+{
+    if (handle == nullptr || bytes == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(dx, w, conv, dy, conv_kind::backward_data);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    return algo_workspace(*dx, *w, *conv, *dy, algo, bytes);
+}
+
+// dx = alpha (W^T conv dy) + beta dx. BAD_PARAM: "at least one of the
+// following is NULL: handle, dyDesc, wDesc, convDesc, dxDesc, dy, w, dx,
+// alpha, beta", check_problem's backward-data lists, less workspace than
+// the algorithm needs; NOT_SUPPORTED: the algorithm does not support the
+// problem.
+cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void *alpha, const cudnnFilterDescriptor_t wd,
+                                           const void *w, const cudnnTensorDescriptor_t dyd, const void *dy,
+                                           const cudnnConvolutionDescriptor_t conv, cudnnConvolutionBwdDataAlgo_t algo,
+                                           void *workspace, size_t workspace_bytes, const void *beta,
+                                           const cudnnTensorDescriptor_t dxd, void *dx)
+{
+    if (handle == nullptr || alpha == nullptr || beta == nullptr || w == nullptr || dy == nullptr || dx == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(dxd, wd, conv, dyd, conv_kind::backward_data);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const double a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
+    return run_checked("cudnnConvolutionBackwardData",
+                       conv_call{dxd, dyd, wd, conv, conv_kind::backward_data, dx, w, dy, dx, a, b}, algo, workspace,
+                       workspace_bytes, true, handle->stream);
+}
+
+// Find for backward data: runs the offered algorithms on the buffers (dx
+// overwritten). BAD_PARAM as Get_v7, and "w, dy or dx is NULL".
+cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(cudnnHandle_t handle, const cudnnFilterDescriptor_t wd,
+                                                          const void *w, const cudnnTensorDescriptor_t dyd,
+                                                          const void *dy, const cudnnConvolutionDescriptor_t conv,
+                                                          const cudnnTensorDescriptor_t dxd, void *dx,
+                                                          const int requested, int *returned,
+                                                          cudnnConvolutionBwdDataAlgoPerf_t *perf, void *workspace,
+                                                          size_t workspace_bytes)
+{
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1 || w == nullptr || dy == nullptr ||
+        dx == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(dxd, wd, conv, dyd, conv_kind::backward_data);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const conv_call c{dxd, dyd, wd, conv, conv_kind::backward_data, dx, w, dy, dx, 1.0, 0.0};
+    return find_algorithms("cudnnFindConvolutionBackwardDataAlgorithmEx", c, requested, returned, perf, workspace,
+                           workspace_bytes);
+}
+
+// BAD_PARAM: "one of the parameters handle, xDesc, dyDesc, convDesc,
+// dwDesc, perfResults, returnedAlgoCount is NULL"; "the numbers of feature
+// maps of the input tensor and output tensor differ"; "the dataType of the
+// two tensor descriptors or the filter are different"; "requestedAlgoCount
+// is less than or equal to 0"; and cudnnConvolutionBackwardFilter's lists.
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t handle, const cudnnTensorDescriptor_t x,
+                                                            const cudnnTensorDescriptor_t dy,
+                                                            const cudnnConvolutionDescriptor_t conv,
+                                                            const cudnnFilterDescriptor_t dw, const int requested,
+                                                            int *returned, cudnnConvolutionBwdFilterAlgoPerf_t *perf)
+{
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1) return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(x, dw, conv, dy, conv_kind::backward_filter);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    *returned = algorithm_list(*x, *dw, *conv, *dy, requested, perf);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+// As cudnnGetConvolutionBackwardDataWorkspaceSize, for backward filter.
+cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t handle, const cudnnTensorDescriptor_t x,
+                                                             const cudnnTensorDescriptor_t dy,
+                                                             const cudnnConvolutionDescriptor_t conv,
+                                                             const cudnnFilterDescriptor_t dw,
+                                                             cudnnConvolutionBwdFilterAlgo_t algo, size_t *bytes)
+{
+    if (handle == nullptr || bytes == nullptr) return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(x, dw, conv, dy, conv_kind::backward_filter);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    return algo_workspace(*x, *dw, *conv, *dy, algo, bytes);
+}
+
+// dw = alpha (x correlated with dy) + beta dw. BAD_PARAM: "at least one of
+// the following is NULL: handle, xDesc, dyDesc, convDesc, dwDesc, xData,
+// dyData, dwData, alpha, beta", check_problem's backward-filter lists, less
+// workspace than the algorithm needs; NOT_SUPPORTED: the algorithm does not
+// support the problem.
+cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *alpha, const cudnnTensorDescriptor_t xd,
+                                             const void *x, const cudnnTensorDescriptor_t dyd, const void *dy,
+                                             const cudnnConvolutionDescriptor_t conv,
+                                             cudnnConvolutionBwdFilterAlgo_t algo, void *workspace,
+                                             size_t workspace_bytes, const void *beta,
+                                             const cudnnFilterDescriptor_t dwd, void *dw)
+{
+    if (handle == nullptr || alpha == nullptr || beta == nullptr || x == nullptr || dy == nullptr || dw == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(xd, dwd, conv, dyd, conv_kind::backward_filter);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const double a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
+    return run_checked("cudnnConvolutionBackwardFilter",
+                       conv_call{xd, dyd, dwd, conv, conv_kind::backward_filter, x, dw, dy, dw, a, b}, algo, workspace,
+                       workspace_bytes, true, handle->stream);
+}
+
+// Find for backward filter: runs the offered algorithms on the buffers (dw
+// overwritten). BAD_PARAM as Get_v7, and "x, dy or dw is NULL".
+cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(cudnnHandle_t handle, const cudnnTensorDescriptor_t xd,
+                                                            const void *x, const cudnnTensorDescriptor_t dyd,
+                                                            const void *dy, const cudnnConvolutionDescriptor_t conv,
+                                                            const cudnnFilterDescriptor_t dwd, void *dw,
+                                                            const int requested, int *returned,
+                                                            cudnnConvolutionBwdFilterAlgoPerf_t *perf, void *workspace,
+                                                            size_t workspace_bytes)
+{
+    if (handle == nullptr || returned == nullptr || perf == nullptr || requested < 1 || x == nullptr || dy == nullptr ||
+        dw == nullptr)
+        return CUDNN_STATUS_BAD_PARAM;
+    const cudnnStatus_t st = check_problem(xd, dwd, conv, dyd, conv_kind::backward_filter);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const conv_call c{xd, dyd, dwd, conv, conv_kind::backward_filter, x, dw, dy, dw, 1.0, 0.0};
+    return find_algorithms("cudnnFindConvolutionBackwardFilterAlgorithmEx", c, requested, returned, perf, workspace,
+                           workspace_bytes);
 }
 
 cudnnStatus_t cudnnCreateActivationDescriptor(cudnnActivationDescriptor_t *d)
@@ -677,8 +1012,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, c
     if (st != CUDNN_STATUS_SUCCESS) return st;
     // Scaling factors are float for every data type but double.
     const double a = *static_cast<const float *>(alpha), b = *static_cast<const float *>(beta);
-    return run_checked("cudnnConvolutionForward", conv_call{xd, yd, wd, conv, x, w, y, a, b}, algo, workspace,
-                       workspace_bytes, true, handle->stream);
+    return run_checked("cudnnConvolutionForward", conv_call{xd, yd, wd, conv, conv_kind::forward, x, w, y, y, a, b},
+                       algo, workspace, workspace_bytes, true, handle->stream);
 }
 
 // y = act(alpha1 conv(x, w) + alpha2 z + bias). Beyond cudnnConvolutionForward's
@@ -711,7 +1046,7 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
         !(act->mode == CUDNN_ACTIVATION_IDENTITY && algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM))
         return CUDNN_STATUS_NOT_SUPPORTED;
     if (xd->type != CUDNN_DATA_FLOAT || bias_d->type != CUDNN_DATA_FLOAT) return CUDNN_STATUS_NOT_SUPPORTED;
-    conv_call c{xd, yd, wd, conv, x, w, y, *static_cast<const float *>(alpha1), 0.0};
+    conv_call c{xd, yd, wd, conv, conv_kind::forward, x, w, y, y, *static_cast<const float *>(alpha1), 0.0};
     c.z = z;
     c.alpha2 = *static_cast<const float *>(alpha2);
     c.bias = bias;
@@ -1428,7 +1763,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t
     check_range(call, "w", w, e * filter_elems(job.w), static_cast<size_t>(op.w->alignment));
     check_range(call, "y", y, e * tensor_elems(job.y), static_cast<size_t>(op.y->alignment));
     check_range(call, "workspace", pack->workspace_ptr, plan->workspace, 1);
-    job.c = conv_call{&job.x, &job.y, &job.w, &job.cv, x, w, y, op.alpha, op.beta};
+    job.c = conv_call{&job.x, &job.y, &job.w, &job.cv, conv_kind::forward, x, w, y, y, op.alpha, op.beta};
     return cc_cpu::enqueue(handle->stream, call, [call, job] { run_job(call, job); }) ? CUDNN_STATUS_SUCCESS
                                                                                       : CUDNN_STATUS_EXECUTION_FAILED;
 }
