@@ -374,6 +374,58 @@ static void random_cases(condconv_context_t ctx, int count)
     }
 }
 
+/* Cases every run has, whatever the random draws: asymmetric "same"
+ * padding (dx cropped out of cuDNN's padded plane) in NHWC, a grouped
+ * bf16 layer with external routing and a bias, a depthwise f32 layer with
+ * sigmoid routing on unaligned pointers, and a 1x1 f16 layer with one
+ * expert. */
+static void fixed_cases(condconv_context_t ctx)
+{
+    tu_layer_spec a = tu_basic_spec(5, 7, 3, 4);
+    a.stride_h = a.stride_w = 2;
+    a.pad_mode = CONDCONV_PADDING_SAME;
+    a.routing = CONDCONV_ROUTING_SOFTMAX;
+    a.temperature = 2.5f;
+    a.has_bias = 1;
+    tu_layer_spec b = tu_basic_spec(8, 12, 3, 3);
+    b.groups = 4;
+    b.pad_h = 1;
+    b.pad_w = 0;
+    b.dil_h = 2;
+    b.has_bias = 1;
+    tu_layer_spec c = tu_basic_spec(6, 6, 3, 2);
+    c.groups = 6;
+    c.pad_h = c.pad_w = 1;
+    c.routing = CONDCONV_ROUTING_SIGMOID;
+    tu_layer_spec d = tu_basic_spec(9, 5, 1, 1);
+    d.routing = CONDCONV_ROUTING_SIGMOID;
+    const struct {
+        const tu_layer_spec *s;
+        condconv_dtype dtype;
+        condconv_layout layout;
+        int n, h, w, unaligned;
+    } cases[] = {
+        {&a, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 3, 8, 6, 0},
+        {&b, CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW, 2, 9, 7, 0},
+        {&c, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 4, 5, 5, 1},
+        {&d, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 5, 3, 4, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+        bcase k;
+        make_case(ctx, &k, cases[i].s, cases[i].dtype, cases[i].layout, cases[i].n, cases[i].h, cases[i].w);
+        float *ref[GRADS];
+        if (reference(&k, ref)) {
+            char what[64];
+            snprintf(what, sizeof what, "fixed case %zu", i);
+            check_case(&k, ref, 0x3Fu, what);
+            if (cases[i].unaligned) check_unaligned(&k, ref);
+            check_determinism(&k);
+        }
+        free_grads(ref);
+        free_case(&k);
+    }
+}
+
 /* Plan info, graph capture and replay, NOT_PREPARED inside a capture. */
 static void plan_and_graph(condconv_context_t ctx, cudaStream_t stream)
 {
@@ -518,6 +570,8 @@ int main(void)
     TU_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     if (!EXPECT_OK(condconv_context_create(&ctx, 0))) return tu_finish(kName);
     EXPECT_OK(condconv_context_set_stream(ctx, stream));
+    printf("fixed layers:\n");
+    fixed_cases(ctx);
     printf("random layers:\n");
     random_cases(ctx, tu_case_count(12));
     printf("plan info and graph capture:\n");
