@@ -543,3 +543,13 @@ def test_grad_mode_forward_equals_no_grad(gen: torch.Generator) -> None:
     with torch.no_grad():
         assert torch.equal(layer(x), y.detach())
     assert math.isfinite(float(y.detach().sum()))
+
+
+def test_double_backward_raises(gen: torch.Generator) -> None:
+    """Second derivatives are not implemented: torch says so (no autograd formula on the backward op), never a
+    silently missing term."""
+    layer = cct.CondConv2d(4, 6, 3, num_experts=3)
+    x = torch.randn(2, 4, 5, 5, generator=gen, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x, torch.rand(2, 3, generator=gen)).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula was registered"):
+        gx.sum().backward()
