@@ -4,9 +4,10 @@ Element types in NumPy: a layer's ``"f32"`` data are ``float32`` arrays, ``"f16"
 ``"bf16"`` data ``uint16`` arrays holding bfloat16 bit patterns (NumPy has no bfloat16); :func:`convert` converts
 between the three (round to nearest even). Routing weights are always ``float32`` ``[N, E]``.
 
-Two faces per layer: the NumPy one (:meth:`Layer.forward`, :meth:`Layer.route`) runs the CPU reference path on
-C-contiguous arrays it validates first; the low-level one (``*_ptr`` methods, :meth:`Layer.prepare`, ...) passes
-raw addresses (ints, 0 for NULL) straight to C for callers that own their memory (``condconv.torch``).
+Two faces per layer: the NumPy one (:meth:`Layer.forward`, :meth:`Layer.route`, :meth:`Layer.backward`) runs the
+CPU reference path on C-contiguous arrays it validates first; the low-level one (``*_ptr`` methods,
+:meth:`Layer.prepare`, ...) passes raw addresses (ints, 0 for NULL) straight to C for callers that own their memory
+(``condconv.torch``).
 """
 
 from __future__ import annotations
