@@ -269,6 +269,7 @@ def library_path() -> pathlib.Path:
 _H = c_void_p  # every opaque handle (context, descriptor, layer)
 _PH = POINTER(c_void_p)
 _PI = POINTER(c_int)
+_PF = POINTER(c_float)
 
 # name -> (restype, argtypes), one line per function of include/condconv.h, in the header's order.
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
@@ -319,6 +320,11 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "condconv_route": (c_int, [_H, c_int, c_int, c_int, c_void_p, c_void_p]),
     "condconv_forward_cpu": (c_int, [_H, c_int, c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p]),
     "condconv_route_cpu": (c_int, [_H, c_int, c_int, c_int, c_void_p, c_void_p]),
+    # x, routing_in, dy, dx (void *); d_routing_in, d_experts, d_expert_bias, d_routing_weight, d_routing_bias (float *)
+    "condconv_backward_cpu": (
+        c_int,
+        [_H, c_int, c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p, _PF, _PF, _PF, _PF, _PF],
+    ),
 }
 
 _lock = threading.Lock()

@@ -4,9 +4,10 @@ Element types in NumPy: a layer's ``"f32"`` data are ``float32`` arrays, ``"f16"
 ``"bf16"`` data ``uint16`` arrays holding bfloat16 bit patterns (NumPy has no bfloat16); :func:`convert` converts
 between the three (round to nearest even). Routing weights are always ``float32`` ``[N, E]``.
 
-Two faces per layer: the NumPy one (:meth:`Layer.forward`, :meth:`Layer.route`) runs the CPU reference path on
-C-contiguous arrays it validates first; the low-level one (``*_ptr`` methods, :meth:`Layer.prepare`, ...) passes
-raw addresses (ints, 0 for NULL) straight to C for callers that own their memory (``condconv.torch``).
+Two faces per layer: the NumPy one (:meth:`Layer.forward`, :meth:`Layer.route`, :meth:`Layer.backward`) runs the
+CPU reference path on C-contiguous arrays it validates first; the low-level one (``*_ptr`` methods,
+:meth:`Layer.prepare`, ...) passes raw addresses (ints, 0 for NULL) straight to C for callers that own their memory
+(``condconv.torch``).
 """
 
 from __future__ import annotations
@@ -475,6 +476,11 @@ def _ptr(value: int | None) -> int | None:
     return int(value) if value else None
 
 
+def _fptr(value: int | None) -> Any:
+    """A raw address as the ``float *`` ctypes argument of condconv_backward_cpu's gradients: 0 and None are NULL."""
+    return ctypes.cast(int(value), ctypes.POINTER(ctypes.c_float)) if value else None
+
+
 def _as_param(
     array: Any, shape: tuple[int, ...], dtype: str, what: str, alt_shape: tuple[int, ...] | None = None
 ) -> np.ndarray:
@@ -769,6 +775,30 @@ class Layer:
         status = lib().condconv_route_cpu(self.handle, n, h, w, _ptr(x_ptr), _ptr(routing_out_ptr))
         check(status, "condconv_route_cpu")
 
+    def backward_cpu_ptr(
+        self,
+        n: int,
+        h: int,
+        w: int,
+        x_ptr: int,
+        routing_in_ptr: int,
+        dy_ptr: int,
+        dx_ptr: int = 0,
+        d_routing_in_ptr: int = 0,
+        d_experts_ptr: int = 0,
+        d_expert_bias_ptr: int = 0,
+        d_routing_weight_ptr: int = 0,
+        d_routing_bias_ptr: int = 0,
+    ) -> None:
+        """``condconv_backward_cpu`` on host addresses (0 for NULL): the gradients whose address is not 0 (at least
+        one). dx in the layer's dtype and layout, the others f32. The caller vouches for sizes and types."""
+        status = lib().condconv_backward_cpu(
+            self.handle, n, h, w, _ptr(x_ptr), _ptr(routing_in_ptr), _ptr(dy_ptr), _ptr(dx_ptr),
+            _fptr(d_routing_in_ptr), _fptr(d_experts_ptr), _fptr(d_expert_bias_ptr), _fptr(d_routing_weight_ptr),
+            _fptr(d_routing_bias_ptr),
+        )  # fmt: skip
+        check(status, "condconv_backward_cpu")
+
     # --- NumPy face: the CPU reference path on validated arrays ----------------------------------------------
     def _check_input(self, x: Any) -> tuple[np.ndarray, int, int, int]:
         if not isinstance(x, np.ndarray):
@@ -832,6 +862,77 @@ class Layer:
             r_out.ctypes.data if r_out is not None else 0,
         )  # fmt: skip
         return (y, r_out) if r_out is not None else y
+
+    GRADIENTS = ("x", "routing_weights", "experts", "expert_bias", "routing_weight", "routing_bias")
+
+    def backward(
+        self,
+        x: np.ndarray,
+        dy: np.ndarray,
+        routing_weights: np.ndarray | None = None,
+        wrt: tuple[str, ...] | list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The backward of :meth:`forward` on the CPU reference path (``condconv_backward_cpu``, double accumulation).
+
+        ``x`` and ``routing_weights`` as given to :meth:`forward`; ``dy``: the gradient of a loss with respect to
+        its output y (y's shape, the layer's NumPy type, C-contiguous). ``wrt``: the gradients to compute, names
+        of :attr:`GRADIENTS`, among those the layer has: "x" (the layer's NumPy type and layout; through the
+        routing too when the layer routes itself), "routing_weights" (external routing only), "experts"
+        ([E, Cout, Cin/groups, kh, kw]), "expert_bias" (layers with bias), "routing_weight" and "routing_bias"
+        (layers that route themselves); None: every one the layer has. Returns ``{name: gradient}``, all float32
+        (rounded once from double) but "x". A gradient the layer cannot have raises :class:`CondConvError`
+        (BAD_VALUE, from the library).
+        """
+        x, n, h, w = self._check_input(x)
+        spec = self._spec
+        if spec.external_routing:
+            if routing_weights is None:
+                raise ValueError("this layer's routing is 'external': pass routing_weights [N, E] (float32)")
+            r_in: np.ndarray | None = self._check_routing(routing_weights, n, "routing_weights")
+        else:
+            if routing_weights is not None:
+                raise ValueError(f"routing_weights given, but this layer routes itself ({spec.routing!r})")
+            r_in = None
+        ho, wo = self.output_dims(h, w)
+        y_shape = (n, ho, wo, spec.out_channels) if spec.channels_last else (n, spec.out_channels, ho, wo)
+        if not isinstance(dy, np.ndarray):
+            raise TypeError(f"dy must be a numpy.ndarray, got {type(dy).__name__}")
+        if dy.dtype != self._dtype:
+            raise TypeError(f"dy must have dtype {self._dtype} for a {spec.dtype} layer (as y), got {dy.dtype}")
+        if dy.shape != y_shape:
+            raise ValueError(f"dy must have y's shape {y_shape}, got {dy.shape}")
+        if not dy.flags.c_contiguous:
+            raise ValueError("dy must be C-contiguous (numpy.ascontiguousarray)")
+        if wrt is None:
+            names = ["x", "experts"] + (["expert_bias"] if spec.bias else [])
+            names += ["routing_weights"] if spec.external_routing else ["routing_weight", "routing_bias"]
+        else:
+            names = list(wrt)
+            unknown = [name for name in names if name not in self.GRADIENTS]
+            if unknown:
+                raise ValueError(f"unknown gradient(s) {unknown}; names are {list(self.GRADIENTS)}")
+        e, cout, cin = spec.num_experts, spec.out_channels, spec.in_channels
+        shapes: dict[str, tuple[int, ...]] = {
+            "routing_weights": (n, e),
+            "experts": spec.expert_shape,
+            "expert_bias": (e, cout),
+            "routing_weight": (e, cin),
+            "routing_bias": (e,),
+        }
+        out = {
+            name: np.zeros(x.shape, dtype=self._dtype) if name == "x" else np.zeros(shapes[name], dtype=np.float32)
+            for name in names
+        }
+
+        def addr(name: str) -> int:
+            return out[name].ctypes.data if name in out else 0
+
+        self.backward_cpu_ptr(
+            n, h, w, x.ctypes.data, r_in.ctypes.data if r_in is not None else 0, dy.ctypes.data, addr("x"),
+            addr("routing_weights"), addr("experts"), addr("expert_bias"), addr("routing_weight"),
+            addr("routing_bias"),
+        )  # fmt: skip
+        return out
 
     def route(self, x: np.ndarray) -> np.ndarray:
         """The routing weights float32 [N, E] = act(FC(GAP(x))) on the CPU (not with external routing)."""

@@ -669,3 +669,61 @@ def _header_struct_fields(name: str) -> list[str]:
 def test_ctypes_structs_match_the_header(c_name: str, py_struct: str) -> None:
     py_fields = [f[0] for f in getattr(_lib, py_struct)._fields_]
     assert py_fields == _header_struct_fields(c_name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The backward's NumPy face (condconv_backward_cpu); its values are checked against finite differences and float64
+# autograd in test_torch_autograd.py (and tests/test_backward_cpu.c): here the binding, by exact identities.
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_backward_numpy_face(ctx: Context, layout: str) -> None:
+    """y = conv(x, sum_e alpha_e W_e) + sum_e alpha_e b_e is linear in x (no bias), in alpha, and jointly in (W, b),
+    so by Euler's theorem <dy, y> = <dx, x> (bias-free layer) = <d_alpha, alpha> = <d_W, W> + <d_b, b>: each side
+    summed in double from values the library rounded once to f32, equal within a few u of sum |terms|."""
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    e, cin, cout = 3, 4, 6
+    for bias in (False, True):
+        spec = LayerSpec(cin, cout, 3, stride=2, padding="same", groups=2, num_experts=e, bias=bias,
+                         routing="external", layout=layout)  # fmt: skip
+        experts = rng.standard_normal(spec.expert_shape).astype(np.float32)
+        b = rng.standard_normal((e, cout)).astype(np.float32) if bias else None
+        layer = Layer(ctx, spec, experts, b)
+        x = rng.standard_normal((2, 7, 6, cin) if layout == "nhwc" else (2, cin, 7, 6)).astype(np.float32)
+        alpha = rng.random((2, e)).astype(np.float32)
+        y = layer.forward(x, routing_weights=alpha)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        grads = layer.backward(x, dy, routing_weights=alpha)
+        assert set(grads) == {"x", "routing_weights", "experts"} | ({"expert_bias"} if bias else set())
+        assert grads["x"].shape == x.shape
+        assert grads["x"].dtype == np.float32
+        assert grads["experts"].shape == spec.expert_shape
+
+        def dot(a: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+            p = a.astype(np.float64) * c.astype(np.float64)
+            return float(p.sum()), float(np.abs(p).sum())
+
+        lhs, scale = dot(dy, y)
+        sides = [dot(grads["routing_weights"], alpha), dot(grads["experts"], experts)]
+        if bias:
+            sides[1] = tuple(map(sum, zip(sides[1], dot(grads["expert_bias"], b))))  # type: ignore[arg-type]
+        else:
+            sides.append(dot(grads["x"], x))
+        for value, mag in sides:
+            assert abs(value - lhs) <= 4 * 2.0**-24 * (scale + mag), (value, lhs)
+        only_x = layer.backward(x, dy, routing_weights=alpha, wrt=["x"])
+        assert list(only_x) == ["x"]
+        assert np.array_equal(only_x["x"], grads["x"])
+    with pytest.raises(CondConvError, match="every output is NULL") as info:
+        layer.backward(x, dy, routing_weights=alpha, wrt=[])
+    assert info.value.status == Status.BAD_VALUE
+    with pytest.raises(CondConvError, match="d_routing_weight and d_routing_bias must be NULL"):
+        layer.backward(x, dy, routing_weights=alpha, wrt=["routing_weight"])
+    with pytest.raises(ValueError, match="unknown gradient"):
+        layer.backward(x, dy, routing_weights=alpha, wrt=["bias"])
+    with pytest.raises(ValueError, match="dy must have y's shape"):
+        layer.backward(x, dy[:1], routing_weights=alpha)
+    with pytest.raises(TypeError, match="dy must have dtype float32"):
+        layer.backward(x, dy.astype(np.float64), routing_weights=alpha)
+    with pytest.raises(ValueError, match="routing is 'external'"):
+        layer.backward(x, dy)

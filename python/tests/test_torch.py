@@ -369,29 +369,6 @@ def test_non_contiguous_inputs_are_accepted(layer: cct.CondConv2d) -> None:
         assert torch.equal(layer(x, alpha.double()), layer(x, alpha))
 
 
-def test_requires_grad_raises(layer: cct.CondConv2d) -> None:
-    x, alpha = torch.randn(2, 8, 5, 5), torch.rand(2, 4)
-    with pytest.raises(RuntimeError, match="inference only"):
-        layer(x, alpha)  # grad mode on, parameters require grad
-    layer.requires_grad_(False)
-    layer(x, alpha)  # nothing needs a gradient: runs
-    with pytest.raises(RuntimeError, match="inference only"):
-        layer(x.requires_grad_(), alpha)
-    with pytest.raises(RuntimeError, match="inference only"):
-        layer(x.detach(), alpha.requires_grad_())
-    with torch.no_grad():
-        layer(x, alpha)
-
-
-def test_op_backward_raises() -> None:
-    """Called directly, past the module's check, the op still refuses to give a gradient."""
-    layer = cct.CondConv2d(8, 12, 3, num_experts=4)
-    x = torch.randn(2, 8, 5, 5, requires_grad=True)
-    y = torch.ops.condconv.cond_conv2d(x, torch.rand(2, 4), layer.weight, None, layer.geom, layer.layer_id)
-    with pytest.raises(RuntimeError, match="backward is not implemented"):
-        y.sum().backward()
-
-
 def test_library_errors_carry_status() -> None:
     """A failure inside the C library surfaces as condconv's CondConvError with the status name and message."""
     from condconv._lib import CondConvError

@@ -195,3 +195,16 @@ def test_compile_and_export_on_cuda() -> None:
     with torch.no_grad():
         program = torch.export.export(block, (x,))
         assert rel_diff(program.module()(x), expected) <= 1e-5
+
+
+def test_backward_on_cuda_raises_not_implemented() -> None:
+    """The forward of CUDA tensors runs under grad mode; their backward says the library has no GPU backward yet."""
+    layer = cct.CondConv2d(8, 8, 3, num_experts=4).cuda()
+    routed = cct.RoutedCondConv2d(8, 8, 3, num_experts=4, routing="softmax").cuda()
+    x = torch.randn(2, 8, 6, 6, device="cuda", requires_grad=True)
+    y = layer(x, torch.rand(2, 4, device="cuda"))
+    assert y.requires_grad
+    with pytest.raises(NotImplementedError, match=r"no GPU backward \(condconv_backward\)"):
+        y.sum().backward()
+    with pytest.raises(NotImplementedError, match="no GPU backward"):
+        routed(x).sum().backward()

@@ -109,6 +109,25 @@ class NativeLayer:
     def forward_cpu(self, n: int, h: int, w: int, x: int, y: int, alpha: int) -> None:
         self.layer.forward_cpu_ptr(n, h, w, x, y, alpha, 0)
 
+    def backward_cpu(
+        self,
+        n: int,
+        h: int,
+        w: int,
+        x: int,
+        alpha: int,
+        dy: int,
+        dx: int,
+        d_alpha: int,
+        d_weight: int,
+        d_bias: int,
+        d_routing_weight: int,
+        d_routing_bias: int,
+    ) -> None:
+        self.layer.backward_cpu_ptr(
+            n, h, w, x, alpha, dy, dx, d_alpha, d_weight, d_bias, d_routing_weight, d_routing_bias
+        )
+
     def plan_info(self, n: int, h: int, w: int) -> dict[str, object]:
         return self.layer.plan_info(n, h, w)
 

@@ -34,6 +34,10 @@ synchronising the host. Math mode: TF32 for f32 when ``torch.backends.cudnn.allo
 otherwise.
 
 CPU: the library's reference path (condconv_forward_cpu: direct convolution, double accumulation).
+
+Autograd: both ops have autograd formulas (``register_autograd``) that call two backward custom ops on the library's
+CPU backward (condconv_backward_cpu); see "Backward" below. CUDA tensors: the forward runs under grad mode, the
+backward raises NotImplementedError (the library has no GPU backward yet).
 """
 
 from __future__ import annotations
@@ -488,17 +492,356 @@ def _check_routed(
             )
 
 
-def _no_backward(ctx: object, grad: torch.Tensor) -> None:
-    raise RuntimeError(
-        "condconv: backward is not implemented (inference only); run the model under torch.no_grad() or "
-        "torch.inference_mode(), or use timm's CondConv2d for training"
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: two more custom ops on the library's CPU backward, and the autograd formulas that call them
+# ----------------------------------------------------------------------------------------------------------------
+#
+#   condconv::cond_conv2d_backward(grad_y, x, routing_weights, weight, bias?, geom, layer_id, needs[4])
+#       -> (dx, d_routing_weights, d_weight, d_bias)
+#   condconv::routed_cond_conv2d_backward(grad_y, x, weight, bias?, routing_weight, routing_bias?, geom, routing,
+#                                         temperature, layer_id, needs[5])
+#       -> (dx, d_weight, d_bias, d_routing_weight, d_routing_bias)
+#
+# ``needs`` says which gradients to compute (the forward op's tensor inputs, in order); the library computes only
+# those (NULL for the others) and an output not asked for is an empty tensor (shape [0]). Being custom ops with fake
+# implementations, they let torch.compile and torch.export trace a training step's backward as well.
+#
+# Values: condconv_backward_cpu accumulates in double and rounds once. dx comes back in the layer's dtype and the
+# forward's activation layout (NHWC for a channels_last x); the parameter and routing gradients come back f32 and are
+# cast here to their tensors' dtypes (one more rounding for f16/bf16 parameters, or f16/bf16/f64 routing weights).
+# The timm weight layout [E, Cout*Cin/groups*kh*kw] is the library's [E][Cout][Cin/groups][kh][kw] flattened, so
+# d_weight needs no permutation.
+#
+# CUDA: the library's GPU backward (condconv_backward) does not exist yet, so a backward through CUDA tensors raises
+# NotImplementedError (at backward: the forward runs as usual under grad mode, and nothing is computed in Python
+# instead). Other devices raise CondConvInputError.
+
+
+def _refuse_non_cpu_backward(x: torch.Tensor, op: str) -> None:
+    if x.device.type == "cuda":
+        raise NotImplementedError(
+            f"{op}: backward of CUDA tensors is not available: libcondconv has no GPU backward (condconv_backward) "
+            f"yet, only the CPU reference backward (condconv_backward_cpu). Train on CPU tensors, or run CUDA "
+            f"tensors under torch.no_grad() / torch.inference_mode() (or requires_grad_(False))"
+        )
+    if x.device.type != "cpu":
+        raise CondConvInputError(f"{op}: backward of tensors on {x.device} is not supported (CPU tensors only)")
+
+
+def _check_grad(grad: torch.Tensor, x: torch.Tensor, geom: list[int], op: str) -> None:
+    _refuse_non_cpu_backward(x, op)
+    if grad.device != x.device:
+        raise CondConvInputError(f"{op}: grad_y is on {grad.device} but x is on {x.device}")
+    if grad.dtype != x.dtype:
+        raise CondConvInputError(f"{op}: grad_y has dtype {grad.dtype}, but the output (and x) are {x.dtype}")
+    ho, wo = output_hw(x.shape[2], x.shape[3], geom)
+    expected = (x.shape[0], geom[1], ho, wo)
+    if tuple(grad.shape) != expected:
+        raise CondConvInputError(f"{op}: grad_y must have the output's shape {expected}, got {tuple(grad.shape)}")
+
+
+def _grad_like(t: torch.Tensor | None, need: bool) -> torch.Tensor:
+    """The output for one gradient: t's shape, dtype and device (dense, contiguous), or an empty placeholder."""
+    if t is None or not need:
+        ref = t if t is not None else torch.empty(0)
+        return torch.empty(0, dtype=ref.dtype, device=ref.device)
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _dx_like(x: torch.Tensor, need: bool) -> torch.Tensor:
+    if not need:
+        return torch.empty(0, dtype=x.dtype, device=x.device)
+    fmt = torch.channels_last if is_nhwc(x) else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _run_backward(
+    layer_id: int,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    alpha: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor | None,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    needs: dict[str, bool],
+) -> dict[str, torch.Tensor]:
+    """condconv_backward_cpu for the gradients ``needs`` names (x, alpha, weight, bias, routing_weight,
+    routing_bias); each result in its input's dtype (dx also in x's layout), an empty tensor for the others."""
+    nhwc = is_nhwc(x)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    out = {
+        "x": _dx_like(x, needs["x"]),
+        "alpha": _grad_like(alpha, needs["alpha"]),
+        "weight": _grad_like(weight, needs["weight"]),
+        "bias": _grad_like(bias, needs["bias"]),
+        "routing_weight": _grad_like(routing_weight, needs["routing_weight"]),
+        "routing_bias": _grad_like(routing_bias, needs["routing_bias"]),
+    }
+    wanted = [name for name, need in needs.items() if need and (name == "x" or out[name].numel() > 0)]
+    if not wanted:
+        return out
+    dy = grad.contiguous(memory_format=fmt)
+    alpha32 = None if alpha is None else alpha.to(torch.float32).contiguous()
+    # The library writes the parameter and routing gradients in f32: straight into the output where that is f32.
+    f32 = {
+        name: out[name] if out[name].dtype == torch.float32 else torch.empty(out[name].shape, dtype=torch.float32)
+        for name in wanted
+        if name != "x"
+    }
+
+    def ptr(name: str) -> int:
+        return f32[name].data_ptr() if name in f32 else 0
+
+    n, _, h, w = x.shape
+    layer = _get_layer(
+        layer_id,
+        _native.CONDCONV_DEVICE_CPU,
+        x.dtype,
+        nhwc,
+        _native.MATH_F32,
+        geom,
+        routing,
+        temperature,
+        weight,
+        bias,
+        routing_weight,
+        routing_bias,
+    )
+    with layer.context.lock:
+        layer.backward_cpu(
+            n,
+            h,
+            w,
+            x.data_ptr(),
+            0 if alpha32 is None else alpha32.data_ptr(),
+            dy.data_ptr(),
+            out["x"].data_ptr() if "x" in wanted else 0,
+            ptr("alpha"),
+            ptr("weight"),
+            ptr("bias"),
+            ptr("routing_weight"),
+            ptr("routing_bias"),
+        )
+    for name, value in f32.items():
+        if value is not out[name]:
+            out[name].copy_(value)
+    return out
+
+
+def cond_conv2d_backward_impl(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    geom: list[int],
+    layer_id: int,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of cond_conv2d: (dx, d_routing_weights, d_weight, d_bias), those ``needs`` does not ask for empty."""
+    _check_backward_cond_conv2d(grad_y, x, routing_weights, weight, bias, geom, needs)
+    wants = dict(zip(("x", "alpha", "weight", "bias"), needs))
+    out = _run_backward(
+        layer_id,
+        grad_y,
+        x,
+        routing_weights,
+        weight,
+        bias,
+        None,
+        None,
+        geom,
+        _native.ROUTING_EXTERNAL,
+        1.0,
+        {**wants, "routing_weight": False, "routing_bias": False},
+    )
+    return out["x"], out["alpha"], out["weight"], out["bias"]
+
+
+def _check_backward_cond_conv2d(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geom: list[int],
+    needs: list[bool],
+) -> None:
+    op = "condconv::cond_conv2d_backward"
+    if len(needs) != 4:
+        raise CondConvInputError(f"{op}: needs has {len(needs)} values, expected 4 (x, routing_weights, weight, bias)")
+    _check_common(x, weight, bias, geom, op)
+    _check_alpha(x, routing_weights, int(weight.shape[0]))
+    _check_grad(grad_y, x, geom, op)
+
+
+cond_conv2d_backward = torch.library.custom_op(
+    "condconv::cond_conv2d_backward", cond_conv2d_backward_impl, mutates_args=()
+)
+
+
+@cond_conv2d_backward.register_fake
+def _cond_conv2d_backward_fake(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    geom: list[int],
+    layer_id: int,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_backward_cond_conv2d(grad_y, x, routing_weights, weight, bias, geom, needs)
+    return (
+        _dx_like(x, needs[0]),
+        _grad_like(routing_weights, needs[1]),
+        _grad_like(weight, needs[2]),
+        _grad_like(bias, needs[3]),
     )
 
 
-def _setup_context(ctx: object, inputs: tuple[object, ...], output: torch.Tensor) -> None:
-    return None
+def routed_cond_conv2d_backward_impl(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    routing_weight: torch.Tensor,
+    routing_bias: Optional[torch.Tensor],
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    layer_id: int,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of routed_cond_conv2d: (dx, d_weight, d_bias, d_routing_weight, d_routing_bias), those ``needs``
+    does not ask for empty. dx includes the routing's share (through the global average pool)."""
+    _check_backward_routed(grad_y, x, weight, bias, routing_weight, routing_bias, geom, routing, temperature, needs)
+    wants = dict(zip(("x", "weight", "bias", "routing_weight", "routing_bias"), needs))
+    out = _run_backward(
+        layer_id,
+        grad_y,
+        x,
+        None,
+        weight,
+        bias,
+        routing_weight,
+        routing_bias,
+        geom,
+        routing,
+        temperature,
+        {**wants, "alpha": False},
+    )
+    return out["x"], out["weight"], out["bias"], out["routing_weight"], out["routing_bias"]
 
 
-# A gradient through these ops would be silently wrong (or silently absent), so backward raises.
-torch.library.register_autograd("condconv::cond_conv2d", _no_backward, setup_context=_setup_context)
-torch.library.register_autograd("condconv::routed_cond_conv2d", _no_backward, setup_context=_setup_context)
+def _check_backward_routed(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    needs: list[bool],
+) -> None:
+    op = "condconv::routed_cond_conv2d_backward"
+    if len(needs) != 5:
+        raise CondConvInputError(
+            f"{op}: needs has {len(needs)} values, expected 5 (x, weight, bias, routing_weight, routing_bias)"
+        )
+    _check_routed(x, weight, bias, routing_weight, routing_bias, geom, routing, temperature)
+    _check_grad(grad_y, x, geom, op)
+
+
+routed_cond_conv2d_backward = torch.library.custom_op(
+    "condconv::routed_cond_conv2d_backward", routed_cond_conv2d_backward_impl, mutates_args=()
+)
+
+
+@routed_cond_conv2d_backward.register_fake
+def _routed_cond_conv2d_backward_fake(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    routing_weight: torch.Tensor,
+    routing_bias: Optional[torch.Tensor],
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    layer_id: int,
+    needs: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_backward_routed(grad_y, x, weight, bias, routing_weight, routing_bias, geom, routing, temperature, needs)
+    return (
+        _dx_like(x, needs[0]),
+        _grad_like(weight, needs[1]),
+        _grad_like(bias, needs[2]),
+        _grad_like(routing_weight, needs[3]),
+        _grad_like(routing_bias, needs[4]),
+    )
+
+
+# The autograd formulas of the forward ops. The forward's tensors are saved with save_for_backward, so an in-place
+# change between forward and backward (an optimiser step too early) is autograd's usual error, never a gradient
+# of other weights; the C layer the backward uses is the forward's (same cache entry: same parameter versions).
+
+
+def _setup_cond_conv2d(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: object) -> None:
+    x, routing_weights, weight, bias, geom, layer_id = inputs
+    ctx.save_for_backward(x, routing_weights, weight, bias)  # type: ignore[arg-type]
+    ctx.geom = list(geom)  # type: ignore[attr-defined, arg-type]
+    ctx.layer_id = layer_id  # type: ignore[attr-defined]
+
+
+def _backward_cond_conv2d(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[object, ...]:
+    x, routing_weights, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]
+    needs = [bool(b) for b in ctx.needs_input_grad[:4]]  # type: ignore[attr-defined]
+    _refuse_non_cpu_backward(x, "condconv::cond_conv2d")
+    if not any(needs):
+        return None, None, None, None, None, None
+    geom, layer_id = ctx.geom, ctx.layer_id  # type: ignore[attr-defined]
+    grads = torch.ops.condconv.cond_conv2d_backward(grad, x, routing_weights, weight, bias, geom, layer_id, needs)
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None)
+
+
+def _setup_routed(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object, ...], output: object) -> None:
+    x, weight, bias, routing_weight, routing_bias, geom, routing, temperature, layer_id = inputs
+    ctx.save_for_backward(x, weight, bias, routing_weight, routing_bias)  # type: ignore[arg-type]
+    ctx.geom = list(geom)  # type: ignore[attr-defined, arg-type]
+    ctx.routing = routing  # type: ignore[attr-defined]
+    ctx.temperature = temperature  # type: ignore[attr-defined]
+    ctx.layer_id = layer_id  # type: ignore[attr-defined]
+
+
+def _backward_routed(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[object, ...]:
+    x, weight, bias, routing_weight, routing_bias = ctx.saved_tensors  # type: ignore[attr-defined]
+    needs = [bool(b) for b in ctx.needs_input_grad[:5]]  # type: ignore[attr-defined]
+    _refuse_non_cpu_backward(x, "condconv::routed_cond_conv2d")
+    if not any(needs):
+        return (None,) * 9
+    grads = torch.ops.condconv.routed_cond_conv2d_backward(
+        grad,
+        x,
+        weight,
+        bias,
+        routing_weight,
+        routing_bias,
+        ctx.geom,  # type: ignore[attr-defined]
+        ctx.routing,  # type: ignore[attr-defined]
+        ctx.temperature,  # type: ignore[attr-defined]
+        ctx.layer_id,  # type: ignore[attr-defined]
+        needs,
+    )
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None, None, None)
+
+
+torch.library.register_autograd("condconv::cond_conv2d", _backward_cond_conv2d, setup_context=_setup_cond_conv2d)
+torch.library.register_autograd("condconv::routed_cond_conv2d", _backward_routed, setup_context=_setup_routed)

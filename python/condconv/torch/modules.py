@@ -51,22 +51,13 @@ def padding_value(
     return _pair(padding), False
 
 
-def _check_no_grad(module: nn.Module, *tensors: torch.Tensor | None) -> None:
-    """``tensors``: the call's inputs and the module's parameters (passed explicitly: cheaper than parameters())."""
-    if not torch.is_grad_enabled():
-        return
-    if any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            f"condconv {type(module).__name__} is inference only (no backward yet), and this call would need "
-            f"gradients: grad mode is on and an input or parameter requires grad. Run it under torch.no_grad() or "
-            f"torch.inference_mode() (or call module.requires_grad_(False) and pass inputs that do not require grad)"
-        )
-
-
-def _eager(*tensors: torch.Tensor) -> bool:
-    """A plain eager call: not traced by torch.compile/export and no tensor subclass (fake, functional, proxy)
-    involved. Only then may the module skip the registered op; anything that traces goes through it."""
-    return not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
+def _eager(inputs: tuple[torch.Tensor, ...], params: tuple[torch.Tensor | None, ...]) -> bool:
+    """A plain eager call that needs no gradient: not traced by torch.compile/export, no tensor subclass (fake,
+    functional, proxy) among the inputs, and no autograd graph to record. Only then may the module skip the
+    registered op (whose autograd formula the backward needs); anything else goes through it."""
+    if torch.compiler.is_compiling() or any(type(t) is not torch.Tensor for t in inputs):
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*inputs, *params)))
 
 
 class CondConv2d(nn.Module):
@@ -78,8 +69,12 @@ class CondConv2d(nn.Module):
     'same' TensorFlow SAME, 'valid', int or pair).
 
     CUDA tensors run condconv's GPU path on torch's current stream (channels_last as NHWC, contiguous as NCHW,
-    anything else made contiguous first); CPU tensors the library's reference path. Inference only: a call that
-    would need gradients raises. See condconv.torch._ops for the C layer cache and CUDA-graph rules.
+    anything else made contiguous first); CPU tensors the library's reference path.
+
+    Training: on CPU tensors autograd works (the library's ``condconv_backward_cpu``, double accumulation) for x,
+    ``routing_weights``, ``weight`` and ``bias``. CUDA tensors run the forward under grad mode as well, but their
+    backward raises NotImplementedError (at backward time): the library has no GPU backward yet. See
+    condconv.torch._ops for the C layer cache, the gradients' dtypes and the CUDA-graph rules.
     """
 
     def __init__(
@@ -165,8 +160,7 @@ class CondConv2d(nn.Module):
         return s + ("" if self.bias is not None else ", bias=False")
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        _check_no_grad(self, x, routing_weights, self.weight, self.bias)
-        if _eager(x, routing_weights):
+        if _eager((x, routing_weights), (self.weight, self.bias)):
             # Plain eager call: the op's own implementation, without the dispatcher's per-call overhead.
             return _ops.cond_conv2d_impl(x, routing_weights, self.weight, self.bias, self.geom, self.layer_id)
         return torch.ops.condconv.cond_conv2d(x, routing_weights, self.weight, self.bias, self.geom, self.layer_id)
@@ -208,7 +202,8 @@ class RoutedCondConv2d(CondConv2d):
     ``alpha = sigmoid(routing_fn(GAP(x)))`` (``routing='sigmoid'``, CondConv) or
     ``softmax(routing_fn(GAP(x)) / temperature)`` (``routing='softmax'``, Dynamic Convolution), with
     ``routing_fn = nn.Linear(in_channels, num_experts)``; then as CondConv2d. ``forward(x)``. The routing runs
-    inside the library (one fused kernel on the GPU).
+    inside the library (one fused kernel on the GPU). Autograd on CPU tensors, as CondConv2d, also gives the
+    gradients of ``routing_fn``'s weight and bias (and x's through the routing's average pool).
     """
 
     def __init__(
@@ -243,15 +238,15 @@ class RoutedCondConv2d(CondConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         fc = self.routing_fn
-        _check_no_grad(self, x, self.weight, self.bias, fc.weight, fc.bias)
         mode = _native.ROUTING_SIGMOID if self.routing == "sigmoid" else _native.ROUTING_SOFTMAX
-        op = _ops.routed_cond_conv2d_impl if _eager(x) else torch.ops.condconv.routed_cond_conv2d
+        eager = _eager((x,), (self.weight, self.bias, fc.weight, fc.bias))
+        op = _ops.routed_cond_conv2d_impl if eager else torch.ops.condconv.routed_cond_conv2d
         return op(
             x,
             self.weight,
             self.bias,
-            self.routing_fn.weight,
-            self.routing_fn.bias,
+            fc.weight,
+            fc.bias,
             self.geom,
             mode,
             self.temperature,
