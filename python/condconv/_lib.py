@@ -325,6 +325,13 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
         c_int,
         [_H, c_int, c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p, _PF, _PF, _PF, _PF, _PF],
     ),
+    "condconv_backward_prepare": (c_int, [_H, c_int, c_int, c_int]),
+    "condconv_get_backward_workspace_size": (c_int, [_H, c_int, c_int, c_int, POINTER(c_size_t)]),
+    # condconv_backward_cpu's arguments, then workspace (void *) and its size
+    "condconv_backward": (
+        c_int,
+        [_H, c_int, c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p, _PF, _PF, _PF, _PF, _PF, c_void_p, c_size_t],
+    ),
 }
 
 _lock = threading.Lock()

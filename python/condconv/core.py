@@ -701,6 +701,19 @@ class Layer:
         )
         return int(size.value)
 
+    def backward_prepare(self, n: int, h: int, w: int) -> None:
+        """Plans the GPU backward of N x Cin x H x W inputs (as :meth:`prepare` does the forward)."""
+        check(lib().condconv_backward_prepare(self.handle, int(n), int(h), int(w)), "condconv_backward_prepare")
+
+    def backward_workspace_size(self, n: int, h: int, w: int) -> int:
+        """Workspace bytes the GPU backward needs at this shape (prepares if needed)."""
+        size = ctypes.c_size_t()
+        check(
+            lib().condconv_get_backward_workspace_size(self.handle, int(n), int(h), int(w), ctypes.byref(size)),
+            "condconv_get_backward_workspace_size",
+        )
+        return int(size.value)
+
     def plan_info(self, n: int, h: int, w: int) -> dict[str, Any]:
         """Why the GPU plan for this shape runs what it runs (prepares if needed): algo, requested, select, math,
         workspace_bytes, measured_us {algo: us or None}, applicable [algos], reason, backend, and what runs when x or
@@ -798,6 +811,32 @@ class Layer:
             _fptr(d_routing_bias_ptr),
         )  # fmt: skip
         check(status, "condconv_backward_cpu")
+
+    def backward_ptr(
+        self,
+        n: int,
+        h: int,
+        w: int,
+        x_ptr: int,
+        routing_in_ptr: int,
+        dy_ptr: int,
+        dx_ptr: int = 0,
+        d_routing_in_ptr: int = 0,
+        d_experts_ptr: int = 0,
+        d_expert_bias_ptr: int = 0,
+        d_routing_weight_ptr: int = 0,
+        d_routing_bias_ptr: int = 0,
+        ws_ptr: int = 0,
+        ws_bytes: int = 0,
+    ) -> None:
+        """``condconv_backward`` on device addresses (0 for NULL), asynchronous on the context's stream: the
+        gradients whose address is not 0, as :meth:`backward_cpu_ptr`."""
+        status = lib().condconv_backward(
+            self.handle, n, h, w, _ptr(x_ptr), _ptr(routing_in_ptr), _ptr(dy_ptr), _ptr(dx_ptr),
+            _fptr(d_routing_in_ptr), _fptr(d_experts_ptr), _fptr(d_expert_bias_ptr), _fptr(d_routing_weight_ptr),
+            _fptr(d_routing_bias_ptr), _ptr(ws_ptr), ws_bytes,
+        )  # fmt: skip
+        check(status, "condconv_backward")
 
     # --- NumPy face: the CPU reference path on validated arrays ----------------------------------------------
     def _check_input(self, x: Any) -> tuple[np.ndarray, int, int, int]:

@@ -55,7 +55,7 @@ def test_dry_run_train_step(tmp_path: pathlib.Path) -> None:
     assert [(r["network"], r["mode"]) for r in rows] == [(n, "train") for n in ("stock", "converted", "static")]
     assert all(float(r["median_ms"]) > 0 for r in rows)
     assert float(rows[1]["max_rel_diff"]) <= 1e-3
-    assert "| f32 | 1 | train |" in (tmp_path / "network.md").read_text()
+    assert "| f32 | 2 | train |" in (tmp_path / "network.md").read_text()
 
 
 def test_order_of_value_puts_targets_first() -> None:

@@ -471,23 +471,32 @@ def test_opcheck(gen: torch.Generator) -> None:
 # Bad inputs and devices
 
 
-def test_cuda_backward_raises_not_implemented() -> None:
-    """CUDA tensors: the backward op (here on fake CUDA tensors, so this runs without a GPU) and the autograd
-    formula refuse with NotImplementedError naming the missing GPU backward. test_torch_cuda.py runs it for real."""
+def test_cuda_backward_fake_shapes() -> None:
+    """CUDA tensors (fake, so this runs without a GPU): the backward op's fake implementation and the autograd
+    formula give each gradient its input's shape, dtype and device, and an empty tensor where none was asked for.
+    test_torch_cuda.py runs the GPU backward for real."""
     layer = cct.CondConv2d(4, 6, 3, num_experts=3)
     with FakeTensorMode():
         x = torch.empty(2, 4, 5, 5, device="cuda")
         alpha = torch.empty(2, 3, device="cuda")
         weight = torch.empty(3, 6 * 4 * 9, device="cuda")
         grad = torch.empty(2, 6, 5, 5, device="cuda")
-        with pytest.raises(NotImplementedError, match=r"no GPU backward \(condconv_backward\)"):
-            torch.ops.condconv.cond_conv2d_backward(grad, x, alpha, weight, None, layer.geom, 0, [True] * 3 + [False])
+        dx, da, dw, db = torch.ops.condconv.cond_conv2d_backward(
+            grad, x, alpha, weight, None, layer.geom, 0, [True] * 3 + [False]
+        )
+        for got, like in ((dx, x), (da, alpha), (dw, weight)):
+            assert got.shape == like.shape
+            assert got.dtype == like.dtype
+            assert got.device == like.device
+        assert db.numel() == 0
         ctx = types.SimpleNamespace(
             saved_tensors=(x, alpha, weight, None), needs_input_grad=(True,) * 3 + (False,) * 3, geom=layer.geom,
             layer_id=0,
         )  # fmt: skip
-        with pytest.raises(NotImplementedError, match="no GPU backward"):
-            _ops._backward_cond_conv2d(ctx, grad)  # type: ignore[arg-type]
+        out = _ops._backward_cond_conv2d(ctx, grad)  # type: ignore[arg-type]
+        assert out[0] is not None
+        assert out[0].shape == x.shape
+        assert out[3] is None
 
 
 @pytest.mark.parametrize("routed", [False, True])

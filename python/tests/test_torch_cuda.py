@@ -197,14 +197,74 @@ def test_compile_and_export_on_cuda() -> None:
         assert rel_diff(program.module()(x), expected) <= 1e-5
 
 
-def test_backward_on_cuda_raises_not_implemented() -> None:
-    """The forward of CUDA tensors runs under grad mode; their backward says the library has no GPU backward yet."""
-    layer = cct.CondConv2d(8, 8, 3, num_experts=4).cuda()
-    routed = cct.RoutedCondConv2d(8, 8, 3, num_experts=4, routing="softmax").cuda()
-    x = torch.randn(2, 8, 6, 6, device="cuda", requires_grad=True)
-    y = layer(x, torch.rand(2, 4, device="cuda"))
-    assert y.requires_grad
-    with pytest.raises(NotImplementedError, match=r"no GPU backward \(condconv_backward\)"):
-        y.sum().backward()
-    with pytest.raises(NotImplementedError, match="no GPU backward"):
-        routed(x).sum().backward()
+def _grads(model: torch.nn.Module, x: torch.Tensor, alpha: torch.Tensor | None, g: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of <model(x[, alpha]), g> with respect to x, alpha and every parameter, in that order."""
+    model.zero_grad(set_to_none=True)
+    xr = x.detach().clone().requires_grad_()
+    ar = None if alpha is None else alpha.detach().clone().requires_grad_()
+    y = model(xr) if ar is None else model(xr, ar)
+    (y.float() * g.float()).sum().backward()
+    out = [xr.grad] + ([] if ar is None else [ar.grad]) + [p.grad for p in model.parameters()]
+    assert all(t is not None for t in out)
+    return [t.detach().clone() for t in out]  # type: ignore[union-attr]
+
+
+# The GPU backward against the CPU one (double accumulation) on the same rounded values: f32 accumulation and, for
+# half types, the per-sample filters and filter gradients stored in the dtype (8u of the largest gradient).
+GRAD_TOL = {"f32": 1e-4, "tf32": 1e-2, "f16": 8e-3, "bf16": 6e-2}
+
+
+@pytest.mark.parametrize("prec", ["f32", "tf32", "f16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("routed", [False, True])
+def test_backward_on_cuda_equals_cpu(prec: str, channels_last: bool, routed: bool) -> None:
+    """condconv_backward (CUDA) against condconv_backward_cpu: every gradient of a layer with bias, external routing
+    (CondConv2d) or softmax routing with a temperature (RoutedCondConv2d); twice, bitwise equal (deterministic)."""
+    torch.backends.cudnn.allow_tf32 = prec == "tf32"
+    dtype = DTYPES[prec]
+    torch.manual_seed(5)
+    kw: dict[str, object] = {"kernel_size": 3, "stride": 2, "padding": "same", "bias": True, "num_experts": 4}
+    cpu = (
+        cct.RoutedCondConv2d(8, 12, routing="softmax", temperature=2.0, **kw) if routed else cct.CondConv2d(8, 12, **kw)
+    ).to(dtype)
+    gpu = copy.deepcopy(cpu).cuda()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 8, 10, 9).to(dtype).contiguous(memory_format=fmt)
+    alpha = None if routed else torch.rand(3, 4)
+    g = torch.randn(3, 12, 5, 5).to(dtype)
+    want = _grads(cpu, x, alpha, g)
+    args = (x.cuda(), None if alpha is None else alpha.cuda(), g.cuda())
+    got = _grads(gpu, *args)
+    again = _grads(gpu, *args)
+    for w, a, b in zip(want, got, again):
+        assert a.device.type == "cuda"
+        assert a.dtype == w.dtype
+        assert a.shape == w.shape
+        assert rel_diff(a, w) <= GRAD_TOL[prec]
+        assert torch.equal(a, b), "the GPU backward is not deterministic"
+
+
+def test_training_step_in_a_cuda_graph() -> None:
+    """A training step's forward and backward captured in a CUDA graph after one eager step, replayed: the same
+    gradients as eager (the backward plans its shape outside the capture)."""
+    layer = cct.RoutedCondConv2d(8, 8, 3, num_experts=4, routing="sigmoid").cuda()
+    x = torch.randn(2, 8, 6, 6, device="cuda")
+    eager = _grads(layer, x, None, torch.ones(2, 8, 6, 6, device="cuda"))
+    static_x = x.clone().requires_grad_()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        layer(static_x).sum().backward()  # plans forward and backward outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    layer.zero_grad(set_to_none=False)
+    static_x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        layer(static_x).sum().backward()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert static_x.grad is not None
+    assert torch.equal(static_x.grad, eager[0])
+    for p, e in zip(layer.parameters(), eager[1:]):
+        assert p.grad is not None
+        assert torch.equal(p.grad, e)

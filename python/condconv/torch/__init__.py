@@ -7,8 +7,7 @@
 
 The layers are torch.library custom ops (``torch.ops.condconv.cond_conv2d``, ``...routed_cond_conv2d``) with fake
 implementations, so torch.compile(fullgraph=True), torch.export and CUDA graphs see through them. Autograd works on
-CPU tensors (the library's CPU reference backward); a backward through CUDA tensors raises NotImplementedError until
-the library has a GPU backward.
+CPU tensors (the library's CPU reference backward) and CUDA tensors (its GPU backward, condconv_backward).
 Importing this module imports torch; ``import condconv`` alone does not.
 """
 

@@ -96,6 +96,8 @@ class NativeLayer:
         self.context = context
         # (n, h, w) -> workspace bytes, for every shape prepared (outside a capture).
         self.prepared: dict[tuple[int, int, int], int] = {}
+        # The same for the backward's plans.
+        self.bwd_prepared: dict[tuple[int, int, int], int] = {}
 
     def prepare(self, n: int, h: int, w: int) -> int:
         self.layer.prepare(n, h, w)
@@ -126,6 +128,33 @@ class NativeLayer:
     ) -> None:
         self.layer.backward_cpu_ptr(
             n, h, w, x, alpha, dy, dx, d_alpha, d_weight, d_bias, d_routing_weight, d_routing_bias
+        )
+
+    def backward_prepare(self, n: int, h: int, w: int) -> int:
+        self.layer.backward_prepare(n, h, w)
+        size = self.layer.backward_workspace_size(n, h, w)
+        self.bwd_prepared[(n, h, w)] = size
+        return size
+
+    def backward(
+        self,
+        n: int,
+        h: int,
+        w: int,
+        x: int,
+        alpha: int,
+        dy: int,
+        dx: int,
+        d_alpha: int,
+        d_weight: int,
+        d_bias: int,
+        d_routing_weight: int,
+        d_routing_bias: int,
+        ws: int,
+        ws_bytes: int,
+    ) -> None:
+        self.layer.backward_ptr(
+            n, h, w, x, alpha, dy, dx, d_alpha, d_weight, d_bias, d_routing_weight, d_routing_bias, ws, ws_bytes
         )
 
     def plan_info(self, n: int, h: int, w: int) -> dict[str, object]:

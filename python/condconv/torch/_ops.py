@@ -36,8 +36,8 @@ otherwise.
 CPU: the library's reference path (condconv_forward_cpu: direct convolution, double accumulation).
 
 Autograd: both ops have autograd formulas (``register_autograd``) that call two backward custom ops on the library's
-CPU backward (condconv_backward_cpu); see "Backward" below. CUDA tensors: the forward runs under grad mode, the
-backward raises NotImplementedError (the library has no GPU backward yet).
+backward: condconv_backward_cpu for CPU tensors, condconv_backward (GPU, deterministic) for CUDA tensors; see
+"Backward" below.
 """
 
 from __future__ import annotations
@@ -506,30 +506,26 @@ def _check_routed(
 # those (NULL for the others) and an output not asked for is an empty tensor (shape [0]). Being custom ops with fake
 # implementations, they let torch.compile and torch.export trace a training step's backward as well.
 #
-# Values: condconv_backward_cpu accumulates in double and rounds once. dx comes back in the layer's dtype and the
-# forward's activation layout (NHWC for a channels_last x); the parameter and routing gradients come back f32 and are
-# cast here to their tensors' dtypes (one more rounding for f16/bf16 parameters, or f16/bf16/f64 routing weights).
+# Values: condconv_backward_cpu accumulates in double and rounds once; condconv_backward (CUDA) in f32. dx comes
+# back in the layer's dtype and the forward's activation layout (NHWC for a channels_last x); the parameter and
+# routing gradients come back f32 and are cast here to their tensors' dtypes (one more rounding for f16/bf16
+# parameters, or f16/bf16/f64 routing weights).
 # The timm weight layout [E, Cout*Cin/groups*kh*kw] is the library's [E][Cout][Cin/groups][kh][kw] flattened, so
 # d_weight needs no permutation.
 #
-# CUDA: the library's GPU backward (condconv_backward) does not exist yet, so a backward through CUDA tensors raises
-# NotImplementedError (at backward: the forward runs as usual under grad mode, and nothing is computed in Python
-# instead). Other devices raise CondConvInputError.
+# CUDA: condconv_backward on torch's current stream with the forward's C layer (the same device, dtype, layout and
+# math mode), its workspace from the caching allocator; a shape's backward plan is made on its first backward, which
+# must happen outside a CUDA-graph capture (as the forward's). Nothing is computed in Python. Other devices raise
+# CondConvInputError.
 
 
-def _refuse_non_cpu_backward(x: torch.Tensor, op: str) -> None:
-    if x.device.type == "cuda":
-        raise NotImplementedError(
-            f"{op}: backward of CUDA tensors is not available: libcondconv has no GPU backward (condconv_backward) "
-            f"yet, only the CPU reference backward (condconv_backward_cpu). Train on CPU tensors, or run CUDA "
-            f"tensors under torch.no_grad() / torch.inference_mode() (or requires_grad_(False))"
-        )
-    if x.device.type != "cpu":
-        raise CondConvInputError(f"{op}: backward of tensors on {x.device} is not supported (CPU tensors only)")
+def _check_backward_device(x: torch.Tensor, op: str) -> None:
+    if x.device.type not in ("cpu", "cuda"):
+        raise CondConvInputError(f"{op}: backward of tensors on {x.device} is not supported (CPU and CUDA only)")
 
 
 def _check_grad(grad: torch.Tensor, x: torch.Tensor, geom: list[int], op: str) -> None:
-    _refuse_non_cpu_backward(x, op)
+    _check_backward_device(x, op)
     if grad.device != x.device:
         raise CondConvInputError(f"{op}: grad_y is on {grad.device} but x is on {x.device}")
     if grad.dtype != x.dtype:
@@ -589,7 +585,9 @@ def _run_backward(
     alpha32 = None if alpha is None else alpha.to(torch.float32).contiguous()
     # The library writes the parameter and routing gradients in f32: straight into the output where that is f32.
     f32 = {
-        name: out[name] if out[name].dtype == torch.float32 else torch.empty(out[name].shape, dtype=torch.float32)
+        name: out[name]
+        if out[name].dtype == torch.float32
+        else torch.empty(out[name].shape, dtype=torch.float32, device=out[name].device)
         for name in wanted
         if name != "x"
     }
@@ -598,39 +596,67 @@ def _run_backward(
         return f32[name].data_ptr() if name in f32 else 0
 
     n, _, h, w = x.shape
-    layer = _get_layer(
-        layer_id,
-        _native.CONDCONV_DEVICE_CPU,
-        x.dtype,
-        nhwc,
-        _native.MATH_F32,
-        geom,
-        routing,
-        temperature,
-        weight,
-        bias,
-        routing_weight,
-        routing_bias,
-    )
-    with layer.context.lock:
-        layer.backward_cpu(
-            n,
-            h,
-            w,
-            x.data_ptr(),
-            0 if alpha32 is None else alpha32.data_ptr(),
-            dy.data_ptr(),
-            out["x"].data_ptr() if "x" in wanted else 0,
-            ptr("alpha"),
-            ptr("weight"),
-            ptr("bias"),
-            ptr("routing_weight"),
-            ptr("routing_bias"),
+    args = [x.data_ptr(), 0 if alpha32 is None else alpha32.data_ptr(), dy.data_ptr()]
+    args += [out["x"].data_ptr() if "x" in wanted else 0]
+    args += [ptr(name) for name in ("alpha", "weight", "bias", "routing_weight", "routing_bias")]
+    if x.device.type == "cpu":
+        layer = _get_layer(
+            layer_id,
+            _native.CONDCONV_DEVICE_CPU,
+            x.dtype,
+            nhwc,
+            _native.MATH_F32,
+            geom,
+            routing,
+            temperature,
+            weight,
+            bias,
+            routing_weight,
+            routing_bias,
         )
+        with layer.context.lock:
+            layer.backward_cpu(n, h, w, *args)
+    else:
+        _run_backward_cuda(layer_id, x, weight, bias, routing_weight, routing_bias, geom, routing, temperature, args)
     for name, value in f32.items():
         if value is not out[name]:
             out[name].copy_(value)
     return out
+
+
+def _run_backward_cuda(
+    layer_id: int,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    routing_weight: torch.Tensor | None,
+    routing_bias: torch.Tensor | None,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    args: list[int],
+) -> None:
+    """condconv_backward on the current stream, with the forward's C layer (same device, dtype, layout and math
+    mode) and a workspace from torch's caching allocator; the shape's backward plan made outside any capture."""
+    nhwc = is_nhwc(x)
+    n, _, h, w = x.shape
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
+    layer = _get_layer(
+        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    )
+    with torch.cuda.device(device), layer.context.lock:
+        layer.context.set_stream(torch.cuda.current_stream(device).cuda_stream)
+        ws_bytes = layer.bwd_prepared.get((n, h, w))
+        if ws_bytes is None:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(
+                    f"condconv: the backward of shape N={n} H={h} W={w} was never run by this layer and the current "
+                    f"stream is capturing a CUDA graph; run a training step with this shape before capturing"
+                )
+            ws_bytes = layer.backward_prepare(n, h, w)
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=x.device) if ws_bytes else None
+        layer.backward(n, h, w, *args, 0 if ws is None else ws.data_ptr(), ws_bytes)
 
 
 def cond_conv2d_backward_impl(
@@ -804,7 +830,7 @@ def _setup_cond_conv2d(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[o
 def _backward_cond_conv2d(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[object, ...]:
     x, routing_weights, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]
     needs = [bool(b) for b in ctx.needs_input_grad[:4]]  # type: ignore[attr-defined]
-    _refuse_non_cpu_backward(x, "condconv::cond_conv2d")
+    _check_backward_device(x, "condconv::cond_conv2d")
     if not any(needs):
         return None, None, None, None, None, None
     geom, layer_id = ctx.geom, ctx.layer_id  # type: ignore[attr-defined]
@@ -824,7 +850,7 @@ def _setup_routed(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[object
 def _backward_routed(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[object, ...]:
     x, weight, bias, routing_weight, routing_bias = ctx.saved_tensors  # type: ignore[attr-defined]
     needs = [bool(b) for b in ctx.needs_input_grad[:5]]  # type: ignore[attr-defined]
-    _refuse_non_cpu_backward(x, "condconv::routed_cond_conv2d")
+    _check_backward_device(x, "condconv::routed_cond_conv2d")
     if not any(needs):
         return (None,) * 9
     grads = torch.ops.condconv.routed_cond_conv2d_backward(

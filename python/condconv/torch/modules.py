@@ -71,9 +71,9 @@ class CondConv2d(nn.Module):
     CUDA tensors run condconv's GPU path on torch's current stream (channels_last as NHWC, contiguous as NCHW,
     anything else made contiguous first); CPU tensors the library's reference path.
 
-    Training: on CPU tensors autograd works (the library's ``condconv_backward_cpu``, double accumulation) for x,
-    ``routing_weights``, ``weight`` and ``bias``. CUDA tensors run the forward under grad mode as well, but their
-    backward raises NotImplementedError (at backward time): the library has no GPU backward yet. See
+    Training: autograd works for x, ``routing_weights``, ``weight`` and ``bias``: on CPU tensors through the
+    library's ``condconv_backward_cpu`` (double accumulation), on CUDA tensors through ``condconv_backward``
+    (f32 accumulation, deterministic). See
     condconv.torch._ops for the C layer cache, the gradients' dtypes and the CUDA-graph rules.
     """
 
