@@ -282,6 +282,30 @@ def _get_layer(
         return layer
 
 
+def _layer_for(
+    layer_id: int,
+    x: torch.Tensor,
+    nhwc: bool,
+    geom: list[int],
+    routing: int,
+    temperature: float,
+    params: tuple[torch.Tensor | None, ...],
+) -> tuple[_native.NativeLayer, int]:
+    """The C layer x runs on, and its device (CONDCONV_DEVICE_CPU for CPU tensors): on CUDA in the math mode torch
+    asks for (TF32 for f32 when cudnn.allow_tf32), on the CPU in strict f32 (the reference accumulates in double)."""
+    if x.device.type == "cpu":
+        device, math = _native.CONDCONV_DEVICE_CPU, _native.MATH_F32
+    else:
+        device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
+    weight, bias, routing_weight, routing_bias = params
+    assert weight is not None
+    layer = _get_layer(
+        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    )
+    return layer, device
+
+
 def _run(
     layer_id: int,
     x: torch.Tensor,
@@ -303,29 +327,16 @@ def _run(
         # The library takes routing weights in f32 whatever the layer's dtype.
         alpha = alpha.to(torch.float32).contiguous()
     if x.device.type == "cpu":
-        layer = _get_layer(
-            layer_id,
-            _native.CONDCONV_DEVICE_CPU,
-            x.dtype,
-            nhwc,
-            _native.MATH_F32,
-            geom,
-            routing,
-            temperature,
-            weight,
-            bias,
-            routing_weight,
-            routing_bias,
+        layer, _ = _layer_for(
+            layer_id, x, nhwc, geom, routing, temperature, (weight, bias, routing_weight, routing_bias)
         )
         with layer.context.lock:
             layer.forward_cpu(n, h, w, x.data_ptr(), y.data_ptr(), 0 if alpha is None else alpha.data_ptr())
         return y
     if x.device.type != "cuda":
         raise CondConvInputError(f"condconv: tensors on {x.device} are not supported (CPU and CUDA only)")
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
-    layer = _get_layer(
-        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    layer, device = _layer_for(
+        layer_id, x, nhwc, geom, routing, temperature, (weight, bias, routing_weight, routing_bias)
     )
     guard = torch.cuda.device(device) if device != torch.cuda.current_device() else None
     if guard is not None:
@@ -375,10 +386,8 @@ def plan_info(
     if x.device.type != "cuda":
         return {"algo": "cpu_reference", "reason": "CPU tensors run condconv_forward_cpu", "backend": "plain C"}
     nhwc = is_nhwc(x)
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
-    layer = _get_layer(
-        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    layer, device = _layer_for(
+        layer_id, x, nhwc, geom, routing, temperature, (weight, bias, routing_weight, routing_bias)
     )
     n, _, h, w = x.shape
     with torch.cuda.device(device), layer.context.lock:
@@ -600,19 +609,8 @@ def _run_backward(
     args += [out["x"].data_ptr() if "x" in wanted else 0]
     args += [ptr(name) for name in ("alpha", "weight", "bias", "routing_weight", "routing_bias")]
     if x.device.type == "cpu":
-        layer = _get_layer(
-            layer_id,
-            _native.CONDCONV_DEVICE_CPU,
-            x.dtype,
-            nhwc,
-            _native.MATH_F32,
-            geom,
-            routing,
-            temperature,
-            weight,
-            bias,
-            routing_weight,
-            routing_bias,
+        layer, _ = _layer_for(
+            layer_id, x, nhwc, geom, routing, temperature, (weight, bias, routing_weight, routing_bias)
         )
         with layer.context.lock:
             layer.backward_cpu(n, h, w, *args)
@@ -640,10 +638,8 @@ def _run_backward_cuda(
     mode) and a workspace from torch's caching allocator; the shape's backward plan made outside any capture."""
     nhwc = is_nhwc(x)
     n, _, h, w = x.shape
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    math = _native.MATH_TF32 if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else _native.MATH_F32
-    layer = _get_layer(
-        layer_id, device, x.dtype, nhwc, math, geom, routing, temperature, weight, bias, routing_weight, routing_bias
+    layer, device = _layer_for(
+        layer_id, x, nhwc, geom, routing, temperature, (weight, bias, routing_weight, routing_bias)
     )
     with torch.cuda.device(device), layer.context.lock:
         layer.context.set_stream(torch.cuda.current_stream(device).cuda_stream)
