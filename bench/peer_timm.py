@@ -26,6 +26,11 @@ Methods (as in bench/anchors/timm-vs-static-*.csv):
 Precisions: fp32 (TF32 off for conv and matmul), tf32 (TF32 on), fp16 and bf16
 (channels-last, as the anchors).
 
+--backward (issue 20, beside condconv-bench --backward): each iteration is a
+training step's layer instead of a forward: the forward with autograd
+recording (x and every parameter requiring grad, routing function included),
+then backward of a fixed random dy; eager only (graph_us empty).
+
 Output CSV columns start with the anchors' (shape,batch,prec,method,experts,
 eager_us,graph_us), then the shape and the environment; bench/merge_peer.py
 joins it with condconv-bench's CSV.
@@ -252,6 +257,30 @@ def time_method(torch, fn, inputs, iters, reps, warmup):
     return eager, graph_t
 
 
+def time_train(torch, fn, inputs, grads, params, iters, reps, warmup):
+    """Eager [us] per forward + backward (x and params requiring grad, dy = grads)."""
+    stream = torch.cuda.Stream()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    n_in = len(inputs)
+    eager = []
+    with torch.cuda.stream(stream):
+        k = 0
+        for r in range(warmup + reps):
+            start.record(stream)
+            for _ in range(iters):
+                for p in params:
+                    p.grad = None
+                x = inputs[k % n_in]
+                x.grad = None
+                torch.autograd.backward(fn(x), grads[k % n_in])
+                k += 1
+            stop.record(stream)
+            stop.synchronize()
+            if r >= warmup:
+                eager.append(start.elapsed_time(stop) * 1000.0 / iters)
+    return eager
+
+
 def percentile(values, q):
     s = sorted(values)
     pos = q * (len(s) - 1)
@@ -334,6 +363,7 @@ def main(argv=None):
     p.add_argument("--csv", help="output CSV")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--dry-run", action="store_true", help="no GPU: print the plan and check the methods on the CPU")
+    p.add_argument("--backward", action="store_true", help="time forward + backward (eager) instead of the forward")
     args = p.parse_args(argv)
     for m in args.methods:
         if m not in METHODS:
@@ -389,7 +419,9 @@ def main(argv=None):
         while n_in > 1 and n_in * set_bytes > torch.cuda.mem_get_info(device)[0] // 4:
             n_in -= 1
         inputs = [torch.randn(batch, layer.cin, layer.h, layer.w, device=device, dtype=dtype)
-                  .contiguous(memory_format=fmt) for _ in range(n_in)]
+                  .contiguous(memory_format=fmt).requires_grad_(args.backward) for _ in range(n_in)]
+        grads = [torch.randn(batch, layer.cout, ho, wo, device=device, dtype=dtype).contiguous(memory_format=fmt)
+                 for _ in range(n_in)] if args.backward else []
         cases = []
         if "static" in args.methods:
             cases.append(("static", 0))
@@ -414,12 +446,20 @@ def main(argv=None):
                         cc, routing = make_modules(torch, timm_layers, layer, e, device, dtype)
                         w = None
                     fn = forward_fn(torch, F, method, layer, cc, routing, w)
-                    eager, graph = time_method(torch, fn, inputs, args.iters, args.reps, args.warmup)
-                    row.update(eager_us=f"{statistics.median(eager):.2f}", graph_us=f"{statistics.median(graph):.2f}",
-                               eager_p10_us=f"{percentile(eager, 0.1):.2f}",
-                               eager_p90_us=f"{percentile(eager, 0.9):.2f}",
-                               graph_p10_us=f"{percentile(graph, 0.1):.2f}",
-                               graph_p90_us=f"{percentile(graph, 0.9):.2f}")
+                    if args.backward:
+                        params = [w.requires_grad_()] if w is not None else [*cc.parameters(), *routing.parameters()]
+                        eager = time_train(torch, fn, inputs, grads, params, args.iters, args.reps, args.warmup)
+                        row.update(eager_us=f"{statistics.median(eager):.2f}",
+                                   eager_p10_us=f"{percentile(eager, 0.1):.2f}",
+                                   eager_p90_us=f"{percentile(eager, 0.9):.2f}", note="forward + backward, eager")
+                    else:
+                        eager, graph = time_method(torch, fn, inputs, args.iters, args.reps, args.warmup)
+                        row.update(eager_us=f"{statistics.median(eager):.2f}",
+                                   graph_us=f"{statistics.median(graph):.2f}",
+                                   eager_p10_us=f"{percentile(eager, 0.1):.2f}",
+                                   eager_p90_us=f"{percentile(eager, 0.9):.2f}",
+                                   graph_p10_us=f"{percentile(graph, 0.1):.2f}",
+                                   graph_p90_us=f"{percentile(graph, 0.9):.2f}")
                 except RuntimeError as err:  # out of memory, or no kernel for this case
                     msg = str(err).splitlines()[0][:180]
                     row.update(status="n/a" if "out of memory" in msg else "error", note=msg)

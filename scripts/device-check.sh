@@ -250,9 +250,17 @@ fi
 
 # 3c. training (issue 20): forward + backward per layer, f16 channels-last,
 #     E = 8, against the static convolution's forward + backward (target:
-#     <= 1.5x, geomean); no GPU has run condconv_backward before this step.
+#     <= 1.5x, geomean) and timm's (peer_timm --backward, eager; target: >= 3x
+#     faster); no GPU has run condconv_backward before this step.
 gpu_step bench_backward_f16 90 "$build/bench/condconv-bench" --quick --backward --dtype f16 --layout nhwc \
   --experts 8 --algo static,auto --csv "$OUT/logs/bench_backward_f16.csv"
+if [[ -s "$OUT/logs/bench_backward_f16.csv" ]]; then
+  step peer_backward_f16 90 python3 bench/peer_timm.py --backward --from-csv "$OUT/logs/bench_backward_f16.csv" \
+    --methods static,timm_grouped --csv "$OUT/logs/peer_backward_f16.csv"
+  [[ -s "$OUT/logs/peer_backward_f16.csv" ]] &&
+    step merge_backward_f16 20 python3 bench/merge_peer.py "$OUT/logs/bench_backward_f16.csv" \
+      "$OUT/logs/peer_backward_f16.csv" --out "$OUT/logs/merged_backward_f16.csv" --md "$OUT/logs/merged_backward_f16.md"
+fi
 
 # 4. ncu on our kernels, two shapes: EffNet-CC-B0's 1152->192 1x1 at 7x7 and
 #    a 5x5 depthwise at 14x14, batch 32, E = 8. Kernels are selected by the
