@@ -105,7 +105,7 @@ static void sums_case(int dtype, int layout, int n, int c, long long hw, int mis
                 const size_t i =
                     layout == CC_LAYOUT_NCHW ? ((size_t)b * c + ch) * hw + p : ((size_t)b * hw + p) * c + ch;
                 s += x[i];
-                m += fabs(x[i]);
+                m += fabs((double)x[i]);
             }
             want[(size_t)b * c + ch] = s * scale;
             mag[(size_t)b * c + ch] = m * scale;
@@ -254,7 +254,9 @@ static void experts_case(const ex_case *t)
         EU_EXPECT(all_nan(got[0][1], e * cout) && all_nan(got[1][1], e * cout), "%s: d_bias written", what);
     }
     if (t->outs & OUT_ALPHA) {
-        const double depth = 2.0 * (double)((t->k + 255) / 256) + 2.0 * (double)((t->cout + 255) / 256) + 96.0;
+        /* Blocks of 256 elements (rounded up) in each sum: integer counts. */
+        const long long k_blocks = (t->k + 255) / 256, c_blocks = (t->cout + 255) / 256;
+        const double depth = 2.0 * (double)k_blocks + 2.0 * (double)c_blocks + 96.0;
         snprintf(sub, sizeof sub, "d_alpha of %s", what);
         eu_compare(sub, got[0][2], wa, ma, n * e, 1e-30, depth * EU_U);
         expect_same_bits(what, "d_alpha", got[0][2], got[1][2], n * e);
@@ -399,7 +401,7 @@ static void routing_case(int n, int c, int e, int softmax, float inv_t, int outs
             const size_t i = (size_t)b * e + q;
             if (softmax) {
                 wl[i] = (double)inv_t * a[q] * (g[q] - dot);
-                ml[i] = fabs((double)inv_t * a[q]) * (fabs(g[q]) + mdot);
+                ml[i] = fabs((double)inv_t * a[q]) * (fabs((double)g[q]) + mdot);
             } else {
                 wl[i] = (double)g[q] * a[q] * (1.0 - a[q]);
                 ml[i] = fabs(wl[i]);
@@ -415,9 +417,9 @@ static void routing_case(int n, int c, int e, int softmax, float inv_t, int outs
             mb[q] += ml[i];
             for (int ch = 0; ch < c; ++ch) {
                 ww[(size_t)q * c + ch] += wl[i] * pooled[(size_t)b * c + ch];
-                mw[(size_t)q * c + ch] += ml[i] * fabs(pooled[(size_t)b * c + ch]);
+                mw[(size_t)q * c + ch] += ml[i] * fabs((double)pooled[(size_t)b * c + ch]);
                 wp[(size_t)b * c + ch] += wl[i] * wt[(size_t)ch * e + q];
-                mp[(size_t)b * c + ch] += ml[i] * fabs(wt[(size_t)ch * e + q]);
+                mp[(size_t)b * c + ch] += ml[i] * fabs((double)wt[(size_t)ch * e + q]);
             }
         }
 
