@@ -518,7 +518,7 @@ static void pool_case(int dtype, int layout, int n, int c, long long hw, int mis
         }
         const double g = (double)dp[bc] / (double)hw;
         want[i] = x[i] + g;
-        mag[i] = fabs(x[i]) + fabs(g);
+        mag[i] = fabs((double)x[i]) + fabs(g);
     }
     char what[160];
     snprintf(what, sizeof what, "add_pool_grad %s %s N=%d C=%d HW=%lld misaligned=%d cap=%d", ed_name(dtype),
