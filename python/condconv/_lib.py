@@ -209,6 +209,19 @@ class PlanInfo(ctypes.Structure):
     ]
 
 
+class BackwardPlanInfo(ctypes.Structure):
+    _fields_ = [
+        ("algo", c_int),
+        ("requested", c_int),
+        ("select", c_int),
+        ("math", c_int),
+        ("workspace_bytes", c_size_t),
+        ("deterministic", c_int),
+        ("reason", ctypes.c_char * 160),
+        ("backend", ctypes.c_char * 256),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Errors
 
@@ -326,6 +339,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
         [_H, c_int, c_int, c_int, c_void_p, c_void_p, c_void_p, c_void_p, _PF, _PF, _PF, _PF, _PF],
     ),
     "condconv_backward_prepare": (c_int, [_H, c_int, c_int, c_int]),
+    "condconv_get_backward_plan_info": (c_int, [_H, c_int, c_int, c_int, POINTER(BackwardPlanInfo)]),
+    "condconv_bwd_algo_name": (ctypes.c_char_p, [c_int]),
     "condconv_get_backward_workspace_size": (c_int, [_H, c_int, c_int, c_int, POINTER(c_size_t)]),
     # condconv_backward_cpu's arguments, then workspace (void *) and its size
     "condconv_backward": (

@@ -751,6 +751,30 @@ class Layer:
             "budget_exhausted": bool(info.budget_exhausted),
         }  # fmt: skip
 
+    def backward_plan_info(self, n: int, h: int, w: int) -> dict[str, Any]:
+        """What the GPU backward runs for this shape (prepares its plan if needed): algo, requested, select, math,
+        workspace_bytes, deterministic (bitwise identical gradients run to run), reason, backend."""
+        info = _lib.BackwardPlanInfo()
+        check(
+            lib().condconv_get_backward_plan_info(self.handle, int(n), int(h), int(w), ctypes.byref(info)),
+            "condconv_get_backward_plan_info",
+        )
+
+        def name(algo: int) -> str:
+            raw = lib().condconv_bwd_algo_name(algo)
+            return raw.decode() if raw else str(algo)
+
+        return {
+            "algo": name(info.algo),
+            "requested": name(info.requested),
+            "select": _name_of(_SELECTS, info.select),
+            "math": _name_of(_MATHS, info.math),
+            "workspace_bytes": int(info.workspace_bytes),
+            "deterministic": bool(info.deterministic),
+            "reason": info.reason.decode(errors="replace"),
+            "backend": info.backend.decode(errors="replace"),
+        }
+
     def forward_ptr(
         self,
         n: int,

@@ -454,6 +454,12 @@ def test_plan_info_on_cpu_context(ctx: Context) -> None:
     with pytest.raises(CondConvError) as excinfo:
         layer.plan_info(1, 4, 4)
     expect_status(excinfo, Status.NO_DEVICE, "condconv_get_plan_info")
+    for call, name in ((layer.backward_plan_info, "condconv_get_backward_plan_info"),
+                       (layer.backward_workspace_size, "condconv_get_backward_workspace_size"),
+                       (layer.backward_prepare, "condconv_backward_prepare")):  # fmt: skip
+        with pytest.raises(CondConvError) as excinfo:
+            call(1, 4, 4)
+        expect_status(excinfo, Status.NO_DEVICE, name)
 
 
 def test_context_options(ctx: Context) -> None:
@@ -664,7 +670,7 @@ def _header_struct_fields(name: str) -> list[str]:
 @pytest.mark.parametrize(
     ("c_name", "py_struct"),
     [("condconv_layer_info", "LayerInfo"), ("condconv_cost", "Cost"), ("condconv_params", "Params"),
-     ("condconv_plan_info", "PlanInfo")],
+     ("condconv_plan_info", "PlanInfo"), ("condconv_backward_plan_info", "BackwardPlanInfo")],
 )  # fmt: skip
 def test_ctypes_structs_match_the_header(c_name: str, py_struct: str) -> None:
     py_fields = [f[0] for f in getattr(_lib, py_struct)._fields_]

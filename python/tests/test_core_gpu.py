@@ -131,6 +131,42 @@ def test_gpu_forward_every_algorithm(gpu_ctx: Context, cuda: Cudart, case: int, 
         np.testing.assert_allclose(r, alpha_ref, atol=2e-5, err_msg="condconv_route")
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_gpu_backward_equals_cpu_backward(gpu_ctx: Context, cuda: Cudart, dtype: str, layout: str) -> None:
+    """condconv_backward on device pointers against condconv_backward_cpu of the same layer (a CPU-context twin),
+    every gradient; its plan is the deterministic baseline."""
+    kwargs, n, h, w = CASES[0]
+    m: dict[str, Any] = make_layer(gpu_ctx, kwargs, dtype, layout, seed=17)
+    spec, layer, rng = m["spec"], m["layer"], m["rng"]
+    info = layer.backward_plan_info(n, h, w)
+    assert info["algo"] == "cudnn_grouped"
+    assert info["deterministic"]
+    assert info["backend"]
+    x_q, _ = quantize(rng.standard_normal((n, spec.in_channels, h, w)), dtype)
+    x_in = np.ascontiguousarray(x_q.transpose(0, 2, 3, 1)) if spec.channels_last else x_q
+    alpha = rng.uniform(0.0, 1.0, (n, spec.num_experts)).astype(np.float32) if spec.external_routing else None
+    y = layer.forward(x_in, routing_weights=alpha)  # the CPU path gives y's shape and dtype
+    dy_q, _ = quantize(rng.standard_normal(y.shape), dtype)
+    want = layer.backward(x_in, dy_q, routing_weights=alpha)
+    ws = layer.backward_workspace_size(n, h, w)
+    d_ws = cuda.alloc(ws) if ws else 0
+    outs = {name: cuda.upload(poison(g.shape, dtype) if name == "x" else np.full(g.shape, np.nan, np.float32))
+            for name, g in want.items()}  # fmt: skip
+    layer.backward_ptr(
+        n, h, w, cuda.upload(x_in), cuda.upload(alpha) if alpha is not None else 0, cuda.upload(dy_q),
+        outs.get("x", 0), outs.get("routing_weights", 0), outs.get("experts", 0), outs.get("expert_bias", 0),
+        outs.get("routing_weight", 0), outs.get("routing_bias", 0), d_ws, ws,
+    )  # fmt: skip
+    for name, ref in want.items():
+        got = cuda.download(outs[name], np.empty_like(ref))
+        got64, ref64 = (to_f64(got, dtype), to_f64(ref, dtype)) if name == "x" else (got.astype(np.float64), ref)
+        err = float(np.max(np.abs(got64 - ref64)))
+        scale = float(np.max(np.abs(ref64))) or 1.0
+        assert not np.isnan(got64).any(), f"{name}: elements left unwritten"
+        assert err <= {"f32": 1e-4, "f16": 1e-2, "bf16": 6e-2}[dtype] * scale, f"{name} {dtype} {layout}: {err}"
+
+
 def test_gpu_context_options(gpu_ctx: Context) -> None:
     assert gpu_ctx.device == 0
     assert gpu_ctx.stream == 0  # the legacy default stream until set
