@@ -22,8 +22,8 @@
 #   the ones being written, to prove a few without the whole list's hour),
 #   ASAN_SHARD2_TESTS (the tests whose ASan bugs the second ASan worker takes),
 #   BUG_SAMPLE=K/N (only the records whose position in the list, from 0, is K
-#   mod N: CI proves a third of the list per run, rotating with the commit,
-#   because the whole list takes about 40 minutes on 2 cores and CI has 90 in
+#   mod N: CI proves a sixth of the list per run, rotating with the commit,
+#   because the whole list takes about 45 minutes on 2 cores and CI has 90 in
 #   all; run the whole list, or a BUG_LIST of new records, when adding them),
 #   EMU_CTEST=1 (CI's emu guard: first build every emu test in the asan and
 #   tsan workers' builds and run them all with ctest, the sanitizers'
