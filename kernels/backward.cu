@@ -75,65 +75,13 @@ constexpr int kWarps = kThreads / 32;
 // Largest E (CONDCONV_MAX_EXPERTS; the public header is C and not included here).
 constexpr int kMaxExperts = 128;
 
-// 4 consecutive elements as floats in one load: 16 bytes of f32, 8 bytes of
-// 16-bit (p aligned to 4 elements). Read-only data: __ldg.
-__device__ __forceinline__ void ldg4(const float *p, float (&f)[4])
-{
-    const float4 v = __ldg(reinterpret_cast<const float4 *>(p));
-    f[0] = v.x;
-    f[1] = v.y;
-    f[2] = v.z;
-    f[3] = v.w;
-}
-template <typename T>
-__device__ __forceinline__ void ldg4(const T *p, float (&f)[4])
-{
-    const uint2 v = __ldg(reinterpret_cast<const uint2 *>(p));
-    f[0] = cc_bits_to_float<T>(v.x & 0xffffu);
-    f[1] = cc_bits_to_float<T>(v.x >> 16);
-    f[2] = cc_bits_to_float<T>(v.y & 0xffffu);
-    f[3] = cc_bits_to_float<T>(v.y >> 16);
-}
-
-// V (4 or 1) consecutive read-only elements as floats.
+// V (4 or 1) consecutive elements as floats: element_vec.cuh's accesses (16
+// bytes of f32 or 8 of a 16-bit type per 4-wide access, p aligned to 4
+// elements), __ldg for the read-only inputs.
 template <int V, typename T>
 __device__ __forceinline__ void ldg_v(const T *p, float (&f)[V])
 {
-    if constexpr (V == 4)
-        ldg4(p, f);
-    else
-        f[0] = cc_to_float(__ldg(p));
-}
-
-// The same through ordinary loads and stores (dx, which the kernel writes).
-__device__ __forceinline__ void load4(const float *p, float (&f)[4])
-{
-    const float4 v = *reinterpret_cast<const float4 *>(p);
-    f[0] = v.x;
-    f[1] = v.y;
-    f[2] = v.z;
-    f[3] = v.w;
-}
-template <typename T>
-__device__ __forceinline__ void load4(const T *p, float (&f)[4])
-{
-    const uint2 v = *reinterpret_cast<const uint2 *>(p);
-    f[0] = cc_bits_to_float<T>(v.x & 0xffffu);
-    f[1] = cc_bits_to_float<T>(v.x >> 16);
-    f[2] = cc_bits_to_float<T>(v.y & 0xffffu);
-    f[3] = cc_bits_to_float<T>(v.y >> 16);
-}
-__device__ __forceinline__ void store4(float *p, const float (&f)[4])
-{
-    *reinterpret_cast<float4 *>(p) = make_float4(f[0], f[1], f[2], f[3]);
-}
-template <typename T>
-__device__ __forceinline__ void store4(T *p, const float (&f)[4])
-{
-    uint2 v;
-    v.x = cc_bits(cc_from_float<T>(f[0])) | cc_bits(cc_from_float<T>(f[1])) << 16;
-    v.y = cc_bits(cc_from_float<T>(f[2])) | cc_bits(cc_from_float<T>(f[3])) << 16;
-    *reinterpret_cast<uint2 *>(p) = v;
+    cc_vec_ldg<T, V>(p, f);
 }
 
 // The 4-wide paths need every row they touch aligned to 4 elements: the
@@ -305,10 +253,7 @@ __global__ void __launch_bounds__(kThreads)
             for (int q = 0; q < kE; ++q) {
                 if (e0 + q >= e_count) break;
                 float *o = out + (size_t)(e0 + q) * (size_t)k_elems + (size_t)j * V;
-                if constexpr (V == 4)
-                    store4(o, acc[q]);
-                else
-                    *o = acc[q][0];
+                cc_vec_store<float, V>(o, acc[q]);
             }
         }
     }
@@ -555,16 +500,10 @@ __global__ void __launch_bounds__(kThreads)
         }
         T *p = dx + i;
         float v[V];
-        if constexpr (V == 4)
-            load4(p, v);
-        else
-            v[0] = cc_to_float(*p);
+        cc_vec_load<T, V>(p, v);
 #pragma unroll
         for (int k = 0; k < V; ++k) v[k] += d_pooled[kNhwc ? bc + k : bc] / fhw;
-        if constexpr (V == 4)
-            store4(p, v);
-        else
-            *p = cc_from_float<T>(v[0]);
+        cc_vec_store<T, V>(p, v);
     }
 }
 

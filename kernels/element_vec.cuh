@@ -2,6 +2,8 @@
 // converted to and from f32 (element.cuh's traits, element by element):
 //   float  x 4: float4          (16 bytes)
 //   16-bit x 8: uint4           (16 bytes)
+//   16-bit x 4: uint2           (8 bytes: a row of 4 beside a float4 row,
+//                                as kernels/backward.cu's 4-wide paths)
 //   16-bit x 2: unsigned int    (4 bytes: a pair, for rows that are even
 //                                but not a multiple of 8)
 //   any    x 1: T
@@ -50,6 +52,11 @@ struct cc_vec_raw<T, 2> {
     using type = unsigned int;
 };
 template <typename T>
+struct cc_vec_raw<T, 4> {
+    static_assert(sizeof(T) == 2, "4-wide 16-bit accesses are 8 bytes; float x 4 is float4");
+    using type = uint2;
+};
+template <typename T>
 struct cc_vec_raw<T, 8> {
     static_assert(sizeof(T) == 2, "8-wide accesses are for 16-bit elements");
     using type = uint4;
@@ -68,6 +75,13 @@ __device__ __forceinline__ void cc_vec_unpack(const typename cc_vec_raw<T, V>::t
     } else if constexpr (V == 2) {
         f[0] = cc_bits_to_float<T>(r & 0xffffu);
         f[1] = cc_bits_to_float<T>(r >> 16);
+    } else if constexpr (V == 4) {
+        const unsigned int w[2] = {r.x, r.y};
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            f[2 * k] = cc_bits_to_float<T>(w[k] & 0xffffu);
+            f[2 * k + 1] = cc_bits_to_float<T>(w[k] >> 16);
+        }
     } else {
         const unsigned int w[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
@@ -88,6 +102,9 @@ __device__ __forceinline__ typename cc_vec_raw<T, V>::type cc_vec_pack(const flo
         return make_float4(f[0], f[1], f[2], f[3]);
     } else if constexpr (V == 2) {
         return cc_bits(cc_from_float<T>(f[0])) | cc_bits(cc_from_float<T>(f[1])) << 16;
+    } else if constexpr (V == 4) {
+        return make_uint2(cc_bits(cc_from_float<T>(f[0])) | cc_bits(cc_from_float<T>(f[1])) << 16,
+                          cc_bits(cc_from_float<T>(f[2])) | cc_bits(cc_from_float<T>(f[3])) << 16);
     } else {
         unsigned int w[4];
 #pragma unroll
