@@ -71,9 +71,9 @@ condconv_status condconv_get_backward_plan_info(condconv_layer_t layer, int n, i
     return CONDCONV_STATUS_SUCCESS;
 }
 
-/* Element alignment of x, dy, dx (the dtype's) and of the f32 buffers; no
- * more: what cuDNN would read or write less than 16-byte aligned goes
- * through the workspace (backward_plan.c). */
+/* Element alignment of x, dy, dx (the dtype's) and of the f32 buffers
+ * (cc_check_element_alignment; backward_plan.c stages what cuDNN would touch
+ * less than 16-byte aligned). */
 static condconv_status check_alignment(const condconv_layer_info *info, const void *x, const void *routing_in,
                                        const void *dy, const cc_backward_outputs *o, const char *func)
 {
@@ -94,9 +94,7 @@ static condconv_status check_alignment(const condconv_layer_info *info, const vo
         {o->d_routing_bias, sizeof(float), "d_routing_bias"},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; ++i)
-        if (bufs[i].ptr != NULL && (uintptr_t)bufs[i].ptr % bufs[i].align != 0)
-            return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: %s %p is not %zu-byte aligned (its element size)", func,
-                           bufs[i].name, bufs[i].ptr, bufs[i].align);
+        CC_TRY(cc_check_element_alignment(bufs[i].ptr, bufs[i].align, bufs[i].name, func));
     return CONDCONV_STATUS_SUCCESS;
 }
 
@@ -108,21 +106,13 @@ static condconv_status backward(condconv_layer_t layer, int n, int h, int w, con
     CC_TRY(cc_backward_check_args(layer, n, h, w, x, routing_in, dy, out, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
     CC_TRY(check_alignment(&layer->weights->info, x, routing_in, dy, out, func));
-    if ((uintptr_t)workspace % CONDCONV_WORKSPACE_ALIGNMENT != 0)
-        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: workspace %p is not %d-byte aligned", func, workspace,
-                       CONDCONV_WORKSPACE_ALIGNMENT);
     cc_device_scope scope;
     CC_TRY(cc_device_scope_begin(layer->ctx, &scope, func));
     cc_bwd_plan *plan = NULL;
     condconv_status st = cc_bwd_plan_get(layer, n, h, w, &plan, func);
-    if (st == CONDCONV_STATUS_SUCCESS && workspace_bytes < plan->workspace_bytes)
-        st = cc_fail(CONDCONV_STATUS_WORKSPACE_TOO_SMALL,
-                     "%s: workspace of %zu bytes given, %zu needed for N=%d, H=%d, W=%d "
-                     "(condconv_get_backward_workspace_size)",
-                     func, workspace_bytes, plan->workspace_bytes, n, h, w);
-    if (st == CONDCONV_STATUS_SUCCESS && plan->workspace_bytes > 0 && workspace == NULL)
-        st = cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: workspace is NULL but %zu bytes are needed", func,
-                     plan->workspace_bytes);
+    if (st == CONDCONV_STATUS_SUCCESS)
+        st = cc_check_workspace(workspace, workspace_bytes, plan->workspace_bytes, n, h, w,
+                                "condconv_get_backward_workspace_size", func);
     if (st == CONDCONV_STATUS_SUCCESS) st = cc_context_set_device(layer->ctx, func);
     if (st == CONDCONV_STATUS_SUCCESS) st = cc_bwd_plan_execute(layer, plan, x, routing_in, dy, out, workspace, func);
     return cc_device_scope_end(&scope, st, func);

@@ -114,19 +114,6 @@ condconv_status condconv_get_plan_info(condconv_layer_t layer, int n, int h, int
     return CONDCONV_STATUS_SUCCESS;
 }
 
-/* x, y and the routing weights need the alignment of their element type
- * (the layer's dtype for x and y, f32 for routing weights); nothing more:
- * our kernels test for 16 bytes at launch and take their scalar paths
- * otherwise, and the library calls get x and y staged through the
- * workspace when they are less than 16-byte aligned (staging.h). */
-static condconv_status check_element_alignment(const void *ptr, size_t elem, const char *name, const char *func)
-{
-    if (ptr != NULL && (uintptr_t)ptr % elem != 0)
-        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: %s %p is not %zu-byte aligned (its element size)", func, name,
-                       ptr, elem);
-    return CONDCONV_STATUS_SUCCESS;
-}
-
 static condconv_status forward_on_device(condconv_layer_t layer, int n, int h, int w, const void *x, void *y,
                                          const void *routing_in, void *routing_out, void *workspace,
                                          size_t workspace_bytes, const char *func);
@@ -139,10 +126,10 @@ condconv_status condconv_forward(condconv_layer_t layer, int n, int h, int w, co
     CC_TRY(cc_layer_check_forward(layer, n, h, w, x, y, routing_in, routing_out, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
     const size_t elem = cc_dtype_size(layer->weights->info.dtype);
-    CC_TRY(check_element_alignment(x, elem, "x", func));
-    CC_TRY(check_element_alignment(y, elem, "y", func));
-    CC_TRY(check_element_alignment(routing_in, sizeof(float), "routing_in", func));
-    CC_TRY(check_element_alignment(routing_out, sizeof(float), "routing_out", func));
+    CC_TRY(cc_check_element_alignment(x, elem, "x", func));
+    CC_TRY(cc_check_element_alignment(y, elem, "y", func));
+    CC_TRY(cc_check_element_alignment(routing_in, sizeof(float), "routing_in", func));
+    CC_TRY(cc_check_element_alignment(routing_out, sizeof(float), "routing_out", func));
     cc_device_scope scope;
     CC_TRY(cc_device_scope_begin(layer->ctx, &scope, func));
     const condconv_status st =
@@ -157,17 +144,8 @@ static condconv_status forward_on_device(condconv_layer_t layer, int n, int h, i
 {
     cc_plan *plan;
     CC_TRY(cc_plan_get(layer, n, h, w, &plan, func));
-    if (workspace_bytes < plan->workspace_bytes)
-        return cc_fail(
-            CONDCONV_STATUS_WORKSPACE_TOO_SMALL,
-            "%s: workspace of %zu bytes given, %zu needed for N=%d, H=%d, W=%d (condconv_get_workspace_size)", func,
-            workspace_bytes, plan->workspace_bytes, n, h, w);
-    if (plan->workspace_bytes > 0 && workspace == NULL)
-        return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: workspace is NULL but %zu bytes are needed", func,
-                       plan->workspace_bytes);
-    if ((uintptr_t)workspace % CONDCONV_WORKSPACE_ALIGNMENT != 0)
-        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: workspace %p is not %d-byte aligned", func, workspace,
-                       CONDCONV_WORKSPACE_ALIGNMENT);
+    CC_TRY(cc_check_workspace(workspace, workspace_bytes, plan->workspace_bytes, n, h, w, "condconv_get_workspace_size",
+                              func));
     CC_TRY(cc_context_set_device(layer->ctx, func));
     return cc_plan_execute(layer, plan, x, y, routing_in, routing_out, workspace, func);
 }
@@ -186,8 +164,8 @@ condconv_status condconv_route(condconv_layer_t layer, int n, int h, int w, cons
     cc_geometry geom = {0};
     CC_TRY(cc_geometry_make(info, n, h, w, &geom, func));
     CC_TRY(cc_context_require_gpu(layer->ctx, func));
-    CC_TRY(check_element_alignment(x, cc_dtype_size(info->dtype), "x", func));
-    CC_TRY(check_element_alignment(routing_out, sizeof(float), "routing_out", func));
+    CC_TRY(cc_check_element_alignment(x, cc_dtype_size(info->dtype), "x", func));
+    CC_TRY(cc_check_element_alignment(routing_out, sizeof(float), "routing_out", func));
     cc_device_scope scope;
     CC_TRY(cc_device_scope_begin(layer->ctx, &scope, func));
     condconv_status st = cc_context_set_device(layer->ctx, func);

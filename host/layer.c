@@ -359,3 +359,26 @@ const char *cc_dtype_name(condconv_dtype dtype)
 }
 
 const char *cc_layout_name(condconv_layout layout) { return layout == CONDCONV_LAYOUT_NHWC ? "NHWC" : "NCHW"; }
+
+condconv_status cc_check_element_alignment(const void *ptr, size_t elem, const char *name, const char *func)
+{
+    if (ptr != NULL && (uintptr_t)ptr % elem != 0)
+        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: %s %p is not %zu-byte aligned (its element size)", func, name,
+                       ptr, elem);
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status cc_check_workspace(const void *workspace, size_t given, size_t needed, int n, int h, int w,
+                                   const char *query, const char *func)
+{
+    if (given < needed)
+        return cc_fail(CONDCONV_STATUS_WORKSPACE_TOO_SMALL,
+                       "%s: workspace of %zu bytes given, %zu needed for N=%d, H=%d, W=%d (%s)", func, given, needed, n,
+                       h, w, query);
+    if (needed > 0 && workspace == NULL)
+        return cc_fail(CONDCONV_STATUS_NULL_POINTER, "%s: workspace is NULL but %zu bytes are needed", func, needed);
+    if ((uintptr_t)workspace % CONDCONV_WORKSPACE_ALIGNMENT != 0)
+        return cc_fail(CONDCONV_STATUS_MISALIGNED, "%s: workspace %p is not %d-byte aligned", func, workspace,
+                       CONDCONV_WORKSPACE_ALIGNMENT);
+    return CONDCONV_STATUS_SUCCESS;
+}

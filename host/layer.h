@@ -78,6 +78,19 @@ condconv_status cc_check_forward_overlap(const condconv_layer_info *info, const 
                                          const void *y, const void *routing_in, const void *routing_out,
                                          const char *func);
 
+/* x, y, dy, dx and the f32 buffers of the GPU calls need the alignment of
+ * their element type, nothing more: our kernels test for 16 bytes at launch
+ * and take their scalar paths otherwise, and what cuDNN or cuBLAS would
+ * touch less than 16-byte aligned is staged through the workspace
+ * (staging.h). MISALIGNED naming `name` otherwise (NULL passes). */
+condconv_status cc_check_element_alignment(const void *ptr, size_t elem, const char *name, const char *func);
+
+/* The workspace a GPU call was given against the `needed` bytes of its plan:
+ * WORKSPACE_TOO_SMALL (naming `query`, the call that says the size), NULL
+ * while bytes are needed, or not CONDCONV_WORKSPACE_ALIGNMENT-aligned. */
+condconv_status cc_check_workspace(const void *workspace, size_t given, size_t needed, int n, int h, int w,
+                                   const char *query, const char *func);
+
 /* "f32", "f16" or "bf16"; "NCHW" or "NHWC" (for messages). */
 const char *cc_dtype_name(condconv_dtype dtype);
 const char *cc_layout_name(condconv_layout layout);
