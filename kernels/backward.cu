@@ -507,6 +507,23 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// The activation's chain rule: V elements a thread, vector accesses where
+// every pointer allows them (the same V for all three, so in place works).
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    bwd_activation_grad_kernel(const T *__restrict__ dy, const T *pre, T *out, long long vecs, int act)
+{
+    for (long long j = (long long)blockIdx.x * kThreads + threadIdx.x; j < vecs; j += (long long)gridDim.x * kThreads) {
+        const long long i = j * V;
+        float g[V], z[V];
+        cc_vec_load<T, V>(dy + i, g);
+        cc_vec_load<T, V>(pre + i, z);
+#pragma unroll
+        for (int k = 0; k < V; ++k) g[k] *= cc_activation_grad(act, z[k]);
+        cc_vec_store<T, V>(out + i, g);
+    }
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------
@@ -637,5 +654,23 @@ extern "C" cudaError_t cc_launch_bwd_add_pool_grad(int dtype, int layout, void *
         if (vec)
             return cc_launch(bwd_add_pool_grad_kernel<T, 4, false>, grid, block, 0, stream, x, d_pooled, vecs, c, hw);
         return cc_launch(bwd_add_pool_grad_kernel<T, 1, false>, grid, block, 0, stream, x, d_pooled, vecs, c, hw);
+    });
+}
+
+extern "C" cudaError_t cc_launch_bwd_activation_grad(int dtype, int act, const void *pre, const void *dy, void *out,
+                                                     long long count, cudaStream_t stream)
+{
+    if (count <= 0 || pre == NULL || dy == NULL || out == NULL || out == dy ||
+        (act != CC_ACT_RELU && act != CC_ACT_SILU))
+        return cudaErrorInvalidValue;
+    return cc_dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
+        using T = typename decltype(tag)::type;
+        const T *d = static_cast<const T *>(dy), *z = static_cast<const T *>(pre);
+        T *o = static_cast<T *>(out);
+        const bool vec = count % 4 == 0 && aligned4<T>(dy) && aligned4<T>(pre) && aligned4<T>(out);
+        const long long vecs = vec ? count / 4 : count;
+        const dim3 grid(cc_grid_1d(vecs, kThreads, 1u << 20)), block(kThreads);
+        if (vec) return cc_launch(bwd_activation_grad_kernel<T, 4>, grid, block, 0, stream, d, z, o, vecs, act);
+        return cc_launch(bwd_activation_grad_kernel<T, 1>, grid, block, 0, stream, d, z, o, vecs, act);
     });
 }

@@ -70,6 +70,14 @@ cudaError_t cc_launch_bwd_routing(const float *alpha, const float *d_alpha, int 
 cudaError_t cc_launch_bwd_add_pool_grad(int dtype, int layout, void *dx, const float *d_pooled, int n, int c,
                                         long long hw, cudaStream_t stream);
 
+/* The chain rule through a fused activation: out[i] = round(dy[i] *
+ * act'(pre[i])) for i < count, pre the pre-activation, all three in `dtype`
+ * and the same layout (elementwise); out may be pre (in place) but not dy.
+ * act: CC_ACT_RELU or CC_ACT_SILU (kernels/common.cuh); NONE is refused
+ * (nothing to do). */
+cudaError_t cc_launch_bwd_activation_grad(int dtype, int act, const void *pre, const void *dy, void *out,
+                                          long long count, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -31,6 +31,19 @@ __device__ __forceinline__ float cc_activate(int act, float v)
     return v;
 }
 
+// The derivative of cc_activate at v (the backward's chain rule through a
+// fused activation; host/reference_backward.c's in double). ReLU's at 0 is
+// 0, as the reference's.
+__device__ __forceinline__ float cc_activation_grad(int act, float v)
+{
+    if (act == CC_ACT_RELU) return v > 0.0f ? 1.0f : 0.0f;
+    if (act == CC_ACT_SILU) {
+        const float s = 1.0f / (1.0f + expf(-v)); // d/dv v s(v) = s + v s (1 - s)
+        return s * (1.0f + v * (1.0f - s));
+    }
+    return 1.0f;
+}
+
 __device__ __forceinline__ float cc_warp_sum(float v)
 {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -11,7 +11,9 @@
  *     outputs (d_bias only with a bias);
  *   - cc_launch_bwd_routing: sigmoid and softmax with inv_temperature 1 and
  *     not, every combination of the three optional outputs;
- *   - cc_launch_bwd_add_pool_grad: every dtype and layout, aligned and not.
+ *   - cc_launch_bwd_add_pool_grad: every dtype and layout, aligned and not;
+ *   - cc_launch_bwd_activation_grad: ReLU and SiLU, every dtype, in place
+ *     and not, counts not a multiple of 4 and one element off (scalar).
  * Every output is poisoned (NaN) before every run, so an element not written
  * fails; NaN never passes. Every case runs twice: first in block index
  * order with the kernels' own grids or a lowered grid cap, then with the
@@ -34,7 +36,10 @@
  *     gradients add their own chain (N or E) to that, against the same
  *     magnitudes carried through;
  *   - add_pool_grad: a division and an add in f32 (3 u of |dx| + |g|), then
- *     one rounding to the dtype (emu_dtype.h, ed_compare). */
+ *     one rounding to the dtype (emu_dtype.h, ed_compare);
+ *   - activation_grad: expf and a few operations in f32, 32 u of
+ *     |dy| (1 + |pre|) (SiLU's derivative is at most that in magnitude, and
+ *     each term of it is), then one rounding to the dtype. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
@@ -562,6 +567,73 @@ static void pool_sweep(void)
                           i % 2 ? 1 : 0);
 }
 
+/* --- the activation's chain rule --------------------------------------------------------------------- */
+
+static double act_grad_ref(int act, double v)
+{
+    if (act == 1) return v > 0.0 ? 1.0 : 0.0; /* CC_ACT_RELU */
+    const double s = 1.0 / (1.0 + exp(-v));   /* CC_ACT_SILU */
+    return s * (1.0 + v * (1.0 - s));
+}
+
+static void act_case(int dtype, int act, long long count, int in_place, int misaligned, int cap)
+{
+    const size_t total = (size_t)count, off = misaligned ? ed_size(dtype) : 0;
+    /* Pre-activations over SiLU's interesting range, exact zeros for ReLU's kink. */
+    float *pre = ed_random(dtype, total, -6.0f, 6.0f), *dy = ed_random(dtype, total, -1.0f, 1.0f);
+    for (size_t i = 0; i < total; i += 7) pre[i] = 0.0f;
+    ed_buffer dpre = ed_buffer_of(dtype, pre, total, off), ddy = ed_buffer_of(dtype, dy, total, 0);
+    ed_buffer dout = ed_buffer_make(total * ed_size(dtype), off);
+    double *want = eu_doubles(total), *mag = eu_doubles(total);
+    for (size_t i = 0; i < total; ++i) {
+        want[i] = (double)dy[i] * act_grad_ref(act, pre[i]);
+        mag[i] = fabs((double)dy[i]) * (1.0 + fabs((double)pre[i]));
+    }
+    char what[160];
+    snprintf(what, sizeof what, "activation_grad %s %s count=%lld in_place=%d misaligned=%d cap=%d", ed_name(dtype),
+             act == 1 ? "relu" : "silu", count, in_place, misaligned, cap);
+    void *bytes = calloc(total * ed_size(dtype) + 1, 1);
+    if (bytes == NULL) exit(1);
+    ed_pack(dtype, pre, bytes, total);
+    float *got[2];
+    for (int rep = 0; rep < 2; ++rep) {
+        ++cases;
+        ed_upload(&dpre, bytes); /* in place overwrites it */
+        ed_poison(&dout);
+        run_setup(rep, cap);
+        const long long before = bwd_launches();
+        ed_buffer *out = in_place ? &dpre : &dout;
+        EU_LAUNCH(cc_launch_bwd_activation_grad(dtype, act, dpre.data, ddy.data, out->data, count, NULL));
+        launches += (int)(bwd_launches() - before);
+        run_reset();
+        got[rep] = ed_fetch(dtype, out, total);
+    }
+    ed_compare(what, dtype, got[0], want, mag, total, 32.0 * EU_U);
+    expect_same_bits(what, "out", got[0], got[1], total);
+    ed_guards_intact(&dpre, what);
+    ed_guards_intact(&ddy, what);
+    ed_guards_intact(&dout, what);
+    free(got[0]);
+    free(got[1]);
+    free(bytes);
+    free(want);
+    free(mag);
+    free(pre);
+    free(dy);
+    ed_buffer_free(&dpre);
+    ed_buffer_free(&ddy);
+    ed_buffer_free(&dout);
+}
+
+static void act_sweep(void)
+{
+    static const long long counts[] = {1, 7, 64, 1001, 4096};
+    for (int di = 0; di < ED_DTYPE_COUNT; ++di)
+        for (int act = 1; act <= 2; ++act)
+            for (int i = 0; i < (int)(sizeof counts / sizeof counts[0]); ++i)
+                act_case(ed_dtypes[di], act, counts[i], (i + act) % 2, (i + di) % 3 == 2, i % 2 ? 2 : 0);
+}
+
 /* --- refusals --------------------------------------------------------------------------------------- */
 
 #define EXPECT_REFUSED(call)                                                                                           \
@@ -633,6 +705,14 @@ static void refusals(void)
     EXPECT_REFUSED(cc_launch_bwd_routing(A, OA, 0, 1.0f, NULL, wt.data, dl.data, ow.data, NULL, NULL, n, c, e, NULL));
     EXPECT_REFUSED(cc_launch_bwd_routing(A, OA, 0, 1.0f, out.data, NULL, dl.data, NULL, NULL, out.data, n, c, e, NULL));
 
+    /* the activation's chain rule: no activation, an unknown one, dy in place, no elements */
+    EXPECT_REFUSED(cc_launch_bwd_activation_grad(CC_DTYPE_F32, 0, src.data, out.data, ow.data, 4, NULL));
+    EXPECT_REFUSED(cc_launch_bwd_activation_grad(CC_DTYPE_F32, 3, src.data, out.data, ow.data, 4, NULL));
+    EXPECT_REFUSED(cc_launch_bwd_activation_grad(CC_DTYPE_F32, 2, src.data, out.data, out.data, 4, NULL));
+    EXPECT_REFUSED(cc_launch_bwd_activation_grad(CC_DTYPE_F32, 2, src.data, out.data, ow.data, 0, NULL));
+    EXPECT_REFUSED(cc_launch_bwd_activation_grad(7, 2, src.data, out.data, ow.data, 4, NULL));
+    EXPECT_REFUSED(cc_launch_bwd_activation_grad(CC_DTYPE_F32, 2, NULL, out.data, ow.data, 4, NULL));
+
     eu_buffer *bs[] = {&g, &x, &a, &b, &ds, &oe, &ob, &oa, &sc, &src, &out, &dl, &wt, &ow, &orb};
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; ++i) eu_buffer_free(bs[i]);
 }
@@ -655,13 +735,14 @@ int main(void)
     routing_sweep();
     const double t3 = now();
     pool_sweep();
+    act_sweep();
     const double t4 = now();
     refusals();
     eu_expect_all_launched("backward");
     EU_EXPECT(cc_cpu_refused_launches() == 0, "the layer refused %lld launch(es)", cc_cpu_refused_launches());
-    printf(
-        "test_emu_backward: %d runs, %d launches (channel sums %.1f s, experts %.1f s, routing %.1f s, pool %.1f s)\n",
-        cases, launches, t1 - t0, t2 - t1, t3 - t2, t4 - t3);
+    printf("test_emu_backward: %d runs, %d launches (channel sums %.1f s, experts %.1f s, routing %.1f s, pool and "
+           "activation %.1f s)\n",
+           cases, launches, t1 - t0, t2 - t1, t3 - t2, t4 - t3);
     if (eu_failures) printf("test_emu_backward: failed; replay with the seed printed above\n");
     return eu_finish("test_emu_backward");
 }
