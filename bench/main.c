@@ -857,8 +857,9 @@ static void condconv_row(gpu_run *g, const row_setup *r, const char *method, con
         cc_launch arg = {r->layer, r->batch, l->h, l->w, r->sets, external, g->workspace, g->workspace_cap};
         if (o->backward) {
             const size_t len = strlen(row.note);
-            snprintf(row.note + len, sizeof row.note - len, "%sbackward %s: %s", len ? "; " : "",
-                     condconv_bwd_algo_name(bwd_info.algo), bwd_info.backend);
+            /* The backward's AUTO times both algorithms under MEASURE: its reason lists them. */
+            snprintf(row.note + len, sizeof row.note - len, "%sbackward %s (%s): %s", len ? "; " : "",
+                     condconv_bwd_algo_name(bwd_info.algo), bwd_info.reason, bwd_info.backend);
             train_row(g, &row, &arg, r);
         } else {
             measure(g, &row, launch_condconv, &arg, r->sets->count);

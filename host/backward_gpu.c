@@ -16,6 +16,7 @@ const char *condconv_bwd_algo_name(condconv_bwd_algo algo)
     switch (algo) {
     case CONDCONV_BWD_ALGO_AUTO: return "auto";
     case CONDCONV_BWD_ALGO_CUDNN_GROUPED: return "cudnn_grouped";
+    case CONDCONV_BWD_ALGO_MIXTURE: return "mixture";
     case CONDCONV_BWD_ALGO_COUNT: break;
     }
     return NULL;
@@ -28,6 +29,16 @@ condconv_status condconv_layer_set_backward_algo(condconv_layer_t layer, condcon
     if ((int)algo < 0 || algo >= CONDCONV_BWD_ALGO_COUNT)
         return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: unknown backward algorithm %d", func, (int)algo);
     layer->bwd_requested = algo;
+    return CONDCONV_STATUS_SUCCESS;
+}
+
+condconv_status condconv_layer_set_backward_deterministic(condconv_layer_t layer, int deterministic)
+{
+    static const char func[] = "condconv_layer_set_backward_deterministic";
+    CC_CHECK_LAYER(layer, func);
+    if (deterministic != 0 && deterministic != 1)
+        return cc_fail(CONDCONV_STATUS_BAD_VALUE, "%s: deterministic is 0 or 1, not %d", func, deterministic);
+    layer->bwd_nondeterministic = !deterministic;
     return CONDCONV_STATUS_SUCCESS;
 }
 

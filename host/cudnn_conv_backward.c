@@ -43,7 +43,7 @@ static int filter_algo_direct(cudnnConvolutionBwdFilterAlgo_t a)
 }
 
 static condconv_status choose_data(condconv_context_t ctx, const cc_conv_shape *s, condconv_math math,
-                                   cc_scratch *scratch, cc_cudnn_conv_bwd *conv, const char *func)
+                                   int deterministic, cc_scratch *scratch, cc_cudnn_conv_bwd *conv, const char *func)
 {
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int returned = 0;
@@ -56,11 +56,12 @@ static condconv_status choose_data(condconv_context_t ctx, const cc_conv_shape *
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, tensor_bytes(s, s->k, s->out_h, s->out_w), &dy, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_X, tensor_bytes(s, s->c, s->h, s->w), &dx, func));
     for (int i = 0; i < returned; ++i) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC ||
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || (deterministic && perf[i].determinism != CUDNN_DETERMINISTIC) ||
             perf[i].memory > CC_CUDNN_BWD_MAX_WORKSPACE || !data_algo_direct(perf[i].algo) ||
             !cc_cudnn_math_allowed(s->dtype, math, perf[i].mathType))
             continue;
         conv->data_algo = perf[i].algo;
+        conv->data_deterministic = perf[i].determinism == CUDNN_DETERMINISTIC;
         conv->data.math_type = perf[i].mathType;
         conv->data_workspace_bytes = perf[i].memory;
         CC_CUDNN_TRY(cudnnSetConvolutionMathType(d->conv_desc, perf[i].mathType), func);
@@ -70,14 +71,14 @@ static condconv_status choose_data(condconv_context_t ctx, const cc_conv_shape *
         return st;
     }
     return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                   "%s: cuDNN offers no deterministic direct backward-data algorithm for %dx%dx%dx%d, filters "
+                   "%s: cuDNN offers no %sdirect backward-data algorithm for %dx%dx%dx%d, filters "
                    "%dx%dx%dx%d, groups %d%s",
-                   func, s->n, s->c, s->h, s->w, s->k, s->c / s->groups, s->r, s->s, s->groups,
-                   math == CONDCONV_MATH_F32 ? " without TF32" : "");
+                   func, deterministic ? "deterministic " : "", s->n, s->c, s->h, s->w, s->k, s->c / s->groups, s->r,
+                   s->s, s->groups, math == CONDCONV_MATH_F32 ? " without TF32" : "");
 }
 
 static condconv_status choose_filter(condconv_context_t ctx, const cc_conv_shape *s, condconv_math math,
-                                     cc_scratch *scratch, cc_cudnn_conv_bwd *conv, const char *func)
+                                     int deterministic, cc_scratch *scratch, cc_cudnn_conv_bwd *conv, const char *func)
 {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int returned = 0;
@@ -91,11 +92,12 @@ static condconv_status choose_filter(condconv_context_t ctx, const cc_conv_shape
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_Y, tensor_bytes(s, s->k, s->out_h, s->out_w), &dy, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_W, filter_bytes(s), &dw, func));
     for (int i = 0; i < returned; ++i) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].determinism != CUDNN_DETERMINISTIC ||
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || (deterministic && perf[i].determinism != CUDNN_DETERMINISTIC) ||
             perf[i].memory > CC_CUDNN_BWD_MAX_WORKSPACE || !filter_algo_direct(perf[i].algo) ||
             !cc_cudnn_math_allowed(s->dtype, math, perf[i].mathType))
             continue;
         conv->filter_algo = perf[i].algo;
+        conv->filter_deterministic = perf[i].determinism == CUDNN_DETERMINISTIC;
         conv->filter.math_type = perf[i].mathType;
         conv->filter_workspace_bytes = perf[i].memory;
         CC_CUDNN_TRY(cudnnSetConvolutionMathType(f->conv_desc, perf[i].mathType), func);
@@ -105,20 +107,22 @@ static condconv_status choose_filter(condconv_context_t ctx, const cc_conv_shape
         return st;
     }
     return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                   "%s: cuDNN offers no deterministic direct backward-filter algorithm for %dx%dx%dx%d, filters "
+                   "%s: cuDNN offers no %sdirect backward-filter algorithm for %dx%dx%dx%d, filters "
                    "%dx%dx%dx%d, groups %d%s",
-                   func, s->n, s->c, s->h, s->w, s->k, s->c / s->groups, s->r, s->s, s->groups,
-                   math == CONDCONV_MATH_F32 ? " without TF32" : "");
+                   func, deterministic ? "deterministic " : "", s->n, s->c, s->h, s->w, s->k, s->c / s->groups, s->r,
+                   s->s, s->groups, math == CONDCONV_MATH_F32 ? " without TF32" : "");
 }
 
 condconv_status cc_cudnn_conv_bwd_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
-                                         cc_scratch *scratch, cc_cudnn_conv_bwd *conv, const char *func)
+                                         int deterministic, cc_scratch *scratch, cc_cudnn_conv_bwd *conv,
+                                         const char *func)
 {
     memset(conv, 0, sizeof *conv);
     condconv_status st = cc_cudnn_conv_descriptors(shape, math, &conv->data, func);
     if (st == CONDCONV_STATUS_SUCCESS) st = cc_cudnn_conv_descriptors(shape, math, &conv->filter, func);
-    if (st == CONDCONV_STATUS_SUCCESS) st = choose_data(ctx, shape, math, scratch, conv, func);
-    if (st == CONDCONV_STATUS_SUCCESS) st = choose_filter(ctx, shape, math, scratch, conv, func);
+    if (st == CONDCONV_STATUS_SUCCESS) st = choose_data(ctx, shape, math, deterministic, scratch, conv, func);
+    if (st == CONDCONV_STATUS_SUCCESS) st = choose_filter(ctx, shape, math, deterministic, scratch, conv, func);
+    conv->deterministic = conv->data_deterministic && conv->filter_deterministic;
     if (st != CONDCONV_STATUS_SUCCESS) cc_cudnn_conv_bwd_destroy(conv);
     return st;
 }

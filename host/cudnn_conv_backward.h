@@ -17,16 +17,20 @@ typedef struct cc_cudnn_conv_bwd {
     cudnnConvolutionBwdDataAlgo_t data_algo;
     cudnnConvolutionBwdFilterAlgo_t filter_algo;
     size_t data_workspace_bytes, filter_workspace_bytes;
+    int data_deterministic, filter_deterministic; /* CUDNN_DETERMINISTIC, each */
+    int deterministic;                            /* both */
 } cc_cudnn_conv_bwd;
 
 /* Creates the descriptors and chooses both algorithms from cuDNN's
  * heuristic ranking (cudnnGet*_v7), running each candidate once on scratch
- * buffers (cuDNN's ranking sometimes offers one that then fails). Only
- * deterministic algorithms are taken (CUDNN_DETERMINISTIC: the backward's
- * gradients must be bitwise reproducible), and only those that sum
+ * buffers (cuDNN's ranking sometimes offers one that then fails). With
+ * `deterministic` only CUDNN_DETERMINISTIC algorithms are taken (the
+ * backward's default: bitwise reproducible gradients); without, cuDNN's
+ * first choice whatever its determinism. Only algorithms that sum
  * directly, under the forward's math rules (cc_cudnn_algo_allowed). */
 condconv_status cc_cudnn_conv_bwd_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
-                                         cc_scratch *scratch, cc_cudnn_conv_bwd *conv, const char *func);
+                                         int deterministic, cc_scratch *scratch, cc_cudnn_conv_bwd *conv,
+                                         const char *func);
 
 /* dx = W^T * dy (dx overwritten). */
 condconv_status cc_cudnn_conv_bwd_data(condconv_context_t ctx, const cc_cudnn_conv_bwd *conv, const void *w,

@@ -57,6 +57,7 @@ struct condconv_layer {
     /* The backward's (backward_plan.h): the algorithm asked for and the
      * plans per shape. */
     condconv_bwd_algo bwd_requested;
+    int bwd_nondeterministic; /* condconv_layer_set_backward_deterministic(layer, 0) */
     struct cc_bwd_plan **bwd_plans;
     int bwd_plan_count, bwd_plan_capacity;
 };

@@ -77,15 +77,8 @@ static int compare_floats(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* One timed unit of work on the context's stream. */
-typedef condconv_status (*timed_fn)(const void *arg, const char *func);
-
-/* Median over CC_MEASURE_REPS event-timed runs of fn, after a warm-up. A
- * candidate whose second warm-up run (the first one pays for lazy module
- * loading) already takes longer than give_up_us (> 0) is not timed further:
- * that time is its measurement. */
-static condconv_status time_runs(cudaStream_t stream, timed_fn fn, const void *arg, float give_up_us, float *median_us,
-                                 const char *func)
+condconv_status cc_auto_time_runs(cudaStream_t stream, cc_auto_timed_fn fn, const void *arg, float give_up_us,
+                                  float *median_us, const char *func)
 {
     cudaEvent_t start = NULL, stop = NULL;
     float times[CC_MEASURE_REPS];
@@ -178,7 +171,7 @@ static condconv_status choose_routing(const struct condconv_layer *layer, cc_pla
     float us[CC_ROUTING_VARIANTS];
     for (int v = 0; v < CC_ROUTING_VARIANTS; ++v) us[v] = -1.0f; /* not timed */
     route_run run = {layer, plan, x, (float *)alpha};
-    CC_TRY(time_runs(layer->ctx->stream, run_route, &run, 0.0f, &us[0], func));
+    CC_TRY(cc_auto_time_runs(layer->ctx->stream, run_route, &run, 0.0f, &us[0], func));
     int best = 0;
     for (int v = 1; v < CC_ROUTING_VARIANTS; ++v) {
         if (!budget_left(budget)) break;
@@ -187,7 +180,7 @@ static condconv_status choose_routing(const struct condconv_layer *layer, cc_pla
         if (st == CONDCONV_STATUS_NOT_SUPPORTED) continue;
         if (st == CONDCONV_STATUS_SUCCESS) {
             run.plan = &trial;
-            st = time_runs(layer->ctx->stream, run_route, &run, CC_MEASURE_GIVE_UP * us[best], &us[v], func);
+            st = cc_auto_time_runs(layer->ctx->stream, run_route, &run, CC_MEASURE_GIVE_UP * us[best], &us[v], func);
             run.plan = plan;
         }
         if (st != CONDCONV_STATUS_SUCCESS) {
@@ -256,13 +249,13 @@ static condconv_status choose_aggregation(const struct condconv_layer *layer, cc
     aggregate_run run = {layer, 0, plan->n, alpha, buf, (float *)(void *)((unsigned char *)buf + filter_bytes)};
     float us[CC_AGGREGATE_VARIANTS];
     for (int v = 0; v < CC_AGGREGATE_VARIANTS; ++v) us[v] = -1.0f; /* not timed */
-    CC_TRY(time_runs(layer->ctx->stream, run_aggregate, &run, 0.0f, &us[0], func));
+    CC_TRY(cc_auto_time_runs(layer->ctx->stream, run_aggregate, &run, 0.0f, &us[0], func));
     int best = 0;
     for (int v = 1; v < CC_AGGREGATE_VARIANTS; ++v) {
         if (!budget_left(budget)) break;
         run.variant = v;
         const condconv_status st =
-            time_runs(layer->ctx->stream, run_aggregate, &run, CC_MEASURE_GIVE_UP * us[best], &us[v], func);
+            cc_auto_time_runs(layer->ctx->stream, run_aggregate, &run, CC_MEASURE_GIVE_UP * us[best], &us[v], func);
         if (st != CONDCONV_STATUS_SUCCESS) {
             us[v] = -1.0f;
             if (!candidate_failure_skippable(layer->ctx->stream)) return st;
@@ -318,7 +311,7 @@ static condconv_status time_plan(const struct condconv_layer *layer, const cc_pl
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_ALPHA, sizeof(float) * (size_t)plan->geom.alpha_elems, &alpha, func));
     CC_TRY(cc_scratch_get(scratch, CC_SCRATCH_WORKSPACE, plan->workspace_bytes, &ws, func));
     const forward_run run = {layer, plan, x, y, alpha, ws};
-    return time_runs(layer->ctx->stream, run_forward, &run, give_up_us, median_us, func);
+    return cc_auto_time_runs(layer->ctx->stream, run_forward, &run, give_up_us, median_us, func);
 }
 
 /* The rule used without measuring: the fused depthwise kernel where it

@@ -18,6 +18,16 @@ typedef struct cc_auto_budget {
     int exhausted;
 } cc_auto_budget;
 
+/* One timed unit of work on the context's stream. */
+typedef condconv_status (*cc_auto_timed_fn)(const void *arg, const char *func);
+
+/* Median over a few event-timed runs of fn, after a warm-up (the
+ * backward's AUTO times with it too). A candidate whose second warm-up run
+ * (the first one pays for lazy module loading) already takes longer than
+ * give_up_us (> 0) is not timed further: that time is its measurement. */
+condconv_status cc_auto_time_runs(cudaStream_t stream, cc_auto_timed_fn fn, const void *arg, float give_up_us,
+                                  float *median_us, const char *func);
+
 void cc_auto_budget_start(cc_auto_budget *budget, float limit_ms);
 /* Writes the budget's use into the plan info (candidates, budget_exhausted). */
 void cc_auto_budget_report(const cc_auto_budget *budget, condconv_plan_info *info);

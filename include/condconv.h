@@ -592,23 +592,46 @@ typedef enum condconv_bwd_algo {
      * <W_e, G_b> + <bias_e, sum_pixels dy_b>, dbias, and the routing's
      * backward, each summed in a fixed order. */
     CONDCONV_BWD_ALGO_CUDNN_GROUPED = 1,
-    CONDCONV_BWD_ALGO_COUNT = 2
+    /* The experts as one static convolution with E*Cout filters (the
+     * forward's mixture): dy scaled by alpha per expert (dy_mix, E times
+     * dy), then cuDNN's static backward data (dx) and backward filter (the
+     * stacked filters' gradient is dW_e, summed over N*pixels inside
+     * cuDNN), and dalpha_be = <W_e * x_b, dy_b> from the stacked forward.
+     * Neither per-sample filters nor per-sample filter gradients reach
+     * memory; it costs E times the static convolution's MACs in cuDNN's
+     * dense kernels, and E times dy in the workspace. */
+    CONDCONV_BWD_ALGO_MIXTURE = 2,
+    CONDCONV_BWD_ALGO_COUNT = 3
 } condconv_bwd_algo;
 
-/* Name of a backward algorithm ("cudnn_grouped"); NULL for an invalid value. */
+/* Name of a backward algorithm ("cudnn_grouped", "mixture"); NULL for an invalid value. */
 CONDCONV_API const char *condconv_bwd_algo_name(condconv_bwd_algo algo);
 
 /* Force a backward algorithm for backward plans prepared after the call, or
  * AUTO (the default). */
 CONDCONV_API condconv_status condconv_layer_set_backward_algo(condconv_layer_t layer, condconv_bwd_algo algo);
 
+/* 1 (the default): the backward's gradients are bitwise identical from run
+ * to run: cuDNN's backward algorithms are taken only when cuDNN reports
+ * them deterministic. 0: cuDNN's first choice whatever its determinism
+ * (its non-deterministic algorithms sum with floating-point atomics, in
+ * whatever order the threads arrive), for plans prepared after the call;
+ * plan info's `deterministic` says what a plan got. condconv's own
+ * backward kernels are deterministic either way. */
+CONDCONV_API condconv_status condconv_layer_set_backward_deterministic(condconv_layer_t layer, int deterministic);
+
 /* Prepares the backward for N x Cin x H x W inputs, as condconv_prepare
  * does the forward: checks the shape, creates descriptors, chooses
  * algorithms, caches the plan in the layer. May allocate, synchronise and
- * launch; never inside a CUDA graph capture. NOT_SUPPORTED for layers with
- * a fused activation (the GPU backward does not recompute the
- * pre-activation yet: apply the activation outside the layer, or use
- * condconv_backward_cpu). */
+ * launch; never inside a CUDA graph capture. AUTO: under
+ * CONDCONV_SELECT_MEASURE every algorithm that applies runs on scratch
+ * buffers, computing every gradient the layer has, and the fastest median
+ * is kept (plan info's reason lists the times); under
+ * CONDCONV_SELECT_HEURISTIC, cudnn_grouped, the design card's baseline
+ * (no GPU has measured either algorithm yet), or mixture where it does
+ * not apply. A layer with a fused activation runs mixture, which
+ * recomputes the pre-activation from its stacked forward (cudnn_grouped,
+ * forced, is NOT_SUPPORTED for it). */
 CONDCONV_API condconv_status condconv_backward_prepare(condconv_layer_t layer, int n, int h, int w);
 
 /* Workspace bytes condconv_backward needs at this shape (prepares if needed),

@@ -60,9 +60,8 @@ cudaError_t cc_launch_bwd_mixture_dalpha(int dtype, int layout, const void *z, c
  * or [g][E][Cout/g][kh][kw][Cin/g] (nhwc_filters != 0, cuDNN's NHWC filter
  * order); d_experts [E][Cout][Cin/g][kh][kw] f32, every element written
  * (an exact conversion). */
-cudaError_t cc_launch_bwd_mixture_filters(int dtype, int nhwc_filters, const void *dw_grouped, float *d_experts,
-                                          int e, int cout, int cin_per_group, int kh, int kw, int groups,
-                                          cudaStream_t stream);
+cudaError_t cc_launch_bwd_mixture_filters(int dtype, int nhwc_filters, const void *dw_grouped, float *d_experts, int e,
+                                          int cout, int cin_per_group, int kh, int kw, int groups, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,8 @@
  *
  * Random layers (dense, grouped, depthwise, pointwise; strides, dilation,
  * explicit and asymmetric "same" padding; E from 1 to 32; sigmoid, softmax
- * with a temperature and external routing; bias or not) in f32, f16 and
+ * with a temperature and external routing; bias or not; a fused SiLU, or
+ * ReLU in f32, where the algorithm is mixture or AUTO) in f32, f16 and
  * bf16, NCHW and NHWC, with every gradient the layer can have requested,
  * then random subsets of them. Outputs and workspace are NaN-poisoned
  * before each run and the workspace is allocated exactly as large as asked
@@ -23,22 +24,31 @@
  *     workspace);
  *   - a CUDA graph capture and replay, and NOT_PREPARED for an unprepared
  *     shape inside a capture;
+ *   - plan info: AUTO times both algorithms under MEASURE and takes the
+ *     baseline under HEURISTIC; a forced algorithm is what runs; the
+ *     opt-in non-deterministic mode takes cuDNN's non-deterministic
+ *     algorithms (ranked first by the emulation) and is still correct.
+ * Every case runs through one algorithm (AUTO, cudnn_grouped, mixture in
+ * turn; the fixed cases through both forced).
  *   - bad calls: each refused with its status, and nothing written.
  *
  * Tolerance, per gradient tensor: max |got - ref| <= tol * max |ref| (+ a
  * tiny floor), NaN never passing. f32: 5e-5 (f32 accumulation over sums of
  * up to a few thousand terms; the emulated cuDNN is exact then rounds once).
  * Half types: the GPU path rounds two intermediates to the dtype that the
- * double reference does not, the per-sample filters W_b (dx) and the
- * per-sample filter gradients G_b (dW, dalpha, the routing), each to half
- * an ulp u (2^-11 for f16, 2^-8 for bf16); on random data the error of a
+ * double reference does not, each to half an ulp u (2^-11 for f16, 2^-8
+ * for bf16): cudnn_grouped the per-sample filters W_b (dx) and the
+ * per-sample filter gradients G_b (dW, dalpha, the routing); mixture
+ * alpha_be dy_b (dx, dW), the stacked filter gradient (dW) and the stacked
+ * forward z_be = W_e * x_b (dalpha); on random data the error of a
  * sum of such products is about u times its typical magnitude, so 8u of the
  * tensor's largest element: 4e-3 (f16) and 3.2e-2 (bf16).
- * Plus, for what comes from dalpha_be = <W_e, G_b> (d_routing_in, the
- * routing FC's gradients, the pool's share of dx), an allowance for G_b's
- * rounding, which that dot product can expose far beyond u |dalpha| when
- * it cancels (one expert, few terms): |error| <= u sum_k |W_ek| |G_bk| <=
- * u A_be, A_be = sum_co (sum_p |dy_b,co,p|) (sum_rest |W_e,co,..|) since
+ * Plus, for what comes from dalpha_be = <W_e, G_b> = <z_be, dy_b>
+ * (d_routing_in, the routing FC's gradients, the pool's share of dx), an
+ * allowance for G_b's (or z's) rounding, which that dot product can expose
+ * far beyond u |dalpha| when it cancels (one expert, few terms):
+ * |error| <= u sum_k |W_ek| |G_bk| <= u A_be (and, for z,
+ * u sum |z_be| |dy_b| <= u A_be too), A_be = sum_co (sum_p |dy_b,co,p|) (sum_rest |W_e,co,..|) since
  * |x| <= 1 (dalpha_allowance carries it through the routing's backward
  * with bounds for its derivatives: alpha (1 - alpha) <= 1/4, a softmax's
  * <= 2/T max_j, pooled |x| <= 1, and 8 as the safety factor). */
@@ -101,7 +111,7 @@ static void dalpha_allowance(bcase *c);
 static size_t elem_of(const bcase *c, int g) { return g == 0 ? tu_dtype_size(c->dtype) : sizeof(float); }
 
 static void make_case(condconv_context_t ctx, bcase *c, const tu_layer_spec *spec, condconv_dtype dtype,
-                      condconv_layout layout, int n, int h, int w)
+                      condconv_layout layout, int n, int h, int w, condconv_bwd_algo algo)
 {
     memset(c, 0, sizeof *c);
     c->s = *spec;
@@ -126,6 +136,7 @@ static void make_case(condconv_context_t ctx, bcase *c, const tu_layer_spec *spe
     EXPECT_OK(condconv_layer_desc_get_output_dims(desc, h, w, &c->ho, &c->wo, NULL));
     EXPECT_OK(condconv_layer_create(ctx, desc, &view, &c->layer));
     condconv_layer_desc_destroy(desc);
+    EXPECT_OK(condconv_layer_set_backward_algo(c->layer, algo));
     const int external = c->s.routing == CONDCONV_ROUTING_EXTERNAL;
     c->x_n = (size_t)n * c->s.cin * h * w;
     c->y_n = (size_t)n * c->s.cout * c->ho * c->wo;
@@ -423,8 +434,15 @@ static void random_cases(condconv_context_t ctx, int count)
 {
     for (int i = 0; i < count; ++i) {
         tu_layer_spec s = tu_random_spec(TU_ANY, 6, 3);
-        s.activation = CONDCONV_ACTIVATION_NONE; /* the GPU backward refuses activations (bad_calls) */
         const condconv_dtype dtype = (condconv_dtype)tu_rng_int(0, 2);
+        /* AUTO, then each algorithm forced, in turn. */
+        const condconv_bwd_algo algo = (condconv_bwd_algo)(i % CONDCONV_BWD_ALGO_COUNT);
+        /* cudnn_grouped refuses activations (bad_calls); ReLU's kink only in
+         * f32, where the GPU's pre-activation (rounded once to the dtype)
+         * lands on the reference's side of 0 but for ~1e-6 of the draws. */
+        if (algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED ||
+            (s.activation == CONDCONV_ACTIVATION_RELU && dtype != CONDCONV_DTYPE_F32))
+            s.activation = CONDCONV_ACTIVATION_NONE;
         const condconv_layout layout = (condconv_layout)tu_rng_int(0, 1);
         const int n = tu_rng_int(1, 4), h = tu_rng_int(3, 9), w = tu_rng_int(3, 9);
         condconv_layer_desc_t probe = tu_make_desc(&s);
@@ -436,14 +454,14 @@ static void random_cases(condconv_context_t ctx, int count)
             continue;
         }
         bcase c;
-        make_case(ctx, &c, &s, dtype, layout, n, h, w);
+        make_case(ctx, &c, &s, dtype, layout, n, h, w, algo);
         float *ref[GRADS];
         if (reference(&c, ref)) {
-            char what[64];
-            snprintf(what, sizeof what, "case %d, every gradient", i);
+            char what[80];
+            snprintf(what, sizeof what, "case %d (%s), every gradient", i, condconv_bwd_algo_name(algo));
             check_case(&c, ref, 0x3Fu, what);
             const unsigned subset = (unsigned)tu_rng_int(1, 0x3F);
-            snprintf(what, sizeof what, "case %d, gradients 0x%x", i, subset);
+            snprintf(what, sizeof what, "case %d (%s), gradients 0x%x", i, condconv_bwd_algo_name(algo), subset);
             check_case(&c, ref, subset, what);
             if (i % 3 == 0) check_determinism(&c);
             if (i % 3 == 1) check_unaligned(&c, ref);
@@ -453,11 +471,12 @@ static void random_cases(condconv_context_t ctx, int count)
     }
 }
 
-/* Cases every run has, whatever the random draws: asymmetric "same"
- * padding (dx cropped out of cuDNN's padded plane) in NHWC, a grouped
- * bf16 layer with external routing and a bias, a depthwise f32 layer with
- * sigmoid routing on unaligned pointers, and a 1x1 f16 layer with one
- * expert. */
+/* Cases every run has, whatever the random draws, each through both
+ * algorithms: asymmetric "same" padding (dx cropped out of cuDNN's padded
+ * plane) in NHWC, a grouped bf16 layer with external routing and a bias, a
+ * depthwise f32 layer with sigmoid routing on unaligned pointers, a 1x1
+ * f16 layer with one expert, and a bf16 NHWC layer with SiLU (through
+ * mixture, forced and chosen by AUTO). */
 static void fixed_cases(condconv_context_t ctx)
 {
     tu_layer_spec a = tu_basic_spec(5, 7, 3, 4);
@@ -478,6 +497,12 @@ static void fixed_cases(condconv_context_t ctx)
     c.routing = CONDCONV_ROUTING_SIGMOID;
     tu_layer_spec d = tu_basic_spec(9, 5, 1, 1);
     d.routing = CONDCONV_ROUTING_SIGMOID;
+    tu_layer_spec act = tu_basic_spec(6, 10, 3, 4);
+    act.pad_h = act.pad_w = 1;
+    act.has_bias = 1;
+    act.activation = CONDCONV_ACTIVATION_SILU;
+    act.routing = CONDCONV_ROUTING_SOFTMAX;
+    act.temperature = 1.5f;
     const struct {
         const tu_layer_spec *s;
         condconv_dtype dtype;
@@ -488,14 +513,20 @@ static void fixed_cases(condconv_context_t ctx)
         {&b, CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NCHW, 2, 9, 7, 0},
         {&c, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 4, 5, 5, 1},
         {&d, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 5, 3, 4, 1},
+        {&act, CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC, 3, 6, 5, 1},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) {
+    static const condconv_bwd_algo algos[] = {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_BWD_ALGO_MIXTURE};
+    for (size_t j = 0; j < sizeof cases / sizeof cases[0] * 2; ++j) {
+        const size_t i = j / 2;
+        /* A layer with an activation: AUTO (which must find mixture) in cudnn_grouped's place. */
+        const condconv_bwd_algo algo =
+            cases[i].s->activation != CONDCONV_ACTIVATION_NONE && j % 2 == 0 ? CONDCONV_BWD_ALGO_AUTO : algos[j % 2];
         bcase k;
-        make_case(ctx, &k, cases[i].s, cases[i].dtype, cases[i].layout, cases[i].n, cases[i].h, cases[i].w);
+        make_case(ctx, &k, cases[i].s, cases[i].dtype, cases[i].layout, cases[i].n, cases[i].h, cases[i].w, algo);
         float *ref[GRADS];
         if (reference(&k, ref)) {
             char what[64];
-            snprintf(what, sizeof what, "fixed case %zu", i);
+            snprintf(what, sizeof what, "fixed case %zu (%s)", i, condconv_bwd_algo_name(algo));
             check_case(&k, ref, 0x3Fu, what);
             if (cases[i].unaligned) check_unaligned(&k, ref);
             check_determinism(&k);
@@ -505,8 +536,81 @@ static void fixed_cases(condconv_context_t ctx)
     }
 }
 
-/* Plan info, graph capture and replay, NOT_PREPARED inside a capture. */
-static void plan_and_graph(condconv_context_t ctx, cudaStream_t stream)
+/* Plan info: what AUTO chose and why, under MEASURE and HEURISTIC, and
+ * each algorithm forced. */
+static void plan_info(condconv_context_t ctx)
+{
+    tu_layer_spec s = tu_basic_spec(6, 8, 3, 4);
+    s.pad_h = s.pad_w = 1;
+    s.has_bias = 1;
+    bcase c;
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 3, 7, 6, CONDCONV_BWD_ALGO_AUTO);
+    const struct {
+        condconv_bwd_algo requested;
+        condconv_algo_select select;
+    } plans[] = {
+        {CONDCONV_BWD_ALGO_AUTO, CONDCONV_SELECT_MEASURE},
+        {CONDCONV_BWD_ALGO_AUTO, CONDCONV_SELECT_HEURISTIC},
+        {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_SELECT_MEASURE},
+        {CONDCONV_BWD_ALGO_MIXTURE, CONDCONV_SELECT_HEURISTIC},
+    };
+    for (size_t i = 0; i < sizeof plans / sizeof plans[0]; ++i) {
+        EXPECT_OK(condconv_layer_set_backward_algo(c.layer, plans[i].requested));
+        EXPECT_OK(condconv_context_set_algo_select(ctx, plans[i].select));
+        condconv_backward_plan_info info;
+        if (!EXPECT_OK(condconv_get_backward_plan_info(c.layer, c.n, c.h, c.w, &info))) continue;
+        printf("  %s, %s: %s, %zu bytes, deterministic %d: %s; %s\n", condconv_bwd_algo_name(plans[i].requested),
+               plans[i].select == CONDCONV_SELECT_MEASURE ? "measure" : "heuristic", condconv_bwd_algo_name(info.algo),
+               info.workspace_bytes, info.deterministic, info.backend, info.reason);
+        EXPECT(info.requested == plans[i].requested && info.select == plans[i].select && info.deterministic == 1,
+               "plan info %zu", i);
+        size_t bytes = 0;
+        EXPECT_OK(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &bytes));
+        EXPECT(bytes == info.workspace_bytes, "plan info %zu: workspace %zu, query %zu", i, info.workspace_bytes,
+               bytes);
+        if (plans[i].requested == CONDCONV_BWD_ALGO_AUTO && plans[i].select == CONDCONV_SELECT_MEASURE)
+            EXPECT(strncmp(info.reason, "measured:", 9) == 0 && strstr(info.reason, "cudnn_grouped") != NULL &&
+                       strstr(info.reason, "mixture") != NULL && strchr(info.reason, '*') != NULL,
+                   "AUTO under MEASURE times both algorithms: %s", info.reason);
+        else if (plans[i].requested == CONDCONV_BWD_ALGO_AUTO)
+            EXPECT(info.algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED && strncmp(info.reason, "heuristic", 9) == 0,
+                   "AUTO under HEURISTIC: %s, %s", condconv_bwd_algo_name(info.algo), info.reason);
+        else
+            EXPECT(info.algo == plans[i].requested && strcmp(info.reason, "forced") == 0, "forced: %s, %s",
+                   condconv_bwd_algo_name(info.algo), info.reason);
+        if (info.algo == CONDCONV_BWD_ALGO_MIXTURE)
+            EXPECT(strstr(info.backend, "z: ") != NULL, "the mixture names its forward: %s", info.backend);
+#ifdef CC_EMU_TEST
+        /* The emulated cuDNN ranks a non-deterministic algorithm first in each direction. */
+        EXPECT(strstr(info.backend, "bwd data algo_1") != NULL && strstr(info.backend, "bwd filter algo_1") != NULL,
+               "the plan took a non-deterministic or transform algorithm: %s", info.backend);
+#endif
+    }
+    EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
+
+    /* The opt-in non-deterministic mode: cuDNN's first choice, still correct. */
+    EXPECT_STATUS(condconv_layer_set_backward_deterministic(c.layer, 2), CONDCONV_STATUS_BAD_VALUE);
+    EXPECT_OK(condconv_layer_set_backward_deterministic(c.layer, 0));
+    for (int a = CONDCONV_BWD_ALGO_CUDNN_GROUPED; a < CONDCONV_BWD_ALGO_COUNT; ++a) {
+        EXPECT_OK(condconv_layer_set_backward_algo(c.layer, (condconv_bwd_algo)a));
+        condconv_backward_plan_info info;
+        if (!EXPECT_OK(condconv_get_backward_plan_info(c.layer, c.n, c.h, c.w, &info))) continue;
+        printf("  %s, non-deterministic allowed: deterministic %d; %s\n", condconv_bwd_algo_name(info.algo),
+               info.deterministic, info.backend);
+#ifdef CC_EMU_TEST
+        /* The emulation ranks non-deterministic algorithms first: this mode takes them. */
+        EXPECT(info.deterministic == 0 && strstr(info.backend, "bwd data algo_0") != NULL,
+               "non-deterministic mode: deterministic %d, %s", info.deterministic, info.backend);
+#endif
+        float *ref[GRADS];
+        if (reference(&c, ref)) check_case(&c, ref, 0x3Fu, "non-deterministic mode");
+        free_grads(ref);
+    }
+    free_case(&c);
+}
+
+/* Graph capture and replay, NOT_PREPARED inside a capture. */
+static void graph_capture(condconv_context_t ctx, cudaStream_t stream, condconv_bwd_algo algo)
 {
     tu_layer_spec s = tu_basic_spec(6, 8, 3, 4);
     s.pad_h = s.pad_w = 1;
@@ -514,18 +618,7 @@ static void plan_and_graph(condconv_context_t ctx, cudaStream_t stream)
     s.routing = CONDCONV_ROUTING_SOFTMAX;
     s.temperature = 3.0f;
     bcase c;
-    make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 3, 7, 6);
-    condconv_backward_plan_info info;
-    if (EXPECT_OK(condconv_get_backward_plan_info(c.layer, c.n, c.h, c.w, &info))) {
-        printf("  plan: %s, %zu bytes, deterministic %d: %s; %s\n", condconv_bwd_algo_name(info.algo),
-               info.workspace_bytes, info.deterministic, info.backend, info.reason);
-        EXPECT(info.algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED && info.deterministic == 1, "plan info");
-#ifdef CC_EMU_TEST
-        /* The emulated cuDNN ranks a non-deterministic algorithm first in each direction. */
-        EXPECT(strstr(info.backend, "bwd data algo_1") != NULL && strstr(info.backend, "bwd filter algo_1") != NULL,
-               "the plan took a non-deterministic or transform algorithm: %s", info.backend);
-#endif
-    }
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 3, 7, 6, algo);
     float *ref[GRADS];
     if (reference(&c, ref)) {
         size_t ws_bytes = 0;
@@ -580,7 +673,7 @@ static void bad_calls(condconv_context_t ctx)
     s.has_bias = 1;
     s.routing = CONDCONV_ROUTING_SIGMOID;
     bcase c;
-    make_case(ctx, &c, &s, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 2, 5, 5);
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 2, 5, 5, CONDCONV_BWD_ALGO_AUTO);
     size_t ws_bytes = 0;
     EXPECT_OK(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &ws_bytes));
     unsigned char *ws = tu_dev_alloc_bytes(ws_bytes + 256);
@@ -624,13 +717,18 @@ static void bad_calls(condconv_context_t ctx)
     TU_CUDA(cudaFree(ws));
     free_case(&c);
 
-    /* A fused activation: the GPU backward refuses it; the CPU backward takes it. */
+    /* A fused activation: cudnn_grouped, forced, refuses it; AUTO takes mixture. */
     s.activation = CONDCONV_ACTIVATION_SILU;
-    make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 2, 5, 5);
+    make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 2, 5, 5, CONDCONV_BWD_ALGO_CUDNN_GROUPED);
     size_t bytes = 0;
     EXPECT_STATUS(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &bytes), CONDCONV_STATUS_NOT_SUPPORTED);
     EXPECT(strstr(condconv_last_error(), "activation") != NULL, "the refusal names the activation: %s",
            condconv_last_error());
+    EXPECT_OK(condconv_layer_set_backward_algo(c.layer, CONDCONV_BWD_ALGO_AUTO));
+    condconv_backward_plan_info info;
+    if (EXPECT_OK(condconv_get_backward_plan_info(c.layer, c.n, c.h, c.w, &info)))
+        EXPECT(info.algo == CONDCONV_BWD_ALGO_MIXTURE && strstr(info.reason, "cudnn_grouped n/a") != NULL,
+               "AUTO with an activation: %s, %s", condconv_bwd_algo_name(info.algo), info.reason);
     free_case(&c);
 }
 
@@ -653,8 +751,11 @@ int main(void)
     fixed_cases(ctx);
     printf("random layers:\n");
     random_cases(ctx, tu_case_count(12));
-    printf("plan info and graph capture:\n");
-    plan_and_graph(ctx, stream);
+    printf("plan info:\n");
+    plan_info(ctx);
+    printf("graph capture:\n");
+    graph_capture(ctx, stream, CONDCONV_BWD_ALGO_CUDNN_GROUPED);
+    graph_capture(ctx, stream, CONDCONV_BWD_ALGO_MIXTURE);
     printf("bad calls:\n");
     bad_calls(ctx);
     EXPECT_OK(condconv_context_destroy(ctx));

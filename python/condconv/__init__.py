@@ -23,7 +23,17 @@ from ._lib import (
     Routing,
     Status,
 )
-from .core import Context, Layer, LayerSpec, algo_names, convert, device_count, numpy_dtype, version
+from .core import (
+    Context,
+    Layer,
+    LayerSpec,
+    algo_names,
+    backward_algo_names,
+    convert,
+    device_count,
+    numpy_dtype,
+    version,
+)
 
 __version__ = "0.1.0"
 
@@ -44,6 +54,7 @@ __all__ = [
     "Status",
     "__version__",
     "algo_names",
+    "backward_algo_names",
     "convert",
     "device_count",
     "numpy_dtype",

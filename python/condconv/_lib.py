@@ -323,6 +323,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "condconv_layer_set_algo": (c_int, [_H, c_int]),
     "condconv_layer_set_candidate": (c_int, [_H, c_char_p]),
     "condconv_layer_set_kernel_variants": (c_int, [_H, c_int, c_int]),
+    "condconv_layer_set_backward_algo": (c_int, [_H, c_int]),
+    "condconv_layer_set_backward_deterministic": (c_int, [_H, c_int]),
     "condconv_prepare": (c_int, [_H, c_int, c_int, c_int]),
     "condconv_get_workspace_size": (c_int, [_H, c_int, c_int, c_int, POINTER(c_size_t)]),
     "condconv_get_plan_info": (c_int, [_H, c_int, c_int, c_int, POINTER(PlanInfo)]),

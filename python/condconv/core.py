@@ -127,6 +127,14 @@ def algo_names() -> list[str]:
     return [lib().condconv_algo_name(i).decode() for i in range(ALGO_COUNT)]
 
 
+def backward_algo_names() -> list[str]:
+    """Names of the GPU backward's algorithms, indexed by condconv_bwd_algo ("auto", "cudnn_grouped", "mixture")."""
+    names = []
+    while (raw := lib().condconv_bwd_algo_name(len(names))) is not None:
+        names.append(raw.decode())
+    return names
+
+
 def convert(array: np.ndarray, src: DTypeName | DType, dst: DTypeName | DType) -> np.ndarray:
     """Converts ``array`` (the NumPy type of ``src``) into a new array of ``dst``'s NumPy type, with the C
     library's ``condconv_convert`` (round to nearest even; NaN stays NaN; overflow gives infinity).
@@ -673,6 +681,26 @@ class Layer:
         else:
             value = int(algo)  # C judges the range (BAD_VALUE)
         check(lib().condconv_layer_set_algo(self.handle, value), "condconv_layer_set_algo")
+
+    def set_backward_algo(self, algo: str | int) -> None:
+        """Forces the GPU backward's algorithm ("cudnn_grouped", "mixture") or "auto" for shapes prepared
+        afterwards."""
+        if isinstance(algo, str):
+            names = backward_algo_names()
+            if algo.lower() not in names:
+                raise ValueError(f"unknown backward algorithm {algo!r}; one of {names}")
+            value = names.index(algo.lower())
+        else:
+            value = int(algo)  # C judges the range (BAD_VALUE)
+        check(lib().condconv_layer_set_backward_algo(self.handle, value), "condconv_layer_set_backward_algo")
+
+    def set_backward_deterministic(self, deterministic: bool) -> None:
+        """True (default): bitwise reproducible GPU gradients; False lets cuDNN pick its non-deterministic
+        (atomics) backward algorithms, for shapes prepared afterwards."""
+        check(
+            lib().condconv_layer_set_backward_deterministic(self.handle, int(bool(deterministic))),
+            "condconv_layer_set_backward_deterministic",
+        )
 
     def set_candidate(self, candidate: str | None) -> None:
         """Forces one of AUTO's candidates by the name plan info lists it under ("fused", "fused[nhwc coalesced]"),
