@@ -30,7 +30,8 @@
 //     but the first: the output stream is the cost. One thread per output
 //     vector (16 bytes: 4 f32 or 8 halves, where the rows allow it and the
 //     pointers are aligned), grid-stride, consecutive threads on consecutive
-//     outputs (coalesced stores). One 64-bit division per vector.
+//     outputs (coalesced stores). Two 64-bit divisions per vector (hidden
+//     behind the 16-byte stores: the kernel is bound by DRAM writes).
 //  2. dalpha_partial_kernel: d_alpha[b][e] = <z_be, dy_b>, an N x E set of
 //     dot products of length L = Cout x plane (up to thousands x 12544):
 //     split over L. A block owns one sample, a tile of 8 experts and one

@@ -88,7 +88,7 @@ static void expect_bitwise(const char *what, const float *got, const float *want
 {
     size_t bad = 0;
     for (size_t i = 0; i < n; ++i)
-        if (memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+        if (ed_bits(got[i]) != ed_bits(want[i])) {
             if (bad < 5) fprintf(stderr, "  %s[%zu]: got %.9g, want %.9g\n", what, i, (double)got[i], (double)want[i]);
             ++bad;
         }
@@ -230,7 +230,9 @@ static void dalpha_case(int dtype, int layout, const mix_shape *s, int bias, int
         got[rep] = fetch(&out);
     }
     const long long len = (long long)s->cout * s->plane;
-    const double depth = (double)((len + 255) / 256 + (len + 2047) / 2048 + (bias ? (s->cout + 31) / 32 : 0) + 64);
+    /* Integer counts of terms and levels. */
+    const long long levels = (len + 255) / 256 + (len + 2047) / 2048 + (bias ? (s->cout + 31) / 32 : 0) + 64;
+    const double depth = (double)levels;
     eu_compare(what, got[0], want, mag, ne, 1e-30, depth * EU_U);
     expect_same_bits(what, "d_alpha", got[0], got[1], ne);
     eu_guards_intact(&out, what);
