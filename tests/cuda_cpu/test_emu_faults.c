@@ -6,7 +6,9 @@
  *    (ALLOC_FAILED for an allocation, CUDA_ERROR for a copy or a launch),
  *    and the sequence stops there;
  *  - outputs are untouched, as include/condconv.h promises: the layer handle
- *    of a failed create, y, and routing_out (see below);
+ *    of a failed create, y, and routing_out (see below); y may be partly
+ *    written by a forward that failed mid-way, as the header allows, where
+ *    the plan is measured AUTO's: its choice depends on the machine's load;
  *  - nothing leaks: device allocations and handles return to what the test
  *    itself holds, and LeakSanitizer (ASan build) sees no host leak;
  *  - with k past the last event, everything succeeds and y matches the CPU
@@ -223,6 +225,11 @@ static void run_config(const config *c)
                 EXPECT(tu_compare("y", y, y_ref, mag, y_n, 1e-6, 1e-5) == 0, "%s: y before the failed final copy",
                        where);
                 ++final_copy_failures;
+            } else if (failed_at == 3 && c->algo == CONDCONV_ALGO_AUTO && c->select == CONDCONV_SELECT_MEASURE) {
+                /* The header lets a forward that CUDA failed mid-way leave y
+                 * partly written. Which algorithm measuring picks depends on
+                 * the machine's load (on a busy one, one that writes y and
+                 * then adds the bias in place): y is not checked then. */
             } else {
                 EXPECT(all_nan(y, y_n), "%s: y written by a failed sequence", where);
             }
