@@ -6,6 +6,7 @@
 # outside the clone). On a machine without a CUDA device the `gpu`-labelled
 # tests are reported as skipped, not passed.
 # Environment: BUILD_DIR (default build), CMAKE_ARGS (extra configure flags),
+# CTEST_ARGS (extra ctest arguments: CI passes -LE emu_sanitized, see .ci/run),
 # CONDCONV_VENV (the Python environment), CONDCONV_PYTHON_TORCH=0 (skip
 # installing torch and timm; condconv.torch's tests then report skips).
 set -euo pipefail
@@ -19,7 +20,8 @@ build_abs=$(cd "$build" && pwd)
 
 # Both suites run whatever the other's result; either failing fails the script.
 ctest_rc=0
-(cd "$build" && ctest --output-on-failure -j"$(nproc)") 2>&1 | tee "$build/ctest.log" || ctest_rc=$?
+# shellcheck disable=SC2086
+(cd "$build" && ctest --output-on-failure -j"$(nproc)" ${CTEST_ARGS:-}) 2>&1 | tee "$build/ctest.log" || ctest_rc=$?
 if grep -q "(Skipped)" "$build/ctest.log"; then
   echo "NOTE: the tests listed as Skipped need a CUDA device; they did not run here."
 fi

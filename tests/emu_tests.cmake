@@ -188,7 +188,7 @@ function(cc_emu_test name helpers)
   set_target_properties(${name} PROPERTIES LINKER_LANGUAGE CXX)
   cc_emu_c_warnings(${name})
   add_test(NAME ${name} COMMAND ${name})
-  set_tests_properties(${name} PROPERTIES LABELS "cpu;emu" TIMEOUT 600)
+  set_tests_properties(${name} PROPERTIES LABELS "cpu;emu;emu_sanitized" TIMEOUT 600)
 endfunction()
 
 # One per kernel family, against double-precision references.
@@ -202,7 +202,7 @@ foreach(t forward formats faults devices staging libs auto)
   cc_emu_test(test_emu_${t} cc_cpu_test_util)
   # End to end: host code around kernels that the per-kernel tests already
   # run under TSan; the CI guard runs these under ASan only (emu_e2e).
-  set_tests_properties(test_emu_${t} PROPERTIES LABELS "cpu;emu;emu_e2e")
+  set_tests_properties(test_emu_${t} PROPERTIES LABELS "cpu;emu;emu_e2e;emu_sanitized")
 endforeach()
 # condconv_backward end to end: tests/test_gpu_backward.c, run on the layer.
 add_executable(test_emu_backward_api ${CC_EMU_ROOT}/tests/test_gpu_backward.c)
@@ -211,11 +211,11 @@ target_link_libraries(test_emu_backward_api PRIVATE cc_cpu_test_util)
 set_target_properties(test_emu_backward_api PROPERTIES LINKER_LANGUAGE CXX)
 cc_emu_c_warnings(test_emu_backward_api)
 add_test(NAME test_emu_backward_api COMMAND test_emu_backward_api)
-set_tests_properties(test_emu_backward_api PROPERTIES LABELS "cpu;emu;emu_e2e" TIMEOUT 600)
+set_tests_properties(test_emu_backward_api PROPERTIES LABELS "cpu;emu;emu_e2e;emu_sanitized" TIMEOUT 600)
 # The cuDNN graph-API candidate through the algorithms' ops (host-internal headers).
 cc_emu_test(test_emu_graph cc_cpu_test_util)
 target_include_directories(test_emu_graph PRIVATE ${CC_EMU_HOST_DIR} ${CC_EMU_KERNEL_DIR})
-set_tests_properties(test_emu_graph PROPERTIES LABELS "cpu;emu;emu_e2e")
+set_tests_properties(test_emu_graph PROPERTIES LABELS "cpu;emu;emu_e2e;emu_sanitized")
 
 # The layer's own checks, on small deliberately wrong kernels.
 set(cc_emu_selftest_cpp ${CMAKE_CURRENT_BINARY_DIR}/cuda_cpu_src/selftest_kernels.cpp)
@@ -229,4 +229,4 @@ target_link_libraries(test_emu_layer PRIVATE cc_cpu_test_util cc_cpu_emu_util)
 set_target_properties(test_emu_layer PROPERTIES LINKER_LANGUAGE CXX)
 cc_emu_c_warnings(test_emu_layer)
 add_test(NAME test_emu_layer COMMAND test_emu_layer)
-set_tests_properties(test_emu_layer PROPERTIES LABELS "cpu;emu" TIMEOUT 600)
+set_tests_properties(test_emu_layer PROPERTIES LABELS "cpu;emu;emu_sanitized" TIMEOUT 600)
