@@ -292,27 +292,13 @@ constexpr int kTileN = 8, kTileE = 8;
 constexpr long long kTargetBlocks = 1024;  // a few waves of an H200's 132 SMs
 constexpr long long kMinSplitElems = 2048; // 256 threads x 2 loads of 4 at least
 
-struct dot_split {
-    int splits;
-    long long chunk; // elements of K per split, a multiple of 4
-};
-
-// A function of the sizes only (cc_bwd_experts_scratch_elems sizes scratch
-// with it before any pointer exists).
-static dot_split dot_splits(long long k, int n, int e)
+// Chunks of K a multiple of 4 (the vector width). A function of the sizes
+// only (cc_bwd_experts_scratch_elems sizes scratch with it before any
+// pointer exists).
+static cc_split_k dot_splits(long long k, int n, int e)
 {
     const long long tiles = (long long)((n + kTileN - 1) / kTileN) * ((e + kTileE - 1) / kTileE);
-    long long splits = (kTargetBlocks + tiles - 1) / tiles;
-    const long long by_k = (k + kMinSplitElems - 1) / kMinSplitElems;
-    if (splits > by_k) splits = by_k;
-    if (splits > 65535) splits = 65535; // gridDim.y
-    if (splits < 1) splits = 1;
-    long long chunk = (k + splits - 1) / splits;
-    chunk = (chunk + 3) / 4 * 4;
-    dot_split d;
-    d.chunk = chunk;
-    d.splits = (int)((k + chunk - 1) / chunk); // no split without elements
-    return d;
+    return cc_split_k_for(k, tiles, kTargetBlocks, kMinSplitElems, 4);
 }
 
 // Blocks: (sample tile, expert tile) along x, sample tile fastest; the split
@@ -396,7 +382,7 @@ template <typename T>
 cudaError_t launch_dot_partial(const T *src, const T *w, float *partial, long long k_elems, int n, int e,
                                cudaStream_t stream)
 {
-    const dot_split d = dot_splits(k_elems, n, e);
+    const cc_split_k d = dot_splits(k_elems, n, e);
     const int n_tiles = (n + kTileN - 1) / kTileN, e_tiles = (e + kTileE - 1) / kTileE;
     const dim3 grid((unsigned)(n_tiles * e_tiles), (unsigned)d.splits);
     // 4-wide: every row aligned (K a multiple of 4); each split's range then

@@ -145,28 +145,14 @@ constexpr int kTileE = 8;                  // experts per block
 constexpr long long kTargetBlocks = 1024;  // a few waves of an H200's 132 SMs
 constexpr long long kMinSplitElems = 2048; // positions per block at least (x up to 8 experts)
 
-struct dalpha_split {
-    int splits;
-    long long chunk; // positions per split, a multiple of 8 (every vector width)
-};
-
-// A function of the sizes only (cc_bwd_mixture_dalpha_scratch_elems sizes
-// scratch with it before any pointer exists; layout, groups and dtype do not
-// enter, so neither does the summation order's dependence on them).
-static dalpha_split dalpha_splits(long long len, int n, int e)
+// Chunks of positions a multiple of 8 (every vector width). A function of
+// the sizes only (cc_bwd_mixture_dalpha_scratch_elems sizes scratch with it
+// before any pointer exists; layout, groups and dtype do not enter, so
+// neither does the summation order's dependence on them).
+static cc_split_k dalpha_splits(long long len, int n, int e)
 {
     const long long tiles = (long long)n * ((e + kTileE - 1) / kTileE);
-    long long splits = (kTargetBlocks + tiles - 1) / tiles;
-    const long long by_len = (len + kMinSplitElems - 1) / kMinSplitElems;
-    if (splits > by_len) splits = by_len;
-    if (splits > 65535) splits = 65535; // gridDim.y
-    if (splits < 1) splits = 1;
-    long long chunk = (len + splits - 1) / splits;
-    chunk = (chunk + 7) / 8 * 8;
-    dalpha_split d;
-    d.chunk = chunk;
-    d.splits = (int)((len + chunk - 1) / chunk); // no split without positions
-    return d;
+    return cc_split_k_for(len, tiles, kTargetBlocks, kMinSplitElems, 8);
 }
 
 // Blocks: (sample, expert tile) along x, the expert tile fastest; the split
@@ -358,7 +344,7 @@ extern "C" cudaError_t cc_launch_bwd_mixture_dalpha(int dtype, int layout, const
         constexpr int V = vec16<T>();
         const long long len = (long long)cout * plane;
         const long long seg = layout == CC_LAYOUT_NHWC ? cout / groups : (long long)(cout / groups) * plane;
-        const dalpha_split d = dalpha_splits(len, n, e);
+        const cc_split_k d = dalpha_splits(len, n, e);
         const int e_tiles = (e + kTileE - 1) / kTileE;
         const dim3 grid((unsigned)(n * e_tiles), (unsigned)d.splits), block(kThreads);
         const T *zt = static_cast<const T *>(z), *dyt = static_cast<const T *>(dy);

@@ -44,6 +44,33 @@ __device__ __forceinline__ float cc_activation_grad(int act, float v)
     return 1.0f;
 }
 
+// A split-K of `len` elements into splits of `chunk` (a multiple of
+// `align`): about target_blocks blocks over `tiles` blocks a split, at
+// least min_elems elements a split, at most 65535 splits (gridDim.y), none
+// empty. A function of the sizes only, so that scratch can be sized before
+// any pointer exists and the summation order of the splits never depends
+// on anything else (the backward's deterministic d_alpha reductions).
+struct cc_split_k {
+    int splits;
+    long long chunk;
+};
+
+static inline cc_split_k cc_split_k_for(long long len, long long tiles, long long target_blocks, long long min_elems,
+                                        long long align)
+{
+    long long splits = (target_blocks + tiles - 1) / tiles;
+    const long long by_len = (len + min_elems - 1) / min_elems;
+    if (splits > by_len) splits = by_len;
+    if (splits > 65535) splits = 65535;
+    if (splits < 1) splits = 1;
+    long long chunk = (len + splits - 1) / splits;
+    chunk = (chunk + align - 1) / align * align;
+    cc_split_k d;
+    d.chunk = chunk;
+    d.splits = (int)((len + chunk - 1) / chunk);
+    return d;
+}
+
 __device__ __forceinline__ float cc_warp_sum(float v)
 {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
