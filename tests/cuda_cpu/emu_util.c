@@ -225,3 +225,35 @@ int eu_run_self(char *const args[], char *output, size_t cap, int *status)
     if (spawned != 0 || waitpid(pid, status, 0) != pid) return -1;
     return 0;
 }
+
+float *eu_fetch(const eu_buffer *b)
+{
+    float *h = eu_floats(b->n ? b->n : 1);
+    eu_download(b, h);
+    return h;
+}
+
+int eu_all_nan(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; ++i)
+        if (!isnan(v[i])) return 0;
+    return 1;
+}
+
+void eu_run_setup(int rep, int cap)
+{
+    cc_cpu_set_block_order(rep);
+    cc_cpu_set_grid_cap(rep == 0 ? (unsigned)cap : 4u);
+}
+
+void eu_run_reset(void)
+{
+    cc_cpu_set_block_order(0);
+    cc_cpu_set_grid_cap(0);
+}
+
+void eu_expect_same_bits(const char *what, const char *output, const float *a, const float *b, size_t n)
+{
+    EU_EXPECT(memcmp(a, b, n * sizeof(float)) == 0, "%s: %s differs between two runs (not deterministic)", what,
+              output);
+}

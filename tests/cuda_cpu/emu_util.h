@@ -53,6 +53,21 @@ int eu_guards_intact(const eu_buffer *b, const char *what);
 float *eu_floats(size_t n);
 double *eu_doubles(size_t n);
 float *eu_random(size_t n, float lo, float hi);
+/* The buffer's floats in a new host array (free it). */
+float *eu_fetch(const eu_buffer *b);
+/* 1 when all n floats are NaN (a refused launch left the poison). */
+int eu_all_nan(const float *v, size_t n);
+
+/* Run `rep` of a case that must give the same bits both times: 0 in block
+ * index order under the case's grid cap (0: the kernels' own grids), 1 with
+ * the blocks reversed under a cap of 4 (the grid-stride loops loop: a
+ * different grid from run 0's, which the results must not depend on; fewer
+ * blocks keep the run short, a block being 256 threads here).
+ * eu_run_reset restores index order and the kernels' own grids. */
+void eu_run_setup(int rep, int cap);
+void eu_run_reset(void);
+/* a and b bit for bit, else a failure: `output` of `what` is not deterministic. */
+void eu_expect_same_bits(const char *what, const char *output, const float *a, const float *b, size_t n);
 
 /* |got - want| <= atol + rtol * mag[i] for every element (mag NULL: |want|);
  * NaN or Inf in got fails. Counts one test failure if any element fails and

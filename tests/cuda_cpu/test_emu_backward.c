@@ -57,42 +57,6 @@ static int cases, launches;
 
 static long long bwd_launches(void) { return cc_cpu_launch_count("bwd_"); }
 
-static float *fetch(const eu_buffer *b)
-{
-    float *h = eu_floats(b->n ? b->n : 1);
-    eu_download(b, h);
-    return h;
-}
-
-static int all_nan(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; ++i)
-        if (!isnan(v[i])) return 0;
-    return 1;
-}
-
-/* Run `rep` of a case: 0 in index order under the case's grid cap (0: the
- * kernels' own grids), 1 reversed under a cap of 4 blocks (the grid-stride
- * loops loop, a different grid from run 0's: the results must not depend on
- * it; and fewer blocks keep the run short, a block being 256 threads here). */
-static void run_setup(int rep, int cap)
-{
-    cc_cpu_set_block_order(rep);
-    cc_cpu_set_grid_cap(rep == 0 ? (unsigned)cap : 4u);
-}
-
-static void run_reset(void)
-{
-    cc_cpu_set_block_order(0);
-    cc_cpu_set_grid_cap(0);
-}
-
-static void expect_same_bits(const char *what, const char *output, const float *a, const float *b, size_t n)
-{
-    EU_EXPECT(memcmp(a, b, n * sizeof(float)) == 0, "%s: %s differs between two runs (not deterministic)", what,
-              output);
-}
-
 /* --- channel sums ------------------------------------------------------------------------------- */
 
 static void sums_case(int dtype, int layout, int n, int c, long long hw, int misaligned, int mean, int cap)
@@ -122,15 +86,15 @@ static void sums_case(int dtype, int layout, int n, int c, long long hw, int mis
     for (int rep = 0; rep < 2; ++rep) {
         ++cases;
         eu_poison(&dout);
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = bwd_launches();
         EU_LAUNCH(cc_launch_bwd_channel_sums(dtype, layout, dx.data, scale, dout.data, n, c, hw, NULL));
         launches += (int)(bwd_launches() - before);
-        run_reset();
-        got[rep] = fetch(&dout);
+        eu_run_reset();
+        got[rep] = eu_fetch(&dout);
     }
     eu_compare(what, got[0], want, mag, out_n, 1e-30, (double)(hw + 8) * EU_U);
-    expect_same_bits(what, "out", got[0], got[1], out_n);
+    eu_expect_same_bits(what, "out", got[0], got[1], out_n);
     eu_guards_intact(&dout, what);
     ed_guards_intact(&dx, what);
     free(got[0]);
@@ -231,32 +195,32 @@ static void experts_case(const ex_case *t)
         eu_poison(&ob);
         eu_poison(&oa);
         eu_poison(&sc);
-        run_setup(rep, t->cap);
+        eu_run_setup(rep, t->cap);
         const long long before = bwd_launches();
         EU_LAUNCH(cc_launch_bwd_experts(t->dtype, dg.data, dx.data, da.data, t->bias ? db.data : NULL, ds.data,
                                         t->outs & OUT_EXPERTS ? oe.data : NULL, t->outs & OUT_BIAS ? ob.data : NULL,
                                         t->outs & OUT_ALPHA ? oa.data : NULL, t->k, t->cout, t->n, t->e, sc.data,
                                         NULL));
         launches += (int)(bwd_launches() - before);
-        run_reset();
-        got[rep][0] = fetch(&oe);
-        got[rep][1] = fetch(&ob);
-        got[rep][2] = fetch(&oa);
+        eu_run_reset();
+        got[rep][0] = eu_fetch(&oe);
+        got[rep][1] = eu_fetch(&ob);
+        got[rep][2] = eu_fetch(&oa);
     }
     char sub[240];
     if (t->outs & OUT_EXPERTS) {
         snprintf(sub, sizeof sub, "d_experts of %s", what);
         eu_compare(sub, got[0][0], we, me, e * k, 1e-30, (double)(t->n + 2) * EU_U);
-        expect_same_bits(what, "d_experts", got[0][0], got[1][0], e * k);
+        eu_expect_same_bits(what, "d_experts", got[0][0], got[1][0], e * k);
     } else {
-        EU_EXPECT(all_nan(got[0][0], e * k) && all_nan(got[1][0], e * k), "%s: d_experts written", what);
+        EU_EXPECT(eu_all_nan(got[0][0], e * k) && eu_all_nan(got[1][0], e * k), "%s: d_experts written", what);
     }
     if (t->outs & OUT_BIAS) {
         snprintf(sub, sizeof sub, "d_bias of %s", what);
         eu_compare(sub, got[0][1], wb, mb, e * cout, 1e-30, (double)(t->n + 2) * EU_U);
-        expect_same_bits(what, "d_bias", got[0][1], got[1][1], e * cout);
+        eu_expect_same_bits(what, "d_bias", got[0][1], got[1][1], e * cout);
     } else {
-        EU_EXPECT(all_nan(got[0][1], e * cout) && all_nan(got[1][1], e * cout), "%s: d_bias written", what);
+        EU_EXPECT(eu_all_nan(got[0][1], e * cout) && eu_all_nan(got[1][1], e * cout), "%s: d_bias written", what);
     }
     if (t->outs & OUT_ALPHA) {
         /* Blocks of 256 elements (rounded up) in each sum: integer counts. */
@@ -264,9 +228,9 @@ static void experts_case(const ex_case *t)
         const double depth = 2.0 * (double)k_blocks + 2.0 * (double)c_blocks + 96.0;
         snprintf(sub, sizeof sub, "d_alpha of %s", what);
         eu_compare(sub, got[0][2], wa, ma, n * e, 1e-30, depth * EU_U);
-        expect_same_bits(what, "d_alpha", got[0][2], got[1][2], n * e);
+        eu_expect_same_bits(what, "d_alpha", got[0][2], got[1][2], n * e);
     } else {
-        EU_EXPECT(all_nan(got[0][2], n * e) && all_nan(got[1][2], n * e), "%s: d_alpha written", what);
+        EU_EXPECT(eu_all_nan(got[0][2], n * e) && eu_all_nan(got[1][2], n * e), "%s: d_alpha written", what);
     }
     eu_guards_intact(&oe, what);
     eu_guards_intact(&ob, what);
@@ -438,23 +402,23 @@ static void routing_case(int n, int c, int e, int softmax, float inv_t, int outs
         eu_poison(&ow);
         eu_poison(&ob);
         eu_poison(&op);
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = bwd_launches();
         EU_LAUNCH(cc_launch_bwd_routing(da.data, dda.data, softmax, inv_t, dp.data, dwt.data, dl.data,
                                         outs & OUT_WEIGHT ? ow.data : NULL, outs & OUT_RBIAS ? ob.data : NULL,
                                         outs & OUT_POOLED ? op.data : NULL, n, c, e, NULL));
         launches += (int)(bwd_launches() - before);
-        run_reset();
-        got[rep][0] = fetch(&dl);
-        got[rep][1] = fetch(&ow);
-        got[rep][2] = fetch(&ob);
-        got[rep][3] = fetch(&op);
+        eu_run_reset();
+        got[rep][0] = eu_fetch(&dl);
+        got[rep][1] = eu_fetch(&ow);
+        got[rep][2] = eu_fetch(&ob);
+        got[rep][3] = eu_fetch(&op);
     }
     char sub[220];
     const double rl = (double)(e + 4) * EU_U;
     snprintf(sub, sizeof sub, "d_logits of %s", what);
     eu_compare(sub, got[0][0], wl, ml, ne, 1e-30, rl);
-    expect_same_bits(what, "d_logits", got[0][0], got[1][0], ne);
+    eu_expect_same_bits(what, "d_logits", got[0][0], got[1][0], ne);
     const struct {
         int bit;
         const char *name;
@@ -468,10 +432,10 @@ static void routing_case(int n, int c, int e, int softmax, float inv_t, int outs
         if (outs & o[i].bit) {
             snprintf(sub, sizeof sub, "%s of %s", o[i].name, what);
             eu_compare(sub, got[0][i + 1], o[i].want, o[i].mag, o[i].count, 1e-30, o[i].rtol);
-            expect_same_bits(what, o[i].name, got[0][i + 1], got[1][i + 1], o[i].count);
+            eu_expect_same_bits(what, o[i].name, got[0][i + 1], got[1][i + 1], o[i].count);
         } else {
-            EU_EXPECT(all_nan(got[0][i + 1], o[i].count) && all_nan(got[1][i + 1], o[i].count), "%s: %s written", what,
-                      o[i].name);
+            EU_EXPECT(eu_all_nan(got[0][i + 1], o[i].count) && eu_all_nan(got[1][i + 1], o[i].count), "%s: %s written",
+                      what, o[i].name);
         }
     }
     eu_guards_intact(&dl, what);
@@ -535,15 +499,15 @@ static void pool_case(int dtype, int layout, int n, int c, long long hw, int mis
     for (int rep = 0; rep < 2; ++rep) {
         ++cases;
         ed_upload(&dx, bytes); /* in place: the same dx before each run */
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = bwd_launches();
         EU_LAUNCH(cc_launch_bwd_add_pool_grad(dtype, layout, dx.data, ddp.data, n, c, hw, NULL));
         launches += (int)(bwd_launches() - before);
-        run_reset();
+        eu_run_reset();
         got[rep] = ed_fetch(dtype, &dx, total);
     }
     ed_compare(what, dtype, got[0], want, mag, total, 3.0 * EU_U);
-    expect_same_bits(what, "dx", got[0], got[1], total);
+    eu_expect_same_bits(what, "dx", got[0], got[1], total);
     ed_guards_intact(&dx, what);
     free(got[0]);
     free(got[1]);
@@ -600,16 +564,16 @@ static void act_case(int dtype, int act, long long count, int in_place, int misa
         ++cases;
         ed_upload(&dpre, bytes); /* in place overwrites it */
         ed_poison(&dout);
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = bwd_launches();
         ed_buffer *out = in_place ? &dpre : &dout;
         EU_LAUNCH(cc_launch_bwd_activation_grad(dtype, act, dpre.data, ddy.data, out->data, count, NULL));
         launches += (int)(bwd_launches() - before);
-        run_reset();
+        eu_run_reset();
         got[rep] = ed_fetch(dtype, out, total);
     }
     ed_compare(what, dtype, got[0], want, mag, total, 32.0 * EU_U);
-    expect_same_bits(what, "out", got[0], got[1], total);
+    eu_expect_same_bits(what, "out", got[0], got[1], total);
     ed_guards_intact(&dpre, what);
     ed_guards_intact(&ddy, what);
     ed_guards_intact(&dout, what);
@@ -679,7 +643,7 @@ static void refusals(void)
     /* The refused calls wrote nothing. */
     float *h = eu_floats((size_t)e * k);
     eu_download(&oe, h);
-    EU_EXPECT(all_nan(h, (size_t)e * k), "a refused bwd_experts wrote d_experts");
+    EU_EXPECT(eu_all_nan(h, (size_t)e * k), "a refused bwd_experts wrote d_experts");
     free(h);
 
     /* channel sums and the pool's share of dx */

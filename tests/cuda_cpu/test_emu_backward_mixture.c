@@ -47,41 +47,8 @@ static int cases, launches;
 
 static long long mix_launches(void) { return cc_cpu_launch_count("bwd_mix_"); }
 
-static float *fetch(const eu_buffer *b)
-{
-    float *h = eu_floats(b->n ? b->n : 1);
-    eu_download(b, h);
-    return h;
-}
-
-static int all_nan(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; ++i)
-        if (!isnan(v[i])) return 0;
-    return 1;
-}
-
-/* Run `rep` of a case: 0 in index order under the case's grid cap (0: the
- * kernels' own grids), 1 reversed under a cap of 4 blocks (the grid-stride
- * loops loop; d_alpha's split grid is not capped, its splits are a function
- * of the sizes). */
-static void run_setup(int rep, int cap)
-{
-    cc_cpu_set_block_order(rep);
-    cc_cpu_set_grid_cap(rep == 0 ? (unsigned)cap : 4u);
-}
-
-static void run_reset(void)
-{
-    cc_cpu_set_block_order(0);
-    cc_cpu_set_grid_cap(0);
-}
-
-static void expect_same_bits(const char *what, const char *output, const float *a, const float *b, size_t n)
-{
-    EU_EXPECT(memcmp(a, b, n * sizeof(float)) == 0, "%s: %s differs between two runs (not deterministic)", what,
-              output);
-}
+/* eu_run_setup's grid cap does not reach d_alpha's split grid: its splits
+ * are a function of the sizes. */
 
 /* got == want bit for bit; prints the first few that are not. */
 static void expect_bitwise(const char *what, const float *got, const float *want, size_t n)
@@ -149,16 +116,16 @@ static void scale_case(int dtype, int layout, const mix_shape *s, int misaligned
     for (int rep = 0; rep < 2; ++rep) {
         ++cases;
         ed_poison(&dout);
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = mix_launches();
         EU_LAUNCH(cc_launch_bwd_mixture_scale_dy(dtype, layout, ddy.data, da.data, dout.data, s->n, s->cout, s->groups,
                                                  s->e, s->plane, NULL));
         launches += (int)(mix_launches() - before);
-        run_reset();
+        eu_run_reset();
         got[rep] = ed_fetch(dtype, &dout, out_n);
     }
     expect_bitwise(what, got[0], want, out_n);
-    expect_same_bits(what, "dy_mix", got[0], got[1], out_n);
+    eu_expect_same_bits(what, "dy_mix", got[0], got[1], out_n);
     ed_guards_intact(&dout, what);
     ed_guards_intact(&ddy, what);
     free(got[0]);
@@ -220,21 +187,21 @@ static void dalpha_case(int dtype, int layout, const mix_shape *s, int bias, int
         ++cases;
         eu_poison(&out);
         eu_poison(&sc);
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = mix_launches();
         EU_LAUNCH(cc_launch_bwd_mixture_dalpha(dtype, layout, dz.data, ddy.data, bias ? db.data : NULL,
                                                bias ? ds.data : NULL, out.data, sc.data, s->n, s->cout, s->groups, s->e,
                                                s->plane, NULL));
         launches += (int)(mix_launches() - before);
-        run_reset();
-        got[rep] = fetch(&out);
+        eu_run_reset();
+        got[rep] = eu_fetch(&out);
     }
     const long long len = (long long)s->cout * s->plane;
     /* Integer counts of terms and levels. */
     const long long levels = (len + 255) / 256 + (len + 2047) / 2048 + (bias ? (s->cout + 31) / 32 : 0) + 64;
     const double depth = (double)levels;
     eu_compare(what, got[0], want, mag, ne, 1e-30, depth * EU_U);
-    expect_same_bits(what, "d_alpha", got[0], got[1], ne);
+    eu_expect_same_bits(what, "d_alpha", got[0], got[1], ne);
     eu_guards_intact(&out, what);
     eu_guards_intact(&sc, "scratch");
     ed_guards_intact(&dz, what);
@@ -318,16 +285,16 @@ static void filters_case(int dtype, int nhwc, int e, int cout, int cin_pg, int k
     for (int rep = 0; rep < 2; ++rep) {
         ++cases;
         eu_poison(&out);
-        run_setup(rep, cap);
+        eu_run_setup(rep, cap);
         const long long before = mix_launches();
         EU_LAUNCH(
             cc_launch_bwd_mixture_filters(dtype, nhwc, ddw.data, out.data, e, cout, cin_pg, kh, kw, groups, NULL));
         launches += (int)(mix_launches() - before);
-        run_reset();
-        got[rep] = fetch(&out);
+        eu_run_reset();
+        got[rep] = eu_fetch(&out);
     }
     expect_bitwise(what, got[0], want, total);
-    expect_same_bits(what, "d_experts", got[0], got[1], total);
+    eu_expect_same_bits(what, "d_experts", got[0], got[1], total);
     eu_guards_intact(&out, what);
     ed_guards_intact(&ddw, what);
     free(got[0]);
@@ -436,17 +403,17 @@ static void refusals(void)
     EXPECT_REFUSED(cc_launch_bwd_mixture_filters(F32, 0, W, DW, 128, 1 << 30, 1 << 30, 1 << 10, 1 << 10, 1, NULL));
 
     /* The refused calls wrote nothing. */
-    float *h = fetch(&out);
-    EU_EXPECT(all_nan(h, z_n), "a refused scale_dy wrote dy_mix");
+    float *h = eu_fetch(&out);
+    EU_EXPECT(eu_all_nan(h, z_n), "a refused scale_dy wrote dy_mix");
     free(h);
-    h = fetch(&da);
-    EU_EXPECT(all_nan(h, (size_t)n * e), "a refused d_alpha wrote d_alpha");
+    h = eu_fetch(&da);
+    EU_EXPECT(eu_all_nan(h, (size_t)n * e), "a refused d_alpha wrote d_alpha");
     free(h);
-    h = fetch(&sc);
-    EU_EXPECT(all_nan(h, sc.n), "a refused d_alpha wrote scratch");
+    h = eu_fetch(&sc);
+    EU_EXPECT(eu_all_nan(h, sc.n), "a refused d_alpha wrote scratch");
     free(h);
-    h = fetch(&dw);
-    EU_EXPECT(all_nan(h, w_n), "a refused filters wrote d_experts");
+    h = eu_fetch(&dw);
+    EU_EXPECT(eu_all_nan(h, w_n), "a refused filters wrote d_experts");
     free(h);
 
     eu_buffer *bs[] = {&dy, &z, &out, &a, &da, &b, &ds, &sc, &w, &dw};
