@@ -46,7 +46,11 @@
 #
 # Usage: scripts/ci-guards.sh [GUARD...]   (default: all nine, in that order)
 # Environment: GUARDS_BUILD_PREFIX (default build: builds go to build-werror
-# and build-asan), JOBS (default 2, CI's cores).
+# and build-asan), GUARDS_WERROR_DIR (the werror build's directory, default
+# PREFIX-werror: .ci/run points it at scripts/test.sh's build, which it
+# configures with CONDCONV_WERROR=ON, so that the tree is compiled once, not
+# twice; the guard reconfigures it with the werror flags, so a build made
+# without them is rebuilt, never taken as one), JOBS (default 2, CI's cores).
 # Tools come from Debian packages: scripts/setup.sh --ci installs missing
 # ones; a tool still missing after that fails the run with its name.
 
@@ -56,7 +60,8 @@ cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 jobs=${JOBS:-2}
 prefix=${GUARDS_BUILD_PREFIX:-build}
-werror_dir=$root/$prefix-werror
+werror_dir=${GUARDS_WERROR_DIR:-$prefix-werror}
+[[ $werror_dir == /* ]] || werror_dir=$root/$werror_dir
 asan_dir=$root/$prefix-asan
 all_guards=(werror asan valgrind format tidy cppcheck spills emu python)
 guards=("$@")
