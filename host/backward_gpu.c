@@ -17,6 +17,7 @@ const char *condconv_bwd_algo_name(condconv_bwd_algo algo)
     case CONDCONV_BWD_ALGO_AUTO: return "auto";
     case CONDCONV_BWD_ALGO_CUDNN_GROUPED: return "cudnn_grouped";
     case CONDCONV_BWD_ALGO_MIXTURE: return "mixture";
+    case CONDCONV_BWD_ALGO_FOLDED_WGRAD: return "folded_wgrad";
     case CONDCONV_BWD_ALGO_COUNT: break;
     }
     return NULL;

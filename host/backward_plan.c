@@ -11,6 +11,7 @@
 #include "algo.h"
 #include "backward.h"
 #include "backward_mixture.h"
+#include "backward_wgrad.h"
 #include "epilogue.h"
 #include "context.h"
 #include "cuda_status.h"
@@ -85,6 +86,7 @@ static void layout_workspace(const struct condconv_layer *layer, cc_bwd_plan *p,
     const size_t e = (size_t)info->num_experts, k = (size_t)layer->weights->sizes.filter_elems;
     const int self = info->routing != CONDCONV_ROUTING_EXTERNAL;
     const int mixture = p->algo == CONDCONV_BWD_ALGO_MIXTURE;
+    const int folded = p->algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD;
     size_t off = 0;
 #define CC_PIECE(field, bytes)                                                                                         \
     do {                                                                                                               \
@@ -97,21 +99,24 @@ static void layout_workspace(const struct condconv_layer *layer, cc_bwd_plan *p,
     CC_PIECE(off_dalpha, sizeof(float) * n * e);
     CC_PIECE(off_dlogits, self ? sizeof(float) * n * e : 0);
     CC_PIECE(off_dpooled, self ? sizeof(float) * n * cin : 0);
-    /* d_alpha's split-K partials. */
+    /* d_alpha's split-K partials (folded_wgrad: and the batch split's partial d_experts). */
     const size_t reduce_elems =
-        mixture ? cc_bwd_mixture_dalpha_scratch_elems((int)n, (int)cout, (int)e, (long long)g->out_h * g->out_w)
-                : cc_bwd_experts_scratch_elems((long long)k, (int)cout, (int)n, (int)e);
+        mixture  ? cc_bwd_mixture_dalpha_scratch_elems((int)n, (int)cout, (int)e, (long long)g->out_h * g->out_w)
+        : folded ? cc_bwd_wgrad_scratch_elems(&p->wgrad)
+                 : cc_bwd_experts_scratch_elems((long long)k, (int)cout, (int)n, (int)e);
     CC_PIECE(off_reduce_scratch, sizeof(float) * reduce_elems);
-    /* cudnn_grouped: the per-sample filters and filter gradients; mixture:
-     * the stacked filters' gradient (E |W|, in the dtype) in off_filters. */
+    /* cudnn_grouped: the per-sample filters and filter gradients
+     * (folded_wgrad: the filters only); mixture: the stacked filters'
+     * gradient (E |W|, in the dtype) in off_filters. */
     CC_PIECE(off_filters, elem * (mixture ? e : n) * k);
-    CC_PIECE(off_grads, mixture ? 0 : elem * n * k);
+    CC_PIECE(off_grads, mixture || folded ? 0 : elem * n * k);
     CC_PIECE(off_mix, mixture ? elem * e * (size_t)g->y_elems : 0);
     /* mixture with an activation: the pre-activation, then dy through the activation's derivative. */
     CC_PIECE(off_dyact, mixture && info->activation != CONDCONV_ACTIVATION_NONE ? elem * (size_t)g->y_elems : 0);
-    /* x for cuDNN: gathered, or a copy of an unaligned x (the larger). */
-    const size_t x_bytes = elem * (size_t)g->x_elems;
-    const size_t gathered = p->x_gathered ? elem * (size_t)cc_gather_elems(&p->x_args) : 0;
+    /* x for cuDNN: gathered, or a copy of an unaligned x (the larger);
+     * folded_wgrad's kernel reads x itself. */
+    const size_t x_bytes = folded ? 0 : elem * (size_t)g->x_elems;
+    const size_t gathered = p->x_gathered && !folded ? elem * (size_t)cc_gather_elems(&p->x_args) : 0;
     CC_PIECE(off_x, gathered > x_bytes ? gathered : x_bytes);
     /* dy for cuDNN (cudnn_grouped only: the mixture's kernels read dy). */
     CC_PIECE(off_dy, mixture ? 0 : elem * (size_t)g->y_elems);
@@ -126,18 +131,20 @@ static void layout_workspace(const struct condconv_layer *layer, cc_bwd_plan *p,
 }
 
 /* cudnn_grouped's convolutions: NCHW, the batch folded into channels and
- * groups, asymmetric padding gathered (the forward's cudnn_grouped view). */
+ * groups, asymmetric padding gathered (the forward's cudnn_grouped view);
+ * folded_wgrad's dx is the same backward data, without cuDNN's filter
+ * direction (with_filter 0). */
 static condconv_status setup_cudnn_grouped(const struct condconv_layer *layer, cc_bwd_plan *plan, cc_scratch *scratch,
-                                           cc_conv_shape *shape, const char *func)
+                                           cc_conv_shape *shape, int with_filter, const char *func)
 {
     const condconv_layer_info *info = &layer->weights->info;
     const cc_geometry *geom = &plan->geom;
     const int n = geom->n;
     if (info->activation != CONDCONV_ACTIVATION_NONE)
         return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
-                       "%s: cudnn_grouped does not run the backward of a layer with a fused activation (it has no "
+                       "%s: %s does not run the backward of a layer with a fused activation (it has no "
                        "pre-activation to differentiate at; mixture recomputes it from its stacked forward)",
-                       func);
+                       func, condconv_bwd_algo_name(plan->algo));
     /* The forward's batch-as-groups limits: N*Cin, N*Cout and N*|W| within int. */
     CC_TRY(cc_algo_lookup(CONDCONV_ALGO_CUDNN_GROUPED)->check(layer, geom, func));
     cc_algo_state view;
@@ -163,7 +170,44 @@ static condconv_status setup_cudnn_grouped(const struct condconv_layer *layer, c
     plan->dx_args =
         copy_args(info->dtype, CONDCONV_LAYOUT_NCHW, nhwc ? CC_GATHER_ROWS : CC_GATHER_PLANES, n, info->in_channels,
                   shape->h, shape->w, plan->h, plan->w, padded ? -geom->pad_top : 0, padded ? -geom->pad_left : 0);
-    return cc_cudnn_conv_bwd_create(layer->ctx, shape, plan->math, plan->deterministic, scratch, &plan->conv, func);
+    return cc_cudnn_conv_bwd_create(layer->ctx, shape, plan->math, plan->deterministic, with_filter, scratch,
+                                    &plan->conv, func);
+}
+
+/* folded_wgrad: cudnn_grouped's dx, and the weight-gradient kernel's
+ * geometry (the forward's, on x and dy as the caller gives them). */
+static condconv_status setup_folded_wgrad(const struct condconv_layer *layer, cc_bwd_plan *plan, cc_scratch *scratch,
+                                          cc_conv_shape *shape, const char *func)
+{
+    const condconv_layer_info *info = &layer->weights->info;
+    const cc_geometry *geom = &plan->geom;
+    cc_wgrad_args *a = &plan->wgrad;
+    memset(a, 0, sizeof *a);
+    a->dtype = (int)info->dtype;
+    a->layout = (int)info->layout;
+    a->n = geom->n;
+    a->cin = info->in_channels;
+    a->h = geom->h;
+    a->w = geom->w;
+    a->cout = info->out_channels;
+    a->groups = info->groups;
+    a->kernel_h = info->kernel_h;
+    a->kernel_w = info->kernel_w;
+    a->stride_h = info->stride_h;
+    a->stride_w = info->stride_w;
+    a->dilation_h = info->dilation_h;
+    a->dilation_w = info->dilation_w;
+    a->pad_top = geom->pad_top;
+    a->pad_left = geom->pad_left;
+    a->out_h = geom->out_h;
+    a->out_w = geom->out_w;
+    a->e = info->num_experts;
+    if (cc_bwd_wgrad_scratch_elems(a) == 0)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED,
+                       "%s: folded_wgrad's kernel does not take this shape (N %d, Cin %d, %dx%d, Cout %d, E %d: an "
+                       "element count of x, dy or the experts past 2^31)",
+                       func, geom->n, info->in_channels, geom->h, geom->w, info->out_channels, info->num_experts);
+    return setup_cudnn_grouped(layer, plan, scratch, shape, 0, func);
 }
 
 /* mixture's convolutions: the real batch, E*Cout filters in the grouped
@@ -195,7 +239,7 @@ static condconv_status setup_mixture(const struct condconv_layer *layer, cc_bwd_
     plan->dx_scattered = padded;
     plan->dx_args = copy_args(info->dtype, info->layout, order, n, info->in_channels, shape->h, shape->w, plan->h,
                               plan->w, padded ? -geom->pad_top : 0, padded ? -geom->pad_left : 0);
-    CC_TRY(cc_cudnn_conv_bwd_create(layer->ctx, shape, plan->math, plan->deterministic, scratch, &plan->conv, func));
+    CC_TRY(cc_cudnn_conv_bwd_create(layer->ctx, shape, plan->math, plan->deterministic, 1, scratch, &plan->conv, func));
     /* Deterministic like every cuDNN forward condconv runs (cudnn_conv.c
      * takes algorithms that sum directly, in a fixed order). */
     CC_TRY(cc_cudnn_conv_create(layer->ctx, shape, plan->math, plan->select, 0, scratch, &plan->fwd, func));
@@ -221,9 +265,10 @@ static condconv_status bwd_plan_create_algo(struct condconv_layer *layer, const 
     plan->deterministic = !layer->bwd_nondeterministic;
     plan->geom = *geom;
     cc_conv_shape shape;
-    const condconv_status st = algo == CONDCONV_BWD_ALGO_MIXTURE
-                                   ? setup_mixture(layer, plan, scratch, &shape, func)
-                                   : setup_cudnn_grouped(layer, plan, scratch, &shape, func);
+    const condconv_status st = algo == CONDCONV_BWD_ALGO_MIXTURE ? setup_mixture(layer, plan, scratch, &shape, func)
+                               : algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD
+                                   ? setup_folded_wgrad(layer, plan, scratch, &shape, func)
+                                   : setup_cudnn_grouped(layer, plan, scratch, &shape, 1, func);
     if (st != CONDCONV_STATUS_SUCCESS) {
         bwd_plan_destroy(plan);
         return st;
@@ -247,6 +292,9 @@ static condconv_status bwd_plan_create_algo(struct condconv_layer *layer, const 
         cc_cudnn_conv_describe(&plan->fwd, fwd_desc, sizeof fwd_desc);
         snprintf(pi->backend, sizeof pi->backend, "%.140s; z: %.64s; condconv reductions in a fixed order", conv_desc,
                  fwd_desc);
+    } else if (algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD) {
+        snprintf(pi->backend, sizeof pi->backend,
+                 "%.160s; condconv folded weight gradient (f32, G_b on chip), fixed-order reductions", conv_desc);
     } else {
         snprintf(pi->backend, sizeof pi->backend, "%s; condconv reductions in a fixed order", conv_desc);
     }
@@ -324,7 +372,8 @@ static int skippable(condconv_status st)
 static condconv_status choose_by_measuring(struct condconv_layer *layer, const cc_geometry *geom, cc_scratch *scratch,
                                            cc_bwd_plan **out, const char *func)
 {
-    static const condconv_bwd_algo algos[] = {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_BWD_ALGO_MIXTURE};
+    static const condconv_bwd_algo algos[] = {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_BWD_ALGO_MIXTURE,
+                                              CONDCONV_BWD_ALGO_FOLDED_WGRAD};
     enum { COUNT = sizeof algos / sizeof algos[0] };
     cc_bwd_plan *plans[COUNT] = {NULL};
     float us[COUNT];
@@ -393,8 +442,8 @@ static condconv_status bwd_plan_create(struct condconv_layer *layer, int n, int 
         /* The rule: the design card's baseline, which no measurement has
          * displaced yet; mixture where the baseline does not apply. */
         st = bwd_plan_create_algo(layer, &geom, CONDCONV_BWD_ALGO_CUDNN_GROUPED, &scratch, &plan, func);
-        const char *why = "heuristic: cudnn_grouped, the design card's baseline (no GPU has timed the two yet; "
-                          "CONDCONV_SELECT_MEASURE times both)";
+        const char *why = "heuristic: cudnn_grouped, the design card's baseline (no GPU has timed the algorithms "
+                          "yet; CONDCONV_SELECT_MEASURE times them)";
         if (st == CONDCONV_STATUS_NOT_SUPPORTED) {
             st = bwd_plan_create_algo(layer, &geom, CONDCONV_BWD_ALGO_MIXTURE, &scratch, &plan, func);
             why = "heuristic: mixture, since cudnn_grouped does not run this shape";
@@ -436,9 +485,10 @@ typedef struct bwd_run {
     const float *alpha;
     float *dalpha, *dysum;
     int need_dalpha, need_dysum;
-    void *dx_c;          /* where dx is computed: dx, or the workspace's dx region */
-    const void *x_cudnn; /* x as cuDNN reads it, once gathered (NULL before) */
-    int z_ready;         /* mixture: z is in the workspace already (mixture_activation) */
+    void *dx_c;           /* where dx is computed: dx, or the workspace's dx region */
+    const void *x_cudnn;  /* x as cuDNN reads it, once gathered (NULL before) */
+    const void *dy_cudnn; /* dy as cudnn_grouped's cuDNN calls read it, once transposed (NULL before) */
+    int z_ready;          /* mixture: z is in the workspace already (mixture_activation) */
 } bwd_run;
 
 /* x as the plan's cuDNN calls read it: gathered or copied into the
@@ -451,6 +501,39 @@ static condconv_status x_for_cudnn(bwd_run *r, const char *func)
     if (!plan->x_gathered && !lib_unaligned(r->x)) return CONDCONV_STATUS_SUCCESS;
     r->x_cudnn = r->ws + plan->off_x;
     return gather(r->layer, r->x, r->ws + plan->off_x, plan->x_gathered ? &plan->x_args : &plan->x_copy_args, func);
+}
+
+/* dy as cudnn_grouped's cuDNN calls read it: in NCHW (transposed from
+ * NHWC) and 16-byte aligned, copied into the workspace once if needed. */
+static condconv_status dy_for_cudnn(bwd_run *r, const char *func)
+{
+    if (r->dy_cudnn != NULL) return CONDCONV_STATUS_SUCCESS;
+    const cc_bwd_plan *plan = r->plan;
+    r->dy_cudnn = r->dy;
+    if (!plan->dy_transposed && !lib_unaligned(r->dy)) return CONDCONV_STATUS_SUCCESS;
+    r->dy_cudnn = r->ws + plan->off_dy;
+    return gather(r->layer, r->dy, r->ws + plan->off_dy, &plan->dy_args, func);
+}
+
+/* cudnn_grouped and folded_wgrad: dx = W_b^T * dy_b through the per-sample
+ * filters and cuDNN's backward data with the batch as groups. */
+static condconv_status grouped_dx(bwd_run *r, const char *func)
+{
+    const cc_weights *wt = r->layer->weights;
+    const condconv_layer_info *info = &wt->info;
+    const cc_bwd_plan *plan = r->plan;
+    void *filters = r->ws + plan->off_filters;
+    CC_TRY(dy_for_cudnn(r, func));
+    CC_NVTX_PUSH("condconv.backward.data");
+    condconv_status st = cc_cuda_status(cc_launch_aggregate((int)info->dtype, wt->dev_experts, NULL, r->alpha, filters,
+                                                            NULL, (long long)wt->sizes.filter_elems, info->out_channels,
+                                                            plan->geom.n, info->num_experts, r->layer->ctx->stream),
+                                        "cc_launch_aggregate", func);
+    if (st == CONDCONV_STATUS_SUCCESS)
+        st = cc_cudnn_conv_bwd_data(r->layer->ctx, &plan->conv, filters, r->dy_cudnn, r->dx_c, r->ws + plan->off_cudnn,
+                                    func);
+    CC_NVTX_POP();
+    return st;
 }
 
 /* cudnn_grouped: dx through per-sample filters, G_b, then the reductions. */
@@ -466,30 +549,14 @@ static condconv_status execute_cudnn_grouped(bwd_run *r, const char *func)
     const int need_grads = out->d_experts != NULL || r->need_dalpha;
     void *const filter_grads = r->ws + plan->off_grads;
     condconv_status st = CONDCONV_STATUS_SUCCESS;
-    /* dy as cuDNN reads it. */
-    const void *dy_c = r->dy;
-    if (plan->dy_transposed || lib_unaligned(r->dy)) {
-        dy_c = r->ws + plan->off_dy;
-        st = gather(r->layer, r->dy, r->ws + plan->off_dy, &plan->dy_args, func);
-    }
-    /* dx = W_b^T * dy_b. */
-    if (st == CONDCONV_STATUS_SUCCESS && out->dx != NULL) {
-        CC_NVTX_PUSH("condconv.backward.data");
-        void *filters = r->ws + plan->off_filters;
-        st = cc_cuda_status(cc_launch_aggregate((int)info->dtype, wt->dev_experts, NULL, r->alpha, filters, NULL, k,
-                                                cout, n, e, stream),
-                            "cc_launch_aggregate", func);
-        if (st == CONDCONV_STATUS_SUCCESS)
-            st = cc_cudnn_conv_bwd_data(r->layer->ctx, &plan->conv, filters, dy_c, r->dx_c, r->ws + plan->off_cudnn,
-                                        func);
-        CC_NVTX_POP();
-    }
+    if (out->dx != NULL) st = grouped_dx(r, func);
     /* G_b = dy_b * x_b. */
     if (st == CONDCONV_STATUS_SUCCESS && need_grads) {
         CC_NVTX_PUSH("condconv.backward.filter");
-        st = x_for_cudnn(r, func);
+        st = dy_for_cudnn(r, func);
+        if (st == CONDCONV_STATUS_SUCCESS) st = x_for_cudnn(r, func);
         if (st == CONDCONV_STATUS_SUCCESS)
-            st = cc_cudnn_conv_bwd_filter(r->layer->ctx, &plan->conv, r->x_cudnn, dy_c, filter_grads,
+            st = cc_cudnn_conv_bwd_filter(r->layer->ctx, &plan->conv, r->x_cudnn, r->dy_cudnn, filter_grads,
                                           r->ws + plan->off_cudnn, func);
         CC_NVTX_POP();
     }
@@ -503,6 +570,35 @@ static condconv_status execute_cudnn_grouped(bwd_run *r, const char *func)
                             "cc_launch_bwd_experts", func);
         CC_NVTX_POP();
     }
+    return st;
+}
+
+/* folded_wgrad: cudnn_grouped's dx, then dW_e and dalpha from the folded
+ * weight-gradient kernel on x and dy as they are, then dbias. */
+static condconv_status execute_folded_wgrad(bwd_run *r, const char *func)
+{
+    const cc_weights *wt = r->layer->weights;
+    const condconv_layer_info *info = &wt->info;
+    const cc_bwd_plan *plan = r->plan;
+    const cc_backward_outputs *out = r->out;
+    const cudaStream_t stream = r->layer->ctx->stream;
+    condconv_status st = CONDCONV_STATUS_SUCCESS;
+    if (out->dx != NULL) st = grouped_dx(r, func);
+    if (st == CONDCONV_STATUS_SUCCESS && (out->d_experts != NULL || r->need_dalpha)) {
+        CC_NVTX_PUSH("condconv.backward.filter");
+        const int bias_term = r->need_dalpha && r->need_dysum;
+        st = cc_cuda_status(cc_launch_bwd_wgrad(&plan->wgrad, r->x, r->dy, wt->dev_experts, r->alpha,
+                                                bias_term ? wt->dev_expert_bias : NULL, bias_term ? r->dysum : NULL,
+                                                out->d_experts, r->need_dalpha ? r->dalpha : NULL,
+                                                (float *)(void *)(r->ws + plan->off_reduce_scratch), stream),
+                            "cc_launch_bwd_wgrad", func);
+        CC_NVTX_POP();
+    }
+    if (st == CONDCONV_STATUS_SUCCESS && out->d_expert_bias != NULL)
+        st = cc_cuda_status(cc_launch_bwd_experts((int)info->dtype, NULL, NULL, r->alpha, wt->dev_expert_bias, r->dysum,
+                                                  NULL, out->d_expert_bias, NULL, (long long)wt->sizes.filter_elems,
+                                                  info->out_channels, plan->geom.n, info->num_experts, NULL, stream),
+                            "cc_launch_bwd_experts", func);
     return st;
 }
 
@@ -643,7 +739,7 @@ condconv_status cc_bwd_plan_execute(const struct condconv_layer *layer, const cc
         st = cc_plan_route(layer, NULL, n, g->h, g->w, x, a, func);
         r.alpha = a;
     }
-    /* Through a fused activation first (mixture only: cudnn_grouped refuses them). */
+    /* Through a fused activation first (mixture only: the others refuse them). */
     if (st == CONDCONV_STATUS_SUCCESS && info->activation != CONDCONV_ACTIVATION_NONE)
         st = mixture_activation(&r, func);
     /* Per-channel sums of dy, for the bias gradients. */
@@ -652,7 +748,9 @@ condconv_status cc_bwd_plan_execute(const struct condconv_layer *layer, const cc
                                                        cout, hw_out, stream),
                             "cc_launch_bwd_channel_sums", func);
     if (st == CONDCONV_STATUS_SUCCESS)
-        st = plan->algo == CONDCONV_BWD_ALGO_MIXTURE ? execute_mixture(&r, func) : execute_cudnn_grouped(&r, func);
+        st = plan->algo == CONDCONV_BWD_ALGO_MIXTURE        ? execute_mixture(&r, func)
+             : plan->algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD ? execute_folded_wgrad(&r, func)
+                                                            : execute_cudnn_grouped(&r, func);
     /* The routing's backward; the average pool's share of dx. */
     float *const dpooled = out->dx != NULL ? (float *)(void *)(ws + plan->off_dpooled) : NULL;
     if (st == CONDCONV_STATUS_SUCCESS && routing_grads) {

@@ -5,7 +5,7 @@
  * capture), cached in the layer, executed without allocation or
  * synchronisation.
  *
- * Two algorithms (condconv.h's condconv_bwd_algo). Both begin and end
+ * Three algorithms (condconv.h's condconv_bwd_algo). All begin and end
  * alike: alpha (the routing kernel for a layer that routes itself, or the
  * caller's routing_in) and per-channel sums of dy for the bias gradients
  * first; a layer that routes itself ends with the routing's backward
@@ -51,15 +51,30 @@
  *   static convolution's MACs in each of the three convolutions, and E
  *   times y in the workspace. Where |W| is large against the output (late,
  *   wide 1x1 layers at small resolution) this wins on paper; where the
- *   output is large against |W| (early layers) the baseline does. No GPU
- *   has timed either: AUTO measures both at prepare under
- *   CONDCONV_SELECT_MEASURE. */
+ *   output is large against |W| (early layers) the baseline does.
+ *
+ * CONDCONV_BWD_ALGO_FOLDED_WGRAD, the baseline's dx with condconv's own
+ * weight gradient (kernels/backward_wgrad.h):
+ *   1. dx exactly as cudnn_grouped's steps 1-2 (cuDNN's backward data
+ *      only: no filter algorithm is chosen or given workspace);
+ *   2. dW_e and dalpha_be from one implicit GEMM over N*pixels that reads
+ *      x and dy as the caller gave them (any padding, layout and dtype):
+ *      each block makes a tile of G_b on chip, sample by sample, folds it
+ *      into E accumulators and dots it with W_e. G_b never reaches memory
+ *      (the baseline writes and reads N |W| of it, in the dtype; here it
+ *      stays f32), so its cost is about one static weight gradient per
+ *      chunk of 8 experts, without tensor cores: a candidate.
+ *   Like cudnn_grouped it has no pre-activation, so no fused activation.
+ *
+ * No GPU has timed the three: AUTO measures every one that applies at
+ * prepare under CONDCONV_SELECT_MEASURE. */
 #ifndef CONDCONV_HOST_BACKWARD_PLAN_H
 #define CONDCONV_HOST_BACKWARD_PLAN_H
 
 #include "backward_args.h"
 #include "condconv.h"
 #include "cudnn_conv_backward.h"
+#include "backward_wgrad.h"
 #include "gather.h"
 #include "layer.h"
 
@@ -68,12 +83,16 @@ typedef struct cc_bwd_plan {
     condconv_math math;
     condconv_bwd_algo requested;
     condconv_algo_select select;
-    condconv_bwd_algo algo; /* what runs: CUDNN_GROUPED or MIXTURE */
+    condconv_bwd_algo algo; /* what runs: CUDNN_GROUPED, MIXTURE or FOLDED_WGRAD */
     int deterministic;      /* cuDNN's algorithms limited to deterministic ones (the layer's setting) */
     cc_geometry geom;
     /* cuDNN's backward data and filter: the batch as groups
-     * (cudnn_grouped), or the stacked static convolution (mixture). */
+     * (cudnn_grouped; folded_wgrad, backward data only), or the stacked
+     * static convolution (mixture). */
     cc_cudnn_conv_bwd conv;
+    /* folded_wgrad: the weight-gradient kernel's geometry (x and dy as the
+     * caller gives them, in the layer's layout). */
+    cc_wgrad_args wgrad;
     /* mixture: the stacked forward, for z. */
     cc_cudnn_conv fwd;
     int has_fwd;

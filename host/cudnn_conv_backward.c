@@ -114,15 +114,18 @@ static condconv_status choose_filter(condconv_context_t ctx, const cc_conv_shape
 }
 
 condconv_status cc_cudnn_conv_bwd_create(condconv_context_t ctx, const cc_conv_shape *shape, condconv_math math,
-                                         int deterministic, cc_scratch *scratch, cc_cudnn_conv_bwd *conv,
-                                         const char *func)
+                                         int deterministic, int with_filter, cc_scratch *scratch,
+                                         cc_cudnn_conv_bwd *conv, const char *func)
 {
     memset(conv, 0, sizeof *conv);
+    conv->has_filter = with_filter != 0;
     condconv_status st = cc_cudnn_conv_descriptors(shape, math, &conv->data, func);
-    if (st == CONDCONV_STATUS_SUCCESS) st = cc_cudnn_conv_descriptors(shape, math, &conv->filter, func);
+    if (st == CONDCONV_STATUS_SUCCESS && conv->has_filter)
+        st = cc_cudnn_conv_descriptors(shape, math, &conv->filter, func);
     if (st == CONDCONV_STATUS_SUCCESS) st = choose_data(ctx, shape, math, deterministic, scratch, conv, func);
-    if (st == CONDCONV_STATUS_SUCCESS) st = choose_filter(ctx, shape, math, deterministic, scratch, conv, func);
-    conv->deterministic = conv->data_deterministic && conv->filter_deterministic;
+    if (st == CONDCONV_STATUS_SUCCESS && conv->has_filter)
+        st = choose_filter(ctx, shape, math, deterministic, scratch, conv, func);
+    conv->deterministic = conv->data_deterministic && (!conv->has_filter || conv->filter_deterministic);
     if (st != CONDCONV_STATUS_SUCCESS) cc_cudnn_conv_bwd_destroy(conv);
     return st;
 }
@@ -144,6 +147,8 @@ condconv_status cc_cudnn_conv_bwd_filter(condconv_context_t ctx, const cc_cudnn_
 {
     const float one = 1.0f, zero = 0.0f;
     const cc_cudnn_conv *f = &conv->filter;
+    if (!conv->has_filter)
+        return cc_fail(CONDCONV_STATUS_NOT_SUPPORTED, "%s: this backward plan has no cuDNN filter direction", func);
     CC_CUDNN_TRY(cudnnConvolutionBackwardFilter(ctx->cudnn, &one, f->x_desc, x, f->y_desc, dy, f->conv_desc,
                                                 conv->filter_algo, workspace, conv->filter_workspace_bytes, &zero,
                                                 f->w_desc, dw),
@@ -191,6 +196,11 @@ static const char *math_name(condconv_dtype dtype, cudnnMathType_t t)
 void cc_cudnn_conv_bwd_describe(const cc_cudnn_conv_bwd *conv, char *out, size_t out_len)
 {
     const condconv_dtype dt = conv->data.dtype;
+    if (!conv->has_filter) {
+        snprintf(out, out_len, "cuDNN %s bwd data %s, %s; f32 accumulation", cc_dtype_name(dt),
+                 data_algo_name(conv->data_algo), math_name(dt, conv->data.math_type));
+        return;
+    }
     snprintf(out, out_len, "cuDNN %s bwd data %s, %s; bwd filter %s, %s; f32 accumulation", cc_dtype_name(dt),
              data_algo_name(conv->data_algo), math_name(dt, conv->data.math_type), filter_algo_name(conv->filter_algo),
              math_name(dt, conv->filter.math_type));

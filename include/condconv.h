@@ -601,10 +601,19 @@ typedef enum condconv_bwd_algo {
      * memory; it costs E times the static convolution's MACs in cuDNN's
      * dense kernels, and E times dy in the workspace. */
     CONDCONV_BWD_ALGO_MIXTURE = 2,
-    CONDCONV_BWD_ALGO_COUNT = 3
+    /* dx as cudnn_grouped computes it (per-sample filters, cuDNN backward
+     * data with the batch as groups); dW_e and dalpha from condconv's own
+     * folded weight-gradient kernel: one implicit GEMM over N*pixels whose
+     * per-sample gradient tiles G_b stay on chip, folded into E
+     * accumulators (dW_e += alpha_be G_b) and dotted with W_e (dalpha) as
+     * they are made. No per-sample filter gradient reaches memory. A
+     * candidate no GPU has timed yet: AUTO measures it under
+     * CONDCONV_SELECT_MEASURE; the heuristic does not take it. */
+    CONDCONV_BWD_ALGO_FOLDED_WGRAD = 3,
+    CONDCONV_BWD_ALGO_COUNT = 4
 } condconv_bwd_algo;
 
-/* Name of a backward algorithm ("cudnn_grouped", "mixture"); NULL for an invalid value. */
+/* Name of a backward algorithm ("cudnn_grouped", "mixture", "folded_wgrad"); NULL for an invalid value. */
 CONDCONV_API const char *condconv_bwd_algo_name(condconv_bwd_algo algo);
 
 /* Force a backward algorithm for backward plans prepared after the call, or
@@ -628,10 +637,10 @@ CONDCONV_API condconv_status condconv_layer_set_backward_deterministic(condconv_
  * buffers, computing every gradient the layer has, and the fastest median
  * is kept (plan info's reason lists the times); under
  * CONDCONV_SELECT_HEURISTIC, cudnn_grouped, the design card's baseline
- * (no GPU has measured either algorithm yet), or mixture where it does
+ * (no GPU has measured the algorithms yet), or mixture where it does
  * not apply. A layer with a fused activation runs mixture, which
- * recomputes the pre-activation from its stacked forward (cudnn_grouped,
- * forced, is NOT_SUPPORTED for it). */
+ * recomputes the pre-activation from its stacked forward (cudnn_grouped
+ * and folded_wgrad, forced, are NOT_SUPPORTED for it). */
 CONDCONV_API condconv_status condconv_backward_prepare(condconv_layer_t layer, int n, int h, int w);
 
 /* Workspace bytes condconv_backward needs at this shape (prepares if needed),

@@ -24,14 +24,15 @@
  *     workspace);
  *   - a CUDA graph capture and replay, and NOT_PREPARED for an unprepared
  *     shape inside a capture;
- *   - plan info: AUTO times both algorithms under MEASURE and takes the
+ *   - plan info: AUTO times every algorithm under MEASURE and takes the
  *     baseline under HEURISTIC; a forced algorithm is what runs; the
  *     opt-in non-deterministic mode takes cuDNN's non-deterministic
  *     algorithms (ranked first by the emulation) and is still correct;
  *   - bad calls: each refused with its status, and nothing written.
- * Every case runs through one algorithm: AUTO (by rule), cudnn_grouped and
- * mixture in turn; the fixed cases through both forced (AUTO in
- * cudnn_grouped's place for a layer with an activation).
+ * Every case runs through one algorithm: AUTO (by rule), cudnn_grouped,
+ * mixture and folded_wgrad in turn; the fixed cases through each forced
+ * (AUTO in cudnn_grouped's place, and no folded_wgrad, for a layer with an
+ * activation).
  *
  * Tolerance, per gradient tensor: max |got - ref| <= tol * max |ref| (+ a
  * tiny floor), NaN never passing. f32: 5e-5 (f32 accumulation over sums of
@@ -41,7 +42,8 @@
  * for bf16): cudnn_grouped the per-sample filters W_b (dx) and the
  * per-sample filter gradients G_b (dW, dalpha, the routing); mixture
  * alpha_be dy_b (dx, dW), the stacked filter gradient (dW) and the stacked
- * forward z_be = W_e * x_b (dalpha); on random data the error of a
+ * forward z_be = W_e * x_b (dalpha); folded_wgrad only W_b (dx: its G_b
+ * stays f32, so dW and dalpha carry f32 errors); on random data the error of a
  * sum of such products is about u times its typical magnitude, so 8u of the
  * tensor's largest element: 4e-3 (f16) and 3.2e-2 (bf16).
  * Plus, for what comes from dalpha_be = <W_e, G_b> = <z_be, dy_b>
@@ -438,10 +440,11 @@ static void random_cases(condconv_context_t ctx, int count)
         const condconv_dtype dtype = (condconv_dtype)tu_rng_int(0, 2);
         /* AUTO, then each algorithm forced, in turn. */
         const condconv_bwd_algo algo = (condconv_bwd_algo)(i % CONDCONV_BWD_ALGO_COUNT);
-        /* cudnn_grouped refuses activations (bad_calls); ReLU's kink only in
-         * f32, where the GPU's pre-activation (rounded once to the dtype)
-         * lands on the reference's side of 0 but for ~1e-6 of the draws. */
-        if (algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED ||
+        /* cudnn_grouped and folded_wgrad refuse activations (bad_calls);
+         * ReLU's kink only in f32, where the GPU's pre-activation (rounded
+         * once to the dtype) lands on the reference's side of 0 but for
+         * ~1e-6 of the draws. */
+        if (algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED || algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD ||
             (s.activation == CONDCONV_ACTIVATION_RELU && dtype != CONDCONV_DTYPE_F32))
             s.activation = CONDCONV_ACTIVATION_NONE;
         const condconv_layout layout = (condconv_layout)tu_rng_int(0, 1);
@@ -472,8 +475,8 @@ static void random_cases(condconv_context_t ctx, int count)
     }
 }
 
-/* Cases every run has, whatever the random draws, each through both
- * algorithms: asymmetric "same" padding (dx cropped out of cuDNN's padded
+/* Cases every run has, whatever the random draws, each through every
+ * algorithm: asymmetric "same" padding (dx cropped out of cuDNN's padded
  * plane) in NHWC, a grouped bf16 layer with external routing and a bias, a
  * depthwise f32 layer with sigmoid routing on unaligned pointers, a 1x1
  * f16 layer with one expert, and a bf16 NHWC layer with SiLU (through
@@ -516,12 +519,18 @@ static void fixed_cases(condconv_context_t ctx)
         {&d, CONDCONV_DTYPE_F16, CONDCONV_LAYOUT_NHWC, 5, 3, 4, 1},
         {&act, CONDCONV_DTYPE_BF16, CONDCONV_LAYOUT_NHWC, 3, 6, 5, 1},
     };
-    static const condconv_bwd_algo algos[] = {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_BWD_ALGO_MIXTURE};
-    for (size_t j = 0; j < sizeof cases / sizeof cases[0] * 2; ++j) {
-        const size_t i = j / 2;
-        /* A layer with an activation: AUTO (which must find mixture) in cudnn_grouped's place. */
-        const condconv_bwd_algo algo =
-            cases[i].s->activation != CONDCONV_ACTIVATION_NONE && j % 2 == 0 ? CONDCONV_BWD_ALGO_AUTO : algos[j % 2];
+    static const condconv_bwd_algo algos[] = {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_BWD_ALGO_MIXTURE,
+                                              CONDCONV_BWD_ALGO_FOLDED_WGRAD};
+    enum { ALGOS = sizeof algos / sizeof algos[0] };
+    for (size_t j = 0; j < sizeof cases / sizeof cases[0] * ALGOS; ++j) {
+        const size_t i = j / ALGOS;
+        const int activation = cases[i].s->activation != CONDCONV_ACTIVATION_NONE;
+        /* A layer with an activation: AUTO (which must find mixture) in
+         * cudnn_grouped's place; folded_wgrad refuses it (bad_calls). */
+        if (activation && algos[j % ALGOS] == CONDCONV_BWD_ALGO_FOLDED_WGRAD) continue;
+        const condconv_bwd_algo algo = activation && algos[j % ALGOS] == CONDCONV_BWD_ALGO_CUDNN_GROUPED
+                                           ? CONDCONV_BWD_ALGO_AUTO
+                                           : algos[j % ALGOS];
         bcase k;
         make_case(ctx, &k, cases[i].s, cases[i].dtype, cases[i].layout, cases[i].n, cases[i].h, cases[i].w, algo);
         float *ref[GRADS];
@@ -554,6 +563,7 @@ static void plan_info(condconv_context_t ctx)
         {CONDCONV_BWD_ALGO_AUTO, CONDCONV_SELECT_HEURISTIC},
         {CONDCONV_BWD_ALGO_CUDNN_GROUPED, CONDCONV_SELECT_MEASURE},
         {CONDCONV_BWD_ALGO_MIXTURE, CONDCONV_SELECT_HEURISTIC},
+        {CONDCONV_BWD_ALGO_FOLDED_WGRAD, CONDCONV_SELECT_MEASURE},
     };
     for (size_t i = 0; i < sizeof plans / sizeof plans[0]; ++i) {
         EXPECT_OK(condconv_layer_set_backward_algo(c.layer, plans[i].requested));
@@ -571,8 +581,9 @@ static void plan_info(condconv_context_t ctx)
                bytes);
         if (plans[i].requested == CONDCONV_BWD_ALGO_AUTO && plans[i].select == CONDCONV_SELECT_MEASURE)
             EXPECT(strncmp(info.reason, "measured:", 9) == 0 && strstr(info.reason, "cudnn_grouped") != NULL &&
-                       strstr(info.reason, "mixture") != NULL && strchr(info.reason, '*') != NULL,
-                   "AUTO under MEASURE times both algorithms: %s", info.reason);
+                       strstr(info.reason, "mixture") != NULL && strstr(info.reason, "folded_wgrad") != NULL &&
+                       strchr(info.reason, '*') != NULL && strstr(info.reason, "n/a") == NULL,
+                   "AUTO under MEASURE times every algorithm: %s", info.reason);
         else if (plans[i].requested == CONDCONV_BWD_ALGO_AUTO)
             EXPECT(info.algo == CONDCONV_BWD_ALGO_CUDNN_GROUPED && strncmp(info.reason, "heuristic", 9) == 0,
                    "AUTO under HEURISTIC: %s, %s", condconv_bwd_algo_name(info.algo), info.reason);
@@ -581,9 +592,13 @@ static void plan_info(condconv_context_t ctx)
                    condconv_bwd_algo_name(info.algo), info.reason);
         if (info.algo == CONDCONV_BWD_ALGO_MIXTURE)
             EXPECT(strstr(info.backend, "z: ") != NULL, "the mixture names its forward: %s", info.backend);
+        if (info.algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD)
+            EXPECT(strstr(info.backend, "bwd filter") == NULL && strstr(info.backend, "folded weight gradient") != NULL,
+                   "folded_wgrad runs cuDNN's backward data only: %s", info.backend);
 #ifdef CC_EMU_TEST
         /* The emulated cuDNN ranks a non-deterministic algorithm first in each direction. */
-        EXPECT(strstr(info.backend, "bwd data algo_1") != NULL && strstr(info.backend, "bwd filter algo_1") != NULL,
+        EXPECT(strstr(info.backend, "bwd data algo_1") != NULL &&
+                   (info.algo == CONDCONV_BWD_ALGO_FOLDED_WGRAD || strstr(info.backend, "bwd filter algo_1") != NULL),
                "the plan took a non-deterministic or transform algorithm: %s", info.backend);
 #endif
     }
@@ -718,18 +733,23 @@ static void bad_calls(condconv_context_t ctx)
     TU_CUDA(cudaFree(ws));
     free_case(&c);
 
-    /* A fused activation: cudnn_grouped, forced, refuses it; AUTO takes mixture. */
+    /* A fused activation: cudnn_grouped and folded_wgrad, forced, refuse it; AUTO takes mixture. */
     s.activation = CONDCONV_ACTIVATION_SILU;
     make_case(ctx, &c, &s, CONDCONV_DTYPE_F32, CONDCONV_LAYOUT_NCHW, 2, 5, 5, CONDCONV_BWD_ALGO_CUDNN_GROUPED);
     size_t bytes = 0;
     EXPECT_STATUS(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &bytes), CONDCONV_STATUS_NOT_SUPPORTED);
     EXPECT(strstr(condconv_last_error(), "activation") != NULL, "the refusal names the activation: %s",
            condconv_last_error());
+    EXPECT_OK(condconv_layer_set_backward_algo(c.layer, CONDCONV_BWD_ALGO_FOLDED_WGRAD));
+    EXPECT_STATUS(condconv_get_backward_workspace_size(c.layer, c.n, c.h, c.w, &bytes), CONDCONV_STATUS_NOT_SUPPORTED);
+    EXPECT(strstr(condconv_last_error(), "folded_wgrad") != NULL && strstr(condconv_last_error(), "activation") != NULL,
+           "the refusal names the algorithm and the activation: %s", condconv_last_error());
     EXPECT_OK(condconv_layer_set_backward_algo(c.layer, CONDCONV_BWD_ALGO_AUTO));
     EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_MEASURE));
     condconv_backward_plan_info info;
     if (EXPECT_OK(condconv_get_backward_plan_info(c.layer, c.n, c.h, c.w, &info)))
-        EXPECT(info.algo == CONDCONV_BWD_ALGO_MIXTURE && strstr(info.reason, "cudnn_grouped n/a") != NULL,
+        EXPECT(info.algo == CONDCONV_BWD_ALGO_MIXTURE && strstr(info.reason, "cudnn_grouped n/a") != NULL &&
+                   strstr(info.reason, "folded_wgrad n/a") != NULL,
                "AUTO with an activation: %s, %s", condconv_bwd_algo_name(info.algo), info.reason);
     EXPECT_OK(condconv_context_set_algo_select(ctx, CONDCONV_SELECT_HEURISTIC));
     free_case(&c);
@@ -763,6 +783,7 @@ int main(void)
     printf("graph capture:\n");
     graph_capture(ctx, stream, CONDCONV_BWD_ALGO_CUDNN_GROUPED);
     graph_capture(ctx, stream, CONDCONV_BWD_ALGO_MIXTURE);
+    graph_capture(ctx, stream, CONDCONV_BWD_ALGO_FOLDED_WGRAD);
     printf("bad calls:\n");
     bad_calls(ctx);
     EXPECT_OK(condconv_context_destroy(ctx));

@@ -128,7 +128,8 @@ def algo_names() -> list[str]:
 
 
 def backward_algo_names() -> list[str]:
-    """Names of the GPU backward's algorithms, indexed by condconv_bwd_algo ("auto", "cudnn_grouped", "mixture")."""
+    """Names of the GPU backward's algorithms, indexed by condconv_bwd_algo ("auto", "cudnn_grouped", "mixture",
+    "folded_wgrad")."""
     names = []
     while (raw := lib().condconv_bwd_algo_name(len(names))) is not None:
         names.append(raw.decode())
@@ -683,8 +684,8 @@ class Layer:
         check(lib().condconv_layer_set_algo(self.handle, value), "condconv_layer_set_algo")
 
     def set_backward_algo(self, algo: str | int) -> None:
-        """Forces the GPU backward's algorithm ("cudnn_grouped", "mixture") or "auto" for shapes prepared
-        afterwards."""
+        """Forces the GPU backward's algorithm ("cudnn_grouped", "mixture", "folded_wgrad") or "auto" for shapes
+        prepared afterwards."""
         if isinstance(algo, str):
             names = backward_algo_names()
             if algo.lower() not in names:

@@ -351,7 +351,7 @@ def test_convert_matches_independent_rounding() -> None:
 def test_library_queries() -> None:
     assert condconv.version() == "0.1.0"
     assert condconv.algo_names() == ["auto", "cudnn_grouped", "gemm_batched", "depthwise_fused", "mixture", "fused"]
-    assert condconv.backward_algo_names() == ["auto", "cudnn_grouped", "mixture"]
+    assert condconv.backward_algo_names() == ["auto", "cudnn_grouped", "mixture", "folded_wgrad"]
     assert condconv.device_count() >= 0
     assert condconv.numpy_dtype("bf16") == np.uint16
 
@@ -453,6 +453,7 @@ def test_plan_info_on_cpu_context(ctx: Context) -> None:
         layer.set_kernel_variants(-5, 0)
     expect_status(excinfo, Status.BAD_VALUE, "condconv_layer_set_kernel_variants")
     layer.set_backward_algo("mixture")
+    layer.set_backward_algo("folded_wgrad")
     layer.set_backward_algo("auto")
     with pytest.raises(ValueError, match="unknown backward algorithm"):
         layer.set_backward_algo("winograd")
