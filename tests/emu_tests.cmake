@@ -192,7 +192,7 @@ function(cc_emu_test name helpers)
 endfunction()
 
 # One per kernel family, against double-precision references.
-foreach(t routing aggregate backward backward_mixture depthwise_fused epilogue gather)
+foreach(t routing aggregate backward backward_mixture backward_wgrad depthwise_fused epilogue gather)
   string(REPLACE "_fused" "" name ${t})
   cc_emu_test(test_emu_${name} "cc_cpu_emu_util;cc_cpu_kernel_${t}")
 endforeach()
