@@ -2,14 +2,14 @@
  * written here in double from the dtype-rounded inputs, on fresh random
  * inputs (the seed is printed; CONDCONV_TEST_SEED replays it):
  *   cc_launch_bwd_wgrad in f32/f16/bf16, NCHW/NHWC; odd sizes; stride 1
- *   and 2; dilation 1 and 2; padding 0, 1, asymmetric (pad_top !=
- *   pad_left, top != bottom) and negative (a crop); groups 1, 2 and
- *   depthwise (Cin = Cout = groups); kernels 1x1, 3x3 and 5x3; E 1, 3, 8,
- *   9, 32; N from 1 (one batch split: d_experts written directly) to 20
- *   (several samples a split) and 3 samples a block with one split; tiles
- *   partial in co, r and the pixel chunks; with and without bias/dysum;
- *   d_experts only (with no scratch where one split needs none), d_alpha
- *   only, both.
+ *   and 2; dilation 1 and 2 (and dh != dw); padding 0, 1, asymmetric
+ *   (pad_top != pad_left, top != bottom) and negative (a crop); groups 1,
+ *   2 and depthwise (Cin = Cout = groups); kernels 1x1, 3x3 and 5x3; E 1,
+ *   3, 8, 9 (two expert chunks) and 32; tiles partial in co, r and the
+ *   pixel chunks, 2 x 2 tiles and 3 r tiles; N = 1 (one batch split:
+ *   d_experts written directly), N = 2 to 5 (one sample a split) and
+ *   N = 265 (2 samples a split); with and without bias/dysum; d_experts
+ *   only (with no scratch where one split needs none), d_alpha only, both.
  * Every output and scratch is poisoned (NaN) before every run, so an
  * element not written fails; NaN never passes. Every case runs twice: in
  * block index order under the case's grid cap (the split-reduce and
