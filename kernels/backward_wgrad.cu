@@ -284,30 +284,14 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// 3. d_alpha[b][e] = the tiles' partials in tile order + the bias term. One
-// warp per (b, e); the loop is uniform per warp (the shuffles name every
-// lane) and `bias` is the same for the whole grid.
+// 3. d_alpha[b][e] = the tiles' partials in tile order + the bias term
+// (cc_dalpha_finish, common.cuh: one warp per (b, e)).
 __global__ void __launch_bounds__(kThreads)
     bwd_wgrad_dalpha_finish_kernel(const float *__restrict__ partial, long long tiles, const float *__restrict__ bias,
                                    const float *__restrict__ dysum, float *__restrict__ d_alpha, int n, int e_count,
                                    int cout)
 {
-    const int warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
-    const long long count = (long long)n * e_count;
-    for (long long w = (long long)blockIdx.x * kWarps + warp; w < count; w += (long long)gridDim.x * kWarps) {
-        const long long b = w / e_count, q = w - b * e_count;
-        float t = 0.0f;
-        if (bias != NULL) {
-            const float *bq = bias + q * cout, *db = dysum + b * cout;
-            for (int c = lane; c < cout; c += 32) t = fmaf(__ldg(bq + c), __ldg(db + c), t);
-            t = cc_warp_sum(t);
-        }
-        if (lane == 0) {
-            float s = 0.0f;
-            for (long long k = 0; k < tiles; ++k) s += partial[k * count + w];
-            d_alpha[w] = s + t;
-        }
-    }
+    cc_dalpha_finish(partial, tiles, bias, dysum, d_alpha, n, e_count, cout);
 }
 
 // ---------------------------------------------------------------------------

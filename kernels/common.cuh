@@ -83,6 +83,36 @@ __device__ __forceinline__ float cc_warp_max(float v)
     return v;
 }
 
+// The second pass of the backward's split d_alpha reductions (mixture's
+// split over the plane, backward_mixture.cu; the folded weight gradient's
+// tiles, backward_wgrad.cu): d_alpha[b][e] = partial[k][b][e] summed over
+// k < parts in order, plus the bias term sum_c bias[e][c] dysum[b][c]
+// (bias NULL: none). One warp per (b, e), grid-stride over warps of
+// blockDim.x / 32 a block; the loop is uniform per warp (the shuffles name
+// every lane) and `bias` is the same for the whole grid. A separate launch
+// rather than a last-block hand-off: no counters, fences or zeroed buffers.
+__device__ __forceinline__ void cc_dalpha_finish(const float *__restrict__ partial, long long parts,
+                                                 const float *__restrict__ bias, const float *__restrict__ dysum,
+                                                 float *__restrict__ d_alpha, int n, int e_count, int cout)
+{
+    const int warps = (int)blockDim.x >> 5, warp = (int)threadIdx.x >> 5, lane = (int)threadIdx.x & 31;
+    const long long count = (long long)n * e_count;
+    for (long long w = (long long)blockIdx.x * warps + warp; w < count; w += (long long)gridDim.x * warps) {
+        const long long b = w / e_count, q = w - b * e_count;
+        float t = 0.0f;
+        if (bias != NULL) {
+            const float *bq = bias + q * cout, *db = dysum + b * cout;
+            for (int c = lane; c < cout; c += 32) t = fmaf(__ldg(bq + c), __ldg(db + c), t);
+            t = cc_warp_sum(t);
+        }
+        if (lane == 0) {
+            float s = 0.0f;
+            for (long long k = 0; k < parts; ++k) s += partial[k * count + w];
+            d_alpha[w] = s + t;
+        }
+    }
+}
+
 // Blocks for `work` items at `per_block` items each, capped for grid-stride loops.
 static inline unsigned int cc_grid_1d(int64_t work, int per_block, unsigned int cap)
 {

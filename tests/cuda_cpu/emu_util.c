@@ -41,6 +41,13 @@ int eu_finish(const char *name)
     return 0;
 }
 
+double eu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 void eu_seed_from_env(void)
 {
     const char *env = getenv("CONDCONV_TEST_SEED");

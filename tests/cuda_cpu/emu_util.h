@@ -26,6 +26,8 @@ int eu_finish(const char *name);
 /* The seed is CONDCONV_TEST_SEED if set, else the clock; it is printed. */
 void eu_seed_from_env(void);
 float eu_uniform(float lo, float hi);
+/* Seconds on the monotonic clock, for a test's own phase timings. */
+double eu_now(void);
 
 /* Floats of guard zone before and after every buffer. */
 #define EU_GUARD 16

@@ -34,12 +34,10 @@
  *     (ceil(Cout / 32)) and warp tree (5) + 1:
  *     P + tiles + ceil(Cout / 32) + 64, against sum |w| sum_p |dy x| +
  *     sum |bias dysum|. */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cuda_runtime.h>
 
@@ -202,7 +200,8 @@ static void wgrad_case(int dtype, int layout, const wg_shape *s, int outputs, in
         EU_EXPECT(eu_all_nan(got_dw[0], w_n), "%s: d_experts written though not asked for", what);
     }
     if (need_da) {
-        const double depth = (double)(pixels + tiles_of(&a) + (s->cout + 31) / 32 + 64);
+        const long long cout_lanes = (s->cout + 31) / 32; /* the bias term's chains over Cout, a lane each */
+        const double depth = (double)(pixels + tiles_of(&a) + cout_lanes + 64);
         eu_compare(what, got_da[0], want_da, mag_da, ne, 1e-30, depth * EU_U);
         eu_expect_same_bits(what, "d_alpha", got_da[0], got_da[1], ne);
     } else {
@@ -301,18 +300,11 @@ static void sweep(void)
         EU_EXPECT(cc_bwd_wgrad_scratch_elems(&bad_) == 0, "scratch for %s = %lld", #field, (long long)(value));        \
     } while (0)
 
-static void refusals(void)
+/* Sizes refused, each field of a good call's arguments in turn (a
+ * function of its own: the macros' expansions are many statements). */
+static void bad_sizes(const cc_wgrad_args good, float *X, float *DY, float *W, float *A, float *B, float *DS, float *DW,
+                      float *DA, float *SC)
 {
-    const wg_shape s = {2, 4, 5, 5, 6, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3};
-    const cc_wgrad_args good = args_of(CC_DTYPE_F32, CC_LAYOUT_NCHW, &s);
-    const size_t x_n = 2 * 4 * 25, dy_n = 2 * 6 * 25, w_n = 3 * 6 * 2 * 9, ne = 2 * 3;
-    eu_buffer x = eu_buffer_make(x_n, 0), dy = eu_buffer_make(dy_n, 0), w = eu_buffer_make(w_n, 0);
-    eu_buffer a = eu_buffer_make(ne, 0), b = eu_buffer_make(3 * 6, 0), ds = eu_buffer_make(2 * 6, 0);
-    eu_buffer dw = eu_buffer_make(w_n, 0), da = eu_buffer_make(ne, 0);
-    eu_buffer sc = eu_buffer_make(cc_bwd_wgrad_scratch_elems(&good), 0);
-    float *X = x.data, *DY = dy.data, *W = w.data, *A = a.data, *B = b.data, *DS = ds.data, *DW = dw.data;
-    float *DA = da.data, *SC = sc.data;
-
     EXPECT_REFUSED(cc_launch_bwd_wgrad(NULL, X, DY, W, A, B, DS, DW, DA, SC, NULL));
     EU_EXPECT(cc_bwd_wgrad_scratch_elems(NULL) == 0, "scratch for NULL args");
     EXPECT_BAD(dtype, 3);
@@ -353,6 +345,21 @@ static void refusals(void)
         big.w = (1 << 15) - 1; /* below: accepted by the size rule (not launched here) */
         EU_EXPECT(cc_bwd_wgrad_scratch_elems(&big) > 0, "scratch for x below 2^31 elements");
     }
+}
+
+static void refusals(void)
+{
+    const wg_shape s = {2, 4, 5, 5, 6, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 3};
+    const cc_wgrad_args good = args_of(CC_DTYPE_F32, CC_LAYOUT_NCHW, &s);
+    const size_t x_n = (size_t)2 * 4 * 25, dy_n = (size_t)2 * 6 * 25, w_n = (size_t)3 * 6 * 2 * 9, ne = (size_t)2 * 3;
+    eu_buffer x = eu_buffer_make(x_n, 0), dy = eu_buffer_make(dy_n, 0), w = eu_buffer_make(w_n, 0);
+    eu_buffer a = eu_buffer_make(ne, 0), b = eu_buffer_make((size_t)3 * 6, 0), ds = eu_buffer_make((size_t)2 * 6, 0);
+    eu_buffer dw = eu_buffer_make(w_n, 0), da = eu_buffer_make(ne, 0);
+    eu_buffer sc = eu_buffer_make(cc_bwd_wgrad_scratch_elems(&good), 0);
+    float *X = x.data, *DY = dy.data, *W = w.data, *A = a.data, *B = b.data, *DS = ds.data, *DW = dw.data;
+    float *DA = da.data, *SC = sc.data;
+
+    bad_sizes(good, X, DY, W, A, B, DS, DW, DA, SC);
     /* Pointers: x, dy, alpha always; experts for d_alpha; an output;
      * bias and dysum both or neither; scratch when d_alpha or splits. */
     EXPECT_REFUSED(cc_launch_bwd_wgrad(&good, NULL, DY, W, A, B, DS, DW, DA, SC, NULL));
@@ -381,19 +388,12 @@ static void refusals(void)
     for (size_t i = 0; i < sizeof bs / sizeof bs[0]; ++i) eu_buffer_free(bs[i]);
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int main(void)
 {
     eu_seed_from_env();
-    const double t0 = now();
+    const double t0 = eu_now();
     sweep();
-    const double t1 = now();
+    const double t1 = eu_now();
     refusals();
     eu_expect_all_launched("backward_wgrad");
     EU_EXPECT(cc_cpu_refused_launches() == 0, "the layer refused %lld launch(es)", cc_cpu_refused_launches());
