@@ -7,10 +7,12 @@
 #include <elf.h>
 #include <link.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <regex>
@@ -64,9 +66,8 @@ bool may_declare(const std::string &line)
     const size_t at = line.find_first_not_of(" \t");
     if (at == std::string::npos || line[at] != '.') return false;
     static const char *const directives[] = {".visible", ".weak", ".entry", ".maxntid", ".reqntid", ".shared"};
-    for (const char *d : directives)
-        if (line.compare(at, std::strlen(d), d) == 0) return true;
-    return false;
+    return std::any_of(std::begin(directives), std::end(directives),
+                       [&](const char *d) { return line.compare(at, std::strlen(d), d) == 0; });
 }
 
 void load_ptx(table &t, const std::string &path)
